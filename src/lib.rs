@@ -1,0 +1,19 @@
+//! segmentti reads clients' Patient, Encounter and Condition resources, places each client in
+//! a segment of a segmentation model that a wellbeing county defines in a mapping file, and
+//! writes the result back as FHIR resources: an Observation (the assessment and the criteria
+//! behind it) and a Flag (the current segment, active until superseded).
+//!
+//! # Layout
+//! The modules follow the data flow, so a reader finds their room by name:
+//! - [`source`]: where FHIR resources come from (NDJSON and Bundle files, synthetic data).
+//! - [`record`]: one client's resources folded into the facts a model asks for.
+//! - [`model`]: mapping files (load, schema, checks), features, criteria, the question tree.
+//! - [`writeback`]: pure builders of the Observation and Flag, with deterministic identifiers.
+//! - [`sink`]: where results go (NDJSON files, summary).
+//! - [`pipeline`]: source → record → model → writeback → sink, and the run's summary.
+//! - [`synth`]: the deterministic synthetic population used as the embedded default.
+//! - [`types`] and [`day`]: small value types every stage shares.
+
+pub mod day;
+pub mod synth;
+pub mod types;

@@ -1,0 +1,1 @@
+//! placeholder: the synthetic population arrives in the next commit.

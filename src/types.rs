@@ -1,0 +1,133 @@
+//! Small value types shared by every stage: patient ids, resource references, segment codes,
+//! model ids and canonical URLs. They exist so that a function signature says which string it
+//! means; this module does no I/O and knows nothing of mapping files or FHIR servers.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+macro_rules! string_newtype {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Wraps a string without checking it; callers validate where the string enters.
+            pub fn new(value: impl Into<String>) -> Self {
+                Self(value.into())
+            }
+
+            /// The wrapped string.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(value: &str) -> Self {
+                Self(value.to_owned())
+            }
+        }
+    };
+}
+
+string_newtype!(
+    /// The logical id of a Patient on its source (`Patient/{id}` without the type).
+    PatientId
+);
+string_newtype!(
+    /// A segment's code inside its model, such as `3` or `self-care`.
+    SegmentCode
+);
+string_newtype!(
+    /// A model's id, such as `paijat-sote`; also the stem of its mapping file.
+    ModelId
+);
+string_newtype!(
+    /// A canonical URL: the base of a model's code systems and identifiers.
+    Canonical
+);
+
+/// A reference to a resource on the source, kept as type and id so it can be re-rendered as
+/// `Type/id` for `derivedFrom` and for explanations.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ResourceRef {
+    /// The resource type, such as `Encounter`.
+    pub kind: ResourceKind,
+    /// The logical id.
+    pub id: String,
+}
+
+impl fmt::Display for ResourceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind.as_str(), self.id)
+    }
+}
+
+/// The resource types segmentti reads. Anything else in an input is rejected with its type
+/// named, never dropped silently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ResourceKind {
+    /// The client.
+    Patient,
+    /// A contact: visit, home visit, phone call, inpatient stay, social-welfare meeting.
+    Encounter,
+    /// A diagnosis or problem.
+    Condition,
+}
+
+impl ResourceKind {
+    /// Every kind, in the order Bulk Data output lists them.
+    pub const ALL: [ResourceKind; 3] = [Self::Patient, Self::Encounter, Self::Condition];
+
+    /// The FHIR resourceType string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Patient => "Patient",
+            Self::Encounter => "Encounter",
+            Self::Condition => "Condition",
+        }
+    }
+
+    /// Parses a FHIR resourceType string; `None` for types segmentti does not read.
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == value)
+    }
+}
+
+impl fmt::Display for ResourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_kind_round_trips_and_refuses_other_types() {
+        for kind in ResourceKind::ALL {
+            assert_eq!(ResourceKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(ResourceKind::parse("Observation"), None);
+        assert_eq!(ResourceKind::parse("patient"), None);
+    }
+
+    #[test]
+    fn resource_ref_renders_as_fhir_reference() {
+        let r = ResourceRef {
+            kind: ResourceKind::Encounter,
+            id: "e1".into(),
+        };
+        assert_eq!(r.to_string(), "Encounter/e1");
+    }
+}

@@ -15,5 +15,11 @@
 //! - [`types`] and [`day`]: small value types every stage shares.
 
 pub mod day;
+pub mod model;
+pub mod pipeline;
+pub mod record;
+pub mod sink;
+pub mod source;
 pub mod synth;
 pub mod types;
+pub mod writeback;

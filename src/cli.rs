@@ -1,0 +1,433 @@
+//! The command line: clap subcommands, each a thin call into the library, and the exit codes.
+//! `anyhow` lives here and in `main.rs` only. Output meant for people and pipes (tables,
+//! explanations, JSON) goes to stdout; logs go to stderr.
+//!
+//! | exit code | meaning |
+//! |---|---|
+//! | 0 | done |
+//! | 1 | failed: nothing usable was written (the error says why) |
+//! | 2 | usage error (bad flags) |
+//! | 3 | done with rejects: some inputs were skipped and recorded in `rejected.ndjson` |
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use segmentti::day::Day;
+use segmentti::model::eval::{self, Lang};
+use segmentti::model::{self, Plan, load};
+use segmentti::pipeline::{self, Input, ModelSummary, OnInvalid, RunOptions};
+use segmentti::sink::Sink;
+use segmentti::sink::files::FileSink;
+use segmentti::synth::{self, CodeFlavor, SynthFormat, SynthOptions};
+
+/// The model used when `--model` is not given: Päijät-Sote's four tiers, built into the binary.
+pub const DEFAULT_MODEL: &str = include_str!("../mappings/paijat-sote.yaml");
+const DEFAULT_MODEL_NAME: &str = "mappings/paijat-sote.yaml (built in)";
+/// The as-of date of the embedded default, so that its output never changes.
+pub const DEFAULT_AS_OF: &str = "2026-01-01";
+
+/// Exit code: done with rejects.
+pub const EXIT_REJECTS: u8 = 3;
+
+/// segmentti: client segmentation for FHIR R4 (Finnish social and health care).
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    /// Log more (-v: info, -vv: debug). Logs go to stderr and never contain personal data.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Segment clients and write Observation + Flag resources. Without --input, segments the
+    /// built-in synthetic population of 10 000 clients.
+    Run(RunArgs),
+    /// Generate a deterministic synthetic population (Bulk Data NDJSON or Bundles).
+    Synth(SynthArgs),
+    /// Explain one client's segment: the question tree path, criteria and the resources behind them.
+    Explain(ExplainArgs),
+    /// Check mapping files; reports every problem with file, line, column and a hint.
+    CheckMapping {
+        /// The mapping files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the JSON Schema of mapping files (the source of mappings/schema.json).
+    Schema,
+}
+
+/// Where a run reads and which models it uses.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A file or directory of NDJSON (Bulk Data output, .ndjson.gz too) or Bundles. Without it,
+    /// the built-in synthetic population.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Mapping files (repeatable); default: the built-in Päijät-Sote model.
+    #[arg(long = "model")]
+    pub models: Vec<PathBuf>,
+    /// The assessment date: windows end here, later data are ignored. Default: today, or
+    /// 2026-01-01 for the built-in population.
+    #[arg(long)]
+    pub as_of: Option<Day>,
+    /// Size of the built-in population (without --input).
+    #[arg(long, default_value_t = 10_000)]
+    pub clients: u64,
+    /// Seed of the built-in population (without --input).
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+/// `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    models: ModelArgs,
+    /// Output directory.
+    #[arg(long, default_value = "out")]
+    out: PathBuf,
+    /// What to do with an invalid resource.
+    #[arg(long, value_enum, default_value_t = OnInvalid::Skip)]
+    on_invalid: OnInvalid,
+}
+
+/// `synth`.
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    /// Number of clients.
+    #[arg(long, default_value_t = 10_000)]
+    clients: u64,
+    /// Seed; the same seed gives the same population.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Bulk Data NDJSON, or one collection Bundle per client.
+    #[arg(long, value_enum, default_value_t = FormatArg::Ndjson)]
+    format: FormatArg,
+    /// Finnish code systems (ICD-10 FI, ICPC-2, AvoHILMO) or international ones (SNOMED CT).
+    #[arg(long, value_enum, default_value_t = CodesArg::Finnish)]
+    codes: CodesArg,
+    /// Data end at this date.
+    #[arg(long, default_value = DEFAULT_AS_OF)]
+    as_of: Day,
+}
+
+/// `--format`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum FormatArg {
+    /// `Patient.ndjson`, `Encounter.ndjson`, `Condition.ndjson`.
+    Ndjson,
+    /// `bundles/{patient}.json`.
+    Bundles,
+}
+
+/// `--codes`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CodesArg {
+    /// ICD-10 Finnish edition, ICPC-2, AvoHILMO contact and service types.
+    Finnish,
+    /// SNOMED CT.
+    International,
+}
+
+/// `explain`.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    models: ModelArgs,
+    /// The client's Patient id.
+    #[arg(long)]
+    patient: String,
+    /// Machine-readable JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Language of the texts.
+    #[arg(long, value_enum, default_value_t = Lang::Fi)]
+    lang: Lang,
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => run_command(args),
+        Command::Synth(args) => synth_command(args),
+        Command::Explain(args) => explain_command(args),
+        Command::CheckMapping { files } => check_command(&files),
+        Command::Schema => {
+            println!("{}", serde_json::to_string_pretty(&load::schema())?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+impl ModelArgs {
+    fn input(&self, as_of: Day) -> Input {
+        match &self.input {
+            Some(path) => Input::Files(path.clone()),
+            None => Input::Synthetic(SynthOptions {
+                clients: self.clients,
+                seed: self.seed,
+                flavor: CodeFlavor::Finnish,
+                as_of,
+            }),
+        }
+    }
+
+    fn as_of(&self) -> Result<Day> {
+        match (self.as_of, &self.input) {
+            (Some(day), _) => Ok(day),
+            (None, None) => DEFAULT_AS_OF.parse().map_err(anyhow::Error::msg),
+            (None, Some(_)) => {
+                let today = time::OffsetDateTime::now_utc().date();
+                Ok(Day::from_date(today))
+            }
+        }
+    }
+
+    fn plans(&self, as_of: Day) -> Result<Vec<Plan>> {
+        if self.models.is_empty() {
+            let mapping = load::load_str(DEFAULT_MODEL).map_err(|diagnostics| {
+                model::MappingError::Invalid {
+                    path: DEFAULT_MODEL_NAME.into(),
+                    diagnostics,
+                }
+            })?;
+            let plan = Plan::compile(mapping, as_of)
+                .map_err(|e| anyhow::anyhow!("built-in model: {e:?}"))?;
+            return Ok(vec![plan]);
+        }
+        let plans: Vec<Plan> = self
+            .models
+            .iter()
+            .map(|p| model::plan_file(p, as_of))
+            .collect::<Result<_, _>>()?;
+        for (i, a) in plans.iter().enumerate() {
+            if plans[..i].iter().any(|b| b.mapping.id == a.mapping.id) {
+                bail!(
+                    "model `{}` is given twice\nhint: each --model must have its own id, or their results would overwrite each other",
+                    a.mapping.id
+                );
+            }
+        }
+        Ok(plans)
+    }
+}
+
+fn run_command(args: RunArgs) -> Result<ExitCode> {
+    let as_of = args.models.as_of()?;
+    let plans = args.models.plans(as_of)?;
+    let input = args.models.input(as_of);
+    let started = std::time::Instant::now();
+    let mut sink = FileSink::create(&args.out)?;
+    let options = RunOptions {
+        on_invalid: args.on_invalid,
+    };
+    let folded = pipeline::fold(&input, &plans, &options, &mut |r| sink.rejected(r))?;
+    let mut models = Vec::new();
+    for (plan, clients) in plans.iter().zip(&folded.clients) {
+        models.push(pipeline::evaluate(plan, clients, &mut sink)?);
+    }
+    let summary = RunSummary {
+        input: input.to_string(),
+        resources: folded
+            .stats
+            .resources
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect(),
+        after_as_of: folded.stats.after_as_of,
+        rejected: folded.rejected,
+        models,
+        out: args.out.display().to_string(),
+    };
+    sink.finish(&summary)?;
+    print!("{}", summary.render(started.elapsed().as_secs_f64()));
+    Ok(if folded.rejected > 0 {
+        ExitCode::from(EXIT_REJECTS)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// What `run` prints and keeps in `summary.json`.
+#[derive(Debug, Clone, serde::Serialize)]
+struct RunSummary {
+    input: String,
+    resources: std::collections::BTreeMap<String, u64>,
+    after_as_of: u64,
+    rejected: u64,
+    models: Vec<ModelSummary>,
+    out: String,
+}
+
+impl RunSummary {
+    /// The table printed after a run; wall time is printed but kept out of `summary.json`, so
+    /// that file is byte-identical across reruns.
+    fn render(&self, seconds: f64) -> String {
+        let resources: u64 = self.resources.values().sum();
+        let mut out = format!(
+            "Input: {} ({} resources, {:.1} s)\n",
+            self.input, resources, seconds
+        );
+        for m in &self.models {
+            out.push_str(&format!(
+                "\nModel {} {} · as of {} · {} clients\n",
+                m.model, m.version, m.as_of, m.clients
+            ));
+            out.push_str(&format!(
+                "  {:<6} {:<52} {:>8} {:>7} {:>7}\n",
+                "code", "segment", "clients", "share", "cost"
+            ));
+            for s in m.segments.iter().chain(&m.overlays) {
+                let cost = s
+                    .cost_share
+                    .map_or_else(|| "–".to_owned(), |c| format!("{:.1} %", c * 100.0));
+                out.push_str(&format!(
+                    "  {:<6} {:<52} {:>8} {:>5.1} % {:>7}\n",
+                    truncate(&s.code, 6),
+                    truncate(&s.display, 52),
+                    s.count,
+                    s.share * 100.0,
+                    cost
+                ));
+            }
+            if let Some(share) = m.top_decile_cost_share {
+                out.push_str(&format!(
+                    "  The 10 % most costly clients hold {:.1} % of the cost.\n",
+                    share * 100.0
+                ));
+            }
+        }
+        out.push_str(&format!("\nRejected inputs: {}", self.rejected));
+        if self.rejected > 0 {
+            out.push_str(&format!(" (see {}/rejected.ndjson)", self.out));
+        }
+        if self.after_as_of > 0 {
+            out.push_str(&format!(
+                "\nResources after the as-of date (read, not counted): {}",
+                self.after_as_of
+            ));
+        }
+        out.push_str(&format!(
+            "\nWritten: {0}/Observation.ndjson, {0}/Flag.ndjson, {0}/summary.json\n",
+            self.out
+        ));
+        out
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        s.chars().take(n - 1).chain(['…']).collect()
+    }
+}
+
+fn synth_command(args: SynthArgs) -> Result<ExitCode> {
+    let flavor = match args.codes {
+        CodesArg::Finnish => CodeFlavor::Finnish,
+        CodesArg::International => CodeFlavor::International,
+    };
+    let format = match args.format {
+        FormatArg::Ndjson => SynthFormat::Ndjson,
+        FormatArg::Bundles => SynthFormat::Bundles,
+    };
+    let opts = SynthOptions {
+        clients: args.clients,
+        seed: args.seed,
+        flavor,
+        as_of: args.as_of,
+    };
+    let report = synth::write_dir(&opts, format, &args.out)?;
+    println!(
+        "Wrote {} clients ({} Patient, {} Encounter, {} Condition) to {}\nThe 10 % most costly clients hold {:.1} % of the cost ({:.0} EUR in all).",
+        report.clients,
+        report.patients,
+        report.encounters,
+        report.conditions,
+        args.out.display(),
+        report.top_decile_cost_share * 100.0,
+        report.total_cost_eur
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn explain_command(args: ExplainArgs) -> Result<ExitCode> {
+    let as_of = args.models.as_of()?;
+    let plans = args.models.plans(as_of)?;
+    let input = args.models.input(as_of);
+    let mut rejected = 0u64;
+    let folded = pipeline::fold(&input, &plans, &RunOptions::default(), &mut |_| {
+        rejected += 1;
+        Ok(())
+    })?;
+    let mut explanations = Vec::new();
+    for (plan, clients) in plans.iter().zip(&folded.clients) {
+        let Some(record) = clients.get(args.patient.as_str()) else {
+            bail!(
+                "Patient/{} is not in {}\nhint: check the id; explain takes the Patient's logical id, not an identity code",
+                args.patient,
+                input
+            );
+        };
+        let thresholds = pipeline::population_thresholds(plan, clients);
+        let a = pipeline::assess(plan, &args.patient, record, &thresholds)?;
+        explanations.push(eval::explain(plan, &args.patient, record, &a, args.lang));
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&explanations)?);
+    } else {
+        let texts: Vec<String> = explanations.iter().map(eval::Explanation::render).collect();
+        print!("{}", texts.join("\n"));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_command(files: &[PathBuf]) -> Result<ExitCode> {
+    let mut failed = 0;
+    for file in files {
+        match model::load_file(file) {
+            Ok(m) => println!(
+                "{}: ok ({} {}, {} features, {} criteria, {} segments, {} tree nodes)",
+                file.display(),
+                m.id,
+                m.version,
+                m.features.len(),
+                m.criteria.len(),
+                m.segments.len(),
+                m.tree.len()
+            ),
+            Err(e) => {
+                failed += 1;
+                eprintln!("{e}");
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} mapping file(s) have problems", files.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,273 @@
+//! What a JSON Schema cannot see in a mapping: duplicate ids and codes, code system URLs that
+//! are not URLs, references to unknown features, criteria, levels, lists and segments, question
+//! tree nodes that no client can reach, and segments that no node gives. Reports every
+//! problem it finds as a [`Diagnostic`]; never changes the mapping.
+
+use std::collections::HashSet;
+
+use super::load::Diagnostic;
+use super::mapping::Mapping;
+use super::plan::Plan;
+use crate::day::Day;
+
+/// The most criterion-level combinations the tree check walks; more is reported, not walked.
+const MAX_COMBINATIONS: usize = 1_000_000;
+
+/// Every problem in `mapping` that its schema does not catch.
+pub fn check(mapping: &Mapping) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    duplicates(mapping, &mut out);
+    systems(mapping, &mut out);
+    match Plan::compile(mapping.clone(), Day::EPOCH) {
+        Err(errors) => out.extend(
+            errors
+                .into_iter()
+                .map(|e| Diagnostic::new(e.pointer, e.message, e.hint)),
+        ),
+        Ok(plan) if out.is_empty() => tree(mapping, &plan, &mut out),
+        Ok(_) => {}
+    }
+    out
+}
+
+fn duplicates(m: &Mapping, out: &mut Vec<Diagnostic>) {
+    let mut dup = |kind: &str, base: &str, names: Vec<String>| {
+        let mut seen = HashSet::new();
+        for (i, name) in names.into_iter().enumerate() {
+            if !seen.insert(name.clone()) {
+                out.push(Diagnostic::new(
+                    format!("{base}/{i}"),
+                    format!("{kind} `{name}` is defined twice"),
+                    format!("give each {kind} its own name"),
+                ));
+            }
+        }
+    };
+    dup(
+        "code list",
+        "/code_lists",
+        m.code_lists.iter().map(|l| l.id.clone()).collect(),
+    );
+    dup(
+        "feature",
+        "/features",
+        m.features.iter().map(|f| f.id.clone()).collect(),
+    );
+    dup(
+        "criterion",
+        "/criteria",
+        m.criteria.iter().map(|c| c.id.clone()).collect(),
+    );
+    dup(
+        "segment code",
+        "/segments",
+        m.segments.iter().map(|s| s.code.to_string()).collect(),
+    );
+    dup(
+        "segment order",
+        "/segments",
+        m.segments.iter().map(|s| s.order.to_string()).collect(),
+    );
+    dup(
+        "tree node",
+        "/tree",
+        m.tree.iter().map(|n| n.id.clone()).collect(),
+    );
+    dup(
+        "overlay",
+        "/overlays",
+        m.overlays.iter().map(|o| o.code.clone()).collect(),
+    );
+    for (i, c) in m.criteria.iter().enumerate() {
+        dup(
+            "level",
+            &format!("/criteria/{i}/levels"),
+            c.levels.iter().map(|l| l.code.clone()).collect(),
+        );
+    }
+    for (i, o) in m.overlays.iter().enumerate() {
+        dup(
+            "rule",
+            &format!("/overlays/{i}/rules"),
+            o.rules.iter().map(|r| r.id.clone()).collect(),
+        );
+    }
+    for (i, l) in m.code_lists.iter().enumerate() {
+        let codes = l
+            .codes
+            .iter()
+            .map(|c| format!("{}|{}", c.system, c.code))
+            .collect();
+        dup("code", &format!("/code_lists/{i}/codes"), codes);
+    }
+}
+
+/// Whether `url` can name a code system: an http(s) URL or an OID or UUID URN.
+pub fn is_system_url(url: &str) -> bool {
+    if url.chars().any(char::is_whitespace) {
+        return false;
+    }
+    if let Some(oid) = url.strip_prefix("urn:oid:") {
+        return !oid.is_empty()
+            && oid
+                .split('.')
+                .all(|arc| !arc.is_empty() && arc.bytes().all(|b| b.is_ascii_digit()));
+    }
+    if let Some(uuid) = url.strip_prefix("urn:uuid:") {
+        return uuid::Uuid::parse_str(uuid).is_ok();
+    }
+    ["http://", "https://"].iter().any(|scheme| {
+        url.strip_prefix(scheme)
+            .is_some_and(|rest| rest.contains('.') && !rest.starts_with('/'))
+    })
+}
+
+fn systems(m: &Mapping, out: &mut Vec<Diagnostic>) {
+    for (alias, url) in &m.systems {
+        if !is_system_url(url) {
+            out.push(Diagnostic::new(
+                format!("/systems/{alias}"),
+                format!("`{url}` is not a code system URL"),
+                "write an http(s) URL or an OID as urn:oid:1.2.246.537.6.1",
+            ));
+        }
+    }
+    for (i, list) in m.code_lists.iter().enumerate() {
+        for (j, code) in list.codes.iter().enumerate() {
+            if !m.systems.contains_key(&code.system) && !is_system_url(&code.system) {
+                out.push(Diagnostic::new(
+                    format!("/code_lists/{i}/codes/{j}/system"),
+                    format!(
+                        "`{}` is neither a name under `systems` nor a code system URL",
+                        code.system
+                    ),
+                    "use a short name defined under systems, or a full URL / urn:oid:",
+                ));
+            }
+        }
+    }
+}
+
+/// Walks every combination of criterion levels through the tree.
+fn tree(m: &Mapping, plan: &Plan, out: &mut Vec<Diagnostic>) {
+    let sizes: Vec<usize> = m.criteria.iter().map(|c| c.levels.len()).collect();
+    let total = sizes.iter().try_fold(1usize, |acc, &n| {
+        acc.checked_mul(n).filter(|&t| t <= MAX_COMBINATIONS)
+    });
+    let Some(total) = total else {
+        out.push(Diagnostic::new(
+            "/criteria",
+            format!(
+                "too many criterion-level combinations to check the tree (over {MAX_COMBINATIONS})"
+            ),
+            "use fewer criteria or levels",
+        ));
+        return;
+    };
+    let mut reached = vec![false; plan.tree.len()];
+    let mut first_blocker: Vec<Option<usize>> = vec![None; plan.tree.len()];
+    let mut unplaced: Option<Vec<usize>> = None;
+    let mut levels = vec![0usize; sizes.len()];
+    for n in 0..total {
+        let mut rest = n;
+        for (slot, &size) in levels.iter_mut().zip(&sizes) {
+            *slot = rest % size;
+            rest /= size;
+        }
+        match plan.place(&levels) {
+            Some(node) => {
+                reached[node] = true;
+                for (later, blocker) in first_blocker.iter_mut().enumerate().skip(node + 1) {
+                    let holds = plan.tree[later].when.as_ref().is_none_or(|w| {
+                        w.holds(super::plan::Facts {
+                            features: &[],
+                            levels: &levels,
+                            thresholds: &[],
+                        })
+                    });
+                    if holds && blocker.is_none() {
+                        *blocker = Some(node);
+                    }
+                }
+            }
+            None => {
+                unplaced.get_or_insert_with(|| levels.clone());
+            }
+        }
+    }
+    for (i, was_reached) in reached.iter().enumerate() {
+        if !was_reached {
+            let why = match first_blocker[i] {
+                Some(b) => format!(
+                    "every client it would take is placed earlier by node `{}`",
+                    m.tree[b].id
+                ),
+                None => "its condition can never hold".into(),
+            };
+            out.push(Diagnostic::new(
+                format!("/tree/{i}"),
+                format!("tree node `{}` can never be reached: {why}", m.tree[i].id),
+                "reorder the nodes, narrow the earlier node, or remove this one",
+            ));
+        }
+    }
+    if let Some(levels) = unplaced {
+        let example: Vec<String> = m
+            .criteria
+            .iter()
+            .zip(&levels)
+            .map(|(c, &l)| format!("{}={}", c.id, c.levels[l].code))
+            .collect();
+        out.push(Diagnostic::new(
+            "/tree",
+            format!(
+                "some clients reach no tree node, for example {}",
+                example.join(", ")
+            ),
+            "end the tree with a node without `when`",
+        ));
+    }
+    for (s, segment) in m.segments.iter().enumerate() {
+        let given = plan
+            .tree
+            .iter()
+            .zip(&reached)
+            .any(|(node, &r)| r && node.segment == s);
+        if !given {
+            out.push(Diagnostic::new(
+                format!("/segments/{s}"),
+                format!(
+                    "no reachable tree node places a client in segment `{}`",
+                    segment.code
+                ),
+                "add a tree node for it or remove the segment",
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_urls() {
+        for ok in [
+            "urn:oid:1.2.246.537.6.1",
+            "http://snomed.info/sct",
+            "https://example.org/cs",
+        ] {
+            assert!(is_system_url(ok), "{ok}");
+        }
+        for bad in [
+            "urn:oid:1..2",
+            "urn:oid:1.2.x",
+            "snomed",
+            "http://",
+            "https://a b.org",
+            "ftp://x.org",
+        ] {
+            assert!(!is_system_url(bad), "{bad}");
+        }
+    }
+}

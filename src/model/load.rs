@@ -1,0 +1,533 @@
+//! Reading a mapping file: YAML with every value's line and column kept, the JSON Schema check,
+//! the typed structs, then the checks a schema cannot make ([`super::check`]). Every problem is
+//! reported at once, each with file, line, column and a hint. This module reads files and
+//! reports; it never guesses a fix or falls back to a default on a bad value.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use serde_json::{Map, Number, Value};
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+use super::mapping::Mapping;
+
+/// A line and column in a mapping file, both counted from 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pos {
+    /// Line, from 1.
+    pub line: usize,
+    /// Column, from 1.
+    pub col: usize,
+}
+
+impl Pos {
+    fn from_marker(marker: Marker) -> Self {
+        Self {
+            line: marker.line(),
+            col: marker.col() + 1,
+        }
+    }
+}
+
+/// One problem in a mapping file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Diagnostic {
+    /// Where in the document, as a JSON pointer (`/features/3/count/window`).
+    pub pointer: String,
+    /// Where in the file, when known.
+    pub pos: Option<Pos>,
+    /// What is wrong.
+    pub message: String,
+    /// What to do about it.
+    pub hint: Option<String>,
+}
+
+impl Diagnostic {
+    /// A problem at `pointer` with a hint.
+    pub fn new(
+        pointer: impl Into<String>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
+        Self {
+            pointer: pointer.into(),
+            pos: None,
+            message: message.into(),
+            hint: Some(hint.into()),
+        }
+    }
+}
+
+/// Why a mapping file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum MappingError {
+    /// The file could not be read.
+    #[error(
+        "cannot read mapping file {path}: {source}\nhint: check the path; `mappings/` holds the shipped models"
+    )]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file was read and has problems.
+    #[error("{}", render(path, diagnostics))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every problem found.
+        diagnostics: Vec<Diagnostic>,
+    },
+}
+
+fn render(path: &Path, diagnostics: &[Diagnostic]) -> String {
+    let mut out = format!(
+        "mapping file {} has {} problem(s):",
+        path.display(),
+        diagnostics.len()
+    );
+    for d in diagnostics {
+        out.push_str(&format!(
+            "\n{}",
+            DiagnosticAt {
+                path,
+                diagnostic: d
+            }
+        ));
+    }
+    out
+}
+
+/// A diagnostic rendered as `file:line:col: message` with its hint on the next line.
+#[derive(Debug)]
+pub struct DiagnosticAt<'a> {
+    /// The file.
+    pub path: &'a Path,
+    /// The problem.
+    pub diagnostic: &'a Diagnostic,
+}
+
+impl fmt::Display for DiagnosticAt<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.diagnostic;
+        match d.pos {
+            Some(pos) => write!(
+                f,
+                "{}:{}:{}: {}",
+                self.path.display(),
+                pos.line,
+                pos.col,
+                d.message
+            )?,
+            None => write!(f, "{}: {}", self.path.display(), d.message)?,
+        }
+        if !d.pointer.is_empty() {
+            write!(f, " (at {})", d.pointer)?;
+        }
+        if let Some(hint) = &d.hint {
+            write!(f, "\n  hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A mapping file's text parsed into JSON, with the position of every value.
+#[derive(Debug)]
+pub struct Spanned {
+    /// The document as JSON.
+    pub value: Value,
+    spans: HashMap<String, Pos>,
+}
+
+impl Spanned {
+    /// The position of `pointer`, or of its nearest ancestor that has one.
+    pub fn pos(&self, pointer: &str) -> Option<Pos> {
+        let mut p = pointer;
+        loop {
+            if let Some(pos) = self.spans.get(p) {
+                return Some(*pos);
+            }
+            let cut = p.rfind('/')?;
+            p = &p[..cut];
+        }
+    }
+}
+
+/// Loads, checks and returns a mapping file.
+pub fn load_file(path: &Path) -> Result<Mapping, MappingError> {
+    let bytes = std::fs::read(path).map_err(|source| MappingError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| MappingError::Invalid {
+        path: path.to_owned(),
+        diagnostics: vec![Diagnostic::new(
+            "",
+            format!(
+                "the file is not UTF-8 (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+            "save the mapping file as UTF-8",
+        )],
+    })?;
+    load_str(&text).map_err(|diagnostics| MappingError::Invalid {
+        path: path.to_owned(),
+        diagnostics,
+    })
+}
+
+/// Loads and checks a mapping from its text; on failure, every problem found.
+pub fn load_str(text: &str) -> Result<Mapping, Vec<Diagnostic>> {
+    let spanned = parse_yaml(text).map_err(|d| vec![d])?;
+    let mut diagnostics = schema_diagnostics(&spanned.value);
+    if diagnostics.is_empty() {
+        match serde_json::from_value::<Mapping>(spanned.value.clone()) {
+            Ok(mapping) => diagnostics = super::check::check(&mapping),
+            Err(e) => diagnostics.push(Diagnostic::new(
+                "",
+                e.to_string(),
+                "compare the file with mappings/schema.json",
+            )),
+        }
+        if diagnostics.is_empty() {
+            return serde_json::from_value(spanned.value).map_err(|e| {
+                vec![Diagnostic::new(
+                    "",
+                    e.to_string(),
+                    "compare the file with mappings/schema.json",
+                )]
+            });
+        }
+    }
+    for d in &mut diagnostics {
+        d.pos = d.pos.or_else(|| spanned.pos(&d.pointer));
+    }
+    diagnostics.sort_by_key(|d| d.pos.map(|p| (p.line, p.col)));
+    Err(diagnostics)
+}
+
+/// The JSON Schema of the mapping format, generated from the Rust types.
+pub fn schema() -> Value {
+    let mut schema = serde_json::to_value(schemars::schema_for!(Mapping)).unwrap_or(Value::Null);
+    drop_null_alternatives(&mut schema);
+    schema
+}
+
+/// Turns `anyOf: [X, {type: null}]` (schemars' rendering of `Option<X>`) into `X`. Optional
+/// fields are simply not required; with `null` allowed as well, every error inside an optional
+/// section would surface as an opaque "not valid under any of the schemas listed in anyOf".
+fn drop_null_alternatives(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            let only =
+                map.get("anyOf")
+                    .and_then(Value::as_array)
+                    .and_then(|alts| match alts.as_slice() {
+                        [x, null] | [null, x]
+                            if null.get("type").and_then(Value::as_str) == Some("null") =>
+                        {
+                            Some(x.clone())
+                        }
+                        _ => None,
+                    });
+            if let Some(Value::Object(inner)) = only {
+                map.remove("anyOf");
+                map.extend(inner);
+            }
+            map.values_mut().for_each(drop_null_alternatives);
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_null_alternatives),
+        _ => {}
+    }
+}
+
+fn schema_diagnostics(value: &Value) -> Vec<Diagnostic> {
+    static VALIDATOR: OnceLock<Result<jsonschema::Validator, String>> = OnceLock::new();
+    let validator =
+        VALIDATOR.get_or_init(|| jsonschema::validator_for(&schema()).map_err(|e| e.to_string()));
+    let validator = match validator {
+        Ok(v) => v,
+        Err(e) => {
+            return vec![Diagnostic::new(
+                "",
+                format!("the mapping schema itself is invalid: {e}"),
+                "report this as a bug",
+            )];
+        }
+    };
+    validator
+        .iter_errors(value)
+        .map(|error| {
+            let pointer = error.instance_path().to_string();
+            let message = error.to_string();
+            let hint = schema_hint(&message, error.instance());
+            Diagnostic {
+                pointer,
+                pos: None,
+                message,
+                hint: Some(hint),
+            }
+        })
+        .collect()
+}
+
+fn schema_hint(message: &str, instance: &Value) -> String {
+    if message.contains("is not of type \"string\"")
+        && (instance.is_number() || instance.is_boolean())
+    {
+        "quote the value (\"...\") so YAML reads it as text".into()
+    } else if message.contains("Additional properties") || message.contains("unevaluated") {
+        "remove or rename the field; mappings/schema.json lists the allowed fields".into()
+    } else if message.contains("is a required property") {
+        "add the missing field; mappings/schema.json describes it".into()
+    } else {
+        "see mappings/schema.json for the allowed values".into()
+    }
+}
+
+/// Parses YAML into JSON, recording the position of every value by JSON pointer.
+pub fn parse_yaml(text: &str) -> Result<Spanned, Diagnostic> {
+    let mut builder = Builder::default();
+    let mut parser = Parser::new_from_str(text);
+    if let Err(e) = parser.load(&mut builder, false) {
+        return Err(Diagnostic {
+            pointer: String::new(),
+            pos: Some(Pos::from_marker(*e.marker())),
+            message: format!("not valid YAML: {}", e.info()),
+            hint: Some("check indentation and quoting around this line".into()),
+        });
+    }
+    if let Some(d) = builder.error {
+        return Err(d);
+    }
+    let value = builder.root.ok_or_else(|| {
+        Diagnostic::new(
+            "",
+            "the mapping file is empty",
+            "start from a file in mappings/, such as paijat-sote.yaml",
+        )
+    })?;
+    Ok(Spanned {
+        value,
+        spans: builder.spans,
+    })
+}
+
+enum Frame {
+    Seq {
+        pointer: String,
+        items: Vec<Value>,
+        anchor: usize,
+    },
+    Map {
+        pointer: String,
+        map: Map<String, Value>,
+        key: Option<String>,
+        anchor: usize,
+    },
+}
+
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Frame>,
+    spans: HashMap<String, Pos>,
+    anchors: HashMap<usize, Value>,
+    root: Option<Value>,
+    error: Option<Diagnostic>,
+}
+
+fn escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+impl Builder {
+    /// The pointer of the value about to start, or `None` when the next scalar is a map key.
+    fn next_pointer(&self) -> Option<String> {
+        match self.stack.last() {
+            None => Some(String::new()),
+            Some(Frame::Seq { pointer, items, .. }) => Some(format!("{pointer}/{}", items.len())),
+            Some(Frame::Map {
+                pointer,
+                key: Some(k),
+                ..
+            }) => Some(format!("{pointer}/{}", escape(k))),
+            Some(Frame::Map { key: None, .. }) => None,
+        }
+    }
+
+    fn push_value(&mut self, value: Value, anchor: usize) {
+        if anchor > 0 {
+            self.anchors.insert(anchor, value.clone());
+        }
+        match self.stack.last_mut() {
+            None => self.root = Some(value),
+            Some(Frame::Seq { items, .. }) => items.push(value),
+            Some(Frame::Map { map, key, .. }) => {
+                if let Some(k) = key.take() {
+                    map.insert(k, value);
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, pos: Pos, message: String, hint: &str) {
+        if self.error.is_none() {
+            self.error = Some(Diagnostic {
+                pointer: String::new(),
+                pos: Some(pos),
+                message,
+                hint: Some(hint.into()),
+            });
+        }
+    }
+}
+
+impl MarkedEventReceiver for Builder {
+    fn on_event(&mut self, event: Event, marker: Marker) {
+        let pos = Pos::from_marker(marker);
+        match event {
+            Event::Scalar(text, style, anchor, _tag) => match self.next_pointer() {
+                Some(pointer) => {
+                    self.spans.entry(pointer).or_insert(pos);
+                    self.push_value(resolve_scalar(&text, style), anchor);
+                }
+                None => {
+                    let Some(Frame::Map {
+                        pointer, map, key, ..
+                    }) = self.stack.last_mut()
+                    else {
+                        return;
+                    };
+                    if map.contains_key(&text) {
+                        let message = format!("the key `{text}` appears twice in the same mapping");
+                        self.fail(
+                            pos,
+                            message,
+                            "remove one of the two; YAML keeps only one of them",
+                        );
+                        return;
+                    }
+                    let child = format!("{pointer}/{}", escape(&text));
+                    *key = Some(text);
+                    self.spans.insert(child, pos);
+                }
+            },
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                let Some(pointer) = self.next_pointer() else {
+                    self.fail(
+                        pos,
+                        "a list or mapping cannot be a key".into(),
+                        "use a plain text key",
+                    );
+                    return;
+                };
+                self.spans.entry(pointer.clone()).or_insert(pos);
+                self.stack
+                    .push(if matches!(event, Event::SequenceStart(..)) {
+                        Frame::Seq {
+                            pointer,
+                            items: Vec::new(),
+                            anchor,
+                        }
+                    } else {
+                        Frame::Map {
+                            pointer,
+                            map: Map::new(),
+                            key: None,
+                            anchor,
+                        }
+                    });
+            }
+            Event::SequenceEnd | Event::MappingEnd => match self.stack.pop() {
+                Some(Frame::Seq { items, anchor, .. }) => {
+                    self.push_value(Value::Array(items), anchor)
+                }
+                Some(Frame::Map { map, anchor, .. }) => self.push_value(Value::Object(map), anchor),
+                None => {}
+            },
+            Event::Alias(id) => match (self.next_pointer(), self.anchors.get(&id).cloned()) {
+                (Some(pointer), Some(value)) => {
+                    self.spans.entry(pointer).or_insert(pos);
+                    self.push_value(value, 0);
+                }
+                _ => self.fail(
+                    pos,
+                    "an alias (*name) here cannot be resolved".into(),
+                    "define the anchor (&name) before using it, and not as a key",
+                ),
+            },
+            Event::Nothing
+            | Event::StreamStart
+            | Event::StreamEnd
+            | Event::DocumentStart
+            | Event::DocumentEnd => {}
+        }
+    }
+}
+
+/// YAML 1.2 core schema resolution of a scalar: quoted text stays text.
+fn resolve_scalar(text: &str, style: TScalarStyle) -> Value {
+    if style != TScalarStyle::Plain {
+        return Value::String(text.to_owned());
+    }
+    match text {
+        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
+        "true" | "True" | "TRUE" => return Value::Bool(true),
+        "false" | "False" | "FALSE" => return Value::Bool(false),
+        _ => {}
+    }
+    let looks_numeric = text
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b))
+        && text.bytes().any(|b| b.is_ascii_digit());
+    if looks_numeric {
+        if let Ok(i) = text.parse::<i64>() {
+            return Value::Number(i.into());
+        }
+        if let Some(n) = text.parse::<f64>().ok().and_then(Number::from_f64) {
+            return Value::Number(n);
+        }
+    }
+    Value::String(text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_values_keep_their_positions() {
+        let spanned = parse_yaml("id: x\nlist:\n  - a: 1\n    b: \"2\"\n  - 3.5\n").expect("yaml");
+        assert_eq!(spanned.value["list"][0]["a"], Value::from(1));
+        assert_eq!(spanned.value["list"][0]["b"], Value::from("2"));
+        assert_eq!(spanned.value["list"][1], Value::from(3.5));
+        assert_eq!(spanned.pos("/list/0/b"), Some(Pos { line: 4, col: 5 }));
+        assert_eq!(spanned.pos("/list/1"), Some(Pos { line: 5, col: 5 }));
+        assert_eq!(
+            spanned.pos("/list/0/b/nothing/here"),
+            Some(Pos { line: 4, col: 5 })
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_and_bad_yaml_are_errors_with_lines() {
+        let d = parse_yaml("a: 1\nb: 2\na: 3\n").expect_err("duplicate");
+        assert_eq!(d.pos, Some(Pos { line: 3, col: 1 }));
+        assert!(d.message.contains("`a` appears twice"), "{}", d.message);
+        let d = parse_yaml("a: [1, 2\nb: 3\n").expect_err("unclosed");
+        assert!(d.message.starts_with("not valid YAML"), "{}", d.message);
+        assert!(d.pos.is_some());
+        assert!(parse_yaml("").is_err());
+    }
+
+    #[test]
+    fn anchors_are_copied_into_aliases() {
+        let spanned = parse_yaml("a: &x {k: v}\nb: *x\n").expect("yaml");
+        assert_eq!(spanned.value["b"]["k"], Value::from("v"));
+    }
+}

@@ -1,0 +1,393 @@
+//! The mapping file format, as a county analyst writes it: plain serde structs with
+//! `deny_unknown_fields`, documented field by field because these doc comments become the
+//! JSON Schema (`mappings/schema.json`) that editors use for completion. This module only
+//! describes the shape; what a schema cannot see (unknown references, unreachable nodes) is
+//! checked in [`super::check`], and evaluation lives in [`super::plan`] and [`super::eval`].
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Canonical, ModelId, ResourceKind, SegmentCode};
+
+/// A segmentation model: what to compute from a client's resources and how to place the
+/// client in a segment.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Mapping {
+    /// Short id of the model, lowercase letters, digits and dashes (`paijat-sote`). Part of
+    /// every identifier segmentti writes, so changing it starts a new series of results.
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9-]*$"))]
+    pub id: ModelId,
+    /// Canonical URL of the model. Its code systems live below it (`{canonical}/CodeSystem/segment`).
+    #[schemars(regex(pattern = r"^https?://[^\s]+[^/\s]$"))]
+    pub canonical: Canonical,
+    /// Version of the model; change it whenever a threshold, a code list or the tree changes.
+    pub version: String,
+    /// Name of the model in Finnish, Swedish and English.
+    pub title: Text,
+    /// What the model is for and where it comes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<Text>,
+    /// Short names for code system URLs, used in code lists (`icd10fi: urn:oid:1.2.246.537.6.1`).
+    #[serde(default)]
+    pub systems: BTreeMap<String, String>,
+    /// Named lists of codes that features and prices filter on.
+    #[serde(default)]
+    pub code_lists: Vec<CodeList>,
+    /// How much a contact costs, for `cost` features when the data carry no cost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prices: Option<PriceTable>,
+    /// Numbers computed from each client's resources.
+    pub features: Vec<Feature>,
+    /// The assessment's criteria, each a level computed from features.
+    pub criteria: Vec<Criterion>,
+    /// The segments, light to heavy.
+    pub segments: Vec<Segment>,
+    /// The question tree: nodes tried in order, the first whose condition holds places the client.
+    pub tree: Vec<TreeNode>,
+    /// Markings beside the segment, such as the key-client overlay.
+    #[serde(default)]
+    pub overlays: Vec<Overlay>,
+    /// Which feature the run summary uses for cost concentration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_feature: Option<String>,
+}
+
+/// A text in Finnish, Swedish and English.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Text {
+    /// Suomeksi.
+    pub fi: String,
+    /// På svenska.
+    pub sv: String,
+    /// In English.
+    pub en: String,
+}
+
+/// A named list of codes.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CodeList {
+    /// Name used by features and prices (`mental_health`).
+    pub id: String,
+    /// What the list holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// `exact` codes only, or `prefix`: `F32` also matches `F32.1` (ICD-10 hierarchies).
+    #[serde(default)]
+    pub matching: Matching,
+    /// The codes.
+    pub codes: Vec<CodeEntry>,
+}
+
+/// How a code list matches codes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Matching {
+    /// The code must be equal.
+    #[default]
+    Exact,
+    /// The code must start with the listed code.
+    Prefix,
+}
+
+/// One code of a code list.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CodeEntry {
+    /// Code system: a short name from `systems` or a URL / `urn:oid:`.
+    pub system: String,
+    /// The code.
+    pub code: String,
+    /// Its display, for people reading the mapping and explanations.
+    pub display: String,
+    /// Where the code comes from (code system edition, document).
+    pub source: String,
+}
+
+/// A price table: rules tried in order, the first whose filters all hold prices the contact.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceTable {
+    /// Currency of every price (`EUR`).
+    pub currency: String,
+    /// Where the prices come from.
+    pub source: String,
+    /// The rules.
+    pub rules: Vec<PriceRule>,
+    /// Price of a contact that no rule matches.
+    pub otherwise: f64,
+}
+
+/// One price rule.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceRule {
+    /// Filters on the Encounter; all must hold.
+    #[serde(rename = "where")]
+    pub filters: Vec<Filter>,
+    /// Price per contact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub each: Option<f64>,
+    /// Price per day of the contact's period (inpatient stays), at least one day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_day: Option<f64>,
+}
+
+/// A filter on one field of a resource.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    /// The field whose codes are tested.
+    pub field: Field,
+    /// Holds when a code of the field is in this code list.
+    #[serde(rename = "in", default, skip_serializing_if = "Option::is_none")]
+    pub in_list: Option<String>,
+    /// Holds when no code of the field is in this code list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_in: Option<String>,
+}
+
+/// A coded field of Encounter or Condition.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum Field {
+    /// Encounter.class (HL7 v3 ActCode: AMB, HH, VR, EMER, IMP).
+    Class,
+    /// Encounter.type (contact type: AvoHILMO yhteystapa, SNOMED CT).
+    Type,
+    /// Encounter.serviceType (service type: AvoHILMO palvelumuoto, SNOMED CT).
+    ServiceType,
+    /// Encounter.reasonCode.
+    ReasonCode,
+    /// Encounter.diagnosis is not read; Condition.code is (ICD-10, ICPC-2, SNOMED CT).
+    Code,
+    /// Condition.category.
+    Category,
+    /// Condition.clinicalStatus.
+    ClinicalStatus,
+}
+
+impl Field {
+    /// The resource type that has this field.
+    pub fn resource(self) -> ResourceKind {
+        match self {
+            Self::Class | Self::Type | Self::ServiceType | Self::ReasonCode => {
+                ResourceKind::Encounter
+            }
+            Self::Code | Self::Category | Self::ClinicalStatus => ResourceKind::Condition,
+        }
+    }
+
+    /// The FHIR element name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Class => "class",
+            Self::Type => "type",
+            Self::ServiceType => "serviceType",
+            Self::ReasonCode => "reasonCode",
+            Self::Code => "code",
+            Self::Category => "category",
+            Self::ClinicalStatus => "clinicalStatus",
+        }
+    }
+}
+
+/// A number computed from a client's resources. Exactly one of the aggregations is given.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Feature {
+    /// Name used by criteria and overlays (`contacts_12m`).
+    pub id: String,
+    /// What the number means, for explanations.
+    pub title: Text,
+    /// Age in whole years at the as-of date, from Patient.birthDate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age: Option<AgeSpec>,
+    /// Number of matching resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<Selection>,
+    /// Number of distinct codes in `field` among matching resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distinct: Option<Selection>,
+    /// Number of the given code lists that at least one matching resource hits in `field`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lists_hit: Option<Selection>,
+    /// Sum of the price table over matching Encounters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<Selection>,
+    /// Days from the first to the last matching resource (long-term need).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span_days: Option<Selection>,
+    /// Days from the last matching resource to the as-of date; missing when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub days_since_last: Option<Selection>,
+}
+
+/// Age needs no settings; written `age: {}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgeSpec {}
+
+/// Which resources a feature looks at.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Selection {
+    /// Encounter or Condition.
+    pub resource: ResourceKind,
+    /// Look-back window before the as-of date as an ISO 8601 duration (`P12M`, `P2Y`, `P90D`);
+    /// without it the whole history counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// Filters; all must hold.
+    #[serde(rename = "where", default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<Filter>,
+    /// For `distinct` and `lists_hit`: the field whose codes are counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<Field>,
+    /// For `lists_hit`: the code lists counted (for example one per service area).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lists: Option<Vec<String>>,
+}
+
+/// A criterion of the assessment: ordered levels, the highest whose condition holds wins.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Criterion {
+    /// Name used by the tree (`support_need`).
+    pub id: String,
+    /// Name of the criterion.
+    pub title: Text,
+    /// Where the criterion comes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<Text>,
+    /// Levels from lowest to highest. The first has no `when`: it is the level of a client no
+    /// other level's condition holds for.
+    pub levels: Vec<Level>,
+}
+
+/// One level of a criterion.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Level {
+    /// Code of the level (`low`, `moderate`, `high`).
+    pub code: String,
+    /// Name of the level.
+    pub display: Text,
+    /// When the client reaches this level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<Condition>,
+}
+
+/// A condition. Exactly one form is given: `all`, `any`, `not`, a feature test
+/// (`feature` with `gte`/`gt`/`lte`/`lt`/`eq`, `missing` or `top_percent`), or a criterion test
+/// (`criterion` with `at_least` or `is`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    /// Holds when every condition holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all: Option<Vec<Condition>>,
+    /// Holds when at least one condition holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub any: Option<Vec<Condition>>,
+    /// Holds when the condition does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not: Option<Box<Condition>>,
+    /// A feature to test.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature: Option<String>,
+    /// The feature is at least this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gte: Option<f64>,
+    /// The feature is more than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gt: Option<f64>,
+    /// The feature is at most this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lte: Option<f64>,
+    /// The feature is less than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lt: Option<f64>,
+    /// The feature equals this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eq: Option<f64>,
+    /// `true`: the feature has no value (no birth date, no contact ever).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing: Option<bool>,
+    /// The feature is positive and within the top this-many percent of the evaluated population.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_percent: Option<f64>,
+    /// A criterion to test.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub criterion: Option<String>,
+    /// The criterion's level is this one or a higher one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_least: Option<String>,
+    /// The criterion's level is exactly this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is: Option<String>,
+}
+
+/// A segment of the model.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Segment {
+    /// Code of the segment, written into the Observation and Flag.
+    pub code: SegmentCode,
+    /// Position from light (1) to heavy.
+    pub order: u32,
+    /// Name of the segment.
+    pub display: Text,
+    /// Who belongs here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<Text>,
+    /// What professionals should do for a client in this segment.
+    pub guidance: Text,
+}
+
+/// A node of the question tree.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TreeNode {
+    /// Name of the node, shown in explanations.
+    pub id: String,
+    /// The question, over criteria only. Without it the node always holds, so it must be last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<Condition>,
+    /// The segment a client gets here.
+    pub segment: SegmentCode,
+    /// Why, in words a professional reads in the explanation.
+    pub because: Text,
+}
+
+/// A marking beside the segment (key client): holds when any of its rules holds.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Overlay {
+    /// Code of the overlay, written into its own Flag.
+    pub code: String,
+    /// Name of the overlay.
+    pub display: Text,
+    /// What professionals should do for such a client.
+    pub guidance: Text,
+    /// The rules; the overlay holds when at least one holds.
+    pub rules: Vec<OverlayRule>,
+}
+
+/// One rule of an overlay.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OverlayRule {
+    /// Code of the rule, recorded in the Observation when it holds.
+    pub id: String,
+    /// Name of the rule.
+    pub title: Text,
+    /// When the rule holds.
+    pub when: Condition,
+}

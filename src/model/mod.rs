@@ -1,0 +1,33 @@
+//! Segmentation models: mapping files in, segments out. Pure: no I/O but reading the mapping
+//! file itself, no clock (the as-of date is passed in).
+//!
+//! - [`mapping`]: the file format, as serde structs; their doc comments are the JSON Schema.
+//! - [`load`]: YAML with positions, schema check, every problem at once with line and column.
+//! - [`check`]: what the schema cannot see (references, unreachable tree nodes).
+//! - [`plan`]: a mapping compiled for one as-of date: indexes, code sets, windows.
+//! - [`eval`]: features → criteria → question tree → segment, overlays, explanations.
+
+pub mod check;
+pub mod eval;
+pub mod load;
+pub mod mapping;
+pub mod plan;
+
+use std::path::Path;
+
+pub use load::{MappingError, load_file};
+pub use plan::Plan;
+
+use crate::day::Day;
+
+/// Loads the mapping at `path` and compiles it for `as_of`.
+pub fn plan_file(path: &Path, as_of: Day) -> Result<Plan, MappingError> {
+    let mapping = load_file(path)?;
+    Plan::compile(mapping, as_of).map_err(|errors| MappingError::Invalid {
+        path: path.to_owned(),
+        diagnostics: errors
+            .into_iter()
+            .map(|e| load::Diagnostic::new(e.pointer, e.message, e.hint))
+            .collect(),
+    })
+}

@@ -1,0 +1,1098 @@
+//! A mapping compiled for one run: names resolved to indexes, code lists to hash sets, look-back
+//! windows to calendar days before the as-of date. The record fold and the evaluator work on
+//! this, never on the YAML structs, so the hot path does no string look-ups. Compiling assumes
+//! the mapping passed [`super::check`]; it reports a reference it cannot resolve as an error
+//! rather than guessing.
+
+use rustc_hash::FxHashMap;
+
+use super::mapping::{self, Field, Filter, Mapping, Matching};
+use crate::day::Day;
+use crate::types::ResourceKind;
+
+/// The most (field, code list) pairs a model may filter on; each is one bit of a resource's
+/// match mask.
+pub const MAX_MATCHERS: usize = 128;
+
+/// A mapping ready to run at one as-of date.
+#[derive(Debug)]
+pub struct Plan {
+    /// The mapping as written, for displays and identifiers.
+    pub mapping: Mapping,
+    /// The as-of date: windows end here and later resources are ignored.
+    pub as_of: Day,
+    /// Each (field, code list) pair any filter uses.
+    pub matchers: Vec<Matcher>,
+    index: FxHashMap<Field, FieldIndex>,
+    /// Fields whose codes `distinct` features count.
+    pub distinct_fields: Vec<Field>,
+    /// Features in mapping order.
+    pub features: Vec<FeaturePlan>,
+    /// Criteria in mapping order.
+    pub criteria: Vec<CriterionPlan>,
+    /// Tree nodes in order.
+    pub tree: Vec<NodePlan>,
+    /// Overlays in mapping order.
+    pub overlays: Vec<OverlayPlan>,
+    /// Price rules, when the mapping has a price table.
+    pub prices: Option<PricePlan>,
+    /// (feature, percent) pairs that `top_percent` tests need population thresholds for.
+    pub percentiles: Vec<(usize, f64)>,
+    /// Index of the feature the summary uses for cost concentration.
+    pub cost_feature: Option<usize>,
+}
+
+/// A compiled (field, code list) pair: one bit of a resource's match mask.
+#[derive(Debug)]
+pub struct Matcher {
+    /// The field tested.
+    pub field: Field,
+    /// The code list's id.
+    pub list: String,
+}
+
+/// For one field, every listed code with the bits of the matchers that list it, so a coding is
+/// matched against all code lists with one look-up (plus one per prefix length).
+#[derive(Debug, Default)]
+struct FieldIndex {
+    exact: FxHashMap<String, u128>,
+    prefix: FxHashMap<String, u128>,
+}
+
+/// The key of a code in a [`FieldIndex`]: system and code joined by NUL, so that prefixes of
+/// the key beyond the separator are prefixes of the code.
+fn code_key(system: &str, code: &str) -> String {
+    let mut key = String::with_capacity(system.len() + 1 + code.len());
+    key.push_str(system);
+    key.push('\0');
+    key.push_str(code);
+    key
+}
+
+/// Filters compiled to match-mask tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MaskTest {
+    /// Bits that must all be set.
+    pub required: u128,
+    /// Bits that must all be clear.
+    pub forbidden: u128,
+}
+
+impl MaskTest {
+    /// Whether a resource with this match mask passes.
+    pub fn holds(self, mask: u128) -> bool {
+        mask & self.required == self.required && mask & self.forbidden == 0
+    }
+}
+
+/// How a feature aggregates.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Aggregate {
+    /// Age at the as-of date.
+    Age,
+    /// Number of matching resources.
+    Count,
+    /// Distinct codes of `distinct_fields[field]`.
+    Distinct {
+        /// Index into [`Plan::distinct_fields`].
+        field: usize,
+    },
+    /// Number of lists hit; each list is a matcher bit.
+    ListsHit {
+        /// Matcher indexes, one per list.
+        matchers: Vec<usize>,
+    },
+    /// Sum of prices.
+    Cost,
+    /// Days from first to last.
+    SpanDays,
+    /// Days from last to as-of.
+    DaysSinceLast,
+}
+
+/// A compiled feature.
+#[derive(Debug)]
+pub struct FeaturePlan {
+    /// The feature's id.
+    pub id: String,
+    /// How it aggregates.
+    pub aggregate: Aggregate,
+    /// The resource type it reads (Patient for age).
+    pub resource: ResourceKind,
+    /// Resources on or before this day are outside the window.
+    pub after: Option<Day>,
+    /// The filters.
+    pub test: MaskTest,
+}
+
+impl FeaturePlan {
+    /// Whether a resource of `kind` on `day` with match `mask` counts for this feature.
+    pub fn selects(&self, kind: ResourceKind, day: Option<Day>, mask: u128) -> bool {
+        kind == self.resource
+            && self.test.holds(mask)
+            && match (self.after, day) {
+                (None, _) => true,
+                (Some(after), Some(day)) => day > after,
+                (Some(_), None) => false,
+            }
+    }
+}
+
+/// A compiled criterion.
+#[derive(Debug)]
+pub struct CriterionPlan {
+    /// The criterion's id.
+    pub id: String,
+    /// Conditions of levels 1.. (level 0 is the default).
+    pub levels: Vec<Cond>,
+    /// Features its conditions read, for explanations and evidence.
+    pub features: Vec<usize>,
+}
+
+/// A compiled tree node.
+#[derive(Debug)]
+pub struct NodePlan {
+    /// The condition; `None` always holds.
+    pub when: Option<Cond>,
+    /// Index into the mapping's segments.
+    pub segment: usize,
+}
+
+/// A compiled overlay.
+#[derive(Debug)]
+pub struct OverlayPlan {
+    /// Conditions of its rules, and the features each reads.
+    pub rules: Vec<(Cond, Vec<usize>)>,
+}
+
+/// Compiled price rules.
+#[derive(Debug)]
+pub struct PricePlan {
+    rules: Vec<(MaskTest, Price)>,
+    otherwise: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Price {
+    Each(f64),
+    PerDay(f64),
+}
+
+impl PricePlan {
+    /// The price of an Encounter with this match mask and period.
+    pub fn price(&self, mask: u128, start: Option<Day>, end: Option<Day>) -> f64 {
+        match self.rules.iter().find(|(test, _)| test.holds(mask)) {
+            Some((_, Price::Each(p))) => *p,
+            Some((_, Price::PerDay(p))) => {
+                let days = match (start, end) {
+                    (Some(s), Some(e)) => s.days_until(e).max(1),
+                    _ => 1,
+                };
+                p * f64::from(days)
+            }
+            None => self.otherwise,
+        }
+    }
+}
+
+/// A compiled condition.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cond {
+    /// Every one holds.
+    All(Vec<Cond>),
+    /// At least one holds.
+    Any(Vec<Cond>),
+    /// The inner one does not hold.
+    Not(Box<Cond>),
+    /// A numeric test on a feature; a missing value fails every comparison.
+    Compare {
+        /// Feature index.
+        feature: usize,
+        /// Comparison.
+        op: Op,
+        /// Right-hand side.
+        value: f64,
+    },
+    /// The feature has no value (or has one, with `false`).
+    Missing {
+        /// Feature index.
+        feature: usize,
+        /// Whether missing is what holds.
+        missing: bool,
+    },
+    /// The feature is positive and at or above the population threshold in slot `slot`.
+    TopPercent {
+        /// Feature index.
+        feature: usize,
+        /// Index into [`Plan::percentiles`].
+        slot: usize,
+    },
+    /// The criterion's level is at least `level` (or exactly, with `exact`).
+    Level {
+        /// Criterion index.
+        criterion: usize,
+        /// Level index.
+        level: usize,
+        /// Exactly this level.
+        exact: bool,
+    },
+}
+
+/// A comparison operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `>=`
+    Gte,
+    /// `>`
+    Gt,
+    /// `<=`
+    Lte,
+    /// `<`
+    Lt,
+    /// `==`
+    Eq,
+}
+
+impl Op {
+    fn holds(self, a: f64, b: f64) -> bool {
+        match self {
+            Self::Gte => a >= b,
+            Self::Gt => a > b,
+            Self::Lte => a <= b,
+            Self::Lt => a < b,
+            Self::Eq => (a - b).abs() < 1e-9,
+        }
+    }
+
+    /// The operator as written in mapping files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Gte => "≥",
+            Self::Gt => ">",
+            Self::Lte => "≤",
+            Self::Lt => "<",
+            Self::Eq => "=",
+        }
+    }
+}
+
+/// What conditions are evaluated against.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    /// Feature values.
+    pub features: &'a [Option<f64>],
+    /// Criterion levels so far.
+    pub levels: &'a [usize],
+    /// Population thresholds, by percentile slot.
+    pub thresholds: &'a [Option<f64>],
+}
+
+impl Cond {
+    /// Whether the condition holds.
+    pub fn holds(&self, facts: Facts<'_>) -> bool {
+        match self {
+            Self::All(cs) => cs.iter().all(|c| c.holds(facts)),
+            Self::Any(cs) => cs.iter().any(|c| c.holds(facts)),
+            Self::Not(c) => !c.holds(facts),
+            Self::Compare { feature, op, value } => {
+                facts.features[*feature].is_some_and(|v| op.holds(v, *value))
+            }
+            Self::Missing { feature, missing } => facts.features[*feature].is_none() == *missing,
+            Self::TopPercent { feature, slot } => {
+                match (facts.features[*feature], facts.thresholds[*slot]) {
+                    (Some(v), Some(t)) => v > 0.0 && v >= t,
+                    _ => false,
+                }
+            }
+            Self::Level {
+                criterion,
+                level,
+                exact,
+            } => {
+                let have = facts.levels[*criterion];
+                if *exact {
+                    have == *level
+                } else {
+                    have >= *level
+                }
+            }
+        }
+    }
+
+    /// Feature indexes this condition reads.
+    pub fn features(&self, out: &mut Vec<usize>) {
+        match self {
+            Self::All(cs) | Self::Any(cs) => cs.iter().for_each(|c| c.features(out)),
+            Self::Not(c) => c.features(out),
+            Self::Compare { feature, .. }
+            | Self::Missing { feature, .. }
+            | Self::TopPercent { feature, .. } => {
+                if !out.contains(feature) {
+                    out.push(*feature);
+                }
+            }
+            Self::Level { .. } => {}
+        }
+    }
+
+    /// Criterion indexes this condition reads.
+    pub fn criteria(&self, out: &mut Vec<usize>) {
+        match self {
+            Self::All(cs) | Self::Any(cs) => cs.iter().for_each(|c| c.criteria(out)),
+            Self::Not(c) => c.criteria(out),
+            Self::Level { criterion, .. } => {
+                if !out.contains(criterion) {
+                    out.push(*criterion);
+                }
+            }
+            Self::Compare { .. } | Self::Missing { .. } | Self::TopPercent { .. } => {}
+        }
+    }
+}
+
+/// Why a mapping could not be compiled; [`super::check`] reports these with positions.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct CompileError {
+    /// JSON pointer of the offending value.
+    pub pointer: String,
+    /// What is wrong.
+    pub message: String,
+    /// What to do.
+    pub hint: String,
+}
+
+fn err(
+    pointer: impl Into<String>,
+    message: impl Into<String>,
+    hint: impl Into<String>,
+) -> CompileError {
+    CompileError {
+        pointer: pointer.into(),
+        message: message.into(),
+        hint: hint.into(),
+    }
+}
+
+/// Parses an ISO 8601 duration of years, months, weeks and days (`P1Y6M`, `P90D`).
+pub fn parse_window(text: &str) -> Option<(u32, u32)> {
+    let rest = text.strip_prefix('P')?;
+    if rest.is_empty() {
+        return None;
+    }
+    let (mut months, mut days, mut number) = (0u32, 0u32, String::new());
+    for ch in rest.chars() {
+        if ch.is_ascii_digit() {
+            number.push(ch);
+            continue;
+        }
+        let n: u32 = number.parse().ok()?;
+        number.clear();
+        match ch {
+            'Y' => months += n.checked_mul(12)?,
+            'M' => months += n,
+            'W' => days += n.checked_mul(7)?,
+            'D' => days += n,
+            _ => return None,
+        }
+    }
+    number.is_empty().then_some((months, days))
+}
+
+/// The day `months` calendar months and `days` days before `day` (end of month clamped).
+pub fn days_before(day: Day, months: u32, days: u32) -> Day {
+    let date = day.to_date();
+    let total = date.year() * 12 + i32::from(date.month() as u8)
+        - 1
+        - i32::try_from(months).unwrap_or(i32::MAX / 2);
+    let (year, month0) = (total.div_euclid(12), total.rem_euclid(12));
+    let month = time::Month::try_from(u8::try_from(month0 + 1).unwrap_or(1))
+        .unwrap_or(time::Month::January);
+    let dom = date.day().min(month.length(year));
+    let moved = time::Date::from_calendar_date(year, month, dom)
+        .map(Day::from_date)
+        .unwrap_or(day);
+    moved.plus_days(-i32::try_from(days).unwrap_or(0))
+}
+
+struct Compiler<'m> {
+    mapping: &'m Mapping,
+    matchers: Vec<Matcher>,
+    index: FxHashMap<Field, FieldIndex>,
+    matcher_index: FxHashMap<(Field, String), usize>,
+    percentiles: Vec<(usize, f64)>,
+}
+
+impl<'m> Compiler<'m> {
+    fn list(&self, id: &str) -> Option<&'m mapping::CodeList> {
+        self.mapping.code_lists.iter().find(|l| l.id == id)
+    }
+
+    fn system_url(&self, system: &str) -> String {
+        self.mapping
+            .systems
+            .get(system)
+            .cloned()
+            .unwrap_or_else(|| system.to_owned())
+    }
+
+    fn matcher(&mut self, field: Field, list: &str, pointer: &str) -> Result<usize, CompileError> {
+        if let Some(&i) = self.matcher_index.get(&(field, list.to_owned())) {
+            return Ok(i);
+        }
+        let Some(code_list) = self.list(list) else {
+            return Err(err(
+                pointer,
+                format!("unknown code list `{list}`"),
+                "define it under code_lists, or fix the name",
+            ));
+        };
+        if self.matchers.len() == MAX_MATCHERS {
+            return Err(err(
+                pointer,
+                format!("more than {MAX_MATCHERS} (field, code list) pairs"),
+                "merge code lists",
+            ));
+        }
+        let bit = 1u128 << self.matchers.len();
+        for entry in &code_list.codes {
+            let key = code_key(&self.system_url(&entry.system), &entry.code);
+            let index = self.index.entry(field).or_default();
+            let table = match code_list.matching {
+                Matching::Exact => &mut index.exact,
+                Matching::Prefix => &mut index.prefix,
+            };
+            *table.entry(key).or_default() |= bit;
+        }
+        self.matchers.push(Matcher {
+            field,
+            list: list.to_owned(),
+        });
+        self.matcher_index
+            .insert((field, list.to_owned()), self.matchers.len() - 1);
+        Ok(self.matchers.len() - 1)
+    }
+
+    fn filters(
+        &mut self,
+        filters: &[Filter],
+        resource: ResourceKind,
+        pointer: &str,
+    ) -> Result<MaskTest, CompileError> {
+        let mut test = MaskTest::default();
+        for (i, f) in filters.iter().enumerate() {
+            let p = format!("{pointer}/{i}");
+            if f.field.resource() != resource {
+                return Err(err(
+                    format!("{p}/field"),
+                    format!(
+                        "field `{}` belongs to {}, not {resource}",
+                        f.field.as_str(),
+                        f.field.resource()
+                    ),
+                    "filter on a field of the resource the feature reads",
+                ));
+            }
+            match (&f.in_list, &f.not_in) {
+                (Some(list), None) => {
+                    test.required |= 1 << self.matcher(f.field, list, &format!("{p}/in"))?
+                }
+                (None, Some(list)) => {
+                    test.forbidden |= 1 << self.matcher(f.field, list, &format!("{p}/not_in"))?
+                }
+                _ => {
+                    return Err(err(
+                        p,
+                        "a filter needs exactly one of `in` and `not_in`",
+                        "write `in: <code list>` or `not_in: <code list>`",
+                    ));
+                }
+            }
+        }
+        Ok(test)
+    }
+
+    fn feature_index(&self, id: &str) -> Option<usize> {
+        self.mapping.features.iter().position(|f| f.id == id)
+    }
+
+    fn criterion_index(&self, id: &str) -> Option<usize> {
+        self.mapping.criteria.iter().position(|c| c.id == id)
+    }
+
+    /// Compiles a condition; `criteria_upto` is how many criteria it may read (none for
+    /// criteria's own levels, all for the tree and overlays), `features` whether it may read features.
+    fn cond(
+        &mut self,
+        c: &mapping::Condition,
+        pointer: &str,
+        criteria_upto: usize,
+        features: bool,
+    ) -> Result<Cond, CompileError> {
+        let forms = [
+            c.all.is_some(),
+            c.any.is_some(),
+            c.not.is_some(),
+            c.feature.is_some(),
+            c.criterion.is_some(),
+        ];
+        if forms.iter().filter(|f| **f).count() != 1 {
+            return Err(err(
+                pointer,
+                "a condition needs exactly one of `all`, `any`, `not`, `feature` and `criterion`",
+                "split it into `all: [...]` of single conditions",
+            ));
+        }
+        let list = |this: &mut Self,
+                    cs: &[mapping::Condition],
+                    key: &str|
+         -> Result<Vec<Cond>, CompileError> {
+            if cs.is_empty() {
+                return Err(err(
+                    format!("{pointer}/{key}"),
+                    format!("`{key}` is empty"),
+                    "list at least one condition",
+                ));
+            }
+            cs.iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    this.cond(c, &format!("{pointer}/{key}/{i}"), criteria_upto, features)
+                })
+                .collect()
+        };
+        if let Some(cs) = &c.all {
+            return Ok(Cond::All(list(self, cs, "all")?));
+        }
+        if let Some(cs) = &c.any {
+            return Ok(Cond::Any(list(self, cs, "any")?));
+        }
+        if let Some(inner) = &c.not {
+            return Ok(Cond::Not(Box::new(self.cond(
+                inner,
+                &format!("{pointer}/not"),
+                criteria_upto,
+                features,
+            )?)));
+        }
+        if let Some(name) = &c.feature {
+            return self.feature_test(c, name, pointer, features);
+        }
+        let name = c.criterion.as_deref().unwrap_or_default();
+        let Some(criterion) = self.criterion_index(name).filter(|&i| i < criteria_upto) else {
+            let hint = if criteria_upto == 0 {
+                "criteria levels are computed from features only"
+            } else {
+                "use a criterion id defined under criteria"
+            };
+            return Err(err(
+                format!("{pointer}/criterion"),
+                format!("unknown criterion `{name}` here"),
+                hint,
+            ));
+        };
+        let levels = &self.mapping.criteria[criterion].levels;
+        let (code, exact, key) = match (&c.at_least, &c.is) {
+            (Some(code), None) => (code, false, "at_least"),
+            (None, Some(code)) => (code, true, "is"),
+            _ => {
+                return Err(err(
+                    pointer,
+                    "a criterion test needs exactly one of `at_least` and `is`",
+                    "write `at_least: <level>`",
+                ));
+            }
+        };
+        let Some(level) = levels.iter().position(|l| &l.code == code) else {
+            let known: Vec<&str> = levels.iter().map(|l| l.code.as_str()).collect();
+            return Err(err(
+                format!("{pointer}/{key}"),
+                format!("criterion `{name}` has no level `{code}`"),
+                format!("use one of: {}", known.join(", ")),
+            ));
+        };
+        if c.gte.is_some()
+            || c.gt.is_some()
+            || c.lte.is_some()
+            || c.lt.is_some()
+            || c.eq.is_some()
+            || c.missing.is_some()
+            || c.top_percent.is_some()
+        {
+            return Err(err(
+                pointer,
+                "a criterion test takes only `at_least` or `is`",
+                "move numeric tests to a feature condition",
+            ));
+        }
+        Ok(Cond::Level {
+            criterion,
+            level,
+            exact,
+        })
+    }
+
+    fn feature_test(
+        &mut self,
+        c: &mapping::Condition,
+        name: &str,
+        pointer: &str,
+        features: bool,
+    ) -> Result<Cond, CompileError> {
+        if !features {
+            return Err(err(
+                format!("{pointer}/feature"),
+                "the question tree tests criteria, not features",
+                "turn the feature test into a criterion level",
+            ));
+        }
+        let Some(feature) = self.feature_index(name) else {
+            return Err(err(
+                format!("{pointer}/feature"),
+                format!("unknown feature `{name}`"),
+                "use a feature id defined under features",
+            ));
+        };
+        let mut tests = Vec::new();
+        for (op, v) in [
+            (Op::Gte, c.gte),
+            (Op::Gt, c.gt),
+            (Op::Lte, c.lte),
+            (Op::Lt, c.lt),
+            (Op::Eq, c.eq),
+        ] {
+            if let Some(value) = v {
+                tests.push(Cond::Compare { feature, op, value });
+            }
+        }
+        if let Some(missing) = c.missing {
+            tests.push(Cond::Missing { feature, missing });
+        }
+        if let Some(p) = c.top_percent {
+            if !(p > 0.0 && p <= 100.0) {
+                return Err(err(
+                    format!("{pointer}/top_percent"),
+                    format!("top_percent {p} is outside 0–100"),
+                    "give a share of the population, such as 10",
+                ));
+            }
+            let slot = match self
+                .percentiles
+                .iter()
+                .position(|&(f, q)| f == feature && q == p)
+            {
+                Some(s) => s,
+                None => {
+                    self.percentiles.push((feature, p));
+                    self.percentiles.len() - 1
+                }
+            };
+            tests.push(Cond::TopPercent { feature, slot });
+        }
+        if c.at_least.is_some() || c.is.is_some() {
+            return Err(err(
+                pointer,
+                "`at_least` and `is` go with `criterion`, not `feature`",
+                "compare a feature with gte/gt/lte/lt/eq",
+            ));
+        }
+        match tests.len() {
+            0 => Err(err(
+                pointer,
+                format!("feature `{name}` is named but not tested"),
+                "add gte, gt, lte, lt, eq, missing or top_percent",
+            )),
+            1 => Ok(tests.remove(0)),
+            _ => Ok(Cond::All(tests)),
+        }
+    }
+}
+
+impl Plan {
+    /// Compiles `mapping` for a run at `as_of`. Each feature, level, node, rule and price
+    /// rule is compiled on its own, so one call reports the first problem of every one of them.
+    pub fn compile(mapping: Mapping, as_of: Day) -> Result<Plan, Vec<CompileError>> {
+        let mut c = Compiler {
+            mapping: &mapping,
+            matchers: Vec::new(),
+            index: FxHashMap::default(),
+            matcher_index: FxHashMap::default(),
+            percentiles: Vec::new(),
+        };
+        let mut errors = Vec::new();
+        let mut distinct_fields = Vec::new();
+        let mut features = Vec::new();
+        for (i, f) in mapping.features.iter().enumerate() {
+            let compiled = compile_feature(
+                &mut c,
+                f,
+                &format!("/features/{i}"),
+                as_of,
+                &mut distinct_fields,
+            );
+            features.extend(keep(&mut errors, compiled));
+        }
+        let mut criteria = Vec::new();
+        for (i, crit) in mapping.criteria.iter().enumerate() {
+            criteria.extend(keep(
+                &mut errors,
+                compile_criterion(&mut c, crit, &format!("/criteria/{i}")),
+            ));
+        }
+        let mut tree = Vec::new();
+        for (i, node) in mapping.tree.iter().enumerate() {
+            let p = format!("/tree/{i}");
+            let when = node
+                .when
+                .as_ref()
+                .map(|w| c.cond(w, &format!("{p}/when"), mapping.criteria.len(), false))
+                .transpose();
+            let segment = mapping
+                .segments
+                .iter()
+                .position(|s| s.code == node.segment)
+                .ok_or_else(|| {
+                    err(
+                        format!("{p}/segment"),
+                        format!("unknown segment `{}`", node.segment),
+                        "use a code defined under segments",
+                    )
+                });
+            if let (Some(when), Some(segment)) =
+                (keep(&mut errors, when), keep(&mut errors, segment))
+            {
+                tree.push(NodePlan { when, segment });
+            }
+        }
+        let mut overlays = Vec::new();
+        for (i, o) in mapping.overlays.iter().enumerate() {
+            let mut rules = Vec::new();
+            for (j, r) in o.rules.iter().enumerate() {
+                if let Some(cond) = keep(
+                    &mut errors,
+                    c.cond(
+                        &r.when,
+                        &format!("/overlays/{i}/rules/{j}/when"),
+                        mapping.criteria.len(),
+                        true,
+                    ),
+                ) {
+                    let mut used = Vec::new();
+                    cond.features(&mut used);
+                    rules.push((cond, used));
+                }
+            }
+            overlays.push(OverlayPlan { rules });
+        }
+        let mut prices = None;
+        if let Some(table) = &mapping.prices {
+            let mut rules = Vec::new();
+            for (i, r) in table.rules.iter().enumerate() {
+                let p = format!("/prices/rules/{i}");
+                let test = c.filters(&r.filters, ResourceKind::Encounter, &format!("{p}/where"));
+                let price = match (r.each, r.per_day) {
+                    (Some(e), None) => Ok(Price::Each(e)),
+                    (None, Some(d)) => Ok(Price::PerDay(d)),
+                    _ => Err(err(
+                        p,
+                        "a price rule needs exactly one of `each` and `per_day`",
+                        "write `each: 120` or `per_day: 650`",
+                    )),
+                };
+                if let (Some(test), Some(price)) =
+                    (keep(&mut errors, test), keep(&mut errors, price))
+                {
+                    rules.push((test, price));
+                }
+            }
+            prices = Some(PricePlan {
+                rules,
+                otherwise: table.otherwise,
+            });
+        }
+        let mut cost_feature = None;
+        if let Some(id) = &mapping.cost_feature {
+            let found = features
+                .iter()
+                .position(|f: &FeaturePlan| &f.id == id && f.aggregate == Aggregate::Cost);
+            let found = found.ok_or_else(|| {
+                err(
+                    "/cost_feature",
+                    format!("`{id}` is not a cost feature"),
+                    "name a feature defined with `cost:`",
+                )
+            });
+            cost_feature = keep(&mut errors, found);
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let (matchers, index, percentiles) = (c.matchers, c.index, c.percentiles);
+        Ok(Plan {
+            mapping,
+            as_of,
+            matchers,
+            index,
+            distinct_fields,
+            features,
+            criteria,
+            tree,
+            overlays,
+            prices,
+            percentiles,
+            cost_feature,
+        })
+    }
+
+    /// Whether any filter reads `field`.
+    pub fn reads(&self, field: Field) -> bool {
+        self.index.contains_key(&field)
+    }
+
+    /// The match bits of one coding of `field`.
+    pub fn mask_of(&self, field: Field, system: &str, code: &str) -> u128 {
+        let Some(index) = self.index.get(&field) else {
+            return 0;
+        };
+        let key = code_key(system, code);
+        let mut mask = index.exact.get(&key).copied().unwrap_or(0);
+        if !index.prefix.is_empty() {
+            let start = system.len() + 2;
+            for end in start..=key.len() {
+                if key.is_char_boundary(end) {
+                    mask |= index.prefix.get(&key[..end]).copied().unwrap_or(0);
+                }
+            }
+        }
+        mask
+    }
+
+    /// Index of the first tree node that holds for these criterion levels.
+    pub fn place(&self, levels: &[usize]) -> Option<usize> {
+        let facts = Facts {
+            features: &[],
+            levels,
+            thresholds: &[],
+        };
+        self.tree
+            .iter()
+            .position(|n| n.when.as_ref().is_none_or(|w| w.holds(facts)))
+    }
+}
+
+/// The value of `result`, or `None` with its error recorded.
+fn keep<T>(errors: &mut Vec<CompileError>, result: Result<T, CompileError>) -> Option<T> {
+    result.map_err(|e| errors.push(e)).ok()
+}
+
+fn compile_criterion(
+    c: &mut Compiler<'_>,
+    crit: &mapping::Criterion,
+    p: &str,
+) -> Result<CriterionPlan, CompileError> {
+    if crit.levels.is_empty() {
+        return Err(err(
+            format!("{p}/levels"),
+            format!("criterion `{}` has no levels", crit.id),
+            "list levels from lowest to highest",
+        ));
+    }
+    let mut levels = Vec::new();
+    let mut used = Vec::new();
+    for (j, level) in crit.levels.iter().enumerate() {
+        let lp = format!("{p}/levels/{j}");
+        match (j, &level.when) {
+            (0, None) => {}
+            (0, Some(_)) => {
+                return Err(err(
+                    format!("{lp}/when"),
+                    "the lowest level takes no `when`",
+                    "it is the level of everyone the higher levels leave; remove `when`",
+                ));
+            }
+            (_, None) => {
+                return Err(err(
+                    lp,
+                    format!("level `{}` has no `when`", level.code),
+                    "say when a client reaches this level",
+                ));
+            }
+            (_, Some(when)) => {
+                let cond = c.cond(when, &format!("{lp}/when"), 0, true)?;
+                cond.features(&mut used);
+                levels.push(cond);
+            }
+        }
+    }
+    Ok(CriterionPlan {
+        id: crit.id.clone(),
+        levels,
+        features: used,
+    })
+}
+
+fn compile_feature(
+    c: &mut Compiler<'_>,
+    f: &mapping::Feature,
+    p: &str,
+    as_of: Day,
+    distinct_fields: &mut Vec<Field>,
+) -> Result<FeaturePlan, CompileError> {
+    let given = [
+        ("age", f.age.is_some()),
+        ("count", f.count.is_some()),
+        ("distinct", f.distinct.is_some()),
+        ("lists_hit", f.lists_hit.is_some()),
+        ("cost", f.cost.is_some()),
+        ("span_days", f.span_days.is_some()),
+        ("days_since_last", f.days_since_last.is_some()),
+    ];
+    let named: Vec<&str> = given.iter().filter(|g| g.1).map(|g| g.0).collect();
+    if named.len() != 1 {
+        let kinds: Vec<&str> = given.iter().map(|g| g.0).collect();
+        return Err(err(
+            p,
+            format!(
+                "feature `{}` needs exactly one aggregation, found {}",
+                f.id,
+                named.len()
+            ),
+            format!("use one of: {}", kinds.join(", ")),
+        ));
+    }
+    if f.age.is_some() {
+        return Ok(FeaturePlan {
+            id: f.id.clone(),
+            aggregate: Aggregate::Age,
+            resource: ResourceKind::Patient,
+            after: None,
+            test: MaskTest::default(),
+        });
+    }
+    let key = named[0];
+    let sel = [
+        &f.count,
+        &f.distinct,
+        &f.lists_hit,
+        &f.cost,
+        &f.span_days,
+        &f.days_since_last,
+    ]
+    .into_iter()
+    .flatten()
+    .next()
+    .ok_or_else(|| err(p, "feature without aggregation", "report this as a bug"))?;
+    let sp = format!("{p}/{key}");
+    if sel.resource == ResourceKind::Patient {
+        return Err(err(
+            format!("{sp}/resource"),
+            "features over Patient are written `age: {}`",
+            "select Encounter or Condition resources",
+        ));
+    }
+    let after = match &sel.window {
+        None => None,
+        Some(w) => {
+            let Some((months, days)) = parse_window(w) else {
+                return Err(err(
+                    format!("{sp}/window"),
+                    format!("`{w}` is not an ISO 8601 duration"),
+                    "write e.g. P12M, P2Y or P90D",
+                ));
+            };
+            Some(days_before(as_of, months, days))
+        }
+    };
+    let test = c.filters(&sel.filters, sel.resource, &format!("{sp}/where"))?;
+    let needs_field = matches!(key, "distinct" | "lists_hit");
+    if needs_field != sel.field.is_some() || (key == "lists_hit") != sel.lists.is_some() {
+        let hint = match key {
+            "distinct" => "`distinct` takes `field`",
+            "lists_hit" => "`lists_hit` takes `field` and `lists`",
+            _ => "only `distinct` and `lists_hit` take `field`, and only `lists_hit` takes `lists`",
+        };
+        return Err(err(sp, format!("`{key}` has the wrong settings"), hint));
+    }
+    if let Some(field) = sel.field
+        && field.resource() != sel.resource
+    {
+        return Err(err(
+            format!("{sp}/field"),
+            format!("field `{}` belongs to {}", field.as_str(), field.resource()),
+            "count a field of the selected resource",
+        ));
+    }
+    let aggregate = match key {
+        "count" => Aggregate::Count,
+        "cost" => {
+            if sel.resource != ResourceKind::Encounter || c.mapping.prices.is_none() {
+                return Err(err(
+                    sp,
+                    "`cost` sums the price table over Encounters",
+                    "select Encounter and define `prices`",
+                ));
+            }
+            Aggregate::Cost
+        }
+        "span_days" => Aggregate::SpanDays,
+        "days_since_last" => Aggregate::DaysSinceLast,
+        "distinct" => {
+            let field = sel.field.unwrap_or(Field::Code);
+            let index = match distinct_fields.iter().position(|f| *f == field) {
+                Some(i) => i,
+                None => {
+                    distinct_fields.push(field);
+                    distinct_fields.len() - 1
+                }
+            };
+            Aggregate::Distinct { field: index }
+        }
+        _ => {
+            let field = sel.field.unwrap_or(Field::Code);
+            let lists = sel.lists.as_deref().unwrap_or_default();
+            if lists.is_empty() {
+                return Err(err(
+                    format!("{sp}/lists"),
+                    "`lists` is empty",
+                    "name the code lists to count",
+                ));
+            }
+            let matchers = lists
+                .iter()
+                .enumerate()
+                .map(|(i, l)| c.matcher(field, l, &format!("{sp}/lists/{i}")))
+                .collect::<Result<_, _>>()?;
+            Aggregate::ListsHit { matchers }
+        }
+    };
+    Ok(FeaturePlan {
+        id: f.id.clone(),
+        aggregate,
+        resource: sel.resource,
+        after,
+        test,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_parse_as_iso_durations() {
+        assert_eq!(parse_window("P12M"), Some((12, 0)));
+        assert_eq!(parse_window("P1Y6M"), Some((18, 0)));
+        assert_eq!(parse_window("P2W3D"), Some((0, 17)));
+        for bad in ["12M", "P", "P1H", "P1Y2", "PM"] {
+            assert_eq!(parse_window(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn months_are_calendar_months_clamped_to_month_end() {
+        let day = |s: &str| s.parse::<Day>().expect("day");
+        assert_eq!(days_before(day("2026-01-01"), 12, 0), day("2025-01-01"));
+        assert_eq!(days_before(day("2026-03-31"), 1, 0), day("2026-02-28"));
+        assert_eq!(days_before(day("2026-01-10"), 0, 10), day("2025-12-31"));
+    }
+}

@@ -1,0 +1,438 @@
+//! The run: source → record → model → writeback → sink. A reader thread streams batches of
+//! resources through a bounded channel (back-pressure keeps memory flat); both cores extract
+//! facts from a batch in parallel, and one thread folds them in input order, so results do not
+//! depend on thread timing. After the fold, the population thresholds are computed, then each
+//! client (in id order, so output is reproducible) is assessed and written. Nothing here knows
+//! file formats or HTTP: sources and sinks do.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::mpsc;
+
+use compact_str::CompactString;
+use rayon::prelude::*;
+use serde::Serialize;
+use tracing::{debug, info, info_span};
+
+use crate::model::eval::{self, Assessment};
+use crate::model::plan::Plan;
+use crate::record::{ClientRecord, Fold, FoldStats, Rejection, extract};
+use crate::sink::{ClientResources, Sink, SinkError};
+use crate::source::files::SourceError;
+use crate::source::{Item, Payload};
+use crate::synth::SynthOptions;
+use crate::writeback::{self, BuildError};
+
+/// Where resources come from.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A file or directory of NDJSON or Bundles.
+    Files(PathBuf),
+    /// The built-in synthetic population.
+    Synthetic(SynthOptions),
+}
+
+impl std::fmt::Display for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Files(p) => write!(f, "{}", p.display()),
+            Self::Synthetic(o) => write!(
+                f,
+                "synthetic population ({} clients, seed {})",
+                o.clients, o.seed
+            ),
+        }
+    }
+}
+
+/// What to do with a resource that cannot be used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnInvalid {
+    /// Record it in `rejected.ndjson`, count it, go on.
+    #[default]
+    Skip,
+    /// Stop the run at the first one.
+    Fail,
+}
+
+/// A resource that was not used, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rejected {
+    /// File and line (or entry) it came from.
+    pub origin: String,
+    /// `Type/id` when known.
+    pub resource: Option<String>,
+    /// What is wrong and what to do.
+    pub reason: String,
+}
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The input could not be read.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// `--on-invalid=fail` and a resource was invalid.
+    #[error("invalid input at {}{}: {}\nhint: fix the resource, or run with --on-invalid=skip to record it in rejected.ndjson and go on", .0.origin, .0.resource.as_deref().map(|r| format!(" ({r})")).unwrap_or_default(), .0.reason)]
+    Invalid(Rejected),
+    /// The input held no resources at all.
+    #[error(
+        "the input {0} holds no resources\nhint: check that the export finished and the path is right"
+    )]
+    Empty(String),
+    /// No Patient in the input.
+    #[error(
+        "the input {0} holds no Patient resources, so there is no client to segment\nhint: include Patient.ndjson in the input"
+    )]
+    NoClients(String),
+    /// A resource could not be built.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// The sink failed.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// A client matched no tree node.
+    #[error(
+        "Patient/{0} reaches no node of the question tree of model {1}\nhint: run check-mapping on the model; the tree needs a final node without `when`"
+    )]
+    Unplaced(String, String),
+}
+
+/// Options of a run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// What to do with invalid resources.
+    pub on_invalid: OnInvalid,
+}
+
+/// Every plan's fold after the read.
+#[derive(Debug)]
+pub struct Folded {
+    /// Per plan, the clients.
+    pub clients: Vec<rustc_hash::FxHashMap<CompactString, ClientRecord>>,
+    /// What was read (from the first plan's fold; all folds see the same resources).
+    pub stats: FoldStats,
+    /// How many resources were rejected.
+    pub rejected: u64,
+}
+
+/// Reads `input` and folds it for every plan. Rejections go to `on_reject` in input order.
+pub fn fold(
+    input: &Input,
+    plans: &[Plan],
+    options: &RunOptions,
+    on_reject: &mut dyn FnMut(&Rejected) -> Result<(), SinkError>,
+) -> Result<Folded, PipelineError> {
+    let _span = info_span!("fold", plans = plans.len()).entered();
+    let (tx, rx) = mpsc::sync_channel::<Vec<Item>>(4);
+    let reader_input = input.clone();
+    let reader = std::thread::spawn(move || -> Result<(), SourceError> {
+        let send = |batch: Vec<Item>| tx.send(batch).map_err(|_| "the run stopped".to_owned());
+        match reader_input {
+            Input::Files(path) => crate::source::files::read(&path, send),
+            Input::Synthetic(opts) => crate::source::synthetic::read(&opts, send),
+        }
+    });
+    let mut folds: Vec<Fold<'_>> = plans.iter().map(Fold::new).collect();
+    let mut rejected = 0u64;
+    let mut items = 0u64;
+    let mut failure: Option<PipelineError> = None;
+    for batch in rx {
+        items += batch.len() as u64;
+        let facts: Vec<Vec<Result<_, Rejection>>> = batch
+            .par_iter()
+            .map(|item| plans.iter().map(|plan| extract_item(plan, item)).collect())
+            .collect();
+        for (item, per_plan) in batch.iter().zip(facts) {
+            let mut rejection = None;
+            for (fold, fact) in folds.iter_mut().zip(per_plan) {
+                let outcome = fact.and_then(|f| fold.apply(f));
+                if let Err(r) = outcome {
+                    rejection.get_or_insert(r);
+                }
+            }
+            if let Some(r) = rejection {
+                rejected += 1;
+                let r = Rejected {
+                    origin: item.origin.to_string(),
+                    resource: r.resource,
+                    reason: r.reason,
+                };
+                if options.on_invalid == OnInvalid::Fail {
+                    failure = Some(PipelineError::Invalid(r));
+                    break;
+                }
+                on_reject(&r)?;
+            }
+        }
+        if failure.is_some() {
+            break;
+        }
+    }
+    let read = reader
+        .join()
+        .unwrap_or_else(|_| Err(SourceError::Stopped("the reader thread panicked".into())));
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    read?;
+    if items == 0 {
+        return Err(PipelineError::Empty(input.to_string()));
+    }
+    let mut clients = Vec::new();
+    let mut stats = FoldStats::default();
+    for (i, fold) in folds.into_iter().enumerate() {
+        let (mut map, s) = fold.into_clients();
+        let absent: Vec<CompactString> = map
+            .iter()
+            .filter(|(_, r)| !r.has_patient)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut absent_sorted = absent;
+        absent_sorted.sort();
+        for id in absent_sorted {
+            let record = map.remove(&id);
+            if i > 0 {
+                continue;
+            }
+            let count = record.map_or(0, |r| r.resources);
+            let r = Rejected {
+                origin: input.to_string(),
+                resource: Some(format!("Patient/{id}")),
+                reason: format!(
+                    "{count} resource(s) refer to Patient/{id}, which is not in the input; include the Patient in the export"
+                ),
+            };
+            rejected += 1;
+            if options.on_invalid == OnInvalid::Fail {
+                return Err(PipelineError::Invalid(r));
+            }
+            on_reject(&r)?;
+        }
+        if i == 0 {
+            stats = s;
+        }
+        clients.push(map);
+    }
+    if clients.first().is_some_and(|c| c.is_empty()) {
+        return Err(PipelineError::NoClients(input.to_string()));
+    }
+    info!(
+        resources = items,
+        rejected,
+        clients = clients.first().map_or(0, |c| c.len()),
+        "input folded"
+    );
+    Ok(Folded {
+        clients,
+        stats,
+        rejected,
+    })
+}
+
+fn extract_item(plan: &Plan, item: &Item) -> Result<crate::record::Fact, Rejection> {
+    match &item.payload {
+        Payload::Line(text) => extract::extract_str(plan, text),
+        Payload::Value(value) => extract::extract_value(plan, value),
+        Payload::Unreadable(reason) => Err(Rejection {
+            resource: None,
+            reason: reason.clone(),
+        }),
+    }
+}
+
+/// Counts and shares of one model's results, for the printed table and `summary.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelSummary {
+    /// Model id.
+    pub model: String,
+    /// Model version.
+    pub version: String,
+    /// As-of date.
+    pub as_of: String,
+    /// Clients segmented.
+    pub clients: u64,
+    /// Per segment, light to heavy.
+    pub segments: Vec<Share>,
+    /// Per overlay.
+    pub overlays: Vec<Share>,
+    /// Total of the cost feature over all clients, when the model has one.
+    pub total_cost: Option<f64>,
+    /// Share of total cost held by the 10 % most costly clients.
+    pub top_decile_cost_share: Option<f64>,
+    /// Resources built.
+    pub written: BTreeMap<String, u64>,
+}
+
+/// A count and its share of clients (and of cost, where the model has a cost feature).
+#[derive(Debug, Clone, Serialize)]
+pub struct Share {
+    /// Segment or overlay code.
+    pub code: String,
+    /// Its English name.
+    pub display: String,
+    /// Clients.
+    pub count: u64,
+    /// Share of all clients.
+    pub share: f64,
+    /// Share of total cost these clients hold.
+    pub cost_share: Option<f64>,
+}
+
+/// Assesses every client of one plan and hands their resources to `sink`, in patient-id order.
+pub fn evaluate(
+    plan: &Plan,
+    clients: &rustc_hash::FxHashMap<CompactString, ClientRecord>,
+    sink: &mut dyn Sink,
+) -> Result<ModelSummary, PipelineError> {
+    let _span = info_span!("evaluate", model = %plan.mapping.id).entered();
+    let mut ids: Vec<&CompactString> = clients.keys().collect();
+    ids.sort_unstable();
+    let thresholds = population_thresholds(plan, clients);
+    debug!(?thresholds, "population thresholds");
+    let m = &plan.mapping;
+    let mut per_segment = vec![(0u64, 0f64); m.segments.len()];
+    let mut per_overlay = vec![(0u64, 0f64); m.overlays.len()];
+    let mut costs = Vec::with_capacity(if plan.cost_feature.is_some() {
+        ids.len()
+    } else {
+        0
+    });
+    let mut written: BTreeMap<String, u64> = BTreeMap::new();
+    for id in ids {
+        let record = &clients[id];
+        let a = assess(plan, id, record, &thresholds)?;
+        let cost = plan.cost_feature.and_then(|f| a.features[f]).unwrap_or(0.0);
+        if plan.cost_feature.is_some() {
+            costs.push(cost);
+        }
+        per_segment[a.segment].0 += 1;
+        per_segment[a.segment].1 += cost;
+        for (o, slot) in per_overlay.iter_mut().enumerate() {
+            if a.overlay_holds(o) {
+                slot.0 += 1;
+                slot.1 += cost;
+            }
+        }
+        let resources = build(plan, id, record, &a)?;
+        *written.entry("Observation".into()).or_default() += 1;
+        *written.entry("Flag".into()).or_default() += resources.flags.len() as u64;
+        sink.client(plan, resources)?;
+    }
+    let clients_n = per_segment.iter().map(|s| s.0).sum::<u64>();
+    let total_cost: f64 = costs.iter().sum();
+    let share = |count: u64, cost: f64| Share {
+        code: String::new(),
+        display: String::new(),
+        count,
+        share: ratio(count as f64, clients_n as f64),
+        cost_share: plan.cost_feature.map(|_| ratio(cost, total_cost)),
+    };
+    let segments = m
+        .segments
+        .iter()
+        .zip(&per_segment)
+        .map(|(s, &(n, c))| Share {
+            code: s.code.to_string(),
+            display: s.display.en.clone(),
+            ..share(n, c)
+        })
+        .collect();
+    let overlays = m
+        .overlays
+        .iter()
+        .zip(&per_overlay)
+        .map(|(o, &(n, c))| Share {
+            code: o.code.clone(),
+            display: o.display.en.clone(),
+            ..share(n, c)
+        })
+        .collect();
+    let top_decile_cost_share = plan.cost_feature.map(|_| top_share(&mut costs, 0.10));
+    info!(model = %m.id, clients = clients_n, "model evaluated");
+    Ok(ModelSummary {
+        model: m.id.to_string(),
+        version: m.version.clone(),
+        as_of: plan.as_of.to_string(),
+        clients: clients_n,
+        segments,
+        overlays,
+        total_cost: plan.cost_feature.map(|_| total_cost),
+        top_decile_cost_share,
+        written,
+    })
+}
+
+/// Assesses one client of the folded population.
+pub fn assess(
+    plan: &Plan,
+    id: &str,
+    record: &ClientRecord,
+    thresholds: &[Option<f64>],
+) -> Result<Assessment, PipelineError> {
+    eval::assess(plan, record.values(plan), thresholds)
+        .ok_or_else(|| PipelineError::Unplaced(id.to_owned(), plan.mapping.id.to_string()))
+}
+
+/// The `top_percent` thresholds over the whole folded population.
+pub fn population_thresholds(
+    plan: &Plan,
+    clients: &rustc_hash::FxHashMap<CompactString, ClientRecord>,
+) -> Vec<Option<f64>> {
+    if plan.percentiles.is_empty() {
+        return Vec::new();
+    }
+    let rows: Vec<Vec<Option<f64>>> = clients.values().map(|r| r.values(plan)).collect();
+    eval::thresholds(plan, rows.iter().map(Vec::as_slice))
+}
+
+/// Builds one client's Observation and Flags.
+pub fn build(
+    plan: &Plan,
+    id: &str,
+    record: &ClientRecord,
+    a: &Assessment,
+) -> Result<ClientResources, BuildError> {
+    let observation = writeback::assessment(plan, id, record, a)?;
+    let obs_ref = format!(
+        "Observation/{}",
+        observation.id.as_deref().unwrap_or_default()
+    );
+    let mut flags = vec![writeback::segment_flag(plan, id, a, &obs_ref)?];
+    for o in 0..plan.overlays.len() {
+        if a.overlay_holds(o) {
+            flags.push(writeback::overlay_flag(plan, id, o, &obs_ref)?);
+        }
+    }
+    Ok(ClientResources {
+        patient: id.to_owned(),
+        observation,
+        flags,
+    })
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
+
+/// The share of the total held by the top `fraction` of values.
+pub fn top_share(values: &mut [f64], fraction: f64) -> f64 {
+    let total: f64 = values.iter().sum();
+    let keep = ((values.len() as f64) * fraction).ceil() as usize;
+    values.sort_unstable_by(|a, b| b.total_cmp(a));
+    ratio(values.iter().take(keep).sum(), total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_share_of_a_heavy_tail() {
+        let mut values: Vec<f64> = (0..10)
+            .map(|i| if i == 0 { 80.0 } else { 20.0 / 9.0 })
+            .collect();
+        assert!((top_share(&mut values, 0.10) - 0.8).abs() < 1e-9);
+        assert_eq!(top_share(&mut [], 0.1), 0.0);
+    }
+}

@@ -1,0 +1,302 @@
+//! One client's resources folded into the numbers a model asks for. Resources arrive in any
+//! order (Bulk Data output is grouped by type, not by client), so every client has a small
+//! accumulator per feature and a capped list of the resources that counted. Memory grows with
+//! the number of clients, never with the number of resources. This module reads no files and
+//! knows nothing of segments: it turns [`Fact`]s into [`ClientRecord`]s.
+
+pub mod extract;
+
+use compact_str::CompactString;
+use rustc_hash::FxHashMap;
+
+pub use extract::{Fact, Rejection};
+
+use crate::day::Day;
+use crate::model::plan::{Aggregate, Plan};
+use crate::types::{ResourceKind, ResourceRef};
+
+/// How many contributing resources a client keeps for `derivedFrom` and explanations; the most
+/// recent win, and the full count is kept beside them.
+pub const EVIDENCE_CAP: usize = 16;
+
+const NO_DAY_LOW: i32 = i32::MAX;
+const NO_DAY_HIGH: i32 = i32::MIN;
+
+/// A resource that counted for at least one feature.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evidence {
+    /// Its type.
+    pub kind: ResourceKind,
+    /// Its id.
+    pub id: CompactString,
+    /// Its day, when it has one.
+    pub day: Option<Day>,
+    /// Bit `i` set: it counted for feature `i`.
+    pub features: u64,
+}
+
+impl Evidence {
+    /// The resource as a reference.
+    pub fn reference(&self) -> ResourceRef {
+        ResourceRef {
+            kind: self.kind,
+            id: self.id.to_string(),
+        }
+    }
+}
+
+/// One client's accumulated facts.
+#[derive(Debug, Clone)]
+pub struct ClientRecord {
+    /// Whether the Patient resource itself was seen.
+    pub has_patient: bool,
+    /// Patient.birthDate.
+    pub birth: Option<Day>,
+    slots: Box<[u64]>,
+    distinct: Vec<u64>,
+    /// The most recent contributing resources, at most [`EVIDENCE_CAP`].
+    pub evidence: Vec<Evidence>,
+    /// How many resources contributed in all.
+    pub evidence_total: u32,
+    /// How many resources referred to this client (the Patient included).
+    pub resources: u32,
+}
+
+impl ClientRecord {
+    fn new(plan: &Plan) -> Self {
+        let slots = plan
+            .features
+            .iter()
+            .map(|f| match f.aggregate {
+                Aggregate::SpanDays => pack(NO_DAY_LOW, NO_DAY_HIGH),
+                Aggregate::DaysSinceLast => pack(0, NO_DAY_HIGH),
+                Aggregate::Cost => 0f64.to_bits(),
+                _ => 0,
+            })
+            .collect();
+        Self {
+            has_patient: false,
+            birth: None,
+            slots,
+            distinct: Vec::new(),
+            evidence: Vec::new(),
+            evidence_total: 0,
+            resources: 0,
+        }
+    }
+
+    /// The value of every feature of `plan`, in order; `None` where the client has none
+    /// (no birth date, no matching contact for `days_since_last` or `span_days`).
+    pub fn values(&self, plan: &Plan) -> Vec<Option<f64>> {
+        plan.features
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let slot = self.slots[i];
+                match &f.aggregate {
+                    Aggregate::Age => self.birth.map(|b| f64::from(b.years_until(plan.as_of))),
+                    Aggregate::Count => Some(slot as f64),
+                    Aggregate::Cost => Some(f64::from_bits(slot)),
+                    Aggregate::ListsHit { .. } => Some(f64::from(u64::count_ones(slot))),
+                    Aggregate::Distinct { .. } => {
+                        let tag = feature_tag(i);
+                        Some(
+                            self.distinct
+                                .iter()
+                                .filter(|d| *d & TAG_MASK == tag)
+                                .count() as f64,
+                        )
+                    }
+                    Aggregate::SpanDays => {
+                        let (first, last) = unpack(slot);
+                        (first != NO_DAY_LOW).then(|| f64::from(last - first))
+                    }
+                    Aggregate::DaysSinceLast => {
+                        let (_, last) = unpack(slot);
+                        (last != NO_DAY_HIGH)
+                            .then(|| f64::from(Day::EPOCH.plus_days(last).days_until(plan.as_of)))
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+const TAG_SHIFT: u32 = 48;
+const TAG_MASK: u64 = !((1 << TAG_SHIFT) - 1);
+
+fn feature_tag(feature: usize) -> u64 {
+    (feature as u64) << TAG_SHIFT
+}
+
+fn pack(low: i32, high: i32) -> u64 {
+    (u64::from(low as u32) << 32) | u64::from(high as u32)
+}
+
+fn unpack(slot: u64) -> (i32, i32) {
+    ((slot >> 32) as u32 as i32, slot as u32 as i32)
+}
+
+fn day_number(day: Day) -> i32 {
+    Day::EPOCH.days_until(day)
+}
+
+/// Counts of what the fold saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FoldStats {
+    /// Resources folded, per type.
+    pub resources: FxHashMap<ResourceKind, u64>,
+    /// Resources dated after the as-of date: read, but outside every window.
+    pub after_as_of: u64,
+}
+
+/// The running fold over every client.
+#[derive(Debug)]
+pub struct Fold<'p> {
+    plan: &'p Plan,
+    clients: FxHashMap<CompactString, ClientRecord>,
+    stats: FoldStats,
+}
+
+impl<'p> Fold<'p> {
+    /// An empty fold for `plan`.
+    pub fn new(plan: &'p Plan) -> Self {
+        Self {
+            plan,
+            clients: FxHashMap::default(),
+            stats: FoldStats::default(),
+        }
+    }
+
+    /// Folds one fact. A second Patient resource with the same id is refused, since its data
+    /// would otherwise be counted twice.
+    pub fn apply(&mut self, fact: Fact) -> Result<(), Rejection> {
+        let plan = self.plan;
+        let record = self
+            .clients
+            .entry(fact.patient.clone())
+            .or_insert_with(|| ClientRecord::new(plan));
+        if fact.kind == ResourceKind::Patient {
+            if record.has_patient {
+                return Err(Rejection {
+                    resource: Some(format!("Patient/{}", fact.id)),
+                    reason: "the same Patient appears twice in the input; keep one copy".into(),
+                });
+            }
+            record.has_patient = true;
+            record.birth = fact.day;
+        }
+        record.resources += 1;
+        *self.stats.resources.entry(fact.kind).or_default() += 1;
+        if fact.kind == ResourceKind::Patient {
+            return Ok(());
+        }
+        if fact.day.is_some_and(|d| d > plan.as_of) {
+            self.stats.after_as_of += 1;
+            return Ok(());
+        }
+        let mut used = 0u64;
+        for (i, feature) in plan.features.iter().enumerate() {
+            if !feature.selects(fact.kind, fact.day, fact.mask) {
+                continue;
+            }
+            used |= 1 << i;
+            let slot = &mut record.slots[i];
+            match &feature.aggregate {
+                Aggregate::Age => {}
+                Aggregate::Count => *slot += 1,
+                Aggregate::Cost => *slot = (f64::from_bits(*slot) + fact.cost).to_bits(),
+                Aggregate::ListsHit { matchers } => {
+                    for (bit, m) in matchers.iter().enumerate() {
+                        if fact.mask & (1 << m) != 0 {
+                            *slot |= 1 << bit;
+                        }
+                    }
+                }
+                Aggregate::SpanDays | Aggregate::DaysSinceLast => {
+                    if let Some(day) = fact.day {
+                        let (low, high) = unpack(*slot);
+                        let d = day_number(day);
+                        *slot = pack(low.min(d), high.max(d));
+                    }
+                }
+                Aggregate::Distinct { field } => {
+                    let tag = feature_tag(i);
+                    for (f, hash) in &fact.codes {
+                        if usize::from(*f) == *field {
+                            let entry = tag | (hash & !TAG_MASK);
+                            if let Err(at) = record.distinct.binary_search(&entry) {
+                                record.distinct.insert(at, entry);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if used != 0 {
+            record.evidence_total += 1;
+            let evidence = Evidence {
+                kind: fact.kind,
+                id: fact.id,
+                day: fact.day,
+                features: used,
+            };
+            keep_recent(&mut record.evidence, evidence);
+        }
+        Ok(())
+    }
+
+    /// What the fold saw.
+    pub fn stats(&self) -> &FoldStats {
+        &self.stats
+    }
+
+    /// The clients, in no particular order.
+    pub fn into_clients(self) -> (FxHashMap<CompactString, ClientRecord>, FoldStats) {
+        (self.clients, self.stats)
+    }
+}
+
+/// Keeps at most [`EVIDENCE_CAP`] entries, dropping the oldest (undated counts as oldest);
+/// ties keep the one already there, so the result does not depend on input order beyond dates.
+fn keep_recent(list: &mut Vec<Evidence>, new: Evidence) {
+    if list.len() < EVIDENCE_CAP {
+        list.push(new);
+        return;
+    }
+    let key = |e: &Evidence| (e.day, std::cmp::Reverse(e.id.clone()));
+    if let Some((oldest, _)) = list.iter().enumerate().min_by_key(|(_, e)| key(e))
+        && key(&new) > key(&list[oldest])
+    {
+        list[oldest] = new;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packs_two_days_into_one_slot() {
+        for (a, b) in [(0, 0), (-5, 20_000), (NO_DAY_LOW, NO_DAY_HIGH)] {
+            assert_eq!(unpack(pack(a, b)), (a, b));
+        }
+    }
+
+    #[test]
+    fn evidence_keeps_the_most_recent() {
+        let mut list = Vec::new();
+        for d in 0..(EVIDENCE_CAP as i32 + 5) {
+            let e = Evidence {
+                kind: ResourceKind::Encounter,
+                id: CompactString::new(format!("e{d}")),
+                day: Some(Day::EPOCH.plus_days(d)),
+                features: 1,
+            };
+            keep_recent(&mut list, e);
+        }
+        assert_eq!(list.len(), EVIDENCE_CAP);
+        let oldest = list.iter().filter_map(|e| e.day).min().expect("days");
+        assert_eq!(oldest, Day::EPOCH.plus_days(5));
+    }
+}

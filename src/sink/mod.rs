@@ -1,0 +1,55 @@
+//! Where results go. A [`Sink`] takes one client's built resources at a time and the rejected
+//! inputs, and commits at [`Sink::finish`]. Sinks know formats and destinations; they never
+//! decide what to write (that is [`crate::writeback`]'s and the pipeline's job).
+//!
+//! - [`files`]: NDJSON ready for Bulk import, `summary.json`, `rejected.ndjson`.
+
+pub mod files;
+
+use fhir_sdk::r4b::resources::{Flag, Observation};
+
+use crate::model::plan::Plan;
+use crate::pipeline::Rejected;
+
+/// One client's resources, as built.
+#[derive(Debug, Clone)]
+pub struct ClientResources {
+    /// The client's Patient id.
+    pub patient: String,
+    /// The assessment.
+    pub observation: Observation,
+    /// The segment Flag first, then overlay Flags.
+    pub flags: Vec<Flag>,
+}
+
+/// Why a sink failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Writing a file failed.
+    #[error(
+        "cannot write {path}: {source}\nhint: check free disk space and that the output directory is writable"
+    )]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A resource could not be serialised.
+    #[error("cannot serialise a resource for Patient/{patient}: {cause}")]
+    Serialize {
+        /// The client.
+        patient: String,
+        /// The cause.
+        cause: String,
+    },
+}
+
+/// A destination for results.
+pub trait Sink {
+    /// Takes one client's resources.
+    fn client(&mut self, plan: &Plan, resources: ClientResources) -> Result<(), SinkError>;
+    /// Records a rejected input.
+    fn rejected(&mut self, rejected: &Rejected) -> Result<(), SinkError>;
+}

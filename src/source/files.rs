@@ -1,0 +1,317 @@
+//! Files on disk: a single file or a directory (searched recursively, in name order so runs
+//! are reproducible) of `*.ndjson`, `*.ndjson.gz` and `*.json`. NDJSON is read line by line
+//! through a buffered (and, for `.gz`, decompressing) reader; a `.json` file holds one resource
+//! or a Bundle (collection, transaction, batch, searchset), whose `urn:uuid:` references are
+//! resolved to `Type/id` before its entries go on. A line that is not UTF-8 becomes an
+//! unreadable item, not an error, so the rest of the file is still read.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use flate2::read::MultiGzDecoder;
+use serde_json::Value;
+
+use super::{BATCH, Item, Origin, Payload};
+
+/// Why input files could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// A file or directory could not be read.
+    #[error(
+        "cannot read {path}: {source}\nhint: check the path and permissions; a .gz file may be corrupt"
+    )]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Nothing to read.
+    #[error(
+        "no input files in {path}\nhint: give a directory of *.ndjson / *.ndjson.gz (Bulk Data output) or *.json Bundles"
+    )]
+    NoFiles {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// A `.json` file that is not a resource or Bundle.
+    #[error(
+        "{path} is not a FHIR resource or Bundle: {reason}\nhint: a .json file holds one resource or one Bundle; use .ndjson for one resource per line"
+    )]
+    NotAResource {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The consumer stopped the read.
+    #[error("reading stopped: {0}")]
+    Stopped(String),
+}
+
+/// The input files under `path`, in a stable order.
+pub fn list(path: &Path) -> Result<Vec<PathBuf>, SourceError> {
+    let io = |source| SourceError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if meta.is_file() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut out = Vec::new();
+    let mut dirs = vec![path.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|source| SourceError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|source| SourceError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+            let p = entry.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if is_input(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    if out.is_empty() {
+        return Err(SourceError::NoFiles {
+            path: path.to_owned(),
+        });
+    }
+    Ok(out)
+}
+
+fn is_input(p: &Path) -> bool {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    name.ends_with(".ndjson") || name.ends_with(".ndjson.gz") || name.ends_with(".json")
+}
+
+/// Reads every input file under `path`, handing batches of items to `emit`. `emit` returning
+/// an error stops the read.
+pub fn read(
+    path: &Path,
+    mut emit: impl FnMut(Vec<Item>) -> Result<(), String>,
+) -> Result<(), SourceError> {
+    for file in list(path)? {
+        let name: Arc<str> = Arc::from(file.display().to_string());
+        if file.extension().is_some_and(|e| e == "json") {
+            read_json(&file, &name, &mut emit)?;
+        } else {
+            read_ndjson(&file, &name, &mut emit)?;
+        }
+    }
+    Ok(())
+}
+
+fn read_ndjson(
+    file: &Path,
+    name: &Arc<str>,
+    emit: &mut impl FnMut(Vec<Item>) -> Result<(), String>,
+) -> Result<(), SourceError> {
+    let io = |source| SourceError::Io {
+        path: file.to_owned(),
+        source,
+    };
+    let raw = File::open(file).map_err(io)?;
+    let reader: Box<dyn Read> = if file.to_string_lossy().ends_with(".gz") {
+        Box::new(MultiGzDecoder::new(raw))
+    } else {
+        Box::new(raw)
+    };
+    let mut reader = BufReader::with_capacity(1 << 20, reader);
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut buf = Vec::new();
+    let mut line = 0u64;
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf).map_err(io)? == 0 {
+            break;
+        }
+        line += 1;
+        let text = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if text.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let payload = match std::str::from_utf8(text) {
+            Ok(s) => Payload::Line(s.to_owned()),
+            Err(e) => Payload::Unreadable(format!(
+                "line is not UTF-8 (invalid byte at column {}); re-export the file as UTF-8",
+                e.valid_up_to() + 1
+            )),
+        };
+        batch.push(Item {
+            origin: Origin {
+                file: name.clone(),
+                line,
+                entry: false,
+            },
+            payload,
+        });
+        if batch.len() == BATCH {
+            emit(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+                .map_err(SourceError::Stopped)?;
+        }
+    }
+    if !batch.is_empty() {
+        emit(batch).map_err(SourceError::Stopped)?;
+    }
+    Ok(())
+}
+
+fn read_json(
+    file: &Path,
+    name: &Arc<str>,
+    emit: &mut impl FnMut(Vec<Item>) -> Result<(), String>,
+) -> Result<(), SourceError> {
+    let bytes = std::fs::read(file).map_err(|source| SourceError::Io {
+        path: file.to_owned(),
+        source,
+    })?;
+    let not = |reason: String| SourceError::NotAResource {
+        path: file.to_owned(),
+        reason,
+    };
+    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        not(format!(
+            "invalid JSON at line {} column {}: {e}",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let origin = |line: u64, entry: bool| Origin {
+        file: name.clone(),
+        line,
+        entry,
+    };
+    if value.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+        return emit(vec![Item {
+            origin: origin(1, false),
+            payload: Payload::Value(value),
+        }])
+        .map_err(SourceError::Stopped);
+    }
+    let items = bundle_entries(value).map_err(not)?;
+    for chunk in items.chunks(BATCH) {
+        let batch = chunk
+            .iter()
+            .map(|(i, v)| Item {
+                origin: origin(*i, true),
+                payload: Payload::Value(v.clone()),
+            })
+            .collect();
+        emit(batch).map_err(SourceError::Stopped)?;
+    }
+    Ok(())
+}
+
+/// A Bundle's entry resources with their entry index, `urn:uuid:` references rewritten to
+/// `Type/id` (an entry without id takes the UUID of its fullUrl as id).
+pub fn bundle_entries(mut bundle: Value) -> Result<Vec<(u64, Value)>, String> {
+    let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) else {
+        return Ok(Vec::new());
+    };
+    let mut targets: HashMap<String, String> = HashMap::new();
+    for entry in entries.iter_mut() {
+        let full_url = entry
+            .get("fullUrl")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let Some(resource) = entry.get_mut("resource") else {
+            continue;
+        };
+        let Some(kind) = resource
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+        else {
+            continue;
+        };
+        if let Some(url) = full_url {
+            let id = match resource.get("id").and_then(Value::as_str) {
+                Some(id) => id.to_owned(),
+                None => match url.strip_prefix("urn:uuid:") {
+                    Some(uuid) => {
+                        resource["id"] = Value::String(uuid.to_owned());
+                        uuid.to_owned()
+                    }
+                    None => continue,
+                },
+            };
+            targets.insert(url, format!("{kind}/{id}"));
+        }
+    }
+    let mut out = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter_mut().enumerate() {
+        let Some(resource) = entry.get_mut("resource").map(Value::take) else {
+            return Err(format!("entry[{i}] has no resource"));
+        };
+        let mut resource = resource;
+        rewrite_references(&mut resource, &targets);
+        out.push((i as u64, resource));
+    }
+    Ok(out)
+}
+
+fn rewrite_references(value: &mut Value, targets: &HashMap<String, String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                match v {
+                    Value::String(s) if key == "reference" => {
+                        if let Some(t) = targets.get(s.as_str()) {
+                            *s = t.clone();
+                        }
+                    }
+                    _ => rewrite_references(v, targets),
+                }
+            }
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|v| rewrite_references(v, targets)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn bundle_references_resolve_to_type_and_id() {
+        let bundle = json!({"resourceType": "Bundle", "type": "collection", "entry": [
+            {"fullUrl": "urn:uuid:11111111-1111-1111-1111-111111111111", "resource": {"resourceType": "Patient"}},
+            {"fullUrl": "urn:uuid:22222222-2222-2222-2222-222222222222", "resource": {"resourceType": "Encounter", "id": "e1",
+              "subject": {"reference": "urn:uuid:11111111-1111-1111-1111-111111111111"}}}
+        ]});
+        let entries = bundle_entries(bundle).expect("entries");
+        assert_eq!(entries[0].1["id"], "11111111-1111-1111-1111-111111111111");
+        assert_eq!(
+            entries[1].1["subject"]["reference"],
+            "Patient/11111111-1111-1111-1111-111111111111"
+        );
+    }
+
+    #[test]
+    fn entries_without_resource_are_refused() {
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"request": {"method": "DELETE"}}]});
+        assert!(
+            bundle_entries(bundle)
+                .expect_err("no resource")
+                .contains("entry[0]")
+        );
+    }
+}

@@ -1,0 +1,36 @@
+//! The built-in synthetic population as a source: [`crate::synth`] generates each client's
+//! resources as NDJSON lines on the fly, so the embedded default needs no files and no server.
+
+use std::sync::Arc;
+
+use super::files::SourceError;
+use super::{BATCH, Item, Origin, Payload};
+use crate::synth::{self, SynthOptions};
+
+/// Generates the population of `opts`, handing batches of items to `emit`.
+pub fn read(
+    opts: &SynthOptions,
+    mut emit: impl FnMut(Vec<Item>) -> Result<(), String>,
+) -> Result<(), SourceError> {
+    let name: Arc<str> = Arc::from("synthetic");
+    let mut batch = Vec::with_capacity(BATCH);
+    for (n, (_, line)) in synth::lines(opts).enumerate() {
+        let origin = Origin {
+            file: name.clone(),
+            line: n as u64 + 1,
+            entry: false,
+        };
+        batch.push(Item {
+            origin,
+            payload: Payload::Line(line),
+        });
+        if batch.len() == BATCH {
+            emit(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+                .map_err(SourceError::Stopped)?;
+        }
+    }
+    if !batch.is_empty() {
+        emit(batch).map_err(SourceError::Stopped)?;
+    }
+    Ok(())
+}

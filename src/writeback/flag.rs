@@ -1,0 +1,97 @@
+//! The Flags: one for the client's current segment, active until a later run supersedes it,
+//! and one per overlay that holds (key client). Each points to its assessment Observation with
+//! the standard `flag-detail` extension, so an EHR showing the Flag can show why.
+
+use fhir_sdk::r4b::codes::FlagStatus;
+use fhir_sdk::r4b::resources::Flag;
+use fhir_sdk::r4b::types::{Extension, ExtensionValue, Period};
+
+use super::{
+    BuildError, BusinessId, FLAG_DETAIL, Written, concept, fhir_date, model_system, reference,
+};
+use crate::model::eval::Assessment;
+use crate::model::mapping::Text;
+use crate::model::plan::Plan;
+
+/// Builds the segment Flag of `patient`; `observation` is the reference to its assessment
+/// (`Observation/{id}` in files, the entry's `urn:uuid:` in a transaction).
+pub fn segment_flag(
+    plan: &Plan,
+    patient: &str,
+    a: &Assessment,
+    observation: &str,
+) -> Result<Flag, BuildError> {
+    let segment = &plan.mapping.segments[a.segment];
+    let code = (
+        model_system(plan, "segment"),
+        segment.code.to_string(),
+        segment.display.clone(),
+    );
+    build(plan, patient, Written::SegmentFlag, None, code, observation).map_err(|cause| {
+        BuildError {
+            resource: "Flag",
+            patient: patient.to_owned(),
+            cause,
+        }
+    })
+}
+
+/// Builds the Flag of overlay `o` (which must hold) for `patient`.
+pub fn overlay_flag(
+    plan: &Plan,
+    patient: &str,
+    o: usize,
+    observation: &str,
+) -> Result<Flag, BuildError> {
+    let overlay = &plan.mapping.overlays[o];
+    let code = (
+        model_system(plan, "overlay"),
+        overlay.code.clone(),
+        overlay.display.clone(),
+    );
+    build(
+        plan,
+        patient,
+        Written::OverlayFlag,
+        Some(&overlay.code),
+        code,
+        observation,
+    )
+    .map_err(|cause| BuildError {
+        resource: "Flag",
+        patient: patient.to_owned(),
+        cause,
+    })
+}
+
+fn build(
+    plan: &Plan,
+    patient: &str,
+    written: Written,
+    part: Option<&str>,
+    (system, code, display): (String, String, Text),
+    observation: &str,
+) -> Result<Flag, String> {
+    let id = BusinessId::new(plan, written, part, patient, plan.as_of);
+    let detail = Extension::builder()
+        .url(FLAG_DETAIL.to_owned())
+        .value(ExtensionValue::Reference(reference(observation)?))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let start = fhir_sdk::DateTime::Date(fhir_date(plan.as_of));
+    Flag::builder()
+        .id(id.logical_id())
+        .extension(vec![detail])
+        .identifier(vec![Some(id.to_fhir()?)])
+        .status(FlagStatus::Active)
+        .code(concept(&system, &code, &display)?)
+        .subject(reference(&format!("Patient/{patient}"))?)
+        .period(
+            Period::builder()
+                .start(start)
+                .build()
+                .map_err(|e| e.to_string())?,
+        )
+        .build()
+        .map_err(|e| e.to_string())
+}

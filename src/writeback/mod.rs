@@ -1,0 +1,182 @@
+//! Pure builders of what segmentti writes into a client's record: the assessment
+//! [`Observation`](observation) and the segment and overlay [`Flag`](flag)s, with deterministic
+//! identifiers and logical ids so that every later write can be conditional and every rerun
+//! gives the same bytes. Built with fhir-sdk's typed R4B resources (Observation and Flag are the
+//! same in R4 and R4B, and no R4B-only element is used), so a missing required element is a
+//! compile or build error here rather than a server's rejection later. The clock is never
+//! read: the as-of date is passed in. No I/O.
+
+pub mod flag;
+pub mod observation;
+
+use fhir_sdk::r4b::types::{
+    CodeableConcept, Coding, Extension, ExtensionValue, FieldExtension, Identifier, Reference,
+};
+
+use crate::day::Day;
+use crate::model::mapping::Text;
+use crate::model::plan::Plan;
+
+pub use flag::{overlay_flag, segment_flag};
+pub use observation::assessment;
+
+/// segmentti's own code system: the assessment code and other codes not owned by a model.
+pub const SEGMENTTI_SYSTEM: &str = "https://segmentti.fi/fhir/CodeSystem/segmentti";
+/// Extension holding how many resources counted when `derivedFrom` is capped.
+pub const DERIVED_FROM_COUNT: &str =
+    "https://segmentti.fi/fhir/StructureDefinition/derived-from-count";
+/// The standard extension pointing from a Flag to the resource that explains it.
+pub const FLAG_DETAIL: &str = "http://hl7.org/fhir/StructureDefinition/flag-detail";
+/// The standard extension carrying a display's translation.
+pub const TRANSLATION: &str = "http://hl7.org/fhir/StructureDefinition/translation";
+/// How many resources an Observation's `derivedFrom` lists at most.
+pub const DERIVED_FROM_CAP: usize = 10;
+
+/// Why a resource could not be built; always a bug in segmentti, since inputs are checked.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot build {resource} for Patient/{patient}: {cause}\nhint: this is a bug in segmentti; report it with the model file"
+)]
+pub struct BuildError {
+    /// The resource type being built.
+    pub resource: &'static str,
+    /// The client.
+    pub patient: String,
+    /// What the builder said.
+    pub cause: String,
+}
+
+/// The kinds of resource a model writes, each with its own identifier system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The assessment Observation.
+    Assessment,
+    /// The segment Flag.
+    SegmentFlag,
+    /// An overlay's Flag.
+    OverlayFlag,
+}
+
+impl Written {
+    fn path(self) -> &'static str {
+        match self {
+            Self::Assessment => "assessment",
+            Self::SegmentFlag => "segment-flag",
+            Self::OverlayFlag => "overlay-flag",
+        }
+    }
+}
+
+/// A deterministic business identifier: the system names the model and what is written, the
+/// value the client, the part (overlay code) and the as-of date.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusinessId {
+    /// `{canonical}/identifier/{kind}`.
+    pub system: String,
+    /// `{model}:{patient}:{as_of}` or `{model}:{overlay}:{patient}:{as_of}`; no `|` or `,`,
+    /// so it can go into a search URL unescaped.
+    pub value: String,
+}
+
+impl BusinessId {
+    /// The identifier of `written` for `patient` at `as_of`.
+    pub fn new(
+        plan: &Plan,
+        written: Written,
+        part: Option<&str>,
+        patient: &str,
+        as_of: Day,
+    ) -> Self {
+        let model = &plan.mapping.id;
+        let system = format!("{}/identifier/{}", plan.mapping.canonical, written.path());
+        let value = match part {
+            Some(part) => format!("{model}:{part}:{patient}:{as_of}"),
+            None => format!("{model}:{patient}:{as_of}"),
+        };
+        Self { system, value }
+    }
+
+    /// The logical id derived from the identifier (UUID v5), stable across runs and machines.
+    pub fn logical_id(&self) -> String {
+        uuid::Uuid::new_v5(
+            &uuid::Uuid::NAMESPACE_URL,
+            format!("{}|{}", self.system, self.value).as_bytes(),
+        )
+        .to_string()
+    }
+
+    /// The FHIR Identifier.
+    pub fn to_fhir(&self) -> Result<Identifier, String> {
+        Identifier::builder()
+            .system(self.system.clone())
+            .value(self.value.clone())
+            .build()
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A Coding whose `display` is Finnish, with Swedish and English as translation extensions.
+pub fn coding(system: &str, code: &str, display: &Text) -> Result<Coding, String> {
+    let translation = |lang: &str, content: &str| -> Result<Extension, String> {
+        let parts = vec![
+            Extension::builder()
+                .url("lang".to_owned())
+                .value(ExtensionValue::Code(lang.to_owned()))
+                .build(),
+            Extension::builder()
+                .url("content".to_owned())
+                .value(ExtensionValue::String(content.to_owned()))
+                .build(),
+        ];
+        let parts = parts
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        Extension::builder()
+            .url(TRANSLATION.to_owned())
+            .extension(parts)
+            .build()
+            .map_err(|e| e.to_string())
+    };
+    let ext = FieldExtension::builder()
+        .extension(vec![
+            translation("sv", &display.sv)?,
+            translation("en", &display.en)?,
+        ])
+        .build()
+        .map_err(|e| e.to_string())?;
+    Coding::builder()
+        .system(system.to_owned())
+        .code(code.to_owned())
+        .display(display.fi.clone())
+        .display_ext(ext)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// A CodeableConcept of one coding, with the Finnish display as text.
+pub fn concept(system: &str, code: &str, display: &Text) -> Result<CodeableConcept, String> {
+    CodeableConcept::builder()
+        .coding(vec![Some(coding(system, code, display)?)])
+        .text(display.fi.clone())
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// A literal reference `Type/id`.
+pub fn reference(target: &str) -> Result<Reference, String> {
+    Reference::builder()
+        .reference(target.to_owned())
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// The code system of a model's segments, criteria, levels or overlays.
+pub fn model_system(plan: &Plan, what: &str) -> String {
+    format!("{}/CodeSystem/{what}", plan.mapping.canonical)
+}
+
+/// A FHIR `date` for the as-of day.
+pub fn fhir_date(day: Day) -> fhir_sdk::Date {
+    fhir_sdk::Date::Date(day.to_date())
+}

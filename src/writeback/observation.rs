@@ -1,0 +1,165 @@
+//! The assessment Observation: the segment as its value, one component per criterion with its
+//! level and one per overlay, the model named in `method`, and the resources that decided it in
+//! `derivedFrom` (capped, with the full count in an extension).
+
+use fhir_sdk::r4b::codes::ObservationStatus;
+use fhir_sdk::r4b::resources::{
+    Observation, ObservationComponent, ObservationComponentValue, ObservationEffective,
+    ObservationValue,
+};
+use fhir_sdk::r4b::types::{CodeableConcept, Coding, Extension, ExtensionValue};
+
+use super::{
+    BuildError, BusinessId, DERIVED_FROM_CAP, DERIVED_FROM_COUNT, SEGMENTTI_SYSTEM, Written,
+    concept, fhir_date, model_system, reference,
+};
+use crate::model::eval::Assessment;
+use crate::model::mapping::Text;
+use crate::model::plan::Plan;
+use crate::record::ClientRecord;
+
+/// The code of every assessment Observation, whatever the model.
+pub fn assessment_code() -> Text {
+    Text {
+        fi: "Asiakassegmentin arvio".into(),
+        sv: "Bedömning av kundsegment".into(),
+        en: "Client segment assessment".into(),
+    }
+}
+
+/// The resources that decided the result, most recent first; all that counted when nothing
+/// raised a criterion or an overlay (a light client), capped at [`DERIVED_FROM_CAP`].
+pub fn decisive_references(record: &ClientRecord, a: &Assessment) -> Vec<String> {
+    let mut chosen: Vec<_> = record
+        .evidence
+        .iter()
+        .filter(|e| e.features & a.decisive != 0)
+        .collect();
+    if chosen.is_empty() {
+        chosen = record.evidence.iter().collect();
+    }
+    chosen.sort_by(|x, y| y.day.cmp(&x.day).then_with(|| x.id.cmp(&y.id)));
+    chosen
+        .into_iter()
+        .take(DERIVED_FROM_CAP)
+        .map(|e| e.reference().to_string())
+        .collect()
+}
+
+/// Builds the assessment Observation of `patient`.
+pub fn assessment(
+    plan: &Plan,
+    patient: &str,
+    record: &ClientRecord,
+    a: &Assessment,
+) -> Result<Observation, BuildError> {
+    build(plan, patient, record, a).map_err(|cause| BuildError {
+        resource: "Observation",
+        patient: patient.to_owned(),
+        cause,
+    })
+}
+
+fn build(
+    plan: &Plan,
+    patient: &str,
+    record: &ClientRecord,
+    a: &Assessment,
+) -> Result<Observation, String> {
+    let m = &plan.mapping;
+    let id = BusinessId::new(plan, Written::Assessment, None, patient, plan.as_of);
+    let segment = &m.segments[a.segment];
+    let mut code = concept(SEGMENTTI_SYSTEM, "segment-assessment", &assessment_code())?;
+    code.coding.push(Some(super::coding(
+        &model_system(plan, "model"),
+        m.id.as_str(),
+        &m.title,
+    )?));
+    let method = CodeableConcept::builder()
+        .coding(vec![Some(
+            Coding::builder()
+                .system(m.canonical.to_string())
+                .version(m.version.clone())
+                .code(m.id.to_string())
+                .display(m.title.fi.clone())
+                .build()
+                .map_err(|e| e.to_string())?,
+        )])
+        .text(format!("{}|{}", m.canonical, m.version))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut components = Vec::new();
+    for (c, criterion) in m.criteria.iter().enumerate() {
+        let level = &criterion.levels[a.levels[c]];
+        let value = concept(&model_system(plan, "level"), &level.code, &level.display)?;
+        components.push(Some(
+            ObservationComponent::builder()
+                .code(concept(
+                    &model_system(plan, "criterion"),
+                    &criterion.id,
+                    &criterion.title,
+                )?)
+                .value(ObservationComponentValue::CodeableConcept(value))
+                .build()
+                .map_err(|e| e.to_string())?,
+        ));
+    }
+    for (o, overlay) in m.overlays.iter().enumerate() {
+        components.push(Some(
+            ObservationComponent::builder()
+                .code(concept(
+                    &model_system(plan, "overlay"),
+                    &overlay.code,
+                    &overlay.display,
+                )?)
+                .value(ObservationComponentValue::Boolean(a.overlay_holds(o)))
+                .build()
+                .map_err(|e| e.to_string())?,
+        ));
+        for &r in &a.overlays[o] {
+            let rule = &overlay.rules[r];
+            components.push(Some(
+                ObservationComponent::builder()
+                    .code(concept(
+                        &model_system(plan, "overlay-rule"),
+                        &rule.id,
+                        &rule.title,
+                    )?)
+                    .value(ObservationComponentValue::Boolean(true))
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            ));
+        }
+    }
+    let derived: Vec<_> = decisive_references(record, a)
+        .iter()
+        .map(|r| reference(r).map(Some))
+        .collect::<Result<_, _>>()?;
+    let count = Extension::builder()
+        .url(DERIVED_FROM_COUNT.to_owned())
+        .value(ExtensionValue::Integer(
+            i32::try_from(record.evidence_total).unwrap_or(i32::MAX),
+        ))
+        .build()
+        .map_err(|e| e.to_string())?;
+    Observation::builder()
+        .id(id.logical_id())
+        .extension(vec![count])
+        .identifier(vec![Some(id.to_fhir()?)])
+        .status(ObservationStatus::Final)
+        .code(code)
+        .subject(reference(&format!("Patient/{patient}"))?)
+        .effective(ObservationEffective::DateTime(fhir_sdk::DateTime::Date(
+            fhir_date(plan.as_of),
+        )))
+        .value(ObservationValue::CodeableConcept(concept(
+            &model_system(plan, "segment"),
+            segment.code.as_str(),
+            &segment.display,
+        )?))
+        .method(method)
+        .derived_from(derived)
+        .component(components)
+        .build()
+        .map_err(|e| e.to_string())
+}

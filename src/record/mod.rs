@@ -15,9 +15,10 @@ use crate::day::Day;
 use crate::model::plan::{Aggregate, Plan};
 use crate::types::{ResourceKind, ResourceRef};
 
-/// How many contributing resources a client keeps for `derivedFrom` and explanations; the most
-/// recent win, and the full count is kept beside them.
-pub const EVIDENCE_CAP: usize = 16;
+/// How many contributing resources of each type a client keeps for `derivedFrom` and
+/// explanations; the most recent win, and the full count is kept beside them. Kept per type so
+/// that a flood of recent contacts cannot push out the diagnoses that also decided the result.
+pub const EVIDENCE_CAP: usize = 12;
 
 const NO_DAY_LOW: i32 = i32::MAX;
 const NO_DAY_HIGH: i32 = i32::MIN;
@@ -54,7 +55,7 @@ pub struct ClientRecord {
     pub birth: Option<Day>,
     slots: Box<[u64]>,
     distinct: Vec<u64>,
-    /// The most recent contributing resources, at most [`EVIDENCE_CAP`].
+    /// The most recent contributing resources, at most [`EVIDENCE_CAP`] of each type.
     pub evidence: Vec<Evidence>,
     /// How many resources contributed in all.
     pub evidence_total: u32,
@@ -257,15 +258,19 @@ impl<'p> Fold<'p> {
     }
 }
 
-/// Keeps at most [`EVIDENCE_CAP`] entries, dropping the oldest (undated counts as oldest);
+/// Keeps at most [`EVIDENCE_CAP`] entries of each type, dropping the oldest (undated counts as oldest);
 /// ties keep the one already there, so the result does not depend on input order beyond dates.
 fn keep_recent(list: &mut Vec<Evidence>, new: Evidence) {
-    if list.len() < EVIDENCE_CAP {
+    if list.iter().filter(|e| e.kind == new.kind).count() < EVIDENCE_CAP {
         list.push(new);
         return;
     }
     let key = |e: &Evidence| (e.day, std::cmp::Reverse(e.id.clone()));
-    if let Some((oldest, _)) = list.iter().enumerate().min_by_key(|(_, e)| key(e))
+    if let Some((oldest, _)) = list
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.kind == new.kind)
+        .min_by_key(|(_, e)| key(e))
         && key(&new) > key(&list[oldest])
     {
         list[oldest] = new;
@@ -298,5 +303,16 @@ mod tests {
         assert_eq!(list.len(), EVIDENCE_CAP);
         let oldest = list.iter().filter_map(|e| e.day).min().expect("days");
         assert_eq!(oldest, Day::EPOCH.plus_days(5));
+        let condition = Evidence {
+            kind: ResourceKind::Condition,
+            id: CompactString::new("c"),
+            day: None,
+            features: 2,
+        };
+        keep_recent(&mut list, condition.clone());
+        assert!(
+            list.contains(&condition),
+            "an old diagnosis is kept beside many recent contacts"
+        );
     }
 }

@@ -27,8 +27,9 @@ pub fn assessment_code() -> Text {
     }
 }
 
-/// The resources that decided the result, most recent first; all that counted when nothing
-/// raised a criterion or an overlay (a light client), capped at [`DERIVED_FROM_CAP`].
+/// The resources that decided the result, capped at [`DERIVED_FROM_CAP`]: diagnoses first
+/// (few, and the most telling), then contacts, most recent first; all that counted when nothing
+/// raised a criterion or an overlay (a light client).
 pub fn decisive_references(record: &ClientRecord, a: &Assessment) -> Vec<String> {
     let mut chosen: Vec<_> = record
         .evidence
@@ -38,7 +39,14 @@ pub fn decisive_references(record: &ClientRecord, a: &Assessment) -> Vec<String>
     if chosen.is_empty() {
         chosen = record.evidence.iter().collect();
     }
-    chosen.sort_by(|x, y| y.day.cmp(&x.day).then_with(|| x.id.cmp(&y.id)));
+    chosen.sort_by(|x, y| {
+        let diagnosis =
+            |e: &crate::record::Evidence| e.kind != crate::types::ResourceKind::Condition;
+        diagnosis(x)
+            .cmp(&diagnosis(y))
+            .then_with(|| y.day.cmp(&x.day))
+            .then_with(|| x.id.cmp(&y.id))
+    });
     chosen
         .into_iter()
         .take(DERIVED_FROM_CAP)

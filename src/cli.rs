@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
+use segmentti::cases;
 use segmentti::day::Day;
 use segmentti::model::eval::{self, Lang};
 use segmentti::model::{self, Plan, load};
@@ -68,6 +69,13 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Check mapping files; reports every problem with file, line, column and a hint.
     CheckMapping {
+        /// The mapping files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Run the cases kept beside each model (`mappings/{model}/cases/*.yaml`); every tree node
+    /// must be reached by at least one case.
+    TestMapping {
         /// The mapping files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -175,6 +183,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Synth(args) => synth_command(args),
         Command::Explain(args) => explain_command(args),
         Command::CheckMapping { files } => check_command(&files),
+        Command::TestMapping { files } => test_mapping_command(&files),
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&load::schema())?);
             Ok(ExitCode::SUCCESS)
@@ -428,6 +437,54 @@ fn check_command(files: &[PathBuf]) -> Result<ExitCode> {
     }
     if failed > 0 {
         bail!("{failed} of {} mapping file(s) have problems", files.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn test_mapping_command(files: &[PathBuf]) -> Result<ExitCode> {
+    let (mut passed, mut failed) = (0usize, 0usize);
+    for file in files {
+        let outcomes = cases::run_all(file)?;
+        let mapping = model::load_file(file)?;
+        println!("{} ({} cases)", file.display(), outcomes.len());
+        for o in &outcomes {
+            let name = o
+                .file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if o.failures.is_empty() {
+                passed += 1;
+                println!("  ok    {name}: {}", o.description);
+            } else {
+                failed += 1;
+                println!("  FAIL  {name}: {}", o.description);
+                for f in &o.failures {
+                    println!("        {f}");
+                }
+                if let Some(text) = &o.explanation {
+                    for line in text.lines() {
+                        println!("        | {line}");
+                    }
+                }
+            }
+        }
+        for node in &mapping.tree {
+            if !outcomes
+                .iter()
+                .any(|o| o.node.as_deref() == Some(node.id.as_str()))
+            {
+                failed += 1;
+                println!(
+                    "  FAIL  tree node `{}` is reached by no case\n        hint: add a case that ends there",
+                    node.id
+                );
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        bail!("{failed} case check(s) failed");
     }
     Ok(ExitCode::SUCCESS)
 }

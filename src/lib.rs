@@ -11,9 +11,11 @@
 //! - [`writeback`]: pure builders of the Observation and Flag, with deterministic identifiers.
 //! - [`sink`]: where results go (NDJSON files, summary).
 //! - [`pipeline`]: source → record → model → writeback → sink, and the run's summary.
+//! - [`cases`]: hand-written clients kept beside a model, with the results they must get.
 //! - [`synth`]: the deterministic synthetic population used as the embedded default.
 //! - [`types`] and [`day`]: small value types every stage shares.
 
+pub mod cases;
 pub mod day;
 pub mod model;
 pub mod pipeline;

@@ -1,0 +1,358 @@
+//! Cases a county can run: small hand-written clients kept beside a model
+//! (`mappings/{model}/cases/*.yaml`), each with the segment, criterion levels and overlays it
+//! must get. A case is turned into real FHIR resources and goes through the same extraction,
+//! fold and evaluation as production data, so a passing case says something about the whole
+//! path. `segmentti test-mapping` runs them; a county that edits a threshold sees which cases
+//! change and why. This module builds resources in memory; it reads only the case files.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::day::Day;
+use crate::model::eval::{self, Lang};
+use crate::model::load::{self, Diagnostic, DiagnosticAt};
+use crate::model::plan::Plan;
+use crate::model::{self, MappingError};
+use crate::record::{Fold, extract};
+
+/// One case as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    /// What the case shows.
+    pub description: String,
+    /// The assessment date.
+    pub as_of: Day,
+    /// The client.
+    #[serde(default)]
+    pub patient: CasePatient,
+    /// Contacts.
+    #[serde(default)]
+    pub encounters: Vec<CaseEncounter>,
+    /// Diagnoses.
+    #[serde(default)]
+    pub conditions: Vec<CaseCondition>,
+    /// Population thresholds of `top_percent` tests, by feature; without one such a test never holds.
+    #[serde(default)]
+    pub thresholds: BTreeMap<String, f64>,
+    /// What the client must get.
+    pub expect: Expect,
+}
+
+/// The case's Patient.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CasePatient {
+    /// Birth date.
+    pub birth_date: Option<Day>,
+}
+
+/// One contact, or `repeat` of them `every_days` apart.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseEncounter {
+    /// HL7 v3 ActCode class (AMB, HH, VR, EMER, IMP).
+    pub class: String,
+    /// Contact type as `system|code` (system may be a short name of the model's `systems`).
+    #[serde(rename = "type")]
+    pub contact_type: Option<String>,
+    /// Service type as `system|code`.
+    pub service: Option<String>,
+    /// First day.
+    pub start: Day,
+    /// Length in days (inpatient stays).
+    #[serde(default)]
+    pub days: u32,
+    /// How many such contacts.
+    #[serde(default = "one")]
+    pub repeat: u32,
+    /// Days between repeats.
+    #[serde(default = "seven")]
+    pub every_days: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn seven() -> u32 {
+    7
+}
+
+/// One diagnosis.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseCondition {
+    /// `system|code`.
+    pub code: String,
+    /// Clinical status (default `active`).
+    #[serde(default = "active")]
+    pub status: String,
+    /// Onset day.
+    pub onset: Option<Day>,
+}
+
+fn active() -> String {
+    "active".into()
+}
+
+/// What a case expects.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// Segment code.
+    pub segment: String,
+    /// Tree node id.
+    pub node: Option<String>,
+    /// Criterion levels (only those listed are checked).
+    #[serde(default)]
+    pub levels: BTreeMap<String, String>,
+    /// Overlays that hold, with the rules that hold; an overlay not listed must not hold.
+    pub overlays: Option<BTreeMap<String, Vec<String>>>,
+}
+
+/// One case's outcome.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The case file.
+    pub file: PathBuf,
+    /// Its description.
+    pub description: String,
+    /// Differences from what was expected; empty when the case passes.
+    pub failures: Vec<String>,
+    /// The tree node that placed the client, when it was reached.
+    pub node: Option<String>,
+    /// The explanation, for failures.
+    pub explanation: Option<String>,
+}
+
+/// Why cases could not be run.
+#[derive(Debug, thiserror::Error)]
+pub enum CaseError {
+    /// The model is invalid.
+    #[error(transparent)]
+    Mapping(#[from] MappingError),
+    /// A case file could not be read or is malformed.
+    #[error("{0}")]
+    Case(String),
+}
+
+/// The cases folder of a model file: `mappings/x.yaml` → `mappings/x/cases/`.
+pub fn cases_dir(model: &Path) -> PathBuf {
+    let stem = model
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    model.with_file_name(stem).join("cases")
+}
+
+/// Runs every case of the model at `model`.
+pub fn run_all(model: &Path) -> Result<Vec<Outcome>, CaseError> {
+    let mapping = model::load_file(model)?;
+    let dir = cases_dir(model);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| {
+            CaseError::Case(format!(
+                "cannot read {}: {e}\nhint: keep the model's cases in {}",
+                dir.display(),
+                dir.display()
+            ))
+        })?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(CaseError::Case(format!(
+            "no cases in {}\nhint: add at least one case per tree node",
+            dir.display()
+        )));
+    }
+    let mut out = Vec::new();
+    for file in files {
+        let case = read_case(&file)?;
+        let plan = Plan::compile(mapping.clone(), case.as_of).map_err(|e| {
+            CaseError::Case(format!(
+                "{}: the model does not compile: {e:?}",
+                file.display()
+            ))
+        })?;
+        out.push(run_case(&plan, &file, &case)?);
+    }
+    Ok(out)
+}
+
+fn read_case(file: &Path) -> Result<Case, CaseError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| CaseError::Case(format!("cannot read {}: {e}", file.display())))?;
+    let fail = |d: Diagnostic| {
+        CaseError::Case(
+            DiagnosticAt {
+                path: file,
+                diagnostic: &d,
+            }
+            .to_string(),
+        )
+    };
+    let spanned = load::parse_yaml(&text).map_err(fail)?;
+    serde_json::from_value(spanned.value.clone()).map_err(|e| {
+        fail(Diagnostic::new(
+            "",
+            format!("not a valid case: {e}"),
+            "compare with the other cases of the model",
+        ))
+    })
+}
+
+fn coding(plan: &Plan, text: &str, file: &Path) -> Result<(String, String), CaseError> {
+    let Some((system, code)) = text.split_once('|') else {
+        return Err(CaseError::Case(format!(
+            "{}: `{text}` is not `system|code`",
+            file.display()
+        )));
+    };
+    let system = plan
+        .mapping
+        .systems
+        .get(system)
+        .cloned()
+        .unwrap_or_else(|| system.to_owned());
+    Ok((system, code.to_owned()))
+}
+
+/// The FHIR resources of a case, in the shape real data has.
+pub fn resources(plan: &Plan, case: &Case, file: &Path) -> Result<Vec<Value>, CaseError> {
+    let mut out = vec![
+        json!({"resourceType": "Patient", "id": "case", "birthDate": case.patient.birth_date}),
+    ];
+    let subject = json!({"reference": "Patient/case"});
+    for (i, e) in case.encounters.iter().enumerate() {
+        for r in 0..e.repeat {
+            let start = e
+                .start
+                .plus_days(i32::try_from(r * e.every_days).unwrap_or(0));
+            let mut enc = json!({
+                "resourceType": "Encounter", "id": format!("e{i}-{r}"), "status": "finished",
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": e.class},
+                "subject": subject,
+                "period": {"start": start.to_string(), "end": start.plus_days(i32::try_from(e.days).unwrap_or(0)).to_string()},
+            });
+            if let Some(t) = &e.contact_type {
+                let (system, code) = coding(plan, t, file)?;
+                enc["type"] = json!([{"coding": [{"system": system, "code": code}]}]);
+            }
+            if let Some(s) = &e.service {
+                let (system, code) = coding(plan, s, file)?;
+                enc["serviceType"] = json!({"coding": [{"system": system, "code": code}]});
+            }
+            out.push(enc);
+        }
+    }
+    for (i, c) in case.conditions.iter().enumerate() {
+        let (system, code) = coding(plan, &c.code, file)?;
+        let mut cond = json!({
+            "resourceType": "Condition", "id": format!("c{i}"), "subject": subject,
+            "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": c.status}]},
+            "code": {"coding": [{"system": system, "code": code}]},
+        });
+        if let Some(onset) = c.onset {
+            cond["onsetDateTime"] = json!(onset.to_string());
+        }
+        out.push(cond);
+    }
+    Ok(out)
+}
+
+/// Runs one case.
+pub fn run_case(plan: &Plan, file: &Path, case: &Case) -> Result<Outcome, CaseError> {
+    let mut fold = Fold::new(plan);
+    for resource in resources(plan, case, file)? {
+        let fact = extract::extract_value(plan, &resource)
+            .map_err(|r| CaseError::Case(format!("{}: {r}", file.display())))?;
+        fold.apply(fact)
+            .map_err(|r| CaseError::Case(format!("{}: {r}", file.display())))?;
+    }
+    let (clients, _) = fold.into_clients();
+    let record = clients
+        .get("case")
+        .ok_or_else(|| CaseError::Case(format!("{}: the case has no client", file.display())))?;
+    let m = &plan.mapping;
+    let mut failures = Vec::new();
+    for name in case.thresholds.keys() {
+        if !m.features.iter().any(|f| &f.id == name) {
+            failures.push(format!("thresholds: unknown feature `{name}`"));
+        }
+    }
+    let thresholds: Vec<Option<f64>> = plan
+        .percentiles
+        .iter()
+        .map(|&(f, _)| case.thresholds.get(&plan.features[f].id).copied())
+        .collect();
+    let Some(a) = eval::assess(plan, record.values(plan), &thresholds) else {
+        failures.push("the client reaches no tree node".into());
+        return Ok(Outcome {
+            file: file.to_owned(),
+            description: case.description.clone(),
+            failures,
+            node: None,
+            explanation: None,
+        });
+    };
+    let segment = m.segments[a.segment].code.to_string();
+    if segment != case.expect.segment {
+        failures.push(format!(
+            "segment: expected {}, got {segment}",
+            case.expect.segment
+        ));
+    }
+    let node = m.tree[a.node].id.clone();
+    if let Some(expected) = &case.expect.node
+        && *expected != node
+    {
+        failures.push(format!("node: expected {expected}, got {node}"));
+    }
+    for (criterion, level) in &case.expect.levels {
+        match m.criteria.iter().position(|c| &c.id == criterion) {
+            None => failures.push(format!("levels: unknown criterion `{criterion}`")),
+            Some(c) => {
+                let got = &m.criteria[c].levels[a.levels[c]].code;
+                if got != level {
+                    failures.push(format!("{criterion}: expected {level}, got {got}"));
+                }
+            }
+        }
+    }
+    if let Some(expected) = &case.expect.overlays {
+        let got: BTreeMap<String, Vec<String>> = a
+            .overlays
+            .iter()
+            .enumerate()
+            .filter(|(_, rules)| !rules.is_empty())
+            .map(|(o, rules)| {
+                (
+                    m.overlays[o].code.clone(),
+                    rules
+                        .iter()
+                        .map(|&r| m.overlays[o].rules[r].id.clone())
+                        .collect(),
+                )
+            })
+            .collect();
+        if &got != expected {
+            failures.push(format!("overlays: expected {expected:?}, got {got:?}"));
+        }
+    }
+    let explanation =
+        (!failures.is_empty()).then(|| eval::explain(plan, "case", record, &a, Lang::En).render());
+    Ok(Outcome {
+        file: file.to_owned(),
+        description: case.description.clone(),
+        failures,
+        node: Some(node),
+        explanation,
+    })
+}

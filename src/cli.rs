@@ -288,6 +288,9 @@ struct RunSummary {
     after_as_of: u64,
     rejected: u64,
     models: Vec<ModelSummary>,
+    /// Kept out of `summary.json`, which lives in that directory anyway and must not differ
+    /// between two runs into different directories.
+    #[serde(skip)]
     out: String,
 }
 

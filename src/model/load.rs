@@ -263,7 +263,14 @@ fn schema_diagnostics(value: &Value) -> Vec<Diagnostic> {
     validator
         .iter_errors(value)
         .map(|error| {
-            let pointer = error.instance_path().to_string();
+            let mut pointer = error.instance_path().to_string();
+            // Point at the unexpected key itself, not at the mapping that holds it.
+            if let jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } =
+                error.kind()
+                && let Some(key) = unexpected.first()
+            {
+                pointer = format!("{pointer}/{}", escape(key));
+            }
             let message = error.to_string();
             let hint = schema_hint(&message, error.instance());
             Diagnostic {

@@ -734,10 +734,8 @@ impl Plan {
         }
         let mut criteria = Vec::new();
         for (i, crit) in mapping.criteria.iter().enumerate() {
-            criteria.extend(keep(
-                &mut errors,
-                compile_criterion(&mut c, crit, &format!("/criteria/{i}")),
-            ));
+            let p = format!("/criteria/{i}");
+            criteria.extend(compile_criterion(&mut c, crit, &p, &mut errors));
         }
         let mut tree = Vec::new();
         for (i, node) in mapping.tree.iter().enumerate() {
@@ -885,46 +883,46 @@ fn keep<T>(errors: &mut Vec<CompileError>, result: Result<T, CompileError>) -> O
     result.map_err(|e| errors.push(e)).ok()
 }
 
+/// Compiles one criterion, recording the first problem of each of its levels.
 fn compile_criterion(
     c: &mut Compiler<'_>,
     crit: &mapping::Criterion,
     p: &str,
-) -> Result<CriterionPlan, CompileError> {
+    errors: &mut Vec<CompileError>,
+) -> Option<CriterionPlan> {
     if crit.levels.is_empty() {
-        return Err(err(
+        errors.push(err(
             format!("{p}/levels"),
             format!("criterion `{}` has no levels", crit.id),
             "list levels from lowest to highest",
         ));
+        return None;
     }
+    let before = errors.len();
     let mut levels = Vec::new();
     let mut used = Vec::new();
     for (j, level) in crit.levels.iter().enumerate() {
         let lp = format!("{p}/levels/{j}");
-        match (j, &level.when) {
-            (0, None) => {}
-            (0, Some(_)) => {
-                return Err(err(
-                    format!("{lp}/when"),
-                    "the lowest level takes no `when`",
-                    "it is the level of everyone the higher levels leave; remove `when`",
-                ));
-            }
-            (_, None) => {
-                return Err(err(
-                    lp,
-                    format!("level `{}` has no `when`", level.code),
-                    "say when a client reaches this level",
-                ));
-            }
-            (_, Some(when)) => {
-                let cond = c.cond(when, &format!("{lp}/when"), 0, true)?;
-                cond.features(&mut used);
-                levels.push(cond);
-            }
+        let compiled = match (j, &level.when) {
+            (0, None) => continue,
+            (0, Some(_)) => Err(err(
+                format!("{lp}/when"),
+                "the lowest level takes no `when`",
+                "it is the level of everyone the higher levels leave; remove `when`",
+            )),
+            (_, None) => Err(err(
+                lp,
+                format!("level `{}` has no `when`", level.code),
+                "say when a client reaches this level",
+            )),
+            (_, Some(when)) => c.cond(when, &format!("{lp}/when"), 0, true),
+        };
+        if let Some(cond) = keep(errors, compiled) {
+            cond.features(&mut used);
+            levels.push(cond);
         }
     }
-    Ok(CriterionPlan {
+    (errors.len() == before).then(|| CriterionPlan {
         id: crit.id.clone(),
         levels,
         features: used,

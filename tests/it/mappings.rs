@@ -1,0 +1,211 @@
+//! Mapping files: every shipped model checks and passes its cases, the committed JSON Schema is
+//! what the code generates, and broken models are refused with file, line, column and a hint.
+
+use std::path::{Path, PathBuf};
+
+use crate::support::{root, segmentti, text};
+
+fn models() -> Vec<PathBuf> {
+    let mut models: Vec<PathBuf> = std::fs::read_dir(root().join("mappings"))
+        .expect("mappings/")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    models.sort();
+    assert!(!models.is_empty());
+    models
+}
+
+#[test]
+fn every_shipped_model_checks_and_passes_its_cases() {
+    for model in models() {
+        let path = model.to_str().expect("utf-8");
+        let output = segmentti(&["check-mapping", path]);
+        assert!(
+            output.status.success(),
+            "check-mapping {path}: {:?}",
+            text(&output)
+        );
+        let output = segmentti(&["test-mapping", path]);
+        let (stdout, stderr) = text(&output);
+        assert!(
+            output.status.success(),
+            "test-mapping {path}:\n{stdout}\n{stderr}"
+        );
+        assert!(stdout.contains(" 0 failed"), "{stdout}");
+    }
+}
+
+#[test]
+fn committed_schema_is_the_generated_one() {
+    let output = segmentti(&["schema"]);
+    assert!(output.status.success());
+    let committed =
+        std::fs::read_to_string(root().join("mappings/schema.json")).expect("mappings/schema.json");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        committed,
+        "mappings/schema.json is stale: run `cargo run -- schema > mappings/schema.json`"
+    );
+}
+
+/// Writes the Päijät-Sote model with `edits` applied and returns its path and text.
+fn broken(dir: &tempfile::TempDir, edits: &[(&str, &str)]) -> (PathBuf, String) {
+    let mut text =
+        std::fs::read_to_string(root().join("mappings/paijat-sote.yaml")).expect("model");
+    for (from, to) in edits {
+        assert!(
+            text.contains(from),
+            "the edit target `{from}` is in the model"
+        );
+        text = text.replacen(from, to, 1);
+    }
+    let path = dir.path().join("broken.yaml");
+    std::fs::write(&path, &text).expect("write");
+    (path, text)
+}
+
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .expect("needle in text")
+        + 1
+}
+
+fn check(path: &Path) -> String {
+    let output = segmentti(&["check-mapping", path.to_str().expect("utf-8")]);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a broken model fails: {:?}",
+        text(&output)
+    );
+    text(&output).1
+}
+
+#[test]
+fn broken_models_are_refused_with_line_column_and_hint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // (edits, a text on the offending line, the message)
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: [Case<'_>; 6] = [
+        (
+            &[("    order: 2\n", "    order: second\n")],
+            "order: second",
+            "is not of type \"integer\"",
+        ),
+        (
+            &[(
+                "  icd10fi: urn:oid:1.2.246.537.6.1",
+                "  icd10fi: urn:oid:1.2..537",
+            )],
+            "icd10fi: urn:oid",
+            "is not a code system URL",
+        ),
+        (
+            &[(
+                "{feature: contacts_12m, gte: 6}",
+                "{feature: contact_12m, gte: 6}",
+            )],
+            "contact_12m",
+            "unknown feature `contact_12m`",
+        ),
+        (
+            &[(
+                "      - {system: actcode, code: EMER, display: emergency, source: HL7 v3 ActCode}\n",
+                "      - {system: actcode, code: EMER, display: emergency, source: HL7 v3 ActCode}\n      - {system: actcode, code: EMER, display: emergency again, source: HL7 v3 ActCode}\n",
+            )],
+            "emergency again",
+            "code `actcode|EMER` is defined twice",
+        ),
+        (
+            &[("    segment: \"4\"\n", "    segment: \"3\"\n")],
+            "  - code: \"4\"",
+            "no reachable tree node places a client in segment `4`",
+        ),
+        (
+            &[("id: paijat-sote\n", "id: paijat-sote\ncolour: red\n")],
+            "colour: red",
+            "Additional properties are not allowed",
+        ),
+    ];
+    for (edits, needle, message) in cases {
+        let (path, text) = broken(&dir, edits);
+        let stderr = check(&path);
+        let at = format!("broken.yaml:{}:", line_of(&text, needle));
+        assert!(stderr.contains(&at), "expected {at} in:\n{stderr}");
+        assert!(
+            stderr.contains(message),
+            "expected `{message}` in:\n{stderr}"
+        );
+        assert!(stderr.contains("hint:"), "{stderr}");
+    }
+}
+
+#[test]
+fn an_unreachable_tree_node_is_named_with_the_node_that_shadows_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (path, text) = broken(
+        &dir,
+        &[(
+            "  - id: planned-high-support\n    when: {criterion: support_need, at_least: high}",
+            "  - id: planned-high-support\n    when: {criterion: health_risks, at_least: high}",
+        )],
+    );
+    let stderr = check(&path);
+    assert!(
+        stderr.contains(&format!(
+            "broken.yaml:{}:",
+            line_of(&text, "id: planned-high-support")
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("tree node `planned-high-support` can never be reached"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("placed earlier by node `planned-high-risk`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (path, _) = broken(
+        &dir,
+        &[
+            (
+                "{feature: contacts_12m, gte: 6}",
+                "{feature: contact_12m, gte: 6}",
+            ),
+            (
+                "{feature: contacts_12m, gte: 15}",
+                "{feature: visits_12m, gte: 15}",
+            ),
+            ("  icd10fi: urn:oid:1.2.246.537.6.1", "  icd10fi: not a url"),
+        ],
+    );
+    let stderr = check(&path);
+    assert!(stderr.contains("has 3 problem(s)"), "{stderr}");
+    for message in ["contact_12m", "visits_12m", "not a code system URL"] {
+        assert!(stderr.contains(message), "{message} in {stderr}");
+    }
+}
+
+#[test]
+fn yaml_syntax_errors_and_non_utf8_files_are_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, "id: x\nfeatures: [\n  - a\n").expect("write");
+    let stderr = check(&path);
+    assert!(
+        stderr.contains("bad.yaml:") && stderr.contains("not valid YAML"),
+        "{stderr}"
+    );
+    std::fs::write(&path, b"id: caf\xe9\n").expect("write");
+    let stderr = check(&path);
+    assert!(stderr.contains("not UTF-8"), "{stderr}");
+}

@@ -1,0 +1,84 @@
+//! Helpers shared by the integration tests: running the real binary, reading its NDJSON output,
+//! and checking resources against the official FHIR R4 JSON Schema vendored in `vendor/fhir/`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, OnceLock};
+
+use serde_json::Value;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fixture path below `tests/fixtures/`.
+pub fn fixture(rel: &str) -> PathBuf {
+    root().join("tests/fixtures").join(rel)
+}
+
+/// Runs the `segmentti` binary with `args` in the repository root.
+pub fn segmentti(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_segmentti"))
+        .args(args)
+        .current_dir(root())
+        .env_remove("SEGMENTTI_LOG")
+        .output()
+        .expect("the segmentti binary runs")
+}
+
+/// The process's stdout and stderr as text, for assertions and failure messages.
+pub fn text(output: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Every line of an NDJSON file as JSON.
+pub fn ndjson(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect()
+}
+
+fn fhir_schema() -> &'static Value {
+    static SCHEMA: OnceLock<Value> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let text = std::fs::read_to_string(root().join("vendor/fhir/fhir.schema.json"))
+            .expect("vendored FHIR schema");
+        serde_json::from_str(&text).expect("FHIR schema is JSON")
+    })
+}
+
+/// Problems of `resource` against the FHIR R4 JSON Schema definition of its resourceType
+/// (empty when it conforms). The schema is structural: it catches unknown elements and bad
+/// enum values, not missing required elements.
+pub fn fhir_schema_errors(resource: &Value) -> Vec<String> {
+    static VALIDATORS: OnceLock<Mutex<HashMap<String, &'static jsonschema::Validator>>> =
+        OnceLock::new();
+    let kind = resource["resourceType"]
+        .as_str()
+        .expect("resourceType")
+        .to_owned();
+    let validator = {
+        let mut cache = VALIDATORS
+            .get_or_init(Default::default)
+            .lock()
+            .expect("lock");
+        *cache.entry(kind.clone()).or_insert_with(|| {
+            let mut schema = fhir_schema().clone();
+            schema["oneOf"] = serde_json::json!([{ "$ref": format!("#/definitions/{kind}") }]);
+            Box::leak(Box::new(
+                jsonschema::validator_for(&schema).expect("FHIR schema compiles"),
+            ))
+        })
+    };
+    validator
+        .iter_errors(resource)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect()
+}

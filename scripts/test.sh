@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The project's test command (the README's second command; CI runs exactly this).
+# Installs what the tests need (rustfmt, clippy, the pinned Helios FHIR Server), then checks
+# formatting and lints and runs every test: unit, integration (against a real FHIR server on
+# loopback) and the cases of every model.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+SEGMENTTI_HFS=$(bash scripts/install-hfs.sh)
+export SEGMENTTI_HFS
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --all-targets --locked

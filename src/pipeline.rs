@@ -401,7 +401,7 @@ pub fn build(
     let mut flags = vec![writeback::segment_flag(plan, id, a, &obs_ref)?];
     for o in 0..plan.overlays.len() {
         if a.overlay_holds(o) {
-            flags.push(writeback::overlay_flag(plan, id, o, &obs_ref)?);
+            flags.push(writeback::overlay_flag(plan, id, a, o, &obs_ref)?);
         }
     }
     Ok(ClientResources {

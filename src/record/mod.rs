@@ -64,6 +64,14 @@ pub struct ClientRecord {
 }
 
 impl ClientRecord {
+    /// A client with a Patient and nothing else yet.
+    pub fn empty(plan: &Plan) -> Self {
+        Self {
+            has_patient: true,
+            ..Self::new(plan)
+        }
+    }
+
     fn new(plan: &Plan) -> Self {
         let slots = plan
             .features

@@ -27,19 +27,28 @@ pub fn segment_flag(
         segment.code.to_string(),
         segment.display.clone(),
     );
-    build(plan, patient, Written::SegmentFlag, None, code, observation).map_err(|cause| {
-        BuildError {
-            resource: "Flag",
-            patient: patient.to_owned(),
-            cause,
-        }
+    build(
+        plan,
+        patient,
+        a,
+        Written::SegmentFlag,
+        None,
+        code,
+        observation,
+    )
+    .map_err(|cause| BuildError {
+        resource: "Flag",
+        patient: patient.to_owned(),
+        cause,
     })
 }
 
-/// Builds the Flag of overlay `o` (which must hold) for `patient`.
+/// Builds the Flag of overlay `o` (which must hold) for `patient`. Every Flag carries the
+/// assessment's fingerprint (see [`super::lifecycle`]).
 pub fn overlay_flag(
     plan: &Plan,
     patient: &str,
+    a: &Assessment,
     o: usize,
     observation: &str,
 ) -> Result<Flag, BuildError> {
@@ -52,6 +61,7 @@ pub fn overlay_flag(
     build(
         plan,
         patient,
+        a,
         Written::OverlayFlag,
         Some(&overlay.code),
         code,
@@ -67,6 +77,7 @@ pub fn overlay_flag(
 fn build(
     plan: &Plan,
     patient: &str,
+    a: &Assessment,
     written: Written,
     part: Option<&str>,
     (system, code, display): (String, String, Text),
@@ -81,7 +92,10 @@ fn build(
     let start = fhir_sdk::DateTime::Date(fhir_date(plan.as_of));
     Flag::builder()
         .id(id.logical_id())
-        .extension(vec![detail])
+        .extension(vec![
+            detail,
+            super::lifecycle::fingerprint_extension(&super::lifecycle::fingerprint(plan, a))?,
+        ])
         .identifier(vec![Some(id.to_fhir()?)])
         .status(FlagStatus::Active)
         .code(concept(&system, &code, &display)?)

@@ -7,6 +7,7 @@
 //! read: the as-of date is passed in. No I/O.
 
 pub mod flag;
+pub mod lifecycle;
 pub mod observation;
 
 use fhir_sdk::r4b::types::{
@@ -25,6 +26,10 @@ pub const SEGMENTTI_SYSTEM: &str = "https://segmentti.fi/fhir/CodeSystem/segment
 /// Extension holding how many resources counted when `derivedFrom` is capped.
 pub const DERIVED_FROM_COUNT: &str =
     "https://segmentti.fi/fhir/StructureDefinition/derived-from-count";
+/// Extension on segmentti's Flags: the assessment's segment, levels and overlays in one string,
+/// so a later run can tell from the Flag alone whether anything changed.
+pub const FINGERPRINT: &str =
+    "https://segmentti.fi/fhir/StructureDefinition/assessment-fingerprint";
 /// The standard extension pointing from a Flag to the resource that explains it.
 pub const FLAG_DETAIL: &str = "http://hl7.org/fhir/StructureDefinition/flag-detail";
 /// The standard extension carrying a display's translation.

@@ -1,0 +1,325 @@
+//! The Flag lifecycle, decided without I/O: given what a server already holds for a client (its
+//! active segmentti Flags of this model) and the new results, which resources to create, which
+//! to end and which to leave alone. An unchanged client gets no write at all; a new segment ends
+//! the old Flag (status `inactive`, `period.end`) in the same transaction that creates the new
+//! one; an overlay that no longer holds has its Flag ended. Whether anything changed is read
+//! from a fingerprint extension on the Flag, so no Observation has to be fetched to compare.
+
+use fhir_sdk::r4b::resources::Flag;
+use fhir_sdk::r4b::types::{Extension, ExtensionValue};
+use serde_json::Value;
+
+use super::{BuildError, FINGERPRINT};
+use crate::day::Day;
+use crate::model::eval::Assessment;
+use crate::model::plan::Plan;
+use crate::sink::ClientResources;
+
+/// What a client's assessment looks like, compactly: segment, every criterion level, and the
+/// overlays with the rules that hold. Two assessments with the same fingerprint need no write.
+pub fn fingerprint(plan: &Plan, a: &Assessment) -> String {
+    let m = &plan.mapping;
+    let mut parts = vec![format!("segment={}", m.segments[a.segment].code)];
+    for (c, criterion) in m.criteria.iter().enumerate() {
+        parts.push(format!(
+            "{}={}",
+            criterion.id, criterion.levels[a.levels[c]].code
+        ));
+    }
+    for (o, overlay) in m.overlays.iter().enumerate() {
+        let rules: Vec<&str> = a.overlays[o]
+            .iter()
+            .map(|&r| overlay.rules[r].id.as_str())
+            .collect();
+        parts.push(format!("{}=[{}]", overlay.code, rules.join(",")));
+    }
+    format!("{}@{};{}", m.id, m.version, parts.join(";"))
+}
+
+/// The fingerprint extension.
+pub fn fingerprint_extension(value: &str) -> Result<Extension, String> {
+    Extension::builder()
+        .url(FINGERPRINT.to_owned())
+        .value(ExtensionValue::String(value.to_owned()))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// An active Flag of this model already on the server, as read back (any JSON shape the server
+/// returns is accepted; only these fields are used).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Existing {
+    /// The Flag as the server returned it, to be re-sent with its status changed.
+    pub resource: Value,
+    /// Its identifier value.
+    pub identifier: String,
+    /// Whether it is the segment Flag (else an overlay Flag).
+    pub segment: bool,
+    /// Its code (segment or overlay code).
+    pub code: String,
+    /// Its fingerprint extension, if any.
+    pub fingerprint: Option<String>,
+}
+
+impl Existing {
+    /// Reads an active Flag of `plan`'s model from server JSON; `None` for anything else
+    /// (other models' Flags, inactive ones, Flags not written by segmentti).
+    pub fn from_server(plan: &Plan, flag: &Value) -> Option<Self> {
+        if flag.get("status").and_then(Value::as_str) != Some("active") {
+            return None;
+        }
+        let base = format!("{}/identifier/", plan.mapping.canonical);
+        let identifier = flag.get("identifier")?.as_array()?.iter().find_map(|i| {
+            let system = i.get("system")?.as_str()?;
+            let kind = system.strip_prefix(&base)?;
+            Some((kind.to_owned(), i.get("value")?.as_str()?.to_owned()))
+        })?;
+        let segment = match identifier.0.as_str() {
+            "segment-flag" => true,
+            "overlay-flag" => false,
+            _ => return None,
+        };
+        let code = flag.pointer("/code/coding/0/code")?.as_str()?.to_owned();
+        let fingerprint = flag
+            .get("extension")
+            .and_then(Value::as_array)
+            .and_then(|exts| {
+                exts.iter()
+                    .find(|e| e.get("url").and_then(Value::as_str) == Some(FINGERPRINT))?
+                    .get("valueString")?
+                    .as_str()
+                    .map(str::to_owned)
+            });
+        Some(Self {
+            resource: flag.clone(),
+            identifier: identifier.1,
+            segment,
+            code,
+            fingerprint,
+        })
+    }
+}
+
+/// What to send for one client.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Changes {
+    /// The new assessment, when anything changed.
+    pub observation: Option<Value>,
+    /// Flags to create or update (conditional on their identifier).
+    pub upsert: Vec<Value>,
+    /// Flags to end: the server's Flag with `status: inactive` and `period.end` set.
+    pub end: Vec<Value>,
+}
+
+impl Changes {
+    /// Whether nothing is to be written.
+    pub fn is_empty(&self) -> bool {
+        self.observation.is_none() && self.upsert.is_empty() && self.end.is_empty()
+    }
+}
+
+/// Decides what to write for a client whose new resources are `new` (built at `as_of`, each Flag
+/// carrying the fingerprint `print`) given the active Flags the server holds.
+pub fn decide(
+    new: &ClientResources,
+    print: &str,
+    existing: &[Existing],
+    as_of: Day,
+) -> Result<Changes, BuildError> {
+    let mut changes = Changes::default();
+    let unchanged = existing
+        .iter()
+        .any(|e| e.segment && e.fingerprint.as_deref() == Some(print));
+    if unchanged {
+        return Ok(changes);
+    }
+    changes.observation = Some(to_json(&new.patient, "Observation", &new.observation)?);
+    let new_codes: Vec<(bool, String)> = new
+        .flags
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (i == 0, flag_code(f)))
+        .collect();
+    for e in existing {
+        let kept = new_codes
+            .iter()
+            .any(|(segment, code)| *segment == e.segment && *code == e.code);
+        if !kept {
+            changes.end.push(ended(&e.resource, as_of));
+        }
+    }
+    for (i, flag) in new.flags.iter().enumerate() {
+        let code = flag_code(flag);
+        let mut value = to_json(&new.patient, "Flag", flag)?;
+        // A Flag that stays (same segment or overlay) keeps its identity and start date, and
+        // only points to the new assessment; a new one starts today.
+        if let Some(e) = existing
+            .iter()
+            .find(|e| e.segment == (i == 0) && e.code == code)
+        {
+            let mut kept = e.resource.clone();
+            kept["extension"] = value["extension"].take();
+            value = kept;
+        }
+        changes.upsert.push(value);
+    }
+    Ok(changes)
+}
+
+fn flag_code(flag: &Flag) -> String {
+    flag.code
+        .coding
+        .first()
+        .and_then(|c| c.as_ref())
+        .and_then(|c| c.code.clone())
+        .unwrap_or_default()
+}
+
+/// The server's Flag, ended at `as_of`.
+pub fn ended(flag: &Value, as_of: Day) -> Value {
+    let mut flag = flag.clone();
+    flag["status"] = Value::String("inactive".into());
+    flag["period"]["end"] = Value::String(as_of.to_string());
+    if let Some(obj) = flag.as_object_mut() {
+        obj.remove("meta");
+    }
+    flag
+}
+
+fn to_json<T: serde::Serialize>(
+    patient: &str,
+    resource: &'static str,
+    value: &T,
+) -> Result<Value, BuildError> {
+    serde_json::to_value(value).map_err(|e| BuildError {
+        resource,
+        patient: patient.to_owned(),
+        cause: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::eval;
+    use crate::model::load::load_str;
+    use crate::pipeline::build;
+    use crate::record::ClientRecord;
+
+    fn plan() -> Plan {
+        let mapping =
+            load_str(include_str!("../../mappings/paijat-sote.yaml")).expect("model loads");
+        Plan::compile(mapping, "2026-01-01".parse().expect("day")).expect("model compiles")
+    }
+
+    /// An assessment from raw feature values (in the model's feature order), with every
+    /// `top_percent` threshold at 10.
+    fn assessed(plan: &Plan, set: &[(&str, f64)]) -> Assessment {
+        let mut values = vec![Some(0.0); plan.features.len()];
+        for (name, v) in set {
+            let i = plan
+                .features
+                .iter()
+                .position(|f| f.id == *name)
+                .expect("feature");
+            values[i] = Some(*v);
+        }
+        eval::assess(plan, values, &vec![Some(10.0); plan.percentiles.len()]).expect("placed")
+    }
+
+    fn resources(plan: &Plan, a: &Assessment) -> (ClientResources, String) {
+        let record = ClientRecord::empty(plan);
+        (
+            build(plan, "p1", &record, a).expect("built"),
+            fingerprint(plan, a),
+        )
+    }
+
+    fn on_server(plan: &Plan, r: &ClientResources) -> Vec<Existing> {
+        r.flags
+            .iter()
+            .map(|f| {
+                Existing::from_server(plan, &serde_json::to_value(f).expect("json"))
+                    .expect("our own Flag is recognised")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_new_client_gets_an_observation_and_its_flags() {
+        let plan = plan();
+        let (new, print) = resources(&plan, &assessed(&plan, &[("contacts_12m", 20.0)]));
+        let changes = decide(&new, &print, &[], plan.as_of).expect("decided");
+        assert!(changes.observation.is_some());
+        assert_eq!(changes.upsert.len(), 2, "segment and key-client Flags");
+        assert!(changes.end.is_empty());
+    }
+
+    #[test]
+    fn an_unchanged_client_gets_no_write() {
+        let plan = plan();
+        let (new, print) = resources(&plan, &assessed(&plan, &[("contacts_12m", 20.0)]));
+        let changes = decide(&new, &print, &on_server(&plan, &new), plan.as_of).expect("decided");
+        assert!(changes.is_empty(), "{changes:?}");
+    }
+
+    #[test]
+    fn a_new_segment_ends_the_old_flag_and_the_lost_overlay() {
+        let plan = plan();
+        let (old, _) = resources(&plan, &assessed(&plan, &[("contacts_12m", 20.0)]));
+        let later = Plan::compile(plan.mapping.clone(), "2026-06-01".parse().expect("day"))
+            .expect("compiles");
+        let (new, print) = resources(&later, &assessed(&later, &[("contacts_12m", 6.0)]));
+        let changes = decide(&new, &print, &on_server(&plan, &old), later.as_of).expect("decided");
+        assert!(changes.observation.is_some());
+        assert_eq!(
+            changes.end.len(),
+            2,
+            "old segment Flag and key-client Flag end"
+        );
+        for ended in &changes.end {
+            assert_eq!(ended["status"], "inactive");
+            assert_eq!(ended["period"]["end"], "2026-06-01");
+        }
+        assert_eq!(changes.upsert.len(), 1);
+        assert_eq!(changes.upsert[0]["code"]["coding"][0]["code"], "2");
+        assert_eq!(changes.upsert[0]["period"]["start"], "2026-06-01");
+    }
+
+    #[test]
+    fn changed_levels_in_the_same_segment_keep_the_flag_and_point_it_to_the_new_assessment() {
+        let plan = plan();
+        let (old, _) = resources(&plan, &assessed(&plan, &[("contacts_12m", 15.0)]));
+        let later = Plan::compile(plan.mapping.clone(), "2026-06-01".parse().expect("day"))
+            .expect("compiles");
+        let (new, print) = resources(
+            &later,
+            &assessed(&later, &[("contacts_12m", 15.0), ("age", 80.0)]),
+        );
+        let existing = on_server(&plan, &old);
+        let changes = decide(&new, &print, &existing, later.as_of).expect("decided");
+        assert!(changes.observation.is_some());
+        let segment_flag = &changes.upsert[0];
+        assert_eq!(
+            segment_flag["identifier"], existing[0].resource["identifier"],
+            "same Flag, same identity"
+        );
+        assert_eq!(
+            segment_flag["period"]["start"], "2026-01-01",
+            "the segment has held since the first run"
+        );
+        assert_ne!(segment_flag["extension"], existing[0].resource["extension"]);
+    }
+
+    #[test]
+    fn flags_of_other_models_and_inactive_flags_are_not_ours() {
+        let plan = plan();
+        let (new, _) = resources(&plan, &assessed(&plan, &[]));
+        let mut flag = serde_json::to_value(&new.flags[0]).expect("json");
+        flag["status"] = "inactive".into();
+        assert!(Existing::from_server(&plan, &flag).is_none());
+        flag["status"] = "active".into();
+        flag["identifier"][0]["system"] = "https://other.example/identifier/segment-flag".into();
+        assert!(Existing::from_server(&plan, &flag).is_none());
+    }
+}

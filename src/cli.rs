@@ -82,6 +82,9 @@ pub enum Command {
     },
     /// Print the JSON Schema of mapping files (the source of mappings/schema.json).
     Schema,
+    /// Benchmark: generate a population, time the parse-only floor and a real run, print the
+    /// ratio and the run's peak memory.
+    Bench(BenchArgs),
 }
 
 /// Where a run reads and which models it uses.
@@ -117,6 +120,9 @@ pub struct RunArgs {
     /// What to do with an invalid resource.
     #[arg(long, value_enum, default_value_t = OnInvalid::Skip)]
     on_invalid: OnInvalid,
+    /// Print throughput per stage and peak memory at the end (also a `stats:` line for tools).
+    #[arg(long)]
+    stats: bool,
 }
 
 /// `synth`.
@@ -140,6 +146,20 @@ pub struct SynthArgs {
     /// Data end at this date.
     #[arg(long, default_value = DEFAULT_AS_OF)]
     as_of: Day,
+}
+
+/// `bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Population sizes to measure (repeatable).
+    #[arg(long = "clients", default_values_t = [200_000u64])]
+    clients: Vec<u64>,
+    /// Seed of the populations.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Where populations are generated and kept between benchmark runs.
+    #[arg(long, default_value = "target/bench")]
+    work_dir: PathBuf,
 }
 
 /// `--format`.
@@ -184,6 +204,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Explain(args) => explain_command(args),
         Command::CheckMapping { files } => check_command(&files),
         Command::TestMapping { files } => test_mapping_command(&files),
+        Command::Bench(args) => bench_command(args),
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&load::schema())?);
             Ok(ExitCode::SUCCESS)
@@ -254,6 +275,7 @@ fn run_command(args: RunArgs) -> Result<ExitCode> {
         on_invalid: args.on_invalid,
     };
     let folded = pipeline::fold(&input, &plans, &options, &mut |r| sink.rejected(r))?;
+    let fold_seconds = started.elapsed().as_secs_f64();
     let mut models = Vec::new();
     for (plan, clients) in plans.iter().zip(&folded.clients) {
         models.push(pipeline::evaluate(plan, clients, &mut sink)?);
@@ -272,7 +294,23 @@ fn run_command(args: RunArgs) -> Result<ExitCode> {
         out: args.out.display().to_string(),
     };
     sink.finish(&summary)?;
-    print!("{}", summary.render(started.elapsed().as_secs_f64()));
+    let seconds = started.elapsed().as_secs_f64();
+    print!("{}", summary.render(seconds));
+    if args.stats {
+        let resources: u64 = summary.resources.values().sum();
+        let clients = summary.models.first().map_or(0, |m| m.clients);
+        let rss = segmentti::bench::peak_rss_bytes().unwrap_or(0);
+        println!(
+            "\nStats: read + fold {fold_seconds:.2} s ({:.0} resources/s); evaluate + write {:.2} s ({:.0} clients/s); peak RSS {:.0} MiB",
+            resources as f64 / fold_seconds.max(1e-9),
+            seconds - fold_seconds,
+            clients as f64 / (seconds - fold_seconds).max(1e-9),
+            rss as f64 / 1048576.0
+        );
+        println!(
+            "stats: resources={resources} clients={clients} seconds={seconds:.3} fold_seconds={fold_seconds:.3} peak_rss_bytes={rss}"
+        );
+    }
     Ok(if folded.rejected > 0 {
         ExitCode::from(EXIT_REJECTS)
     } else {
@@ -489,5 +527,85 @@ fn test_mapping_command(files: &[PathBuf]) -> Result<ExitCode> {
     if failed > 0 {
         bail!("{failed} case check(s) failed");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_command(args: BenchArgs) -> Result<ExitCode> {
+    let exe = std::env::current_exe()?;
+    println!(
+        "{:>9} {:>11} {:>8} {:>9} {:>12} {:>9} {:>12} {:>7} {:>10}",
+        "clients",
+        "resources",
+        "MiB",
+        "floor s",
+        "floor res/s",
+        "run s",
+        "run res/s",
+        "ratio",
+        "peak RSS"
+    );
+    for &clients in &args.clients {
+        let dir = args.work_dir.join(format!("synth-{clients}-{}", args.seed));
+        let marker = dir.join(".complete");
+        if !marker.exists() {
+            eprintln!("generating {clients} clients into {} ...", dir.display());
+            let opts = SynthOptions {
+                clients,
+                seed: args.seed,
+                flavor: CodeFlavor::Finnish,
+                as_of: DEFAULT_AS_OF.parse().map_err(anyhow::Error::msg)?,
+            };
+            synth::write_dir(&opts, SynthFormat::Ndjson, &dir)?;
+            std::fs::write(&marker, "")?;
+        }
+        // One untimed pass puts the files in the page cache, so neither measurement pays for the disk.
+        segmentti::bench::parse_floor(&dir)?;
+        let floor = segmentti::bench::parse_floor(&dir)?;
+        let out = args.work_dir.join(format!("out-{clients}"));
+        let started = std::time::Instant::now();
+        let output = std::process::Command::new(&exe)
+            .args(["run", "--input"])
+            .arg(&dir)
+            .args(["--as-of", DEFAULT_AS_OF, "--stats", "--out"])
+            .arg(&out)
+            .output()?;
+        let elapsed = started.elapsed().as_secs_f64();
+        if !output.status.success() {
+            bail!(
+                "the benchmark run failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stat = |key: &str| -> f64 {
+            stdout
+                .lines()
+                .find(|l| l.starts_with("stats: "))
+                .and_then(|l| {
+                    l.split_whitespace().find_map(|kv| {
+                        kv.strip_prefix(&format!("{key}="))
+                            .and_then(|v| v.parse().ok())
+                    })
+                })
+                .unwrap_or(f64::NAN)
+        };
+        let floor_s = floor.elapsed.as_secs_f64();
+        let resources = floor.resources as f64;
+        println!(
+            "{:>9} {:>11} {:>8.0} {:>9.2} {:>12.0} {:>9.2} {:>12.0} {:>7.2} {:>6.0} MiB",
+            clients,
+            floor.resources,
+            floor.bytes as f64 / 1048576.0,
+            floor_s,
+            resources / floor_s,
+            elapsed,
+            resources / elapsed,
+            floor_s / elapsed,
+            stat("peak_rss_bytes") / 1048576.0
+        );
+    }
+    println!(
+        "ratio = parse-only floor time / run time (1.0 = as fast as merely parsing the JSON; the floor uses one thread, the run both cores)"
+    );
     Ok(ExitCode::SUCCESS)
 }

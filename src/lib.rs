@@ -13,8 +13,10 @@
 //! - [`pipeline`]: source → record → model → writeback → sink, and the run's summary.
 //! - [`cases`]: hand-written clients kept beside a model, with the results they must get.
 //! - [`synth`]: the deterministic synthetic population used as the embedded default.
+//! - [`bench`]: the parse-only floor and peak-memory measurements behind `segmentti bench`.
 //! - [`types`] and [`day`]: small value types every stage shares.
 
+pub mod bench;
 pub mod cases;
 pub mod day;
 pub mod model;

@@ -1,0 +1,92 @@
+//! Measurements, not tests: the parse-only floor that a run is compared with, and the peak
+//! memory of this process. The `bench` command generates its own data, times the floor in this
+//! process and a real `run` in a child process (so its peak memory is its own), and prints the
+//! figures an issue's floors are judged by.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::de::IgnoredAny;
+
+use crate::source::files::{self, SourceError};
+
+/// What the floor measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Floor {
+    /// Resources parsed.
+    pub resources: u64,
+    /// Bytes read.
+    pub bytes: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Reads every line of every input file under `path` and parses it with `serde_json` into
+/// `IgnoredAny`, on one thread: the least any tool must do to read the same data.
+pub fn parse_floor(path: &Path) -> Result<Floor, SourceError> {
+    let started = Instant::now();
+    let (mut resources, mut bytes) = (0u64, 0u64);
+    for file in files::list(path)? {
+        let io = |source| SourceError::Io {
+            path: file.clone(),
+            source,
+        };
+        let raw = File::open(&file).map_err(io)?;
+        let reader: Box<dyn Read> = if file.to_string_lossy().ends_with(".gz") {
+            Box::new(flate2::read::MultiGzDecoder::new(raw))
+        } else {
+            Box::new(raw)
+        };
+        let mut reader = BufReader::with_capacity(1 << 20, reader);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = reader.read_line(&mut line).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            bytes += n as u64;
+            if serde_json::from_str::<IgnoredAny>(&line).is_ok() {
+                resources += 1;
+            }
+        }
+    }
+    Ok(Floor {
+        resources,
+        bytes,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// The peak resident set size of this process in bytes (Linux `VmHWM`), when known.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_floor_counts_every_parsable_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("Patient.ndjson"),
+            "{\"resourceType\":\"Patient\"}\n{\"a\":[1,2]}\nnot json\n",
+        )
+        .expect("write");
+        let floor = parse_floor(dir.path()).expect("floor");
+        assert_eq!(floor.resources, 2);
+        assert_eq!(floor.bytes, 50);
+    }
+
+    #[test]
+    fn peak_rss_is_known_on_linux() {
+        assert!(peak_rss_bytes().is_some_and(|b| b > 0));
+    }
+}

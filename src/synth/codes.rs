@@ -1,0 +1,328 @@
+//! The code tables the synthetic population draws from: contact and service types, diagnoses,
+//! municipalities and names, each code with its display and source. Finnish data use THL's code
+//! systems (ICD-10 Finnish edition, ICPC-2, AvoHILMO contact and service types); international
+//! data use SNOMED CT, one SNOMED code per Finnish code, so the same model runs on both.
+
+/// ICD-10 Finnish edition.
+pub const ICD10FI: &str = "urn:oid:1.2.246.537.6.1";
+/// ICPC-2, Finnish edition.
+pub const ICPC2: &str = "urn:oid:1.2.246.537.6.31";
+/// AvoHILMO contact type (yhteystapa).
+pub const YHTEYSTAPA: &str = "urn:oid:1.2.246.537.5.40160";
+/// AvoHILMO service type (palvelumuoto).
+pub const PALVELUMUOTO: &str = "urn:oid:1.2.246.537.6.2015";
+/// SNOMED CT.
+pub const SNOMED: &str = "http://snomed.info/sct";
+/// HL7 v3 ActCode (Encounter.class).
+pub const ACTCODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+/// Condition clinical status.
+pub const CLINICAL: &str = "http://terminology.hl7.org/CodeSystem/condition-clinical";
+/// Condition verification status.
+pub const VERIFICATION: &str = "http://terminology.hl7.org/CodeSystem/condition-ver-status";
+/// Finnish municipality codes (Statistics Finland, via the fi-base municipality extension).
+pub const MUNICIPALITY: &str = "urn:oid:1.2.246.537.6.21";
+/// The fi-base extension carrying a Patient's municipality.
+pub const MUNICIPALITY_EXTENSION: &str =
+    "https://hl7.fi/fhir/finnish-base-profiles/StructureDefinition/municipality-code";
+/// The Finnish personal identity code.
+pub const HETU: &str = "urn:oid:1.2.246.21";
+
+/// A code with its display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Code {
+    /// The code.
+    pub code: &'static str,
+    /// Its display.
+    pub display: &'static str,
+}
+
+const fn c(code: &'static str, display: &'static str) -> Code {
+    Code { code, display }
+}
+
+/// An Encounter class with its Finnish contact type and international contact type.
+#[derive(Debug, Clone, Copy)]
+pub struct ContactKind {
+    /// HL7 v3 ActCode.
+    pub class: Code,
+    /// AvoHILMO yhteystapa (source: THL AvoHILMO Yhteystapa).
+    pub yhteystapa: Code,
+    /// SNOMED CT encounter type (source: SNOMED CT International).
+    pub snomed: Code,
+}
+
+/// Ambulatory visit.
+pub const AMB: ContactKind = ContactKind {
+    class: c("AMB", "ambulatory"),
+    yhteystapa: c("R10", "Asiakkaan käynti vastaanotolla"),
+    snomed: c("185349003", "Encounter for check up"),
+};
+/// Home visit.
+pub const HH: ContactKind = ContactKind {
+    class: c("HH", "home health"),
+    yhteystapa: c("R20", "Kotikäynti"),
+    snomed: c("439708006", "Home visit"),
+};
+/// Phone or digital contact.
+pub const VR: ContactKind = ContactKind {
+    class: c("VR", "virtual"),
+    yhteystapa: c("R30", "Puhelinyhteys"),
+    snomed: c("185316007", "Indirect encounter"),
+};
+/// Emergency visit.
+pub const EMER: ContactKind = ContactKind {
+    class: c("EMER", "emergency"),
+    yhteystapa: c("R10", "Asiakkaan käynti vastaanotolla"),
+    snomed: c("50849002", "Emergency room admission"),
+};
+/// Inpatient stay.
+pub const IMP: ContactKind = ContactKind {
+    class: c("IMP", "inpatient encounter"),
+    yhteystapa: c("R10", "Asiakkaan käynti vastaanotolla"),
+    snomed: c("32485007", "Hospital admission"),
+};
+
+/// A service type with its service area and international equivalent.
+#[derive(Debug, Clone, Copy)]
+pub struct Service {
+    /// AvoHILMO palvelumuoto (source: THL AvoHILMO Palvelumuoto).
+    pub palvelumuoto: Code,
+    /// SNOMED CT service type (source: SNOMED CT International).
+    pub snomed: Code,
+    /// Health, social welfare or oral health.
+    pub area: Area,
+}
+
+/// A service area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Area {
+    /// Health care.
+    Health,
+    /// Social welfare.
+    Social,
+    /// Oral health care.
+    Oral,
+}
+
+const GP: Code = c("394814009", "General practice (specialty)");
+const MEDICINE: Code = c("394802001", "General medicine (specialty)");
+const PSYCHIATRY: Code = c("394587001", "Psychiatry (specialty)");
+const SOCIAL: Code = c("410001006", "Social service (qualifier value)");
+
+/// General practice.
+pub const T11: Service = Service {
+    palvelumuoto: c("T11", "Yleislääkäritason avosairaanhoito"),
+    snomed: GP,
+    area: Area::Health,
+};
+/// Home nursing.
+pub const T22: Service = Service {
+    palvelumuoto: c("T22", "Kotisairaanhoito"),
+    snomed: MEDICINE,
+    area: Area::Health,
+};
+/// Mental-health work.
+pub const T30: Service = Service {
+    palvelumuoto: c("T30", "Mielenterveystyö"),
+    snomed: PSYCHIATRY,
+    area: Area::Health,
+};
+/// Substance-use work.
+pub const T40: Service = Service {
+    palvelumuoto: c("T40", "Päihdetyö"),
+    snomed: PSYCHIATRY,
+    area: Area::Health,
+};
+/// Oral health care.
+pub const T60: Service = Service {
+    palvelumuoto: c("T60", "Suun terveydenhuolto"),
+    snomed: c("722163006", "Dentistry (specialty)"),
+    area: Area::Oral,
+};
+/// Social work.
+pub const T71: Service = Service {
+    palvelumuoto: c("T71", "Sosiaalityö"),
+    snomed: SOCIAL,
+    area: Area::Social,
+};
+/// Home care.
+pub const T72: Service = Service {
+    palvelumuoto: c("T72", "Kotihoito"),
+    snomed: SOCIAL,
+    area: Area::Social,
+};
+/// Disability services.
+pub const T73: Service = Service {
+    palvelumuoto: c("T73", "Vammaispalvelut"),
+    snomed: SOCIAL,
+    area: Area::Social,
+};
+/// Specialised care (emergency and inpatient).
+pub const T80: Service = Service {
+    palvelumuoto: c("T80", "Erikoissairaanhoito"),
+    snomed: MEDICINE,
+    area: Area::Health,
+};
+
+/// A diagnosis: ICD-10 (source: ICD-10 Finnish edition, THL), an ICPC-2 equivalent where one is
+/// clean (source: ICPC-2, THL), and SNOMED CT (source: SNOMED CT International).
+#[derive(Debug, Clone, Copy)]
+pub struct Diagnosis {
+    /// ICD-10.
+    pub icd10: Code,
+    /// ICPC-2.
+    pub icpc2: Option<Code>,
+    /// SNOMED CT.
+    pub snomed: Code,
+}
+
+const fn d(icd10: Code, icpc2: Option<Code>, snomed: Code) -> Diagnosis {
+    Diagnosis {
+        icd10,
+        icpc2,
+        snomed,
+    }
+}
+
+/// Hypertension: common, and on its own no long-term illness a model counts.
+pub const HYPERTENSION: Diagnosis = d(
+    c("I10", "Verenpainetauti"),
+    Some(c("K86", "Verenpainetauti")),
+    c("38341003", "Hypertensive disorder"),
+);
+
+/// Long-term illnesses that models count, most common first.
+pub const CHRONIC: [Diagnosis; 7] = [
+    d(
+        c("E11.9", "Tyypin 2 diabetes ilman komplikaatioita"),
+        Some(c("T90", "Diabetes, muu")),
+        c("44054006", "Diabetes mellitus type 2"),
+    ),
+    d(
+        c("J45.9", "Astma, määrittämätön"),
+        Some(c("R96", "Astma")),
+        c("195967001", "Asthma"),
+    ),
+    d(
+        c("I50.9", "Sydämen vajaatoiminta, määrittämätön"),
+        Some(c("K77", "Sydämen vajaatoiminta")),
+        c("84114007", "Heart failure"),
+    ),
+    d(
+        c("J44.9", "Keuhkoahtaumatauti, määrittämätön"),
+        Some(c("R95", "Keuhkoahtaumatauti")),
+        c("13645005", "Chronic obstructive lung disease"),
+    ),
+    d(
+        c("F03", "Määrittämätön dementia"),
+        Some(c("P70", "Dementia")),
+        c("52448006", "Dementia"),
+    ),
+    d(
+        c("N18.4", "Krooninen munuaisten vajaatoiminta, vaikea"),
+        None,
+        c("709044004", "Chronic kidney disease"),
+    ),
+    d(
+        c("C50.9", "Rintasyöpä, määrittämätön"),
+        None,
+        c("254837009", "Malignant neoplasm of breast"),
+    ),
+];
+
+/// Mental-health disorders.
+pub const MENTAL: [Diagnosis; 2] = [
+    d(
+        c("F32.1", "Keskivaikea masennustila"),
+        Some(c("P76", "Masennus")),
+        c("35489007", "Depressive disorder"),
+    ),
+    d(
+        c("F41.1", "Yleistynyt ahdistuneisuushäiriö"),
+        Some(c("P74", "Ahdistuneisuushäiriö")),
+        c("197480006", "Anxiety disorder"),
+    ),
+];
+
+/// Substance-use disorders.
+pub const SUBSTANCE: Diagnosis = d(
+    c("F10.2", "Alkoholiriippuvuus"),
+    Some(c("P15", "Alkoholin pitkäaikainen väärinkäyttö")),
+    c("7200002", "Alcoholism"),
+);
+
+/// Social circumstances recorded as diagnoses.
+pub const SOCIAL_RISK: [Diagnosis; 2] = [
+    d(c("Z59.0", "Asunnottomuus"), None, c("32911000", "Homeless")),
+    d(
+        c("Z60.2", "Yksin asuminen"),
+        None,
+        c("160903007", "Lives alone"),
+    ),
+];
+
+/// Short illnesses of light users.
+pub const ACUTE: [Diagnosis; 4] = [
+    d(
+        c("J06.9", "Äkillinen ylähengitystieinfektio"),
+        Some(c("R74", "Äkillinen ylähengitystieinfektio")),
+        c("54150009", "Upper respiratory infection"),
+    ),
+    d(
+        c("M54.5", "Alaselän kipu"),
+        Some(c("L03", "Alaselän oireet")),
+        c("279039007", "Low back pain"),
+    ),
+    d(
+        c("N39.0", "Virtsatieinfektio"),
+        Some(c("U71", "Virtsarakon tulehdus")),
+        c("68566005", "Urinary tract infectious disease"),
+    ),
+    d(
+        c("S93.4", "Nilkan nyrjähdys"),
+        Some(c("L77", "Nilkan nyrjähdys")),
+        c("44465007", "Sprain of ankle"),
+    ),
+];
+
+/// Municipalities of Päijät-Häme with a population weight.
+pub const MUNICIPALITIES: [(Code, u32); 10] = [
+    (c("398", "Lahti"), 120),
+    (c("098", "Hollola"), 23),
+    (c("560", "Orimattila"), 16),
+    (c("111", "Heinola"), 18),
+    (c("016", "Asikkala"), 8),
+    (c("142", "Iitti"), 7),
+    (c("316", "Kärkölä"), 4),
+    (c("781", "Sysmä"), 4),
+    (c("576", "Padasjoki"), 3),
+    (c("081", "Hartola"), 3),
+];
+
+/// Family names.
+pub const FAMILY: [&str; 16] = [
+    "Korhonen",
+    "Virtanen",
+    "Mäkinen",
+    "Nieminen",
+    "Mäkelä",
+    "Hämäläinen",
+    "Laine",
+    "Heikkinen",
+    "Koskinen",
+    "Järvinen",
+    "Lehtonen",
+    "Lehtinen",
+    "Saarinen",
+    "Salminen",
+    "Heinonen",
+    "Niemi",
+];
+/// Given names of women.
+pub const GIVEN_F: [&str; 10] = [
+    "Aino", "Helmi", "Sofia", "Maria", "Liisa", "Anna", "Kaarina", "Eeva", "Johanna", "Emilia",
+];
+/// Given names of men.
+pub const GIVEN_M: [&str; 10] = [
+    "Juhani", "Olavi", "Antero", "Mikael", "Johannes", "Matti", "Kalevi", "Tapani", "Eino", "Onni",
+];

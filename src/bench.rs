@@ -82,7 +82,7 @@ mod tests {
         .expect("write");
         let floor = parse_floor(dir.path()).expect("floor");
         assert_eq!(floor.resources, 2);
-        assert_eq!(floor.bytes, 50);
+        assert_eq!(floor.bytes, 48);
     }
 
     #[test]

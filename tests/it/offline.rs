@@ -208,13 +208,13 @@ fn fixture_with(dir: &Path, file: &str, extra: &[u8]) {
 fn bad_resources_are_skipped_into_rejected_ndjson_with_file_line_and_reason() {
     let cases: [(&str, &[u8], &str, &str); 8] = [
         ("Condition.ndjson", b"{bad json\n", "Condition.ndjson:6", "malformed JSON"),
-        ("Encounter.ndjson", b"{\"resourceType\":\"Encounter\",\"subject\":{\"reference\":\"Patient/p1\"}}\n", "Encounter.ndjson:26", "Encounter without id"),
-        ("Encounter.ndjson", b"{\"resourceType\":\"Encounter\",\"id\":\"nosub\"}\n", "Encounter.ndjson:26", "without subject"),
+        ("Encounter.ndjson", b"{\"resourceType\":\"Encounter\",\"subject\":{\"reference\":\"Patient/p1\"}}\n", "Encounter.ndjson:27", "Encounter without id"),
+        ("Encounter.ndjson", b"{\"resourceType\":\"Encounter\",\"id\":\"nosub\"}\n", "Encounter.ndjson:27", "without subject"),
         ("Condition.ndjson", b"{\"resourceType\":\"Observation\",\"id\":\"o1\"}\n", "Condition.ndjson:6", "resourceType `Observation` is not read"),
         ("Encounter.ndjson", b"{\"resourceType\":\"Encounter\",\"id\":\"g1\",\"subject\":{\"reference\":\"Patient/ghost\"}}\n", "Patient/ghost", "not in the input"),
         ("Patient.ndjson", b"{\"resourceType\":\"Patient\",\"id\":\"caf\xe9\"}\n", "Patient.ndjson:4", "not UTF-8"),
         ("Condition.ndjson", b"{\"resourceType\":\"Condition\",\"id\":\"cut\",\"subject\":{\"refer", "Condition.ndjson:6", "truncated JSON"),
-        ("Encounter.ndjson", b"{\"resourceType\":\"Encounter\",\"id\":\"d1\",\"subject\":{\"reference\":\"Patient/p1\"},\"period\":{\"start\":\"yesterday\"}}\n", "Encounter.ndjson:26", "not a FHIR date"),
+        ("Encounter.ndjson", b"{\"resourceType\":\"Encounter\",\"id\":\"d1\",\"subject\":{\"reference\":\"Patient/p1\"},\"period\":{\"start\":\"yesterday\"}}\n", "Encounter.ndjson:27", "not a FHIR date"),
     ];
     for (file, extra, origin, reason) in cases {
         let (input, out) = (

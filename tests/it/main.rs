@@ -3,3 +3,4 @@
 mod mappings;
 mod offline;
 mod support;
+mod synthetic;

@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! The modules follow the data flow, so a reader finds their room by name:
+//! - [`fhir`]: the HTTP side of FHIR: client, retry policy, paging, OperationOutcome errors.
 //! - [`source`]: where FHIR resources come from (NDJSON and Bundle files, synthetic data).
 //! - [`record`]: one client's resources folded into the facts a model asks for.
 //! - [`model`]: mapping files (load, schema, checks), features, criteria, the question tree.
@@ -19,6 +20,7 @@
 pub mod bench;
 pub mod cases;
 pub mod day;
+pub mod fhir;
 pub mod model;
 pub mod pipeline;
 pub mod record;

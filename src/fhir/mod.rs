@@ -1,0 +1,30 @@
+//! The HTTP side of FHIR: a client for one FHIR R4 server's REST API, with its errors, the
+//! retry policy, credentials and the reading of the Bundles servers answer with. Besides
+//! [`crate::source`] and [`crate::sink`], this is the only module that touches the network.
+//! It deals in `serde_json::Value`: which resources to read, how to fold them and what to
+//! write back belong to the source, record, writeback and sink modules.
+//!
+//! - [`client`]: [`FhirClient`] (`get`, `search`, [`Pages`], `transaction`,
+//!   `update_conditional`, `capabilities`) and its [`ClientOptions`].
+//! - [`retry`]: [`RetryPolicy`], full-jitter backoff honouring `Retry-After`.
+//! - [`error`]: [`FhirError`] and the OperationOutcome summary errors carry.
+//! - [`auth`]: [`BearerToken`], sent only to the base's origin.
+//! - [`bundle`]: `next` links, search matches, per-entry results of transactions.
+//!
+//! Logs: each request at DEBUG (`method`, `url` with query values elided, `status`,
+//! `elapsed_ms`, `bytes`), each retry at WARN, a server's remarks on a search at WARN.
+//! Never a token, never a resource's content.
+
+pub mod auth;
+pub mod bundle;
+pub mod client;
+pub mod error;
+pub mod retry;
+
+pub use auth::BearerToken;
+pub use bundle::{EntryOutcome, entry_outcomes, matches, next_link};
+pub use client::{
+    CORRELATION_HEADER, ClientOptions, FHIR_JSON, FhirClient, Pages, Written, new_correlation_id,
+};
+pub use error::{BodyError, FhirError, OperationOutcomeSummary, OutcomeIssue, redact};
+pub use retry::{RetryPolicy, Retryable};

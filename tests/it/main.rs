@@ -1,6 +1,9 @@
 //! The integration tests, one binary with a module per theme.
 
+mod faults;
+mod harness;
 mod mappings;
 mod offline;
+mod server_client;
 mod support;
 mod synthetic;

@@ -169,7 +169,8 @@ impl FhirClient {
         Ok(url)
     }
 
-    /// `GET url`: the answer's JSON (`Null` for an empty body).
+    /// `GET url`: the answer's JSON (`Null` for an empty body). A URL on another origin than
+    /// the base is fetched without credentials.
     pub async fn get(&self, url: &Url) -> Result<Value, FhirError> {
         Ok(self.send(Method::GET, url, None).await?.body)
     }
@@ -374,8 +375,10 @@ impl FhirClient {
         })
     }
 
-    /// A reqwest error as a timeout or a transport error.
+    /// A reqwest error as a timeout or a transport error. reqwest's own message would repeat
+    /// the URL with its query values, which [`redact`] keeps out of messages: it is removed.
     fn failed(&self, method: &Method, url: &Url, source: reqwest::Error) -> FhirError {
+        let source = source.without_url();
         if source.is_timeout() {
             FhirError::Timeout {
                 method: method.clone(),

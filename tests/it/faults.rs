@@ -453,3 +453,42 @@ async fn an_operation_outcome_422_on_a_transaction_carries_its_diagnostics_and_i
     let sent: Value = seen[0].body_json().expect("the Bundle was sent as JSON");
     assert_eq!(sent, bundle);
 }
+
+#[tokio::test]
+async fn a_refused_connection_is_a_transport_error_that_keeps_search_values_out() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a loopback port can be bound")
+        .port();
+    let base = Url::parse(&format!("http://127.0.0.1:{port}/")).expect("a loopback URL");
+    let mut options = ClientOptions::new("it-faults-run");
+    options.retry = RetryPolicy {
+        max_attempts: 2,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(10),
+        max_retry_after: Duration::from_secs(1),
+    };
+    let client = FhirClient::new(base, options).expect("a valid base");
+
+    let err = client
+        .search(
+            "Patient",
+            &[("identifier", "urn:oid:1.2.246.21|it-fake-0001")],
+        )
+        .await
+        .expect_err("nothing listens");
+    assert!(matches!(err, FhirError::Transport { .. }), "{err:?}");
+    assert!(err.is_retryable());
+    let text = format!("{err} {:?}", std::error::Error::source(&err));
+    assert!(
+        text.contains(&format!(
+            "GET http://127.0.0.1:{port}/Patient?identifier=… failed"
+        )),
+        "{text}"
+    );
+    assert!(
+        !text.contains("it-fake-0001"),
+        "a search value leaked: {text}"
+    );
+}

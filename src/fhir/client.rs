@@ -149,9 +149,8 @@ impl FhirClient {
         params: &[(K, V)],
     ) -> Result<Url, FhirError> {
         if resource_type.is_empty() || !resource_type.chars().all(|c| c.is_ascii_alphanumeric()) {
-            return Err(FhirError::InvalidOption {
-                option: "resource type",
-                reason: format!("{resource_type:?} is not a FHIR resource type name"),
+            return Err(FhirError::InvalidResourceType {
+                name: resource_type.to_owned(),
             });
         }
         let mut url = self.base.clone();

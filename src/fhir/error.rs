@@ -46,6 +46,14 @@ pub enum FhirError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A resource type that is not a plain FHIR type name (it would leave the base's path).
+    #[error(
+        "{name:?} is not a FHIR resource type name\nhint: give a type name such as Patient or Encounter, letters and digits only"
+    )]
+    InvalidResourceType {
+        /// The name given.
+        name: String,
+    },
     /// The HTTP client could not be built (TLS backend).
     #[error(
         "cannot build the HTTP client: {source}\nhint: this points at a broken TLS setup on this machine; report it with the log"
@@ -184,6 +192,7 @@ impl FhirError {
             | Self::PagingLoop { url } => Some(url),
             Self::InvalidBase { .. }
             | Self::InvalidOption { .. }
+            | Self::InvalidResourceType { .. }
             | Self::Client { .. }
             | Self::MalformedResponse { .. } => None,
         }
@@ -214,6 +223,7 @@ impl FhirError {
             Self::Status { status, .. } => retryable_status(*status),
             Self::InvalidBase { .. }
             | Self::InvalidOption { .. }
+            | Self::InvalidResourceType { .. }
             | Self::Client { .. }
             | Self::CrossOrigin { .. }
             | Self::UnexpectedResource { .. }

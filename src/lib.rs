@@ -11,6 +11,7 @@
 //! - [`model`]: mapping files (load, schema, checks), features, criteria, the question tree.
 //! - [`writeback`]: pure builders of the Observation and Flag, with deterministic identifiers.
 //! - [`sink`]: where results go (NDJSON files, summary).
+//! - [`state`]: the checkpoint of incremental server runs.
 //! - [`pipeline`]: source → record → model → writeback → sink, and the run's summary.
 //! - [`cases`]: hand-written clients kept beside a model, with the results they must get.
 //! - [`synth`]: the deterministic synthetic population used as the embedded default.
@@ -26,6 +27,7 @@ pub mod pipeline;
 pub mod record;
 pub mod sink;
 pub mod source;
+pub mod state;
 pub mod synth;
 pub mod types;
 pub mod writeback;

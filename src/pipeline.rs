@@ -30,6 +30,17 @@ pub enum Input {
     Files(PathBuf),
     /// The built-in synthetic population.
     Synthetic(SynthOptions),
+    /// A FHIR server, by paged search.
+    Server(Box<ServerInput>),
+}
+
+/// A server to read from.
+#[derive(Debug, Clone)]
+pub struct ServerInput {
+    /// The client, with its retry policy and credentials.
+    pub client: crate::fhir::FhirClient,
+    /// What to read.
+    pub options: crate::source::search::SearchOptions,
 }
 
 impl std::fmt::Display for Input {
@@ -41,6 +52,7 @@ impl std::fmt::Display for Input {
                 "synthetic population ({} clients, seed {})",
                 o.clients, o.seed
             ),
+            Self::Server(s) => write!(f, "{}", crate::fhir::redact(s.client.base())),
         }
     }
 }
@@ -72,6 +84,9 @@ pub enum PipelineError {
     /// The input could not be read.
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// The server could not be read.
+    #[error(transparent)]
+    Search(#[from] crate::source::search::SearchError),
     /// `--on-invalid=fail` and a resource was invalid.
     #[error("invalid input at {}{}: {}\nhint: fix the resource, or run with --on-invalid=skip to record it in rejected.ndjson and go on", .0.origin, .0.resource.as_deref().map(|r| format!(" ({r})")).unwrap_or_default(), .0.reason)]
     Invalid(Rejected),
@@ -126,11 +141,24 @@ pub fn fold(
     let _span = info_span!("fold", plans = plans.len()).entered();
     let (tx, rx) = mpsc::sync_channel::<Vec<Item>>(4);
     let reader_input = input.clone();
-    let reader = std::thread::spawn(move || -> Result<(), SourceError> {
-        let send = |batch: Vec<Item>| tx.send(batch).map_err(|_| "the run stopped".to_owned());
+    let reader = std::thread::spawn(move || -> Result<(), PipelineError> {
+        let mut send = |batch: Vec<Item>| tx.send(batch).map_err(|_| "the run stopped".to_owned());
         match reader_input {
-            Input::Files(path) => crate::source::files::read(&path, send),
-            Input::Synthetic(opts) => crate::source::synthetic::read(&opts, send),
+            Input::Files(path) => Ok(crate::source::files::read(&path, send)?),
+            Input::Synthetic(opts) => Ok(crate::source::synthetic::read(&opts, send)?),
+            Input::Server(server) => {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| {
+                        SourceError::Stopped(format!("cannot start the HTTP runtime: {e}"))
+                    })?;
+                Ok(runtime.block_on(crate::source::search::read(
+                    &server.client,
+                    &server.options,
+                    &mut send,
+                ))?)
+            }
         }
     });
     let mut folds: Vec<Fold<'_>> = plans.iter().map(Fold::new).collect();
@@ -171,7 +199,7 @@ pub fn fold(
     }
     let read = reader
         .join()
-        .unwrap_or_else(|_| Err(SourceError::Stopped("the reader thread panicked".into())));
+        .unwrap_or_else(|_| Err(SourceError::Stopped("the reader thread panicked".into()).into()));
     if let Some(f) = failure {
         return Err(f);
     }
@@ -262,6 +290,8 @@ pub struct ModelSummary {
     pub top_decile_cost_share: Option<f64>,
     /// Resources built.
     pub written: BTreeMap<String, u64>,
+    /// The population thresholds the `top_percent` tests used.
+    pub thresholds: Vec<Threshold>,
 }
 
 /// A count and its share of clients (and of cost, where the model has a cost feature).
@@ -280,15 +310,31 @@ pub struct Share {
 }
 
 /// Assesses every client of one plan and hands their resources to `sink`, in patient-id order.
+///
+/// `fixed` gives the `top_percent` thresholds of a previous full run: an incremental run sees
+/// only the changed clients, who are no population to take percentiles of.
 pub fn evaluate(
     plan: &Plan,
     clients: &rustc_hash::FxHashMap<CompactString, ClientRecord>,
     sink: &mut dyn Sink,
+    fixed: Option<&[Threshold]>,
 ) -> Result<ModelSummary, PipelineError> {
     let _span = info_span!("evaluate", model = %plan.mapping.id).entered();
     let mut ids: Vec<&CompactString> = clients.keys().collect();
     ids.sort_unstable();
-    let thresholds = population_thresholds(plan, clients);
+    let thresholds = match fixed {
+        Some(fixed) => plan
+            .percentiles
+            .iter()
+            .map(|&(f, p)| {
+                fixed
+                    .iter()
+                    .find(|t| t.feature == plan.features[f].id && t.percent == p)
+                    .and_then(|t| t.value)
+            })
+            .collect(),
+        None => population_thresholds(plan, clients),
+    };
     debug!(?thresholds, "population thresholds");
     let m = &plan.mapping;
     let mut per_segment = vec![(0u64, 0f64); m.segments.len()];
@@ -360,7 +406,28 @@ pub fn evaluate(
         total_cost: plan.cost_feature.map(|_| total_cost),
         top_decile_cost_share,
         written,
+        thresholds: plan
+            .percentiles
+            .iter()
+            .zip(&thresholds)
+            .map(|(&(f, percent), &value)| Threshold {
+                feature: plan.features[f].id.clone(),
+                percent,
+                value,
+            })
+            .collect(),
     })
+}
+
+/// A population threshold of a `top_percent` test.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Threshold {
+    /// Feature id.
+    pub feature: String,
+    /// The top share, in percent.
+    pub percent: f64,
+    /// The feature value at which a client is in the top share.
+    pub value: Option<f64>,
 }
 
 /// Assesses one client of the folded population.
@@ -404,10 +471,12 @@ pub fn build(
             flags.push(writeback::overlay_flag(plan, id, a, o, &obs_ref)?);
         }
     }
+    let fingerprint = writeback::lifecycle::fingerprint(plan, a);
     Ok(ClientResources {
         patient: id.to_owned(),
         observation,
         flags,
+        fingerprint,
     })
 }
 

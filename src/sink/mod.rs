@@ -3,7 +3,9 @@
 //! decide what to write (that is [`crate::writeback`]'s and the pipeline's job).
 //!
 //! - [`files`]: NDJSON ready for Bulk import, `summary.json`, `rejected.ndjson`.
+//! - [`fhir`]: a FHIR server, by idempotent transactions with the Flag lifecycle.
 
+pub mod fhir;
 pub mod files;
 
 use fhir_sdk::r4b::resources::{Flag, Observation};
@@ -20,6 +22,8 @@ pub struct ClientResources {
     pub observation: Observation,
     /// The segment Flag first, then overlay Flags.
     pub flags: Vec<Flag>,
+    /// The assessment's fingerprint (see [`crate::writeback::lifecycle`]).
+    pub fingerprint: String,
 }
 
 /// Why a sink failed.
@@ -36,6 +40,9 @@ pub enum SinkError {
         #[source]
         source: std::io::Error,
     },
+    /// A server refused the write as a whole (after retries).
+    #[error("{0}")]
+    Remote(String),
     /// A resource could not be serialised.
     #[error("cannot serialise a resource for Patient/{patient}: {cause}")]
     Serialize {

@@ -6,8 +6,10 @@
 //!
 //! - [`files`]: a file or directory of NDJSON (Bulk Data output, `.ndjson.gz` too) or Bundles.
 //! - [`synthetic`]: the built-in synthetic population, generated on the fly.
+//! - [`search`]: a live FHIR server, by paged search.
 
 pub mod files;
+pub mod search;
 pub mod synthetic;
 
 use std::fmt;

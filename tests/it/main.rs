@@ -4,6 +4,7 @@ mod faults;
 mod harness;
 mod mappings;
 mod offline;
+mod roundtrip;
 mod server_client;
 mod support;
 mod synthetic;

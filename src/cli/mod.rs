@@ -8,6 +8,9 @@
 //! | 1 | failed: nothing usable was written (the error says why) |
 //! | 2 | usage error (bad flags) |
 //! | 3 | done with rejects: some inputs were skipped and recorded in `rejected.ndjson` |
+//! | 4 | done, but the server refused some clients' results (each reported with its OperationOutcome) |
+
+mod server;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,7 +28,7 @@ use segmentti::sink::files::FileSink;
 use segmentti::synth::{self, CodeFlavor, SynthFormat, SynthOptions};
 
 /// The model used when `--model` is not given: Päijät-Sote's four tiers, built into the binary.
-pub const DEFAULT_MODEL: &str = include_str!("../mappings/paijat-sote.yaml");
+pub const DEFAULT_MODEL: &str = include_str!("../../mappings/paijat-sote.yaml");
 const DEFAULT_MODEL_NAME: &str = "mappings/paijat-sote.yaml (built in)";
 /// The as-of date of the embedded default, so that its output never changes.
 pub const DEFAULT_AS_OF: &str = "2026-01-01";
@@ -107,6 +110,8 @@ pub struct ModelArgs {
     /// Seed of the built-in population (without --input).
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    #[command(flatten)]
+    pub server: server::ServerArgs,
 }
 
 /// `run`.
@@ -123,6 +128,18 @@ pub struct RunArgs {
     /// Print throughput per stage and peak memory at the end (also a `stats:` line for tools).
     #[arg(long)]
     stats: bool,
+    /// With --server: clients per write transaction.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// With --server: read and decide, write nothing; says what would be created, updated and ended.
+    #[arg(long)]
+    dry_run: bool,
+    /// With --server: print the run as JSON (with --dry-run, every client's changes).
+    #[arg(long)]
+    json: bool,
+    /// With --server: the checkpoint file of incremental runs.
+    #[arg(long)]
+    state: Option<PathBuf>,
 }
 
 /// `synth`.
@@ -135,8 +152,8 @@ pub struct SynthArgs {
     #[arg(long, default_value_t = 7)]
     seed: u64,
     /// Output directory.
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(long, required_unless_present = "server")]
+    out: Option<PathBuf>,
     /// Bulk Data NDJSON, or one collection Bundle per client.
     #[arg(long, value_enum, default_value_t = FormatArg::Ndjson)]
     format: FormatArg,
@@ -146,6 +163,12 @@ pub struct SynthArgs {
     /// Data end at this date.
     #[arg(long, default_value = DEFAULT_AS_OF)]
     as_of: Day,
+    /// Load the population into this FHIR server instead of writing files.
+    #[command(flatten)]
+    server: server::ServerArgs,
+    /// With --server: clients per transaction.
+    #[arg(long, default_value_t = 50)]
+    batch: usize,
 }
 
 /// `bench`.
@@ -213,23 +236,38 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 impl ModelArgs {
-    fn input(&self, as_of: Day) -> Input {
-        match &self.input {
-            Some(path) => Input::Files(path.clone()),
-            None => Input::Synthetic(SynthOptions {
+    fn input(&self, as_of: Day) -> Result<Input> {
+        Ok(match (&self.input, &self.server.server) {
+            (Some(_), Some(_)) => bail!(
+                "give --input or --server, not both\nhint: reading several sources at once is not supported yet"
+            ),
+            (Some(path), None) => Input::Files(path.clone()),
+            (None, Some(url)) => Input::Server(Box::new(pipeline::ServerInput {
+                client: self.server.client(url)?,
+                options: segmentti::source::search::SearchOptions {
+                    page_size: self.server.page_size,
+                    concurrency: self.server.concurrency,
+                    patients: self.server.patients.clone(),
+                    since: self.server.since.clone(),
+                },
+            })),
+            (None, None) => Input::Synthetic(SynthOptions {
                 clients: self.clients,
                 seed: self.seed,
                 flavor: CodeFlavor::Finnish,
                 as_of,
             }),
-        }
+        })
     }
 
     fn as_of(&self) -> Result<Day> {
-        match (self.as_of, &self.input) {
+        match (
+            self.as_of,
+            self.input.is_some() || self.server.server.is_some(),
+        ) {
             (Some(day), _) => Ok(day),
-            (None, None) => DEFAULT_AS_OF.parse().map_err(anyhow::Error::msg),
-            (None, Some(_)) => {
+            (None, false) => DEFAULT_AS_OF.parse().map_err(anyhow::Error::msg),
+            (None, true) => {
                 let today = time::OffsetDateTime::now_utc().date();
                 Ok(Day::from_date(today))
             }
@@ -268,7 +306,20 @@ impl ModelArgs {
 fn run_command(args: RunArgs) -> Result<ExitCode> {
     let as_of = args.models.as_of()?;
     let plans = args.models.plans(as_of)?;
-    let input = args.models.input(as_of);
+    if let Some(url) = &args.models.server.server {
+        let write = server::WriteArgs {
+            batch: args.batch,
+            dry_run: args.dry_run,
+            json: args.json,
+            state: args.state.clone(),
+            on_invalid: args.on_invalid,
+        };
+        return server::run(&args.models.server, url, &plans, &write);
+    }
+    if args.dry_run || args.state.is_some() {
+        bail!("--dry-run and --state go with --server\nhint: a run on files writes only to --out");
+    }
+    let input = args.models.input(as_of)?;
     let started = std::time::Instant::now();
     let mut sink = FileSink::create(&args.out)?;
     let options = RunOptions {
@@ -278,7 +329,7 @@ fn run_command(args: RunArgs) -> Result<ExitCode> {
     let fold_seconds = started.elapsed().as_secs_f64();
     let mut models = Vec::new();
     for (plan, clients) in plans.iter().zip(&folded.clients) {
-        models.push(pipeline::evaluate(plan, clients, &mut sink)?);
+        models.push(pipeline::evaluate(plan, clients, &mut sink, None)?);
     }
     let summary = RunSummary {
         input: input.to_string(),
@@ -411,14 +462,20 @@ fn synth_command(args: SynthArgs) -> Result<ExitCode> {
         flavor,
         as_of: args.as_of,
     };
-    let report = synth::write_dir(&opts, format, &args.out)?;
+    if let Some(url) = &args.server.server {
+        return server::load(&args.server, url, &opts, args.batch.max(1));
+    }
+    let Some(out) = &args.out else {
+        bail!("synth needs --out DIR or --server URL");
+    };
+    let report = synth::write_dir(&opts, format, out)?;
     println!(
         "Wrote {} clients ({} Patient, {} Encounter, {} Condition) to {}\nThe 10 % most costly clients hold {:.1} % of the cost ({:.0} EUR in all).",
         report.clients,
         report.patients,
         report.encounters,
         report.conditions,
-        args.out.display(),
+        out.display(),
         report.top_decile_cost_share * 100.0,
         report.total_cost_eur
     );
@@ -428,7 +485,7 @@ fn synth_command(args: SynthArgs) -> Result<ExitCode> {
 fn explain_command(args: ExplainArgs) -> Result<ExitCode> {
     let as_of = args.models.as_of()?;
     let plans = args.models.plans(as_of)?;
-    let input = args.models.input(as_of);
+    let input = args.models.input(as_of)?;
     let mut rejected = 0u64;
     let folded = pipeline::fold(&input, &plans, &RunOptions::default(), &mut |_| {
         rejected += 1;

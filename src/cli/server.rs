@@ -1,0 +1,285 @@
+//! The command line against a live FHIR server: the connection flags, `run --server` (read by
+//! paged search, write back by idempotent transactions, checkpoint) and `synth --server` (load a
+//! synthetic population). Secrets come from a file or the environment, never from the command
+//! line, and are never printed.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde_json::{Value, json};
+
+use segmentti::fhir::{BearerToken, ClientOptions, FhirClient, new_correlation_id};
+use segmentti::model::Plan;
+use segmentti::pipeline::{self, Input, ModelSummary, OnInvalid, RunOptions, ServerInput};
+use segmentti::sink::fhir::{FhirSink, WriteReport};
+use segmentti::source::search::SearchOptions;
+use segmentti::state::State;
+use segmentti::synth::{self, SynthOptions};
+
+/// Exit code: done, but the server refused some clients' results.
+pub const EXIT_REFUSED: u8 = 4;
+
+/// How to reach a FHIR server.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// A FHIR R4 server to read clients from (and, with `run`, to write results back to).
+    #[arg(long)]
+    pub server: Option<url::Url>,
+    /// Credentials: none, or a static bearer token from --token-file or SEGMENTTI_TOKEN.
+    #[arg(long, value_enum, default_value_t = AuthArg::None)]
+    pub auth: AuthArg,
+    /// A file holding the bearer token (never give a token on the command line).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Seconds one request may take.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// Resources per search page.
+    #[arg(long, default_value_t = 100)]
+    pub page_size: u32,
+    /// Pages of clients read at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Only this client (repeatable).
+    #[arg(long = "patient")]
+    pub patients: Vec<String>,
+    /// Only clients with data updated at or after this instant (RFC 3339); default: from --state.
+    #[arg(long)]
+    pub since: Option<String>,
+}
+
+/// `--auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthArg {
+    /// No credentials.
+    None,
+    /// A static bearer token.
+    Bearer,
+}
+
+impl ServerArgs {
+    /// The client for `--server`, with a fresh correlation id.
+    pub fn client(&self, url: &url::Url) -> Result<FhirClient> {
+        let mut options = ClientOptions::new(new_correlation_id());
+        options.timeout = Duration::from_secs(self.timeout);
+        if self.auth == AuthArg::Bearer {
+            let token = match &self.token_file {
+                Some(path) => std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the token file {}", path.display()))?,
+                None => std::env::var("SEGMENTTI_TOKEN")
+                    .context("--auth bearer needs --token-file or SEGMENTTI_TOKEN")?,
+            };
+            options.bearer = Some(BearerToken::new(token.trim().to_owned()));
+        }
+        Ok(FhirClient::new(url.clone(), options)?)
+    }
+
+    fn search(&self, since: Option<String>) -> SearchOptions {
+        SearchOptions {
+            page_size: self.page_size,
+            concurrency: self.concurrency,
+            patients: self.patients.clone(),
+            since,
+        }
+    }
+}
+
+/// What a server run writes, beside the fold.
+#[derive(Debug, Clone)]
+pub struct WriteArgs {
+    /// Clients per transaction.
+    pub batch: usize,
+    /// Read and decide, write nothing.
+    pub dry_run: bool,
+    /// Print the run (with --dry-run: every client's changes) as JSON on stdout.
+    pub json: bool,
+    /// The checkpoint file.
+    pub state: Option<PathBuf>,
+    /// What to do with invalid resources.
+    pub on_invalid: OnInvalid,
+}
+
+/// `run --server`: read, segment, write back, checkpoint.
+pub fn run(
+    server: &ServerArgs,
+    url: &url::Url,
+    plans: &[Plan],
+    write: &WriteArgs,
+) -> Result<ExitCode> {
+    let started = time::OffsetDateTime::now_utc();
+    let state = match &write.state {
+        Some(path) => State::read(path)?,
+        None => None,
+    };
+    let state = state.filter(|s| s.server == url.as_str());
+    let since = server
+        .since
+        .clone()
+        .or_else(|| state.as_ref().and_then(|s| s.since.clone()));
+    let client = server.client(url)?;
+    let input = Input::Server(Box::new(ServerInput {
+        client: client.clone(),
+        options: server.search(since.clone()),
+    }));
+    let mut rejected_lines = Vec::new();
+    let options = RunOptions {
+        on_invalid: write.on_invalid,
+    };
+    let folded = pipeline::fold(&input, plans, &options, &mut |r| {
+        tracing::warn!(origin = %r.origin, resource = r.resource.as_deref().unwrap_or("-"), reason = %r.reason, "resource rejected");
+        rejected_lines.push(r.clone());
+        Ok(())
+    })
+    .or_else(|e| match e {
+        // An incremental run with nothing changed is a success with nothing to do.
+        pipeline::PipelineError::Empty(_) if since.is_some() => Ok(pipeline::Folded { clients: vec![Default::default(); plans.len()], stats: Default::default(), rejected: 0 }),
+        e => Err(e),
+    })?;
+    let mut models: Vec<(ModelSummary, WriteReport)> = Vec::new();
+    for (plan, clients) in plans.iter().zip(&folded.clients) {
+        let fixed = since
+            .as_ref()
+            .and(state.as_ref())
+            .and_then(|s| s.thresholds.get(plan.mapping.id.as_str()))
+            .map(Vec::as_slice);
+        let mut sink = FhirSink::new(client.clone(), write.batch, write.dry_run)?;
+        let summary = pipeline::evaluate(plan, clients, &mut sink, fixed)?;
+        let report = sink.finish(plan)?;
+        models.push((summary, report));
+    }
+    let refused: usize = models.iter().map(|(_, r)| r.refused.len()).sum();
+    if !write.dry_run
+        && refused == 0
+        && let Some(path) = &write.state
+    {
+        let mut next = state.unwrap_or_default();
+        next.server = url.to_string();
+        // Start of this run, less a margin for clocks that disagree: re-reading a client is
+        // harmless (its write is skipped when nothing changed), missing one is not.
+        let mark = started - time::Duration::minutes(5);
+        next.since = Some(mark.format(&time::format_description::well_known::Rfc3339)?);
+        if since.is_none() {
+            for (summary, _) in &models {
+                next.thresholds
+                    .insert(summary.model.clone(), summary.thresholds.clone());
+            }
+        }
+        next.write(path)?;
+    }
+    if write.json {
+        let out = json!({
+            "input": input.to_string(),
+            "since": since,
+            "rejected": rejected_lines,
+            "models": models.iter().map(|(s, r)| json!({"summary": s, "writes": r})).collect::<Vec<Value>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print!(
+            "{}",
+            render(
+                &input.to_string(),
+                since.as_deref(),
+                folded.rejected,
+                &models,
+                write.dry_run
+            )
+        );
+    }
+    Ok(if refused > 0 {
+        ExitCode::from(EXIT_REFUSED)
+    } else if folded.rejected > 0 {
+        ExitCode::from(super::EXIT_REJECTS)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn render(
+    input: &str,
+    since: Option<&str>,
+    rejected: u64,
+    models: &[(ModelSummary, WriteReport)],
+    dry_run: bool,
+) -> String {
+    let mut out = format!(
+        "Server: {input}{}\n",
+        since
+            .map(|s| format!(" (changes since {s})"))
+            .unwrap_or_default()
+    );
+    for (s, r) in models {
+        out.push_str(&format!(
+            "\nModel {} {} · as of {} · {} clients\n",
+            s.model, s.version, s.as_of, s.clients
+        ));
+        for seg in &s.segments {
+            out.push_str(&format!(
+                "  {:<10} {:<48} {:>8}\n",
+                seg.code, seg.display, seg.count
+            ));
+        }
+        let verb = if dry_run { "would write" } else { "wrote" };
+        out.push_str(&format!(
+            "  {verb}: {} Observation(s), {} Flag(s), ended {} Flag(s) in {} transaction(s); {} client(s) unchanged\n",
+            r.observations, r.flags_written, r.flags_ended, r.transactions, r.unchanged
+        ));
+        for refused in &r.refused {
+            out.push_str(&format!(
+                "  refused: Patient/{}: {}\n",
+                refused.patient,
+                refused.message.lines().next().unwrap_or_default()
+            ));
+        }
+    }
+    out.push_str(&format!("Rejected inputs: {rejected}\n"));
+    out
+}
+
+/// `synth --server`: loads the population into a server, `batch` clients per transaction, each
+/// resource by `PUT` on its id so that loading twice leaves one copy.
+pub fn load(
+    server: &ServerArgs,
+    url: &url::Url,
+    opts: &SynthOptions,
+    batch: usize,
+) -> Result<ExitCode> {
+    let client = server.client(url)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut entries = Vec::new();
+    let (mut resources, mut transactions) = (0u64, 0u64);
+    for i in 0..opts.clients {
+        let c = synth::client(opts, i);
+        for r in std::iter::once(c.patient)
+            .chain(c.encounters)
+            .chain(c.conditions)
+        {
+            let url = format!(
+                "{}/{}",
+                r["resourceType"].as_str().unwrap_or_default(),
+                r["id"].as_str().unwrap_or_default()
+            );
+            entries.push(json!({"resource": r, "request": {"method": "PUT", "url": url}}));
+        }
+        if (i + 1) % batch as u64 == 0 || i + 1 == opts.clients {
+            resources += entries.len() as u64;
+            let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": std::mem::take(&mut entries)});
+            runtime.block_on(client.transaction(&bundle))?;
+            transactions += 1;
+        }
+    }
+    if opts.clients == 0 {
+        bail!("nothing to load: --clients is 0");
+    }
+    println!(
+        "Loaded {} clients ({resources} resources) into {} in {transactions} transaction(s)",
+        opts.clients,
+        segmentti::fhir::redact(client.base())
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,210 @@
+//! A live FHIR server through paged search: Patients page by page (`_count`, following `next`
+//! links on the same origin only), then for each page of Patients their Encounters and
+//! Conditions (`patient=a,b,c`), several pages of Patients at once (`--concurrency`). Each page
+//! is handed on as soon as it has arrived, so memory holds a few pages, not the server.
+//!
+//! An incremental run (`since`) first asks which clients have anything newer (`_lastUpdated`
+//! on Patient, Encounter and Condition) and then reads those clients' whole history: a segment
+//! depends on all of it, not on the changes alone.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt, stream};
+use serde_json::Value;
+use tracing::{debug, info};
+
+use super::{Item, Origin, Payload};
+use crate::fhir::{FhirClient, FhirError, matches};
+use crate::record::extract::patient_id;
+
+/// How to read.
+#[derive(Debug, Clone)]
+pub struct SearchOptions {
+    /// Resources per page (`_count`).
+    pub page_size: u32,
+    /// Patient pages read at once.
+    pub concurrency: usize,
+    /// Only these Patients (`--patient`), when given.
+    pub patients: Vec<String>,
+    /// Only clients with anything updated at or after this instant (`_lastUpdated=ge…`).
+    pub since: Option<String>,
+}
+
+impl Default for SearchOptions {
+    fn default() -> Self {
+        Self {
+            page_size: 100,
+            concurrency: 4,
+            patients: Vec::new(),
+            since: None,
+        }
+    }
+}
+
+/// Why reading a server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    /// A request failed (after its retries).
+    #[error(transparent)]
+    Fhir(#[from] FhirError),
+    /// The consumer stopped the read.
+    #[error("reading stopped: {0}")]
+    Stopped(String),
+}
+
+/// Reads the clients of `client` per `options`, handing batches of items to `emit`.
+pub async fn read(
+    client: &FhirClient,
+    options: &SearchOptions,
+    emit: &mut (dyn FnMut(Vec<Item>) -> Result<(), String> + Send),
+) -> Result<(), SearchError> {
+    let size = options.page_size.to_string();
+    let chosen: Option<Vec<String>> = match &options.since {
+        Some(since) => Some(changed_since(client, since, &size).await?),
+        None if !options.patients.is_empty() => Some(options.patients.clone()),
+        None => None,
+    };
+    let origin: Arc<str> = Arc::from(client.base().as_str());
+    let mut patient_pages: Vec<Vec<Value>> = Vec::new();
+    match chosen {
+        None => {
+            let mut pages = client.pages("Patient", &[("_count", size.as_str())])?;
+            // Read Patient pages ahead in groups so that their Encounters and Conditions can be
+            // fetched concurrently.
+            loop {
+                let page = pages.next_page().await.transpose()?;
+                if let Some(page) = &page {
+                    patient_pages.push(matches(page).cloned().collect());
+                }
+                if patient_pages.len() >= options.concurrency
+                    || (page.is_none() && !patient_pages.is_empty())
+                {
+                    let group = std::mem::take(&mut patient_pages);
+                    emit_group(client, group, &size, options.concurrency, &origin, emit).await?;
+                }
+                if page.is_none() {
+                    break;
+                }
+            }
+        }
+        Some(ids) => {
+            info!(clients = ids.len(), "reading selected clients");
+            let chunks: Vec<Vec<String>> = ids
+                .chunks(options.page_size.max(1) as usize)
+                .map(<[String]>::to_vec)
+                .collect();
+            for group in chunks.chunks(options.concurrency.max(1)) {
+                let mut fetched = Vec::new();
+                for ids in group {
+                    let joined = ids.join(",");
+                    let params = [("_id", joined.as_str()), ("_count", size.as_str())];
+                    fetched.push(all_matches(client, "Patient", &params).await?);
+                }
+                emit_group(client, fetched, &size, options.concurrency, &origin, emit).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Emits a group of Patient pages and, fetched concurrently, their Encounters and Conditions.
+async fn emit_group(
+    client: &FhirClient,
+    pages: Vec<Vec<Value>>,
+    size: &str,
+    concurrency: usize,
+    origin: &Arc<str>,
+    emit: &mut (dyn FnMut(Vec<Item>) -> Result<(), String> + Send),
+) -> Result<(), SearchError> {
+    let related: Vec<(Vec<Value>, Vec<Value>)> = stream::iter(pages.iter())
+        .map(|patients| async move {
+            let ids: Vec<&str> = patients
+                .iter()
+                .filter_map(|p| p.get("id").and_then(Value::as_str))
+                .collect();
+            if ids.is_empty() {
+                return Ok::<_, FhirError>((Vec::new(), Vec::new()));
+            }
+            let joined = ids.join(",");
+            let params = [("patient", joined.as_str()), ("_count", size)];
+            let encounters = all_matches(client, "Encounter", &params).await?;
+            let conditions = all_matches(client, "Condition", &params).await?;
+            Ok((encounters, conditions))
+        })
+        .buffered(concurrency.max(1))
+        .try_collect()
+        .await?;
+    for (patients, (encounters, conditions)) in pages.into_iter().zip(related) {
+        debug!(
+            patients = patients.len(),
+            encounters = encounters.len(),
+            conditions = conditions.len(),
+            "page read"
+        );
+        let items = patients
+            .into_iter()
+            .chain(encounters)
+            .chain(conditions)
+            .enumerate()
+            .map(|(i, value)| Item {
+                origin: Origin {
+                    file: origin.clone(),
+                    line: i as u64,
+                    entry: true,
+                },
+                payload: Payload::Value(value),
+            })
+            .collect();
+        emit(items).map_err(SearchError::Stopped)?;
+    }
+    Ok(())
+}
+
+/// Every match of a search, across all its pages.
+async fn all_matches(
+    client: &FhirClient,
+    resource_type: &str,
+    params: &[(&str, &str)],
+) -> Result<Vec<Value>, FhirError> {
+    let mut pages = client.pages(resource_type, params)?;
+    let mut out = Vec::new();
+    while let Some(page) = pages.next_page().await {
+        out.extend(
+            matches(&page?)
+                .filter(|r| r.get("resourceType").and_then(Value::as_str) == Some(resource_type))
+                .cloned(),
+        );
+    }
+    Ok(out)
+}
+
+/// The ids of clients with a Patient, Encounter or Condition updated at or after `since`.
+pub async fn changed_since(
+    client: &FhirClient,
+    since: &str,
+    size: &str,
+) -> Result<Vec<String>, FhirError> {
+    let filter = format!("ge{since}");
+    let mut ids = BTreeSet::new();
+    for resource_type in ["Patient", "Encounter", "Condition"] {
+        let params = [("_lastUpdated", filter.as_str()), ("_count", size)];
+        for r in all_matches(client, resource_type, &params).await? {
+            let id = if resource_type == "Patient" {
+                r.get("id").and_then(Value::as_str)
+            } else {
+                r.pointer("/subject/reference")
+                    .and_then(Value::as_str)
+                    .and_then(patient_id)
+            };
+            if let Some(id) = id {
+                ids.insert(id.to_owned());
+            }
+        }
+    }
+    info!(
+        clients = ids.len(),
+        since, "clients changed since the last run"
+    );
+    Ok(ids.into_iter().collect())
+}

@@ -3,6 +3,11 @@
 
 mod cli;
 
+/// The fold and the builders allocate many small objects on two threads; mimalloc's per-thread
+/// heaps cut the time glibc malloc took in profiles (a third of the run) to a fraction.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -19,7 +19,7 @@ use crate::model::plan::Plan;
 use crate::record::{ClientRecord, Fold, FoldStats, Rejection, extract};
 use crate::sink::{ClientResources, Sink, SinkError};
 use crate::source::files::SourceError;
-use crate::source::{Item, Payload};
+use crate::source::{Batch, Origin, Resource};
 use crate::synth::SynthOptions;
 use crate::writeback::{self, BuildError};
 
@@ -139,67 +139,65 @@ pub fn fold(
     on_reject: &mut dyn FnMut(&Rejected) -> Result<(), SinkError>,
 ) -> Result<Folded, PipelineError> {
     let _span = info_span!("fold", plans = plans.len()).entered();
-    let (tx, rx) = mpsc::sync_channel::<Vec<Item>>(4);
+    // Three stages on their own threads, joined by bounded channels: the reader, the
+    // extraction of facts (parallel within a batch), and the fold (in input order). The fold of
+    // one batch overlaps the extraction of the next and the reading of the one after.
+    let (raw_tx, raw_rx) = mpsc::sync_channel::<Batch>(2);
+    let (fact_tx, fact_rx) = mpsc::sync_channel::<Extracted>(2);
     let reader_input = input.clone();
-    let reader = std::thread::spawn(move || -> Result<(), PipelineError> {
-        let mut send = |batch: Vec<Item>| tx.send(batch).map_err(|_| "the run stopped".to_owned());
-        match reader_input {
-            Input::Files(path) => Ok(crate::source::files::read(&path, send)?),
-            Input::Synthetic(opts) => Ok(crate::source::synthetic::read(&opts, send)?),
-            Input::Server(server) => {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| {
-                        SourceError::Stopped(format!("cannot start the HTTP runtime: {e}"))
-                    })?;
-                Ok(runtime.block_on(crate::source::search::read(
-                    &server.client,
-                    &server.options,
-                    &mut send,
-                ))?)
-            }
-        }
-    });
     let mut folds: Vec<Fold<'_>> = plans.iter().map(Fold::new).collect();
     let mut rejected = 0u64;
     let mut items = 0u64;
     let mut failure: Option<PipelineError> = None;
-    for batch in rx {
-        items += batch.len() as u64;
-        let facts: Vec<Vec<Result<_, Rejection>>> = batch
-            .par_iter()
-            .map(|item| plans.iter().map(|plan| extract_item(plan, item)).collect())
-            .collect();
-        for (item, per_plan) in batch.iter().zip(facts) {
-            let mut rejection = None;
-            for (fold, fact) in folds.iter_mut().zip(per_plan) {
-                let outcome = fact.and_then(|f| fold.apply(f));
-                if let Err(r) = outcome {
-                    rejection.get_or_insert(r);
+    let read = std::thread::scope(|scope| {
+        let reader = scope.spawn(move || read_input(reader_input, raw_tx));
+        scope.spawn(move || {
+            for batch in raw_rx {
+                let resources = batch.resources();
+                let results: Vec<Result<crate::record::Fact, Rejection>> = resources
+                    .par_iter()
+                    .flat_map_iter(|(_, r)| {
+                        plans.iter().map(move |plan| extract_resource(plan, *r))
+                    })
+                    .collect();
+                let origins = resources.into_iter().map(|(o, _)| o).collect();
+                if fact_tx.send(Extracted { origins, results }).is_err() {
+                    break;
                 }
             }
-            if let Some(r) = rejection {
+        });
+        'batches: for batch in fact_rx {
+            items += batch.origins.len() as u64;
+            let mut results = batch.results.into_iter();
+            for origin in batch.origins {
+                let mut rejection = None;
+                for fold in &mut folds {
+                    let outcome = results.next().map(|fact| fact.and_then(|f| fold.apply(f)));
+                    if let Some(Err(r)) = outcome {
+                        rejection.get_or_insert(r);
+                    }
+                }
+                let Some(r) = rejection else { continue };
                 rejected += 1;
                 let r = Rejected {
-                    origin: item.origin.to_string(),
+                    origin: origin.to_string(),
                     resource: r.resource,
                     reason: r.reason,
                 };
                 if options.on_invalid == OnInvalid::Fail {
                     failure = Some(PipelineError::Invalid(r));
-                    break;
+                    break 'batches;
                 }
-                on_reject(&r)?;
+                if let Err(e) = on_reject(&r) {
+                    failure = Some(e.into());
+                    break 'batches;
+                }
             }
         }
-        if failure.is_some() {
-            break;
-        }
-    }
-    let read = reader
-        .join()
-        .unwrap_or_else(|_| Err(SourceError::Stopped("the reader thread panicked".into()).into()));
+        reader.join().unwrap_or_else(|_| {
+            Err(SourceError::Stopped("the reader thread panicked".into()).into())
+        })
+    });
     if let Some(f) = failure {
         return Err(f);
     }
@@ -258,13 +256,39 @@ pub fn fold(
     })
 }
 
-fn extract_item(plan: &Plan, item: &Item) -> Result<crate::record::Fact, Rejection> {
-    match &item.payload {
-        Payload::Line(text) => extract::extract_str(plan, text),
-        Payload::Value(value) => extract::extract_value(plan, value),
-        Payload::Unreadable(reason) => Err(Rejection {
+/// One batch's facts: for each resource, one result per plan, in order.
+struct Extracted {
+    origins: Vec<Origin>,
+    results: Vec<Result<crate::record::Fact, Rejection>>,
+}
+
+/// The reader stage: the whole input, batch by batch, into `tx`.
+fn read_input(input: Input, tx: mpsc::SyncSender<Batch>) -> Result<(), PipelineError> {
+    let mut send = |batch: Batch| tx.send(batch).map_err(|_| "the run stopped".to_owned());
+    match input {
+        Input::Files(path) => Ok(crate::source::files::read(&path, send)?),
+        Input::Synthetic(opts) => Ok(crate::source::synthetic::read(&opts, send)?),
+        Input::Server(server) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| SourceError::Stopped(format!("cannot start the HTTP runtime: {e}")))?;
+            Ok(runtime.block_on(crate::source::search::read(
+                &server.client,
+                &server.options,
+                &mut send,
+            ))?)
+        }
+    }
+}
+
+fn extract_resource(plan: &Plan, resource: Resource<'_>) -> Result<crate::record::Fact, Rejection> {
+    match resource {
+        Resource::Text(text) => extract::extract_str(plan, text),
+        Resource::Value(value) => extract::extract_value(plan, value),
+        Resource::Unreadable(reason) => Err(Rejection {
             resource: None,
-            reason: reason.clone(),
+            reason: reason.to_owned(),
         }),
     }
 }

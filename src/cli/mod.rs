@@ -208,9 +208,6 @@ pub enum CodesArg {
 pub struct ExplainArgs {
     #[command(flatten)]
     models: ModelArgs,
-    /// The client's Patient id.
-    #[arg(long)]
-    patient: String,
     /// Machine-readable JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -483,6 +480,9 @@ fn synth_command(args: SynthArgs) -> Result<ExitCode> {
 }
 
 fn explain_command(args: ExplainArgs) -> Result<ExitCode> {
+    let [patient] = args.models.server.patients.as_slice() else {
+        bail!("explain takes exactly one --patient ID");
+    };
     let as_of = args.models.as_of()?;
     let plans = args.models.plans(as_of)?;
     let input = args.models.input(as_of)?;
@@ -493,16 +493,16 @@ fn explain_command(args: ExplainArgs) -> Result<ExitCode> {
     })?;
     let mut explanations = Vec::new();
     for (plan, clients) in plans.iter().zip(&folded.clients) {
-        let Some(record) = clients.get(args.patient.as_str()) else {
+        let Some(record) = clients.get(patient.as_str()) else {
             bail!(
                 "Patient/{} is not in {}\nhint: check the id; explain takes the Patient's logical id, not an identity code",
-                args.patient,
+                patient,
                 input
             );
         };
         let thresholds = pipeline::population_thresholds(plan, clients);
-        let a = pipeline::assess(plan, &args.patient, record, &thresholds)?;
-        explanations.push(eval::explain(plan, &args.patient, record, &a, args.lang));
+        let a = pipeline::assess(plan, patient, record, &thresholds)?;
+        explanations.push(eval::explain(plan, patient, record, &a, args.lang));
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&explanations)?);

@@ -43,7 +43,7 @@ pub struct ServerArgs {
     /// Pages of clients read at once.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
-    /// Only this client (repeatable).
+    /// Only this client (repeatable); `explain` takes exactly one.
     #[arg(long = "patient")]
     pub patients: Vec<String>,
     /// Only clients with data updated at or after this instant (RFC 3339); default: from --state.

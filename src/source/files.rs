@@ -7,14 +7,14 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use flate2::read::MultiGzDecoder;
 use serde_json::Value;
 
-use super::{BATCH, Item, Origin, Payload};
+use super::{BATCH, Batch, Item, Origin, Payload};
 
 /// Why input files could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +101,7 @@ fn is_input(p: &Path) -> bool {
 /// an error stops the read.
 pub fn read(
     path: &Path,
-    mut emit: impl FnMut(Vec<Item>) -> Result<(), String>,
+    mut emit: impl FnMut(Batch) -> Result<(), String>,
 ) -> Result<(), SourceError> {
     for file in list(path)? {
         let name: Arc<str> = Arc::from(file.display().to_string());
@@ -114,66 +114,103 @@ pub fn read(
     Ok(())
 }
 
+/// How many bytes of NDJSON a [`Batch::Lines`] holds, about.
+const CHUNK: usize = 4 << 20;
+
 fn read_ndjson(
     file: &Path,
     name: &Arc<str>,
-    emit: &mut impl FnMut(Vec<Item>) -> Result<(), String>,
+    emit: &mut impl FnMut(Batch) -> Result<(), String>,
 ) -> Result<(), SourceError> {
     let io = |source| SourceError::Io {
         path: file.to_owned(),
         source,
     };
     let raw = File::open(file).map_err(io)?;
-    let reader: Box<dyn Read> = if file.to_string_lossy().ends_with(".gz") {
+    let mut reader: Box<dyn Read> = if file.to_string_lossy().ends_with(".gz") {
         Box::new(MultiGzDecoder::new(raw))
     } else {
         Box::new(raw)
     };
-    let mut reader = BufReader::with_capacity(1 << 20, reader);
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut buf = Vec::new();
-    let mut line = 0u64;
+    let mut carry = Vec::new();
+    let mut first_line = 1u64;
     loop {
-        buf.clear();
-        if reader.read_until(b'\n', &mut buf).map_err(io)? == 0 {
-            break;
+        let mut block = std::mem::take(&mut carry);
+        let start = block.len();
+        block.resize(start + CHUNK, 0);
+        let mut filled = start;
+        while filled < block.len() {
+            match reader.read(&mut block[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io(e)),
+            }
         }
-        line += 1;
-        let text = buf.strip_suffix(b"\n").unwrap_or(&buf);
-        let text = text.strip_suffix(b"\r").unwrap_or(text);
-        if text.iter().all(u8::is_ascii_whitespace) {
+        let eof = filled < block.len();
+        block.truncate(filled);
+        if block.is_empty() {
+            return Ok(());
+        }
+        // Hand on complete lines only; the rest starts the next block.
+        let cut = if eof {
+            block.len()
+        } else {
+            block.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
+        };
+        carry = block.split_off(cut);
+        if block.is_empty() {
             continue;
         }
-        let payload = match std::str::from_utf8(text) {
-            Ok(s) => Payload::Line(s.to_owned()),
-            Err(e) => Payload::Unreadable(format!(
-                "line is not UTF-8 (invalid byte at column {}); re-export the file as UTF-8",
-                e.valid_up_to() + 1
-            )),
-        };
-        batch.push(Item {
-            origin: Origin {
+        let lines = block.iter().filter(|&&b| b == b'\n').count() as u64
+            + u64::from(!block.ends_with(b"\n"));
+        let batch = match String::from_utf8(block) {
+            Ok(text) => Batch::Lines {
                 file: name.clone(),
-                line,
-                entry: false,
+                first_line,
+                text,
             },
-            payload,
-        });
-        if batch.len() == BATCH {
-            emit(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
-                .map_err(SourceError::Stopped)?;
+            Err(e) => Batch::Items(split_lines(name, first_line, &e.into_bytes())),
+        };
+        emit(batch).map_err(SourceError::Stopped)?;
+        first_line += lines;
+        if eof {
+            return Ok(());
         }
     }
-    if !batch.is_empty() {
-        emit(batch).map_err(SourceError::Stopped)?;
-    }
-    Ok(())
+}
+
+/// A block with some bytes that are not UTF-8, line by line: the good lines as text, the bad
+/// ones as unreadable, so the rest of the file is still read.
+fn split_lines(name: &Arc<str>, first_line: u64, block: &[u8]) -> Vec<Item> {
+    block
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+        .map(|(i, line)| {
+            let payload = match std::str::from_utf8(line) {
+                Ok(s) => Payload::Line(s.trim_end_matches('\r').to_owned()),
+                Err(e) => Payload::Unreadable(format!(
+                    "line is not UTF-8 (invalid byte at column {}); re-export the file as UTF-8",
+                    e.valid_up_to() + 1
+                )),
+            };
+            Item {
+                origin: Origin {
+                    file: name.clone(),
+                    line: first_line + i as u64,
+                    entry: false,
+                },
+                payload,
+            }
+        })
+        .collect()
 }
 
 fn read_json(
     file: &Path,
     name: &Arc<str>,
-    emit: &mut impl FnMut(Vec<Item>) -> Result<(), String>,
+    emit: &mut impl FnMut(Batch) -> Result<(), String>,
 ) -> Result<(), SourceError> {
     let bytes = std::fs::read(file).map_err(|source| SourceError::Io {
         path: file.to_owned(),
@@ -196,10 +233,10 @@ fn read_json(
         entry,
     };
     if value.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
-        return emit(vec![Item {
+        return emit(Batch::Items(vec![Item {
             origin: origin(1, false),
             payload: Payload::Value(value),
-        }])
+        }]))
         .map_err(SourceError::Stopped);
     }
     let items = bundle_entries(value).map_err(not)?;
@@ -211,7 +248,7 @@ fn read_json(
                 payload: Payload::Value(v.clone()),
             })
             .collect();
-        emit(batch).map_err(SourceError::Stopped)?;
+        emit(Batch::Items(batch)).map_err(SourceError::Stopped)?;
     }
     Ok(())
 }

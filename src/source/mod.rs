@@ -50,6 +50,77 @@ pub enum Payload {
     Unreadable(String),
 }
 
+/// What a source hands on at a time.
+#[derive(Debug, Clone)]
+pub enum Batch {
+    /// Complete NDJSON lines of one file, as one block of text: no allocation per line.
+    Lines {
+        /// The file.
+        file: Arc<str>,
+        /// The number of the block's first line.
+        first_line: u64,
+        /// The lines, each ending in `\n` (the last may not, at the end of the file).
+        text: String,
+    },
+    /// Resources one by one (Bundle entries, search results, unreadable lines).
+    Items(Vec<Item>),
+}
+
+impl Batch {
+    /// Every resource of the batch with where it came from, blank lines left out.
+    pub fn resources(&self) -> Vec<(Origin, Resource<'_>)> {
+        match self {
+            Self::Items(items) => items
+                .iter()
+                .map(|i| {
+                    let r = match &i.payload {
+                        Payload::Line(text) => Resource::Text(text),
+                        Payload::Value(v) => Resource::Value(v),
+                        Payload::Unreadable(reason) => Resource::Unreadable(reason),
+                    };
+                    (i.origin.clone(), r)
+                })
+                .collect(),
+            Self::Lines {
+                file,
+                first_line,
+                text,
+            } => text
+                .split('\n')
+                .enumerate()
+                .map(|(i, line)| {
+                    (
+                        first_line + i as u64,
+                        line.strip_suffix('\r').unwrap_or(line),
+                    )
+                })
+                .filter(|(_, line)| !line.trim().is_empty())
+                .map(|(line, text)| {
+                    (
+                        Origin {
+                            file: file.clone(),
+                            line,
+                            entry: false,
+                        },
+                        Resource::Text(text),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One resource of a batch, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub enum Resource<'a> {
+    /// JSON text.
+    Text(&'a str),
+    /// Parsed JSON.
+    Value(&'a serde_json::Value),
+    /// Not a resource, with the reason.
+    Unreadable(&'a str),
+}
+
 /// One resource and where it came from.
 #[derive(Debug, Clone)]
 pub struct Item {

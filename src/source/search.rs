@@ -14,7 +14,7 @@ use futures::{StreamExt, TryStreamExt, stream};
 use serde_json::Value;
 use tracing::{debug, info};
 
-use super::{Item, Origin, Payload};
+use super::{Batch, Item, Origin, Payload};
 use crate::fhir::{FhirClient, FhirError, matches};
 use crate::record::extract::patient_id;
 
@@ -57,7 +57,7 @@ pub enum SearchError {
 pub async fn read(
     client: &FhirClient,
     options: &SearchOptions,
-    emit: &mut (dyn FnMut(Vec<Item>) -> Result<(), String> + Send),
+    emit: &mut (dyn FnMut(Batch) -> Result<(), String> + Send),
 ) -> Result<(), SearchError> {
     let size = options.page_size.to_string();
     let chosen: Option<Vec<String>> = match &options.since {
@@ -115,7 +115,7 @@ async fn emit_group(
     size: &str,
     concurrency: usize,
     origin: &Arc<str>,
-    emit: &mut (dyn FnMut(Vec<Item>) -> Result<(), String> + Send),
+    emit: &mut (dyn FnMut(Batch) -> Result<(), String> + Send),
 ) -> Result<(), SearchError> {
     let related: Vec<(Vec<Value>, Vec<Value>)> = stream::iter(pages.iter())
         .map(|patients| async move {
@@ -156,7 +156,7 @@ async fn emit_group(
                 payload: Payload::Value(value),
             })
             .collect();
-        emit(items).map_err(SearchError::Stopped)?;
+        emit(Batch::Items(items)).map_err(SearchError::Stopped)?;
     }
     Ok(())
 }

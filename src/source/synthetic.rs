@@ -4,13 +4,13 @@
 use std::sync::Arc;
 
 use super::files::SourceError;
-use super::{BATCH, Item, Origin, Payload};
+use super::{BATCH, Batch, Item, Origin, Payload};
 use crate::synth::{self, SynthOptions};
 
 /// Generates the population of `opts`, handing batches of items to `emit`.
 pub fn read(
     opts: &SynthOptions,
-    mut emit: impl FnMut(Vec<Item>) -> Result<(), String>,
+    mut emit: impl FnMut(Batch) -> Result<(), String>,
 ) -> Result<(), SourceError> {
     let name: Arc<str> = Arc::from("synthetic");
     let mut batch = Vec::with_capacity(BATCH);
@@ -25,12 +25,15 @@ pub fn read(
             payload: Payload::Line(line),
         });
         if batch.len() == BATCH {
-            emit(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
-                .map_err(SourceError::Stopped)?;
+            emit(Batch::Items(std::mem::replace(
+                &mut batch,
+                Vec::with_capacity(BATCH),
+            )))
+            .map_err(SourceError::Stopped)?;
         }
     }
     if !batch.is_empty() {
-        emit(batch).map_err(SourceError::Stopped)?;
+        emit(Batch::Items(batch)).map_err(SourceError::Stopped)?;
     }
     Ok(())
 }

@@ -333,14 +333,17 @@ pub struct Share {
     pub cost_share: Option<f64>,
 }
 
+/// How many clients are assessed and built in parallel before they go to the sink in order.
+const EVALUATE_CHUNK: usize = 4096;
+
 /// Assesses every client of one plan and hands their resources to `sink`, in patient-id order.
 ///
 /// `fixed` gives the `top_percent` thresholds of a previous full run: an incremental run sees
 /// only the changed clients, who are no population to take percentiles of.
-pub fn evaluate(
+pub fn evaluate<S: Sink>(
     plan: &Plan,
     clients: &rustc_hash::FxHashMap<CompactString, ClientRecord>,
-    sink: &mut dyn Sink,
+    sink: &mut S,
     fixed: Option<&[Threshold]>,
 ) -> Result<ModelSummary, PipelineError> {
     let _span = info_span!("evaluate", model = %plan.mapping.id).entered();
@@ -369,25 +372,37 @@ pub fn evaluate(
         0
     });
     let mut written: BTreeMap<String, u64> = BTreeMap::new();
-    for id in ids {
-        let record = &clients[id];
-        let a = assess(plan, id, record, &thresholds)?;
-        let cost = plan.cost_feature.and_then(|f| a.features[f]).unwrap_or(0.0);
-        if plan.cost_feature.is_some() {
-            costs.push(cost);
-        }
-        per_segment[a.segment].0 += 1;
-        per_segment[a.segment].1 += cost;
-        for (o, slot) in per_overlay.iter_mut().enumerate() {
-            if a.overlay_holds(o) {
-                slot.0 += 1;
-                slot.1 += cost;
+    // Clients are assessed, built and encoded in parallel a chunk at a time, then handed to the
+    // sink in id order, so the output does not depend on thread timing.
+    for chunk in ids.chunks(EVALUATE_CHUNK) {
+        let done: Vec<Result<(Assessment, usize, S::Encoded), PipelineError>> = chunk
+            .par_iter()
+            .map(|id| {
+                let record = &clients[*id];
+                let a = assess(plan, id, record, &thresholds)?;
+                let resources = build(plan, id, record, &a)?;
+                let flags = resources.flags.len();
+                Ok((a, flags, S::encode(plan, resources)?))
+            })
+            .collect();
+        for result in done {
+            let (a, flags, encoded) = result?;
+            let cost = plan.cost_feature.and_then(|f| a.features[f]).unwrap_or(0.0);
+            if plan.cost_feature.is_some() {
+                costs.push(cost);
             }
+            per_segment[a.segment].0 += 1;
+            per_segment[a.segment].1 += cost;
+            for (o, slot) in per_overlay.iter_mut().enumerate() {
+                if a.overlay_holds(o) {
+                    slot.0 += 1;
+                    slot.1 += cost;
+                }
+            }
+            *written.entry("Observation".into()).or_default() += 1;
+            *written.entry("Flag".into()).or_default() += flags as u64;
+            sink.client(plan, encoded)?;
         }
-        let resources = build(plan, id, record, &a)?;
-        *written.entry("Observation".into()).or_default() += 1;
-        *written.entry("Flag".into()).or_default() += resources.flags.len() as u64;
-        sink.client(plan, resources)?;
     }
     let clients_n = per_segment.iter().map(|s| s.0).sum::<u64>();
     let total_cost: f64 = costs.iter().sum();

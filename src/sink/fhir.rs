@@ -205,6 +205,12 @@ impl FhirSink {
 }
 
 impl Sink for FhirSink {
+    type Encoded = ClientResources;
+
+    fn encode(_plan: &Plan, resources: ClientResources) -> Result<ClientResources, SinkError> {
+        Ok(resources)
+    }
+
     fn client(&mut self, plan: &Plan, resources: ClientResources) -> Result<(), SinkError> {
         let print = resources.fingerprint.clone();
         self.pending.push((resources, print));

@@ -91,11 +91,35 @@ impl FileSink {
     }
 }
 
+/// A client's Observation line and Flag lines, serialised.
+#[derive(Debug)]
+pub struct Lines {
+    observation: Vec<u8>,
+    flags: Vec<u8>,
+}
+
 impl Sink for FileSink {
-    fn client(&mut self, _plan: &Plan, resources: ClientResources) -> Result<(), SinkError> {
-        self.line(0, &resources.patient, &resources.observation)?;
+    type Encoded = Lines;
+
+    fn encode(_plan: &Plan, resources: ClientResources) -> Result<Lines, SinkError> {
+        let fail = |e: serde_json::Error| SinkError::Serialize {
+            patient: resources.patient.clone(),
+            cause: e.to_string(),
+        };
+        let mut observation = serde_json::to_vec(&resources.observation).map_err(fail)?;
+        observation.push(b'\n');
+        let mut flags = Vec::new();
         for flag in &resources.flags {
-            self.line(1, &resources.patient, flag)?;
+            serde_json::to_writer(&mut flags, flag).map_err(fail)?;
+            flags.push(b'\n');
+        }
+        Ok(Lines { observation, flags })
+    }
+
+    fn client(&mut self, _plan: &Plan, lines: Lines) -> Result<(), SinkError> {
+        for (file, bytes) in [(0, &lines.observation), (1, &lines.flags)] {
+            let path = partial(&self.dir, FILES[file]);
+            self.writers[file].write_all(bytes).map_err(io(&path))?;
         }
         Ok(())
     }

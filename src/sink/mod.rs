@@ -55,8 +55,12 @@ pub enum SinkError {
 
 /// A destination for results.
 pub trait Sink {
-    /// Takes one client's resources.
-    fn client(&mut self, plan: &Plan, resources: ClientResources) -> Result<(), SinkError>;
+    /// A client's resources as this sink takes them (serialised lines, JSON values).
+    type Encoded: Send;
+    /// Encodes one client's resources; pure, so the pipeline runs it on many clients at once.
+    fn encode(plan: &Plan, resources: ClientResources) -> Result<Self::Encoded, SinkError>;
+    /// Takes one client's encoded resources, in client order.
+    fn client(&mut self, plan: &Plan, encoded: Self::Encoded) -> Result<(), SinkError>;
     /// Records a rejected input.
     fn rejected(&mut self, rejected: &Rejected) -> Result<(), SinkError>;
 }

@@ -135,20 +135,11 @@ fn read_ndjson(
     let mut carry = Vec::new();
     let mut first_line = 1u64;
     loop {
-        let mut block = std::mem::take(&mut carry);
-        let start = block.len();
-        block.resize(start + CHUNK, 0);
-        let mut filled = start;
-        while filled < block.len() {
-            match reader.read(&mut block[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(io(e)),
-            }
-        }
-        let eof = filled < block.len();
-        block.truncate(filled);
+        let mut block = Vec::with_capacity(CHUNK + carry.len() + 64 * 1024);
+        block.append(&mut carry);
+        let want = (CHUNK - block.len().min(CHUNK / 2)) as u64;
+        let read = (&mut reader).take(want).read_to_end(&mut block).map_err(io)?;
+        let eof = read == 0 || (read as u64) < want;
         if block.is_empty() {
             return Ok(());
         }
@@ -156,13 +147,13 @@ fn read_ndjson(
         let cut = if eof {
             block.len()
         } else {
-            block.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
+            memchr::memrchr(b'\n', &block).map_or(0, |i| i + 1)
         };
         carry = block.split_off(cut);
         if block.is_empty() {
             continue;
         }
-        let lines = block.iter().filter(|&&b| b == b'\n').count() as u64
+        let lines = memchr::memchr_iter(b'\n', &block).count() as u64
             + u64::from(!block.ends_with(b"\n"));
         let batch = match String::from_utf8(block) {
             Ok(text) => Batch::Lines {

@@ -159,11 +159,28 @@ pub fn coding(system: &str, code: &str, display: &Text) -> Result<Coding, String
         .map_err(|e| e.to_string())
 }
 
-/// A CodeableConcept of one coding, with the Finnish display as text.
+/// A CodeableConcept of one coding, with the Finnish display as text and Swedish and English
+/// as translations: for what an EHR shows people (the segment, the Flag's code).
 pub fn concept(system: &str, code: &str, display: &Text) -> Result<CodeableConcept, String> {
     CodeableConcept::builder()
         .coding(vec![Some(coding(system, code, display)?)])
         .text(display.fi.clone())
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// A CodeableConcept of one coding with its Finnish display only: for the many codes inside an
+/// assessment (criteria, levels, rules), whose Swedish and English designations live in the
+/// model's code systems. Carrying every translation inline doubled the Observation's size.
+pub fn concept_fi(system: &str, code: &str, display: &Text) -> Result<CodeableConcept, String> {
+    let coding = Coding::builder()
+        .system(system.to_owned())
+        .code(code.to_owned())
+        .display(display.fi.clone())
+        .build()
+        .map_err(|e| e.to_string())?;
+    CodeableConcept::builder()
+        .coding(vec![Some(coding)])
         .build()
         .map_err(|e| e.to_string())
 }

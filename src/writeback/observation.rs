@@ -11,7 +11,7 @@ use fhir_sdk::r4b::types::{CodeableConcept, Coding, Extension, ExtensionValue};
 
 use super::{
     BuildError, BusinessId, DERIVED_FROM_CAP, DERIVED_FROM_COUNT, SEGMENTTI_SYSTEM, Written,
-    concept, fhir_date, model_system, reference,
+    concept, concept_fi, fhir_date, model_system, reference,
 };
 use crate::model::eval::Assessment;
 use crate::model::mapping::Text;
@@ -99,10 +99,10 @@ fn build(
     let mut components = Vec::new();
     for (c, criterion) in m.criteria.iter().enumerate() {
         let level = &criterion.levels[a.levels[c]];
-        let value = concept(&model_system(plan, "level"), &level.code, &level.display)?;
+        let value = concept_fi(&model_system(plan, "level"), &level.code, &level.display)?;
         components.push(Some(
             ObservationComponent::builder()
-                .code(concept(
+                .code(concept_fi(
                     &model_system(plan, "criterion"),
                     &criterion.id,
                     &criterion.title,
@@ -115,7 +115,7 @@ fn build(
     for (o, overlay) in m.overlays.iter().enumerate() {
         components.push(Some(
             ObservationComponent::builder()
-                .code(concept(
+                .code(concept_fi(
                     &model_system(plan, "overlay"),
                     &overlay.code,
                     &overlay.display,
@@ -128,7 +128,7 @@ fn build(
             let rule = &overlay.rules[r];
             components.push(Some(
                 ObservationComponent::builder()
-                    .code(concept(
+                    .code(concept_fi(
                         &model_system(plan, "overlay-rule"),
                         &rule.id,
                         &rule.title,

@@ -55,18 +55,10 @@ pub struct Matcher {
 /// matched against all code lists with one look-up (plus one per prefix length).
 #[derive(Debug, Default)]
 struct FieldIndex {
-    exact: FxHashMap<String, u128>,
-    prefix: FxHashMap<String, u128>,
-}
-
-/// The key of a code in a [`FieldIndex`]: system and code joined by NUL, so that prefixes of
-/// the key beyond the separator are prefixes of the code.
-fn code_key(system: &str, code: &str) -> String {
-    let mut key = String::with_capacity(system.len() + 1 + code.len());
-    key.push_str(system);
-    key.push('\0');
-    key.push_str(code);
-    key
+    /// Per code system, per code.
+    exact: FxHashMap<String, FxHashMap<String, u128>>,
+    /// Per code system, per code prefix.
+    prefix: FxHashMap<String, FxHashMap<String, u128>>,
 }
 
 /// Filters compiled to match-mask tests.
@@ -456,13 +448,17 @@ impl<'m> Compiler<'m> {
         }
         let bit = 1u128 << self.matchers.len();
         for entry in &code_list.codes {
-            let key = code_key(&self.system_url(&entry.system), &entry.code);
+            let system = self.system_url(&entry.system);
             let index = self.index.entry(field).or_default();
             let table = match code_list.matching {
                 Matching::Exact => &mut index.exact,
                 Matching::Prefix => &mut index.prefix,
             };
-            *table.entry(key).or_default() |= bit;
+            *table
+                .entry(system)
+                .or_default()
+                .entry(entry.code.clone())
+                .or_default() |= bit;
         }
         self.matchers.push(Matcher {
             field,
@@ -852,14 +848,16 @@ impl Plan {
         let Some(index) = self.index.get(&field) else {
             return 0;
         };
-        let key = code_key(system, code);
-        let mut mask = index.exact.get(&key).copied().unwrap_or(0);
-        if !index.prefix.is_empty() {
-            let start = system.len() + 2;
-            for end in start..=key.len() {
-                if key.is_char_boundary(end) {
-                    mask |= index.prefix.get(&key[..end]).copied().unwrap_or(0);
-                }
+        // Looked up by borrowed str: this runs for every coding of every resource.
+        let mut mask = index
+            .exact
+            .get(system)
+            .and_then(|codes| codes.get(code))
+            .copied()
+            .unwrap_or(0);
+        if let Some(prefixes) = index.prefix.get(system) {
+            for end in (1..=code.len()).filter(|&end| code.is_char_boundary(end)) {
+                mask |= prefixes.get(&code[..end]).copied().unwrap_or(0);
             }
         }
         mask

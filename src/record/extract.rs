@@ -57,17 +57,17 @@ struct Lite<'a> {
     #[serde(borrow)]
     class: Option<LiteCoding<'a>>,
     #[serde(rename = "type", borrow, default)]
-    types: Vec<LiteConcept<'a>>,
+    types: Few<LiteConcept<'a>>,
     #[serde(rename = "serviceType", borrow)]
     service_type: Option<LiteConcept<'a>>,
     #[serde(rename = "reasonCode", borrow, default)]
-    reason_code: Vec<LiteConcept<'a>>,
+    reason_code: Few<LiteConcept<'a>>,
     #[serde(borrow)]
     period: Option<LitePeriod<'a>>,
     #[serde(borrow)]
     code: Option<LiteConcept<'a>>,
     #[serde(borrow, default)]
-    category: Vec<LiteConcept<'a>>,
+    category: Few<LiteConcept<'a>>,
     #[serde(rename = "clinicalStatus", borrow)]
     clinical_status: Option<LiteConcept<'a>>,
     #[serde(rename = "onsetDateTime", borrow)]
@@ -97,8 +97,11 @@ struct LiteCoding<'a> {
 #[derive(Deserialize)]
 struct LiteConcept<'a> {
     #[serde(borrow, default)]
-    coding: Vec<LiteCoding<'a>>,
+    coding: Few<LiteCoding<'a>>,
 }
+
+/// Arrays that hold one or two items almost always: kept inline, no allocation per resource.
+type Few<T> = smallvec::SmallVec<[T; 2]>;
 
 #[derive(Deserialize)]
 struct LitePeriod<'a> {

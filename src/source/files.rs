@@ -138,7 +138,10 @@ fn read_ndjson(
         let mut block = Vec::with_capacity(CHUNK + carry.len() + 64 * 1024);
         block.append(&mut carry);
         let want = (CHUNK - block.len().min(CHUNK / 2)) as u64;
-        let read = (&mut reader).take(want).read_to_end(&mut block).map_err(io)?;
+        let read = (&mut reader)
+            .take(want)
+            .read_to_end(&mut block)
+            .map_err(io)?;
         let eof = read == 0 || (read as u64) < want;
         if block.is_empty() {
             return Ok(());
@@ -153,8 +156,8 @@ fn read_ndjson(
         if block.is_empty() {
             continue;
         }
-        let lines = memchr::memchr_iter(b'\n', &block).count() as u64
-            + u64::from(!block.ends_with(b"\n"));
+        let lines =
+            memchr::memchr_iter(b'\n', &block).count() as u64 + u64::from(!block.ends_with(b"\n"));
         let batch = match String::from_utf8(block) {
             Ok(text) => Batch::Lines {
                 file: name.clone(),

@@ -333,6 +333,9 @@ pub struct Share {
     pub cost_share: Option<f64>,
 }
 
+/// One client assessed, with how many Flags were built and the sink's encoding of them.
+type Done<E> = (Assessment, usize, E);
+
 /// How many clients are assessed and built in parallel before they go to the sink in order.
 const EVALUATE_CHUNK: usize = 4096;
 
@@ -375,7 +378,7 @@ pub fn evaluate<S: Sink>(
     // Clients are assessed, built and encoded in parallel a chunk at a time, then handed to the
     // sink in id order, so the output does not depend on thread timing.
     for chunk in ids.chunks(EVALUATE_CHUNK) {
-        let done: Vec<Result<(Assessment, usize, S::Encoded), PipelineError>> = chunk
+        let done: Vec<Result<Done<S::Encoded>, PipelineError>> = chunk
             .par_iter()
             .map(|id| {
                 let record = &clients[*id];

@@ -191,6 +191,17 @@ fn unknown_type(t: &str, resource: Option<String>) -> Rejection {
     }
 }
 
+/// Every coding of `concepts`, tagged with the field they come from.
+fn codings<'l, 'a: 'l>(
+    field: Field,
+    concepts: impl IntoIterator<Item = &'l LiteConcept<'a>>,
+) -> impl Iterator<Item = (Field, &'l LiteCoding<'a>)> {
+    concepts
+        .into_iter()
+        .flat_map(|c| &c.coding)
+        .map(move |c| (field, c))
+}
+
 fn extract(plan: &Plan, lite: Lite<'_>) -> Result<Fact, Rejection> {
     let Some(kind) = ResourceKind::parse(&lite.resource_type) else {
         return Err(unknown_type(
@@ -250,48 +261,18 @@ fn extract(plan: &Plan, lite: Lite<'_>) -> Result<Fact, Rejection> {
         fact.end = day(&period.and_then(|p| p.end.clone()), "period.end")?;
         fact.day = fact.day.or(fact.end);
         fields.extend(lite.class.iter().map(|c| (Field::Class, c)));
-        fields.extend(
-            lite.types
-                .iter()
-                .flat_map(|t| &t.coding)
-                .map(|c| (Field::Type, c)),
-        );
-        fields.extend(
-            lite.service_type
-                .iter()
-                .flat_map(|t| &t.coding)
-                .map(|c| (Field::ServiceType, c)),
-        );
-        fields.extend(
-            lite.reason_code
-                .iter()
-                .flat_map(|t| &t.coding)
-                .map(|c| (Field::ReasonCode, c)),
-        );
+        fields.extend(codings(Field::Type, &lite.types));
+        fields.extend(codings(Field::ServiceType, &lite.service_type));
+        fields.extend(codings(Field::ReasonCode, &lite.reason_code));
     } else {
         let onset = lite
             .onset
             .clone()
             .or_else(|| lite.onset_period.as_ref().and_then(|p| p.start.clone()));
         fact.day = day(&onset, "onset")?.or(day(&lite.recorded, "recordedDate")?);
-        fields.extend(
-            lite.code
-                .iter()
-                .flat_map(|t| &t.coding)
-                .map(|c| (Field::Code, c)),
-        );
-        fields.extend(
-            lite.category
-                .iter()
-                .flat_map(|t| &t.coding)
-                .map(|c| (Field::Category, c)),
-        );
-        fields.extend(
-            lite.clinical_status
-                .iter()
-                .flat_map(|t| &t.coding)
-                .map(|c| (Field::ClinicalStatus, c)),
-        );
+        fields.extend(codings(Field::Code, &lite.code));
+        fields.extend(codings(Field::Category, &lite.category));
+        fields.extend(codings(Field::ClinicalStatus, &lite.clinical_status));
     }
     for (field, coding) in fields {
         let (Some(system), Some(code)) = (coding.system.as_deref(), coding.code.as_deref()) else {

@@ -31,16 +31,10 @@ pub fn segment_flag(
         plan,
         patient,
         a,
-        Written::SegmentFlag,
-        None,
+        (Written::SegmentFlag, None),
         code,
         observation,
     )
-    .map_err(|cause| BuildError {
-        resource: "Flag",
-        patient: patient.to_owned(),
-        cause,
-    })
 }
 
 /// Builds the Flag of overlay `o` (which must hold) for `patient`. Every Flag carries the
@@ -62,24 +56,32 @@ pub fn overlay_flag(
         plan,
         patient,
         a,
-        Written::OverlayFlag,
-        Some(&overlay.code),
+        (Written::OverlayFlag, Some(&overlay.code)),
         code,
         observation,
     )
-    .map_err(|cause| BuildError {
-        resource: "Flag",
-        patient: patient.to_owned(),
-        cause,
-    })
 }
 
 fn build(
     plan: &Plan,
     patient: &str,
     a: &Assessment,
-    written: Written,
-    part: Option<&str>,
+    (written, part): (Written, Option<&str>),
+    code: (String, String, Text),
+    observation: &str,
+) -> Result<Flag, BuildError> {
+    build_inner(plan, patient, a, (written, part), code, observation).map_err(|cause| BuildError {
+        resource: "Flag",
+        patient: patient.to_owned(),
+        cause,
+    })
+}
+
+fn build_inner(
+    plan: &Plan,
+    patient: &str,
+    a: &Assessment,
+    (written, part): (Written, Option<&str>),
     (system, code, display): (String, String, Text),
     observation: &str,
 ) -> Result<Flag, String> {

@@ -7,21 +7,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::support::{fhir_schema_errors, fixture, ndjson, segmentti, text};
-
-fn run_fixture(input: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "run",
-        "--input",
-        input.to_str().expect("utf-8 path"),
-        "--as-of",
-        "2026-01-01",
-        "--out",
-        out.to_str().expect("utf-8 path"),
-    ];
-    args.extend_from_slice(extra);
-    segmentti(&args)
-}
+use crate::support::{fhir_schema_errors, fixture, ndjson, run_files, segmentti, text};
 
 fn segment_of(observations: &[Value], patient: &str) -> String {
     let obs = observations
@@ -37,7 +23,7 @@ fn segment_of(observations: &[Value], patient: &str) -> String {
 #[test]
 fn run_segments_the_fixture_and_writes_schema_valid_resources() {
     let out = tempfile::tempdir().expect("tempdir");
-    let output = run_fixture(&fixture("offline/basic"), out.path(), &[]);
+    let output = run_files(&fixture("offline/basic"), out.path(), &[]);
     let (stdout, stderr) = text(&output);
     assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(stdout.contains("Model paijat-sote 1.0.0"), "{stdout}");
@@ -95,7 +81,7 @@ fn the_schema_check_catches_a_broken_resource() {
 #[test]
 fn observation_and_flags_match_their_snapshots() {
     let out = tempfile::tempdir().expect("tempdir");
-    let output = run_fixture(&fixture("offline/basic"), out.path(), &[]);
+    let output = run_files(&fixture("offline/basic"), out.path(), &[]);
     assert!(output.status.success(), "{:?}", text(&output));
     let of = |file: &str| -> Vec<Value> {
         ndjson(&out.path().join(file))
@@ -114,7 +100,7 @@ fn same_input_and_as_of_give_byte_identical_output() {
         tempfile::tempdir().expect("tempdir"),
     );
     for dir in [&a, &b] {
-        let output = run_fixture(&fixture("offline/basic"), dir.path(), &[]);
+        let output = run_files(&fixture("offline/basic"), dir.path(), &[]);
         assert!(output.status.success(), "{:?}", text(&output));
     }
     for file in [
@@ -163,11 +149,11 @@ fn bundles_with_urn_uuid_references_give_the_same_result_as_ndjson() {
         tempfile::tempdir().expect("tempdir"),
     );
     assert!(
-        run_fixture(&fixture("offline/basic"), from_ndjson.path(), &[])
+        run_files(&fixture("offline/basic"), from_ndjson.path(), &[])
             .status
             .success()
     );
-    let output = run_fixture(bundles.path(), from_bundles.path(), &[]);
+    let output = run_files(bundles.path(), from_bundles.path(), &[]);
     assert_eq!(output.status.code(), Some(0), "{:?}", text(&output));
     let read = |d: &tempfile::TempDir| {
         std::fs::read_to_string(d.path().join("Observation.ndjson")).expect("observations")
@@ -187,7 +173,7 @@ fn gzipped_ndjson_is_read() {
         gz.finish().expect("finish");
     }
     let out = tempfile::tempdir().expect("tempdir");
-    let output = run_fixture(dir.path(), out.path(), &[]);
+    let output = run_files(dir.path(), out.path(), &[]);
     assert_eq!(output.status.code(), Some(0), "{:?}", text(&output));
     assert_eq!(ndjson(&out.path().join("Observation.ndjson")).len(), 3);
 }
@@ -222,7 +208,7 @@ fn bad_resources_are_skipped_into_rejected_ndjson_with_file_line_and_reason() {
             tempfile::tempdir().expect("tempdir"),
         );
         fixture_with(input.path(), file, extra);
-        let output = run_fixture(input.path(), out.path(), &[]);
+        let output = run_files(input.path(), out.path(), &[]);
         let (stdout, stderr) = text(&output);
         assert_eq!(
             output.status.code(),
@@ -257,7 +243,7 @@ fn on_invalid_fail_stops_at_the_first_bad_resource_and_names_it() {
         tempfile::tempdir().expect("tempdir"),
     );
     fixture_with(input.path(), "Condition.ndjson", b"{bad json\n");
-    let output = run_fixture(input.path(), out.path(), &["--on-invalid", "fail"]);
+    let output = run_files(input.path(), out.path(), &["--on-invalid", "fail"]);
     let (_, stderr) = text(&output);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
@@ -275,7 +261,7 @@ fn on_invalid_fail_stops_at_the_first_bad_resource_and_names_it() {
 fn empty_and_missing_inputs_fail_with_a_hint() {
     let empty = tempfile::tempdir().expect("tempdir");
     let out = tempfile::tempdir().expect("tempdir");
-    let output = run_fixture(empty.path(), out.path(), &[]);
+    let output = run_files(empty.path(), out.path(), &[]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
         text(&output).1.contains("no input files"),
@@ -284,7 +270,7 @@ fn empty_and_missing_inputs_fail_with_a_hint() {
     );
 
     std::fs::write(empty.path().join("Patient.ndjson"), "").expect("write");
-    let output = run_fixture(empty.path(), out.path(), &[]);
+    let output = run_files(empty.path(), out.path(), &[]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
         text(&output).1.contains("holds no resources"),
@@ -292,7 +278,7 @@ fn empty_and_missing_inputs_fail_with_a_hint() {
         text(&output)
     );
 
-    let output = run_fixture(&empty.path().join("nowhere"), out.path(), &[]);
+    let output = run_files(&empty.path().join("nowhere"), out.path(), &[]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
         text(&output).1.contains("cannot read"),

@@ -28,6 +28,20 @@ pub fn segmentti(args: &[&str]) -> Output {
         .expect("the segmentti binary runs")
 }
 
+/// `segmentti run --input INPUT --as-of 2026-01-01 --out OUT` plus `extra`.
+pub fn run_files(input: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "run",
+        "--input",
+        input.to_str().expect("utf-8 path"),
+        "--as-of",
+        "2026-01-01",
+    ];
+    args.extend_from_slice(&["--out", out.to_str().expect("utf-8 path")]);
+    args.extend_from_slice(extra);
+    segmentti(&args)
+}
+
 /// The process's stdout and stderr as text, for assertions and failure messages.
 pub fn text(output: &Output) -> (String, String) {
     (

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::support::{ndjson, segmentti, text};
+use crate::support::{ndjson, run_files, segmentti, text};
 
 fn segments(out: &std::path::Path) -> Vec<(String, String)> {
     let mut found: Vec<(String, String)> = ndjson(&out.join("Observation.ndjson"))
@@ -97,15 +97,7 @@ fn ndjson_and_bundles_of_the_same_population_give_the_same_segments() {
     );
     let (a, b) = (dir.path().join("out-nd"), dir.path().join("out-bu"));
     for (input, out) in [(&nd, &a), (&bu, &b)] {
-        let output = segmentti(&[
-            "run",
-            "--input",
-            input.to_str().expect("utf-8"),
-            "--as-of",
-            "2026-01-01",
-            "--out",
-            out.to_str().expect("utf-8"),
-        ]);
+        let output = run_files(input, out, &[]);
         assert_eq!(output.status.code(), Some(0), "{:?}", text(&output));
     }
     assert_eq!(segments(&a), segments(&b));
@@ -143,15 +135,7 @@ fn international_codes_segment_alike() {
         ]);
         assert!(output.status.success(), "{:?}", text(&output));
         let out = path.join("out");
-        let output = segmentti(&[
-            "run",
-            "--input",
-            path.to_str().expect("utf-8"),
-            "--as-of",
-            "2026-01-01",
-            "--out",
-            out.to_str().expect("utf-8"),
-        ]);
+        let output = run_files(path, &out, &[]);
         assert_eq!(output.status.code(), Some(0), "{:?}", text(&output));
     }
     let encounter = &ndjson(&intl.join("Encounter.ndjson"))[0];

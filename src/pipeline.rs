@@ -491,8 +491,7 @@ pub fn population_thresholds(
     if plan.percentiles.is_empty() {
         return Vec::new();
     }
-    let rows: Vec<Vec<Option<f64>>> = clients.values().map(|r| r.values(plan)).collect();
-    eval::thresholds(plan, rows.iter().map(Vec::as_slice))
+    eval::thresholds(plan, clients.values().map(|r| r.values(plan)))
 }
 
 /// Builds one client's Observation and Flags.

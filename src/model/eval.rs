@@ -35,14 +35,20 @@ impl Assessment {
 
 /// The population threshold of every `top_percent` test, over the given feature-value rows:
 /// the value of the last client inside the top share (nearest rank).
-pub fn thresholds<'a>(
-    plan: &Plan,
-    rows: impl Iterator<Item = &'a [Option<f64>]> + Clone,
-) -> Vec<Option<f64>> {
+///
+/// The rows are read once, keeping one column per test, so memory grows by one number per
+/// client and test, not by a row of every feature.
+pub fn thresholds(plan: &Plan, rows: impl Iterator<Item = Vec<Option<f64>>>) -> Vec<Option<f64>> {
+    let mut columns: Vec<Vec<f64>> = vec![Vec::new(); plan.percentiles.len()];
+    for row in rows {
+        for (column, &(feature, _)) in columns.iter_mut().zip(&plan.percentiles) {
+            column.push(row[feature].unwrap_or(0.0));
+        }
+    }
     plan.percentiles
         .iter()
-        .map(|&(feature, percent)| {
-            let mut values: Vec<f64> = rows.clone().map(|r| r[feature].unwrap_or(0.0)).collect();
+        .zip(columns)
+        .map(|(&(_, percent), mut values)| {
             let keep = ((values.len() as f64) * percent / 100.0).ceil() as usize;
             if keep == 0 {
                 return None;

@@ -18,7 +18,7 @@ use crate::types::{ResourceKind, ResourceRef};
 /// How many contributing resources of each type a client keeps for `derivedFrom` and
 /// explanations; the most recent win, and the full count is kept beside them. Kept per type so
 /// that a flood of recent contacts cannot push out the diagnoses that also decided the result.
-pub const EVIDENCE_CAP: usize = 12;
+pub const EVIDENCE_CAP: usize = 8;
 
 const NO_DAY_LOW: i32 = i32::MAX;
 const NO_DAY_HIGH: i32 = i32::MIN;

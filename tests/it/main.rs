@@ -4,6 +4,7 @@ mod faults;
 mod harness;
 mod mappings;
 mod offline;
+mod refusals;
 mod roundtrip;
 mod server_client;
 mod support;

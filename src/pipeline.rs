@@ -151,20 +151,24 @@ pub fn fold(
     let mut failure: Option<PipelineError> = None;
     let read = std::thread::scope(|scope| {
         let reader = scope.spawn(move || read_input(reader_input, raw_tx));
+        // The extraction loop runs on a rayon worker, so the thread that splits a batch also
+        // takes part in extracting it instead of waiting for the other workers.
         scope.spawn(move || {
-            for batch in raw_rx {
-                let resources = batch.resources();
-                let results: Vec<Result<crate::record::Fact, Rejection>> = resources
-                    .par_iter()
-                    .flat_map_iter(|(_, r)| {
-                        plans.iter().map(move |plan| extract_resource(plan, *r))
-                    })
-                    .collect();
-                let origins = resources.into_iter().map(|(o, _)| o).collect();
-                if fact_tx.send(Extracted { origins, results }).is_err() {
-                    break;
+            rayon::scope(|_| {
+                for batch in raw_rx {
+                    let resources = batch.resources();
+                    let results: Vec<Result<crate::record::Fact, Rejection>> = resources
+                        .par_iter()
+                        .flat_map_iter(|(_, r)| {
+                            plans.iter().map(move |plan| extract_resource(plan, *r))
+                        })
+                        .collect();
+                    let origins = resources.into_iter().map(|(o, _)| o).collect();
+                    if fact_tx.send(Extracted { origins, results }).is_err() {
+                        break;
+                    }
                 }
-            }
+            })
         });
         'batches: for batch in fact_rx {
             items += batch.origins.len() as u64;
@@ -375,6 +379,7 @@ pub fn evaluate<S: Sink>(
         0
     });
     let mut written: BTreeMap<String, u64> = BTreeMap::new();
+    let concepts = writeback::Concepts::new(plan)?;
     // Clients are assessed, built and encoded in parallel a chunk at a time, then handed to the
     // sink in id order, so the output does not depend on thread timing.
     for chunk in ids.chunks(EVALUATE_CHUNK) {
@@ -383,7 +388,7 @@ pub fn evaluate<S: Sink>(
             .map(|id| {
                 let record = &clients[*id];
                 let a = assess(plan, id, record, &thresholds)?;
-                let resources = build(plan, id, record, &a)?;
+                let resources = build(plan, &concepts, id, record, &a)?;
                 let flags = resources.flags.len();
                 Ok((a, flags, S::encode(plan, resources)?))
             })
@@ -497,19 +502,20 @@ pub fn population_thresholds(
 /// Builds one client's Observation and Flags.
 pub fn build(
     plan: &Plan,
+    concepts: &writeback::Concepts,
     id: &str,
     record: &ClientRecord,
     a: &Assessment,
 ) -> Result<ClientResources, BuildError> {
-    let observation = writeback::assessment(plan, id, record, a)?;
+    let observation = writeback::assessment(plan, concepts, id, record, a)?;
     let obs_ref = format!(
         "Observation/{}",
         observation.id.as_deref().unwrap_or_default()
     );
-    let mut flags = vec![writeback::segment_flag(plan, id, a, &obs_ref)?];
+    let mut flags = vec![writeback::segment_flag(plan, concepts, id, a, &obs_ref)?];
     for o in 0..plan.overlays.len() {
         if a.overlay_holds(o) {
-            flags.push(writeback::overlay_flag(plan, id, a, o, &obs_ref)?);
+            flags.push(writeback::overlay_flag(plan, concepts, id, a, o, &obs_ref)?);
         }
     }
     let fingerprint = writeback::lifecycle::fingerprint(plan, a);

@@ -4,29 +4,22 @@
 
 use fhir_sdk::r4b::codes::FlagStatus;
 use fhir_sdk::r4b::resources::Flag;
-use fhir_sdk::r4b::types::{Extension, ExtensionValue, Period};
+use fhir_sdk::r4b::types::{CodeableConcept, Extension, ExtensionValue, Period};
 
-use super::{
-    BuildError, BusinessId, FLAG_DETAIL, Written, concept, fhir_date, model_system, reference,
-};
+use super::{BuildError, BusinessId, Concepts, FLAG_DETAIL, Written, fhir_date, reference};
 use crate::model::eval::Assessment;
-use crate::model::mapping::Text;
 use crate::model::plan::Plan;
 
 /// Builds the segment Flag of `patient`; `observation` is the reference to its assessment
 /// (`Observation/{id}` in files, the entry's `urn:uuid:` in a transaction).
 pub fn segment_flag(
     plan: &Plan,
+    concepts: &Concepts,
     patient: &str,
     a: &Assessment,
     observation: &str,
 ) -> Result<Flag, BuildError> {
-    let segment = &plan.mapping.segments[a.segment];
-    let code = (
-        model_system(plan, "segment"),
-        segment.code.to_string(),
-        segment.display.clone(),
-    );
+    let code = concepts.segments[a.segment].clone();
     build(
         plan,
         patient,
@@ -41,22 +34,19 @@ pub fn segment_flag(
 /// assessment's fingerprint (see [`super::lifecycle`]).
 pub fn overlay_flag(
     plan: &Plan,
+    concepts: &Concepts,
     patient: &str,
     a: &Assessment,
     o: usize,
     observation: &str,
 ) -> Result<Flag, BuildError> {
-    let overlay = &plan.mapping.overlays[o];
-    let code = (
-        model_system(plan, "overlay"),
-        overlay.code.clone(),
-        overlay.display.clone(),
-    );
+    let part = Some(plan.mapping.overlays[o].code.as_str());
+    let code = concepts.overlay_flags[o].clone();
     build(
         plan,
         patient,
         a,
-        (Written::OverlayFlag, Some(&overlay.code)),
+        (Written::OverlayFlag, part),
         code,
         observation,
     )
@@ -67,7 +57,7 @@ fn build(
     patient: &str,
     a: &Assessment,
     (written, part): (Written, Option<&str>),
-    code: (String, String, Text),
+    code: CodeableConcept,
     observation: &str,
 ) -> Result<Flag, BuildError> {
     build_inner(plan, patient, a, (written, part), code, observation).map_err(|cause| BuildError {
@@ -82,7 +72,7 @@ fn build_inner(
     patient: &str,
     a: &Assessment,
     (written, part): (Written, Option<&str>),
-    (system, code, display): (String, String, Text),
+    code: CodeableConcept,
     observation: &str,
 ) -> Result<Flag, String> {
     let id = BusinessId::new(plan, written, part, patient, plan.as_of);
@@ -100,7 +90,7 @@ fn build_inner(
         ])
         .identifier(vec![Some(id.to_fhir()?)])
         .status(FlagStatus::Active)
-        .code(concept(&system, &code, &display)?)
+        .code(code)
         .subject(reference(&format!("Patient/{patient}"))?)
         .period(
             Period::builder()

@@ -229,8 +229,9 @@ mod tests {
 
     fn resources(plan: &Plan, a: &Assessment) -> (ClientResources, String) {
         let record = ClientRecord::empty(plan);
+        let concepts = crate::writeback::Concepts::new(plan).expect("concepts");
         (
-            build(plan, "p1", &record, a).expect("built"),
+            build(plan, &concepts, "p1", &record, a).expect("built"),
             fingerprint(plan, a),
         )
     }

@@ -185,6 +185,117 @@ pub fn concept_fi(system: &str, code: &str, display: &Text) -> Result<CodeableCo
         .map_err(|e| e.to_string())
 }
 
+/// The codes of one model, built once per run and cloned into each client's resources: they
+/// are the same for every client, and building them per client was most of the build's cost.
+#[derive(Debug, Clone)]
+pub struct Concepts {
+    /// `Observation.code`: segmentti's assessment code and the model's own.
+    pub assessment: CodeableConcept,
+    /// `Observation.method`: the model's canonical and version.
+    pub method: CodeableConcept,
+    /// Per segment, with translations (the Observation's value, the segment Flag's code).
+    pub segments: Vec<CodeableConcept>,
+    /// Per criterion, its component code.
+    pub criteria: Vec<CodeableConcept>,
+    /// Per criterion and level, the component value.
+    pub levels: Vec<Vec<CodeableConcept>>,
+    /// Per overlay, its component code.
+    pub overlays: Vec<CodeableConcept>,
+    /// Per overlay, its Flag's code, with translations.
+    pub overlay_flags: Vec<CodeableConcept>,
+    /// Per overlay and rule, the rule's component code.
+    pub rules: Vec<Vec<CodeableConcept>>,
+}
+
+impl Concepts {
+    /// The codes of `plan`'s model.
+    pub fn new(plan: &Plan) -> Result<Self, BuildError> {
+        Self::build(plan).map_err(|cause| BuildError {
+            resource: "CodeableConcept",
+            patient: "-".into(),
+            cause,
+        })
+    }
+
+    fn build(plan: &Plan) -> Result<Self, String> {
+        let m = &plan.mapping;
+        let mut assessment = concept(
+            SEGMENTTI_SYSTEM,
+            "segment-assessment",
+            &observation::assessment_code(),
+        )?;
+        assessment.coding.push(Some(coding(
+            &model_system(plan, "model"),
+            m.id.as_str(),
+            &m.title,
+        )?));
+        let method = CodeableConcept::builder()
+            .coding(vec![Some(
+                Coding::builder()
+                    .system(m.canonical.to_string())
+                    .version(m.version.clone())
+                    .code(m.id.to_string())
+                    .display(m.title.fi.clone())
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            )])
+            .text(format!("{}|{}", m.canonical, m.version))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let (segment, criterion, level, overlay, rule) = (
+            model_system(plan, "segment"),
+            model_system(plan, "criterion"),
+            model_system(plan, "level"),
+            model_system(plan, "overlay"),
+            model_system(plan, "overlay-rule"),
+        );
+        Ok(Self {
+            assessment,
+            method,
+            segments: m
+                .segments
+                .iter()
+                .map(|s| concept(&segment, s.code.as_str(), &s.display))
+                .collect::<Result<_, _>>()?,
+            criteria: m
+                .criteria
+                .iter()
+                .map(|c| concept_fi(&criterion, &c.id, &c.title))
+                .collect::<Result<_, _>>()?,
+            levels: m
+                .criteria
+                .iter()
+                .map(|c| {
+                    c.levels
+                        .iter()
+                        .map(|l| concept_fi(&level, &l.code, &l.display))
+                        .collect::<Result<_, _>>()
+                })
+                .collect::<Result<_, _>>()?,
+            overlays: m
+                .overlays
+                .iter()
+                .map(|o| concept_fi(&overlay, &o.code, &o.display))
+                .collect::<Result<_, _>>()?,
+            overlay_flags: m
+                .overlays
+                .iter()
+                .map(|o| concept(&overlay, &o.code, &o.display))
+                .collect::<Result<_, _>>()?,
+            rules: m
+                .overlays
+                .iter()
+                .map(|o| {
+                    o.rules
+                        .iter()
+                        .map(|r| concept_fi(&rule, &r.id, &r.title))
+                        .collect::<Result<_, _>>()
+                })
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
 /// A literal reference `Type/id`.
 pub fn reference(target: &str) -> Result<Reference, String> {
     Reference::builder()

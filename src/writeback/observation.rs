@@ -7,11 +7,11 @@ use fhir_sdk::r4b::resources::{
     Observation, ObservationComponent, ObservationComponentValue, ObservationEffective,
     ObservationValue,
 };
-use fhir_sdk::r4b::types::{CodeableConcept, Coding, Extension, ExtensionValue};
+use fhir_sdk::r4b::types::{CodeableConcept, Extension, ExtensionValue};
 
 use super::{
-    BuildError, BusinessId, DERIVED_FROM_CAP, DERIVED_FROM_COUNT, SEGMENTTI_SYSTEM, Written,
-    concept, concept_fi, fhir_date, model_system, reference,
+    BuildError, BusinessId, Concepts, DERIVED_FROM_CAP, DERIVED_FROM_COUNT, Written, fhir_date,
+    reference,
 };
 use crate::model::eval::Assessment;
 use crate::model::mapping::Text;
@@ -57,11 +57,12 @@ pub fn decisive_references(record: &ClientRecord, a: &Assessment) -> Vec<String>
 /// Builds the assessment Observation of `patient`.
 pub fn assessment(
     plan: &Plan,
+    concepts: &Concepts,
     patient: &str,
     record: &ClientRecord,
     a: &Assessment,
 ) -> Result<Observation, BuildError> {
-    build(plan, patient, record, a).map_err(|cause| BuildError {
+    build(plan, concepts, patient, record, a).map_err(|cause| BuildError {
         resource: "Observation",
         patient: patient.to_owned(),
         cause,
@@ -70,75 +71,39 @@ pub fn assessment(
 
 fn build(
     plan: &Plan,
+    concepts: &Concepts,
     patient: &str,
     record: &ClientRecord,
     a: &Assessment,
 ) -> Result<Observation, String> {
     let m = &plan.mapping;
     let id = BusinessId::new(plan, Written::Assessment, None, patient, plan.as_of);
-    let segment = &m.segments[a.segment];
-    let mut code = concept(SEGMENTTI_SYSTEM, "segment-assessment", &assessment_code())?;
-    code.coding.push(Some(super::coding(
-        &model_system(plan, "model"),
-        m.id.as_str(),
-        &m.title,
-    )?));
-    let method = CodeableConcept::builder()
-        .coding(vec![Some(
-            Coding::builder()
-                .system(m.canonical.to_string())
-                .version(m.version.clone())
-                .code(m.id.to_string())
-                .display(m.title.fi.clone())
-                .build()
-                .map_err(|e| e.to_string())?,
-        )])
-        .text(format!("{}|{}", m.canonical, m.version))
-        .build()
-        .map_err(|e| e.to_string())?;
+    let component = |code: &CodeableConcept, value: ObservationComponentValue| {
+        ObservationComponent::builder()
+            .code(code.clone())
+            .value(value)
+            .build()
+            .map(Some)
+            .map_err(|e| e.to_string())
+    };
     let mut components = Vec::new();
-    for (c, criterion) in m.criteria.iter().enumerate() {
-        let level = &criterion.levels[a.levels[c]];
-        let value = concept_fi(&model_system(plan, "level"), &level.code, &level.display)?;
-        components.push(Some(
-            ObservationComponent::builder()
-                .code(concept_fi(
-                    &model_system(plan, "criterion"),
-                    &criterion.id,
-                    &criterion.title,
-                )?)
-                .value(ObservationComponentValue::CodeableConcept(value))
-                .build()
-                .map_err(|e| e.to_string())?,
-        ));
+    for (c, level) in a.levels.iter().enumerate() {
+        let value = ObservationComponentValue::CodeableConcept(concepts.levels[c][*level].clone());
+        components.push(component(&concepts.criteria[c], value)?);
     }
-    for (o, overlay) in m.overlays.iter().enumerate() {
-        components.push(Some(
-            ObservationComponent::builder()
-                .code(concept_fi(
-                    &model_system(plan, "overlay"),
-                    &overlay.code,
-                    &overlay.display,
-                )?)
-                .value(ObservationComponentValue::Boolean(a.overlay_holds(o)))
-                .build()
-                .map_err(|e| e.to_string())?,
-        ));
-        for &r in &a.overlays[o] {
-            let rule = &overlay.rules[r];
-            components.push(Some(
-                ObservationComponent::builder()
-                    .code(concept_fi(
-                        &model_system(plan, "overlay-rule"),
-                        &rule.id,
-                        &rule.title,
-                    )?)
-                    .value(ObservationComponentValue::Boolean(true))
-                    .build()
-                    .map_err(|e| e.to_string())?,
-            ));
+    for (o, fired) in a.overlays.iter().enumerate() {
+        components.push(component(
+            &concepts.overlays[o],
+            ObservationComponentValue::Boolean(!fired.is_empty()),
+        )?);
+        for &r in fired {
+            components.push(component(
+                &concepts.rules[o][r],
+                ObservationComponentValue::Boolean(true),
+            )?);
         }
     }
+    debug_assert_eq!(m.criteria.len(), a.levels.len());
     let derived: Vec<_> = decisive_references(record, a)
         .iter()
         .map(|r| reference(r).map(Some))
@@ -155,17 +120,15 @@ fn build(
         .extension(vec![count])
         .identifier(vec![Some(id.to_fhir()?)])
         .status(ObservationStatus::Final)
-        .code(code)
+        .code(concepts.assessment.clone())
         .subject(reference(&format!("Patient/{patient}"))?)
         .effective(ObservationEffective::DateTime(fhir_sdk::DateTime::Date(
             fhir_date(plan.as_of),
         )))
-        .value(ObservationValue::CodeableConcept(concept(
-            &model_system(plan, "segment"),
-            segment.code.as_str(),
-            &segment.display,
-        )?))
-        .method(method)
+        .value(ObservationValue::CodeableConcept(
+            concepts.segments[a.segment].clone(),
+        ))
+        .method(concepts.method.clone())
         .derived_from(derived)
         .component(components)
         .build()

@@ -60,44 +60,37 @@ fn build(
     code: CodeableConcept,
     observation: &str,
 ) -> Result<Flag, BuildError> {
-    build_inner(plan, patient, a, (written, part), code, observation).map_err(|cause| BuildError {
+    let fail = |cause: String| BuildError {
         resource: "Flag",
         patient: patient.to_owned(),
         cause,
-    })
-}
-
-fn build_inner(
-    plan: &Plan,
-    patient: &str,
-    a: &Assessment,
-    (written, part): (Written, Option<&str>),
-    code: CodeableConcept,
-    observation: &str,
-) -> Result<Flag, String> {
-    let id = BusinessId::new(plan, written, part, patient, plan.as_of);
-    let detail = Extension::builder()
-        .url(FLAG_DETAIL.to_owned())
-        .value(ExtensionValue::Reference(reference(observation)?))
-        .build()
-        .map_err(|e| e.to_string())?;
-    let start = fhir_sdk::DateTime::Date(fhir_date(plan.as_of));
-    Flag::builder()
-        .id(id.logical_id())
-        .extension(vec![
-            detail,
-            super::lifecycle::fingerprint_extension(&super::lifecycle::fingerprint(plan, a))?,
-        ])
-        .identifier(vec![Some(id.to_fhir()?)])
-        .status(FlagStatus::Active)
-        .code(code)
-        .subject(reference(&format!("Patient/{patient}"))?)
-        .period(
-            Period::builder()
-                .start(start)
-                .build()
-                .map_err(|e| e.to_string())?,
-        )
-        .build()
-        .map_err(|e| e.to_string())
+    };
+    let built = || -> Result<Flag, String> {
+        let id = BusinessId::new(plan, written, part, patient, plan.as_of);
+        let detail = Extension::builder()
+            .url(FLAG_DETAIL.to_owned())
+            .value(ExtensionValue::Reference(reference(observation)?))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let start = fhir_sdk::DateTime::Date(fhir_date(plan.as_of));
+        Flag::builder()
+            .id(id.logical_id())
+            .extension(vec![
+                detail,
+                super::lifecycle::fingerprint_extension(&super::lifecycle::fingerprint(plan, a))?,
+            ])
+            .identifier(vec![Some(id.to_fhir()?)])
+            .status(FlagStatus::Active)
+            .code(code)
+            .subject(reference(&format!("Patient/{patient}"))?)
+            .period(
+                Period::builder()
+                    .start(start)
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            )
+            .build()
+            .map_err(|e| e.to_string())
+    };
+    built().map_err(fail)
 }

@@ -337,3 +337,65 @@ fn explain_shows_the_tree_path_criteria_and_resources() {
         text(&output)
     );
 }
+
+#[test]
+fn two_models_at_once_write_their_own_resources_with_distinct_identifiers() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let output = run_files(
+        &fixture("offline/basic"),
+        out.path(),
+        &[
+            "--model",
+            "mappings/paijat-sote.yaml",
+            "--model",
+            "mappings/nylander.yaml",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(0), "{:?}", text(&output));
+    let observations = ndjson(&out.path().join("Observation.ndjson"));
+    assert_eq!(observations.len(), 6, "one per client and model");
+    let identifiers: std::collections::BTreeSet<String> = observations
+        .iter()
+        .map(|o| {
+            format!(
+                "{}|{}",
+                o["identifier"][0]["system"], o["identifier"][0]["value"]
+            )
+        })
+        .collect();
+    assert_eq!(
+        identifiers.len(),
+        6,
+        "no model overwrites another's results"
+    );
+    let p3: Vec<&str> = observations
+        .iter()
+        .filter(|o| o["subject"]["reference"] == "Patient/p3")
+        .map(|o| {
+            o["valueCodeableConcept"]["coding"][0]["code"]
+                .as_str()
+                .expect("segment")
+        })
+        .collect();
+    assert_eq!(
+        p3,
+        ["3", "occasional"],
+        "Päijät-Sote tier 3; Nylander occasional help (two contacts, months ago)"
+    );
+    let output = run_files(
+        &fixture("offline/basic"),
+        out.path(),
+        &[
+            "--model",
+            "mappings/nylander.yaml",
+            "--model",
+            "mappings/nylander.yaml",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output).1.contains("given twice"),
+        "{:?}",
+        text(&output)
+    );
+}

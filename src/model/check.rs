@@ -18,6 +18,7 @@ pub fn check(mapping: &Mapping) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     duplicates(mapping, &mut out);
     systems(mapping, &mut out);
+    parents(mapping, &mut out);
     match Plan::compile(mapping.clone(), Day::EPOCH) {
         Err(errors) => out.extend(
             errors
@@ -99,6 +100,29 @@ fn duplicates(m: &Mapping, out: &mut Vec<Diagnostic>) {
             .map(|c| format!("{}|{}", c.system, c.code))
             .collect();
         dup("code", &format!("/code_lists/{i}/codes"), codes);
+    }
+}
+
+/// A sub-segment must refine a segment of the model that is not itself a sub-segment.
+fn parents(m: &Mapping, out: &mut Vec<Diagnostic>) {
+    for (i, segment) in m.segments.iter().enumerate() {
+        let Some(parent) = &segment.parent else {
+            continue;
+        };
+        let pointer = format!("/segments/{i}/parent");
+        match m.segments.iter().find(|s| &s.code == parent) {
+            None => out.push(Diagnostic::new(
+                pointer,
+                format!("segment `{}` is a sub-segment of `{parent}`, which is no segment of this model", segment.code),
+                "name the code of the segment it refines",
+            )),
+            Some(p) if p.parent.is_some() || p.code == segment.code => out.push(Diagnostic::new(
+                pointer,
+                format!("segment `{}` refines `{parent}`, which is itself a sub-segment", segment.code),
+                "refine a top-level segment; one level of sub-segments is supported",
+            )),
+            Some(_) => {}
+        }
     }
 }
 

@@ -349,6 +349,9 @@ pub struct Segment {
     pub definition: Option<Text>,
     /// What professionals should do for a client in this segment.
     pub guidance: Text,
+    /// For a sub-segment (segmentation within a segment): the code of the segment it refines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<SegmentCode>,
 }
 
 /// A node of the question tree.

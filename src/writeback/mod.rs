@@ -195,6 +195,10 @@ pub struct Concepts {
     pub method: CodeableConcept,
     /// Per segment, with translations (the Observation's value, the segment Flag's code).
     pub segments: Vec<CodeableConcept>,
+    /// Per segment, the segment it refines, when it is a sub-segment.
+    pub parents: Vec<Option<usize>>,
+    /// The code of the component that names a sub-segment's parent.
+    pub parent_component: CodeableConcept,
     /// Per criterion, its component code.
     pub criteria: Vec<CodeableConcept>,
     /// Per criterion and level, the component value.
@@ -249,9 +253,25 @@ impl Concepts {
             model_system(plan, "overlay"),
             model_system(plan, "overlay-rule"),
         );
+        let parents = m
+            .segments
+            .iter()
+            .map(|s| {
+                s.parent
+                    .as_ref()
+                    .and_then(|p| m.segments.iter().position(|x| &x.code == p))
+            })
+            .collect();
+        let parent_text = Text {
+            fi: "Pääsegmentti".into(),
+            sv: "Huvudsegment".into(),
+            en: "Parent segment".into(),
+        };
         Ok(Self {
             assessment,
             method,
+            parents,
+            parent_component: concept_fi(SEGMENTTI_SYSTEM, "parent-segment", &parent_text)?,
             segments: m
                 .segments
                 .iter()

@@ -87,6 +87,10 @@ fn build(
             .map_err(|e| e.to_string())
     };
     let mut components = Vec::new();
+    if let Some(parent) = concepts.parents[a.segment] {
+        let value = ObservationComponentValue::CodeableConcept(concepts.segments[parent].clone());
+        components.push(component(&concepts.parent_component, value)?);
+    }
     for (c, level) in a.levels.iter().enumerate() {
         let value = ObservationComponentValue::CodeableConcept(concepts.levels[c][*level].clone());
         components.push(component(&concepts.criteria[c], value)?);

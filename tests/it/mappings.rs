@@ -209,3 +209,25 @@ fn yaml_syntax_errors_and_non_utf8_files_are_named() {
     let stderr = check(&path);
     assert!(stderr.contains("not UTF-8"), "{stderr}");
 }
+
+#[test]
+fn a_sub_segment_of_an_unknown_segment_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = std::fs::read_to_string(root().join("mappings/virta.yaml"))
+        .expect("model")
+        .replacen("parent: continuous", "parent: continuos", 1);
+    let path = dir.path().join("broken.yaml");
+    std::fs::write(&path, &text).expect("write");
+    let stderr = check(&path);
+    assert!(
+        stderr.contains(&format!(
+            "broken.yaml:{}:",
+            line_of(&text, "parent: continuos")
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("sub-segment of `continuos`, which is no segment of this model"),
+        "{stderr}"
+    );
+}

@@ -179,3 +179,44 @@ fn explain_works_on_a_synthetic_client() {
             .is_empty()
     );
 }
+
+#[test]
+fn a_sub_segment_names_its_parent_segment() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let output = segmentti(&[
+        "run",
+        "--clients",
+        "2000",
+        "--model",
+        "mappings/virta.yaml",
+        "--out",
+        out.path().to_str().expect("utf-8"),
+    ]);
+    assert!(output.status.success(), "{:?}", text(&output));
+    let observations = ndjson(&out.path().join("Observation.ndjson"));
+    let heavy = observations
+        .iter()
+        .find(|o| o["valueCodeableConcept"]["coding"][0]["code"] == "heavy")
+        .expect("the synthetic county has clients in heavy services");
+    let parent = heavy["component"]
+        .as_array()
+        .expect("components")
+        .iter()
+        .find(|c| c["code"]["coding"][0]["code"] == "parent-segment")
+        .expect("a parent-segment component");
+    assert_eq!(
+        parent["valueCodeableConcept"]["coding"][0]["code"],
+        "continuous"
+    );
+    let light = observations
+        .iter()
+        .find(|o| o["valueCodeableConcept"]["coding"][0]["code"] == "temporary")
+        .expect("temporary");
+    assert!(
+        !light["component"]
+            .as_array()
+            .expect("components")
+            .iter()
+            .any(|c| c["code"]["coding"][0]["code"] == "parent-segment")
+    );
+}

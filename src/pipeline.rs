@@ -347,7 +347,7 @@ const EVALUATE_CHUNK: usize = 4096;
 ///
 /// `fixed` gives the `top_percent` thresholds of a previous full run: an incremental run sees
 /// only the changed clients, who are no population to take percentiles of.
-pub fn evaluate<S: Sink>(
+pub fn evaluate<S: Sink + Send>(
     plan: &Plan,
     clients: &rustc_hash::FxHashMap<CompactString, ClientRecord>,
     sink: &mut S,
@@ -381,9 +381,10 @@ pub fn evaluate<S: Sink>(
     let mut written: BTreeMap<String, u64> = BTreeMap::new();
     let concepts = writeback::Concepts::new(plan)?;
     // Clients are assessed, built and encoded in parallel a chunk at a time, then handed to the
-    // sink in id order, so the output does not depend on thread timing.
-    for chunk in ids.chunks(EVALUATE_CHUNK) {
-        let done: Vec<Result<Done<S::Encoded>, PipelineError>> = chunk
+    // sink in id order, so the output does not depend on thread timing. The sink takes one chunk
+    // while the next is being built.
+    let build_chunk = |chunk: &[&CompactString]| -> Vec<Result<Done<S::Encoded>, PipelineError>> {
+        chunk
             .par_iter()
             .map(|id| {
                 let record = &clients[*id];
@@ -392,25 +393,41 @@ pub fn evaluate<S: Sink>(
                 let flags = resources.flags.len();
                 Ok((a, flags, S::encode(plan, resources)?))
             })
-            .collect();
-        for result in done {
-            let (a, flags, encoded) = result?;
-            let cost = plan.cost_feature.and_then(|f| a.features[f]).unwrap_or(0.0);
-            if plan.cost_feature.is_some() {
-                costs.push(cost);
-            }
-            per_segment[a.segment].0 += 1;
-            per_segment[a.segment].1 += cost;
-            for (o, slot) in per_overlay.iter_mut().enumerate() {
-                if a.overlay_holds(o) {
-                    slot.0 += 1;
-                    slot.1 += cost;
+            .collect()
+    };
+    let mut take =
+        |done: Vec<Result<Done<S::Encoded>, PipelineError>>| -> Result<(), PipelineError> {
+            for result in done {
+                let (a, flags, encoded) = result?;
+                let cost = plan.cost_feature.and_then(|f| a.features[f]).unwrap_or(0.0);
+                if plan.cost_feature.is_some() {
+                    costs.push(cost);
                 }
+                per_segment[a.segment].0 += 1;
+                per_segment[a.segment].1 += cost;
+                for (o, slot) in per_overlay.iter_mut().enumerate() {
+                    if a.overlay_holds(o) {
+                        slot.0 += 1;
+                        slot.1 += cost;
+                    }
+                }
+                *written.entry("Observation".into()).or_default() += 1;
+                *written.entry("Flag".into()).or_default() += flags as u64;
+                sink.client(plan, encoded)?;
             }
-            *written.entry("Observation".into()).or_default() += 1;
-            *written.entry("Flag".into()).or_default() += flags as u64;
-            sink.client(plan, encoded)?;
-        }
+            Ok(())
+        };
+    let mut pending: Option<Vec<Result<Done<S::Encoded>, PipelineError>>> = None;
+    for chunk in ids.chunks(EVALUATE_CHUNK) {
+        let (built, taken) = rayon::join(
+            || build_chunk(chunk),
+            || pending.take().map_or(Ok(()), &mut take),
+        );
+        taken?;
+        pending = Some(built);
+    }
+    if let Some(last) = pending {
+        take(last)?;
     }
     let clients_n = per_segment.iter().map(|s| s.0).sum::<u64>();
     let total_cost: f64 = costs.iter().sum();

@@ -395,7 +395,7 @@ impl RunSummary {
                 m.model, m.version, m.as_of, m.clients
             ));
             out.push_str(&format!(
-                "  {:<10} {:<48} {:>8} {:>7} {:>7}\n",
+                "  {:<13} {:<45} {:>8} {:>7} {:>7}\n",
                 "code", "segment", "clients", "share", "cost"
             ));
             for s in m.segments.iter().chain(&m.overlays) {
@@ -403,9 +403,9 @@ impl RunSummary {
                     .cost_share
                     .map_or_else(|| "–".to_owned(), |c| format!("{:.1} %", c * 100.0));
                 out.push_str(&format!(
-                    "  {:<10} {:<48} {:>8} {:>5.1} % {:>7}\n",
-                    truncate(&s.code, 10),
-                    truncate(&s.display, 48),
+                    "  {:<13} {:<45} {:>8} {:>5.1} % {:>7}\n",
+                    truncate(&s.code, 13),
+                    truncate(&s.display, 45),
                     s.count,
                     s.share * 100.0,
                     cost

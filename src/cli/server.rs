@@ -218,7 +218,7 @@ fn render(
         ));
         for seg in &s.segments {
             out.push_str(&format!(
-                "  {:<10} {:<48} {:>8}\n",
+                "  {:<13} {:<45} {:>8}\n",
                 seg.code, seg.display, seg.count
             ));
         }

@@ -9,6 +9,7 @@ use std::hash::{Hash, Hasher};
 use compact_str::CompactString;
 use rustc_hash::FxHasher;
 use serde::Deserialize;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::day::Day;
 use crate::model::mapping::Field;
@@ -46,69 +47,268 @@ pub struct Rejection {
     pub reason: String,
 }
 
-#[derive(Deserialize)]
-struct Lite<'a> {
-    #[serde(rename = "resourceType", borrow)]
-    resource_type: Cow<'a, str>,
-    #[serde(borrow)]
+/// What a resource's JSON is scanned for: the strings the fold needs, borrowed where the JSON
+/// has no escapes, and the codes already matched against the plan's code lists, so no coding is
+/// kept once it has been looked at.
+#[derive(Default)]
+struct Scan<'a> {
+    resource_type: Option<Cow<'a, str>>,
     id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    subject: Option<LiteRef<'a>>,
-    #[serde(borrow)]
-    class: Option<LiteCoding<'a>>,
-    #[serde(rename = "type", borrow, default)]
-    types: Few<LiteConcept<'a>>,
-    #[serde(rename = "serviceType", borrow)]
-    service_type: Option<LiteConcept<'a>>,
-    #[serde(rename = "reasonCode", borrow, default)]
-    reason_code: Few<LiteConcept<'a>>,
-    #[serde(borrow)]
-    period: Option<LitePeriod<'a>>,
-    #[serde(borrow)]
-    code: Option<LiteConcept<'a>>,
-    #[serde(borrow, default)]
-    category: Few<LiteConcept<'a>>,
-    #[serde(rename = "clinicalStatus", borrow)]
-    clinical_status: Option<LiteConcept<'a>>,
-    #[serde(rename = "onsetDateTime", borrow)]
+    subject: Option<Cow<'a, str>>,
+    start: Option<Cow<'a, str>>,
+    end: Option<Cow<'a, str>>,
     onset: Option<Cow<'a, str>>,
-    #[serde(rename = "onsetPeriod", borrow)]
-    onset_period: Option<LitePeriod<'a>>,
-    #[serde(rename = "recordedDate", borrow)]
+    onset_start: Option<Cow<'a, str>>,
     recorded: Option<Cow<'a, str>>,
-    #[serde(rename = "birthDate", borrow)]
     birth_date: Option<Cow<'a, str>>,
+    codes: Codes,
 }
+
+/// The match mask and the distinct-code hashes gathered while scanning.
+#[derive(Default)]
+struct Codes {
+    mask: u128,
+    distinct: Vec<(u8, u64)>,
+}
+
+impl Codes {
+    fn add(&mut self, plan: &Plan, field: Field, system: &str, code: &str) {
+        self.mask |= plan.mask_of(field, system, code);
+        if let Some(slot) = plan.distinct_fields.iter().position(|f| *f == field) {
+            let mut h = FxHasher::default();
+            (system, code).hash(&mut h);
+            self.distinct
+                .push((u8::try_from(slot).unwrap_or(u8::MAX), h.finish()));
+        }
+    }
+}
+
+/// The keys a scan looks at; everything else is skipped unparsed.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "camelCase")]
+enum Key {
+    ResourceType,
+    Id,
+    Subject,
+    Period,
+    OnsetDateTime,
+    OnsetPeriod,
+    RecordedDate,
+    BirthDate,
+    Class,
+    Type,
+    ServiceType,
+    ReasonCode,
+    Code,
+    Category,
+    ClinicalStatus,
+    #[serde(other)]
+    Other,
+}
+
+/// A string, borrowed from the input when it has no escapes.
+#[derive(Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
 
 #[derive(Deserialize)]
 struct LiteRef<'a> {
     #[serde(borrow)]
-    reference: Option<Cow<'a, str>>,
+    reference: Option<Text<'a>>,
 }
 
 #[derive(Deserialize)]
 struct LiteCoding<'a> {
     #[serde(borrow)]
-    system: Option<Cow<'a, str>>,
+    system: Option<Text<'a>>,
     #[serde(borrow)]
-    code: Option<Cow<'a, str>>,
+    code: Option<Text<'a>>,
 }
-
-#[derive(Deserialize)]
-struct LiteConcept<'a> {
-    #[serde(borrow, default)]
-    coding: Few<LiteCoding<'a>>,
-}
-
-/// Arrays that hold one or two items almost always: kept inline, no allocation per resource.
-type Few<T> = smallvec::SmallVec<[T; 2]>;
 
 #[derive(Deserialize)]
 struct LitePeriod<'a> {
     #[serde(borrow)]
-    start: Option<Cow<'a, str>>,
+    start: Option<Text<'a>>,
     #[serde(borrow)]
-    end: Option<Cow<'a, str>>,
+    end: Option<Text<'a>>,
+}
+
+/// Reads an array of Codings into [`Codes`] one by one, keeping none of them.
+struct Codings<'p, 'c> {
+    plan: &'p Plan,
+    field: Field,
+    codes: &'c mut Codes,
+}
+
+impl<'de> DeserializeSeed<'de> for Codings<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Codings<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of Codings")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(coding) = seq.next_element::<LiteCoding<'de>>()? {
+            if let (Some(system), Some(code)) = (coding.system, coding.code) {
+                self.codes.add(self.plan, self.field, &system.0, &code.0);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Scans one resource.
+struct ResourceSeed<'p> {
+    plan: &'p Plan,
+}
+
+impl<'de> DeserializeSeed<'de> for ResourceSeed<'_> {
+    type Value = Scan<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Scan<'de>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ResourceSeed<'_> {
+    type Value = Scan<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a FHIR resource")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scan<'de>, A::Error> {
+        let plan = self.plan;
+        let mut scan = Scan::default();
+        let text = |t: Option<Text<'de>>| t.map(|t| t.0);
+        while let Some(key) = map.next_key::<Key>()? {
+            let concept = |field| ConceptSeed {
+                plan,
+                field,
+                many: false,
+            };
+            let concepts = |field| ConceptSeed {
+                plan,
+                field,
+                many: true,
+            };
+            match key {
+                Key::ResourceType => scan.resource_type = Some(map.next_value::<Text<'de>>()?.0),
+                Key::Id => scan.id = Some(map.next_value::<Text<'de>>()?.0),
+                Key::Subject => scan.subject = text(map.next_value::<LiteRef<'de>>()?.reference),
+                Key::Period => {
+                    let p = map.next_value::<LitePeriod<'de>>()?;
+                    (scan.start, scan.end) = (text(p.start), text(p.end));
+                }
+                Key::OnsetDateTime => scan.onset = Some(map.next_value::<Text<'de>>()?.0),
+                Key::OnsetPeriod => {
+                    scan.onset_start = text(map.next_value::<LitePeriod<'de>>()?.start)
+                }
+                Key::RecordedDate => scan.recorded = Some(map.next_value::<Text<'de>>()?.0),
+                Key::BirthDate => scan.birth_date = Some(map.next_value::<Text<'de>>()?.0),
+                Key::Class => {
+                    let coding = map.next_value::<LiteCoding<'de>>()?;
+                    if let (Some(system), Some(code)) = (coding.system, coding.code) {
+                        scan.codes.add(plan, Field::Class, &system.0, &code.0);
+                    }
+                }
+                Key::Type => map.next_value_seed(concepts(Field::Type).with(&mut scan.codes))?,
+                Key::ServiceType => {
+                    map.next_value_seed(concept(Field::ServiceType).with(&mut scan.codes))?
+                }
+                Key::ReasonCode => {
+                    map.next_value_seed(concepts(Field::ReasonCode).with(&mut scan.codes))?
+                }
+                Key::Code => map.next_value_seed(concept(Field::Code).with(&mut scan.codes))?,
+                Key::Category => {
+                    map.next_value_seed(concepts(Field::Category).with(&mut scan.codes))?
+                }
+                Key::ClinicalStatus => {
+                    map.next_value_seed(concept(Field::ClinicalStatus).with(&mut scan.codes))?
+                }
+                Key::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(scan)
+    }
+}
+
+/// Which CodeableConcept(s) a seed reads: one, or an array of them.
+#[derive(Clone, Copy)]
+struct ConceptSeed<'p> {
+    plan: &'p Plan,
+    field: Field,
+    many: bool,
+}
+
+impl<'p> ConceptSeed<'p> {
+    fn with<'c>(self, codes: &'c mut Codes) -> Concepts<'p, 'c> {
+        Concepts { seed: self, codes }
+    }
+}
+
+/// A [`ConceptSeed`] with where its codes go.
+struct Concepts<'p, 'c> {
+    seed: ConceptSeed<'p>,
+    codes: &'c mut Codes,
+}
+
+impl<'de> DeserializeSeed<'de> for Concepts<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        if self.seed.many {
+            d.deserialize_seq(self)
+        } else {
+            d.deserialize_map(self)
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for Concepts<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.seed.many {
+            "an array of CodeableConcepts"
+        } else {
+            "a CodeableConcept"
+        })
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let one = ConceptSeed {
+            many: false,
+            ..self.seed
+        };
+        while seq.next_element_seed(one.with(&mut *self.codes))?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Text<'de>>()? {
+            if key.0 == "coding" {
+                let seed = self.seed;
+                map.next_value_seed(Codings {
+                    plan: seed.plan,
+                    field: seed.field,
+                    codes: &mut *self.codes,
+                })?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Deserialize)]
@@ -130,8 +330,12 @@ pub fn patient_id(reference: &str) -> Option<&str> {
 
 /// Extracts the fact of one resource given as JSON text.
 pub fn extract_str(plan: &Plan, text: &str) -> Result<Fact, Rejection> {
-    match serde_json::from_str::<Lite<'_>>(text) {
-        Ok(lite) => extract(plan, lite),
+    let mut de = serde_json::Deserializer::from_str(text);
+    let scanned = ResourceSeed { plan }
+        .deserialize(&mut de)
+        .and_then(|scan| de.end().map(|()| scan));
+    match scanned {
+        Ok(scan) => extract(plan, scan),
         Err(e) => Err(explain_parse_error(
             serde_json::from_str::<JustType<'_>>(text).ok(),
             &e,
@@ -141,8 +345,8 @@ pub fn extract_str(plan: &Plan, text: &str) -> Result<Fact, Rejection> {
 
 /// Extracts the fact of one resource given as a JSON value (Bundle entries).
 pub fn extract_value(plan: &Plan, value: &serde_json::Value) -> Result<Fact, Rejection> {
-    match Lite::deserialize(value) {
-        Ok(lite) => extract(plan, lite),
+    match (ResourceSeed { plan }).deserialize(value) {
+        Ok(scan) => extract(plan, scan),
         Err(e) => Err(explain_parse_error(JustType::deserialize(value).ok(), &e)),
     }
 }
@@ -191,25 +395,20 @@ fn unknown_type(t: &str, resource: Option<String>) -> Rejection {
     }
 }
 
-/// Every coding of `concepts`, tagged with the field they come from.
-fn codings<'l, 'a: 'l>(
-    field: Field,
-    concepts: impl IntoIterator<Item = &'l LiteConcept<'a>>,
-) -> impl Iterator<Item = (Field, &'l LiteCoding<'a>)> {
-    concepts
-        .into_iter()
-        .flat_map(|c| &c.coding)
-        .map(move |c| (field, c))
-}
-
-fn extract(plan: &Plan, lite: Lite<'_>) -> Result<Fact, Rejection> {
-    let Some(kind) = ResourceKind::parse(&lite.resource_type) else {
+fn extract(plan: &Plan, scan: Scan<'_>) -> Result<Fact, Rejection> {
+    let Some(resource_type) = scan.resource_type.as_deref() else {
+        return Err(Rejection {
+            resource: None,
+            reason: "JSON object without resourceType; each line must be one FHIR resource".into(),
+        });
+    };
+    let Some(kind) = ResourceKind::parse(resource_type) else {
         return Err(unknown_type(
-            &lite.resource_type,
-            lite.id.map(|id| format!("{}/{id}", lite.resource_type)),
+            resource_type,
+            scan.id.map(|id| format!("{resource_type}/{id}")),
         ));
     };
-    let Some(id) = lite.id.as_deref().filter(|id| !id.is_empty()) else {
+    let Some(id) = scan.id.as_deref().filter(|id| !id.is_empty()) else {
         return Err(Rejection {
             resource: None,
             reason: format!("{kind} without id; every resource needs its logical id"),
@@ -237,11 +436,10 @@ fn extract(plan: &Plan, lite: Lite<'_>) -> Result<Fact, Rejection> {
     };
     if kind == ResourceKind::Patient {
         fact.patient = fact.id.clone();
-        fact.day = day(&lite.birth_date, "birthDate")?;
+        fact.day = day(&scan.birth_date, "birthDate")?;
         return Ok(fact);
     }
-    let reference = lite.subject.as_ref().and_then(|s| s.reference.as_deref());
-    let Some(reference) = reference else {
+    let Some(reference) = scan.subject.as_deref() else {
         return Err(Rejection {
             resource: resource(),
             reason: format!("{kind} without subject; it cannot be tied to a client"),
@@ -254,38 +452,16 @@ fn extract(plan: &Plan, lite: Lite<'_>) -> Result<Fact, Rejection> {
         });
     };
     fact.patient = CompactString::new(patient);
-    let mut fields: Vec<(Field, &LiteCoding<'_>)> = Vec::new();
     if kind == ResourceKind::Encounter {
-        let period = lite.period.as_ref();
-        fact.day = day(&period.and_then(|p| p.start.clone()), "period.start")?;
-        fact.end = day(&period.and_then(|p| p.end.clone()), "period.end")?;
+        fact.day = day(&scan.start, "period.start")?;
+        fact.end = day(&scan.end, "period.end")?;
         fact.day = fact.day.or(fact.end);
-        fields.extend(lite.class.iter().map(|c| (Field::Class, c)));
-        fields.extend(codings(Field::Type, &lite.types));
-        fields.extend(codings(Field::ServiceType, &lite.service_type));
-        fields.extend(codings(Field::ReasonCode, &lite.reason_code));
     } else {
-        let onset = lite
-            .onset
-            .clone()
-            .or_else(|| lite.onset_period.as_ref().and_then(|p| p.start.clone()));
-        fact.day = day(&onset, "onset")?.or(day(&lite.recorded, "recordedDate")?);
-        fields.extend(codings(Field::Code, &lite.code));
-        fields.extend(codings(Field::Category, &lite.category));
-        fields.extend(codings(Field::ClinicalStatus, &lite.clinical_status));
+        let onset = scan.onset.clone().or_else(|| scan.onset_start.clone());
+        fact.day = day(&onset, "onset")?.or(day(&scan.recorded, "recordedDate")?);
     }
-    for (field, coding) in fields {
-        let (Some(system), Some(code)) = (coding.system.as_deref(), coding.code.as_deref()) else {
-            continue;
-        };
-        fact.mask |= plan.mask_of(field, system, code);
-        if let Some(slot) = plan.distinct_fields.iter().position(|f| *f == field) {
-            let mut h = FxHasher::default();
-            (system, code).hash(&mut h);
-            fact.codes
-                .push((u8::try_from(slot).unwrap_or(u8::MAX), h.finish()));
-        }
-    }
+    fact.mask = scan.codes.mask;
+    fact.codes = scan.codes.distinct;
     if kind == ResourceKind::Encounter
         && let Some(prices) = &plan.prices
     {

@@ -12,7 +12,9 @@
 //! - [`writeback`]: pure builders of the Observation and Flag, with deterministic identifiers.
 //! - [`sink`]: where results go (NDJSON files, summary).
 //! - [`state`]: the checkpoint of incremental server runs.
+//! - [`shard`]: one population split over processes, and their shared thresholds.
 //! - [`pipeline`]: source → record → model → writeback → sink, and the run's summary.
+//! - [`progress`]: counters of a run and their display (bars or log lines).
 //! - [`cases`]: hand-written clients kept beside a model, with the results they must get.
 //! - [`synth`]: the deterministic synthetic population used as the embedded default.
 //! - [`bench`]: the parse-only floor and peak-memory measurements behind `segmentti bench`.
@@ -24,7 +26,9 @@ pub mod day;
 pub mod fhir;
 pub mod model;
 pub mod pipeline;
+pub mod progress;
 pub mod record;
+pub mod shard;
 pub mod sink;
 pub mod source;
 pub mod state;

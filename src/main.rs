@@ -16,7 +16,8 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let default = match cli.verbose {
-        0 => "warn",
+        // Progress lines are for operators of runs off a terminal; -v adds the rest.
+        0 => "warn,segmentti::progress=info",
         1 => "info",
         _ => "debug",
     };

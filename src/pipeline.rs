@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc;
 
 use compact_str::CompactString;
@@ -16,6 +17,7 @@ use tracing::{debug, info, info_span};
 
 use crate::model::eval::{self, Assessment};
 use crate::model::plan::Plan;
+use crate::progress::COUNTERS;
 use crate::record::{ClientRecord, Fold, FoldStats, Rejection, extract};
 use crate::sink::{ClientResources, Sink, SinkError};
 use crate::source::files::SourceError;
@@ -118,6 +120,8 @@ pub enum PipelineError {
 pub struct RunOptions {
     /// What to do with invalid resources.
     pub on_invalid: OnInvalid,
+    /// Only the clients of this shard; resources of other clients are read and dropped.
+    pub shard: Option<crate::shard::Shard>,
 }
 
 /// Every plan's fold after the read.
@@ -139,6 +143,7 @@ pub fn fold(
     on_reject: &mut dyn FnMut(&Rejected) -> Result<(), SinkError>,
 ) -> Result<Folded, PipelineError> {
     let _span = info_span!("fold", plans = plans.len()).entered();
+    let shard = options.shard;
     // Three stages on their own threads, joined by bounded channels: the reader, the
     // extraction of facts (parallel within a batch), and the fold (in input order). The fold of
     // one batch overlaps the extraction of the next and the reading of the one after.
@@ -157,10 +162,12 @@ pub fn fold(
             rayon::scope(|_| {
                 for batch in raw_rx {
                     let resources = batch.resources();
-                    let results: Vec<Result<crate::record::Fact, Rejection>> = resources
+                    let results: Vec<Result<Option<crate::record::Fact>, Rejection>> = resources
                         .par_iter()
                         .flat_map_iter(|(_, r)| {
-                            plans.iter().map(move |plan| extract_resource(plan, *r))
+                            plans
+                                .iter()
+                                .map(move |plan| in_shard(extract_resource(plan, *r), shard))
                         })
                         .collect();
                     let origins = resources.into_iter().map(|(o, _)| o).collect();
@@ -172,11 +179,14 @@ pub fn fold(
         });
         'batches: for batch in fact_rx {
             items += batch.origins.len() as u64;
+            COUNTERS.read.fetch_add(batch.origins.len() as u64, Relaxed);
             let mut results = batch.results.into_iter();
             for origin in batch.origins {
                 let mut rejection = None;
                 for fold in &mut folds {
-                    let outcome = results.next().map(|fact| fact.and_then(|f| fold.apply(f)));
+                    let outcome = results
+                        .next()
+                        .map(|fact| fact.and_then(|f| f.map_or(Ok(()), |f| fold.apply(f))));
                     if let Some(Err(r)) = outcome {
                         rejection.get_or_insert(r);
                     }
@@ -260,10 +270,27 @@ pub fn fold(
     })
 }
 
-/// One batch's facts: for each resource, one result per plan, in order.
+/// One batch's facts: for each resource, one result per plan, in order (`None`: another
+/// shard's).
 struct Extracted {
     origins: Vec<Origin>,
-    results: Vec<Result<crate::record::Fact, Rejection>>,
+    results: Vec<Result<Option<crate::record::Fact>, Rejection>>,
+}
+
+/// Keeps what belongs to `shard`: its clients' facts, and (in the first shard only) the
+/// rejections that belong to no client, so that N shards report each of them once.
+fn in_shard(
+    fact: Result<crate::record::Fact, Rejection>,
+    shard: Option<crate::shard::Shard>,
+) -> Result<Option<crate::record::Fact>, Rejection> {
+    let Some(shard) = shard else {
+        return fact.map(Some);
+    };
+    match fact {
+        Ok(f) => Ok(shard.holds(&f.patient).then_some(f)),
+        Err(_) if !shard.is_first() => Ok(None),
+        Err(r) => Err(r),
+    }
 }
 
 /// The reader stage: the whole input, batch by batch, into `tx`.
@@ -356,6 +383,7 @@ pub fn evaluate<S: Sink + Send>(
     let _span = info_span!("evaluate", model = %plan.mapping.id).entered();
     let mut ids: Vec<&CompactString> = clients.keys().collect();
     ids.sort_unstable();
+    COUNTERS.clients.fetch_add(ids.len() as u64, Relaxed);
     let thresholds = match fixed {
         Some(fixed) => plan
             .percentiles
@@ -414,6 +442,8 @@ pub fn evaluate<S: Sink + Send>(
                 *written.entry("Observation".into()).or_default() += 1;
                 *written.entry("Flag".into()).or_default() += flags as u64;
                 sink.client(plan, encoded)?;
+                COUNTERS.segmented.fetch_add(1, Relaxed);
+                COUNTERS.written.fetch_add(1 + flags as u64, Relaxed);
             }
             Ok(())
         };
@@ -514,6 +544,15 @@ pub fn population_thresholds(
         return Vec::new();
     }
     eval::thresholds(plan, clients.values().map(|r| r.values(plan)))
+}
+
+/// The column of every `top_percent` test over the folded clients, for a shard's part of the
+/// population thresholds.
+pub fn threshold_columns(
+    plan: &Plan,
+    clients: &rustc_hash::FxHashMap<CompactString, ClientRecord>,
+) -> Vec<Vec<f64>> {
+    eval::columns(plan, clients.values().map(|r| r.values(plan)))
 }
 
 /// Builds one client's Observation and Flags.

@@ -20,11 +20,15 @@ use clap::{Args, Parser, Subcommand};
 
 use segmentti::cases;
 use segmentti::day::Day;
+use segmentti::fhir::FhirClient;
 use segmentti::model::eval::{self, Lang};
 use segmentti::model::{self, Plan, load};
 use segmentti::pipeline::{self, Input, ModelSummary, OnInvalid, RunOptions};
+use segmentti::progress;
+use segmentti::shard::{self, Shard, ThresholdPart};
 use segmentti::sink::Sink;
 use segmentti::sink::files::FileSink;
+use segmentti::source::bulk;
 use segmentti::synth::{self, CodeFlavor, SynthFormat, SynthOptions};
 
 /// The model used when `--model` is not given: Päijät-Sote's four tiers, built into the binary.
@@ -85,6 +89,9 @@ pub enum Command {
     },
     /// Print the JSON Schema of mapping files (the source of mappings/schema.json).
     Schema,
+    /// The population thresholds of the models' `top_percent` tests, for sharded runs: each
+    /// shard writes its part, `--merge` turns the parts into what `run --thresholds` reads.
+    Thresholds(ThresholdsArgs),
     /// Benchmark: generate a population, time the parse-only floor and a real run, print the
     /// ratio and the run's peak memory.
     Bench(BenchArgs),
@@ -140,6 +147,93 @@ pub struct RunArgs {
     /// With --server: the checkpoint file of incremental runs.
     #[arg(long)]
     state: Option<PathBuf>,
+    /// Only the clients of shard k of N (k from 0, as Kubernetes' JOB_COMPLETION_INDEX).
+    #[arg(long)]
+    shard: Option<Shard>,
+    /// Population thresholds of the `top_percent` tests (from `segmentti thresholds`), instead
+    /// of computing them from this run's clients; a shard needs them.
+    #[arg(long)]
+    thresholds: Option<PathBuf>,
+    /// Progress display on stderr: bars on a terminal, a log line every 10 s elsewhere.
+    #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
+    progress: ProgressArg,
+    #[command(flatten)]
+    bulk: BulkArgs,
+}
+
+/// `run --bulk`: read by a Bulk Data `$export` instead of paged search.
+#[derive(Debug, Args)]
+pub struct BulkArgs {
+    /// A FHIR server to export from (Bulk Data 2.0); results go to --out. Uses --auth,
+    /// --token-file and --timeout like --server.
+    #[arg(long, conflicts_with_all = ["input", "server"])]
+    bulk: Option<url::Url>,
+    /// Export the members of this Group (`Group/{id}/$export`).
+    #[arg(long, requires = "bulk")]
+    group: Option<String>,
+    /// Without --group: `system` (`$export`) or `patient` (`Patient/$export`).
+    #[arg(long, value_enum, default_value_t = BulkLevelArg::System, requires = "bulk")]
+    bulk_level: BulkLevelArg,
+    /// Where the export's job file and files are kept (default: OUT/.bulk, removed after a
+    /// successful run). A run killed mid-export resumes from here without a new export.
+    #[arg(long, requires = "bulk")]
+    work_dir: Option<PathBuf>,
+    /// Give up waiting for the export after this many seconds (the job is kept for the next run).
+    #[arg(long, default_value_t = 3600, requires = "bulk")]
+    bulk_timeout: u64,
+    /// The longest wait between two status polls in seconds, whatever the server's
+    /// Retry-After asks (a server asking for a minute is waited on for this long at most).
+    #[arg(long, default_value_t = 60, requires = "bulk")]
+    bulk_poll_max: u64,
+}
+
+/// `--bulk-level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BulkLevelArg {
+    /// `[base]/$export`.
+    System,
+    /// `[base]/Patient/$export`.
+    Patient,
+}
+
+/// `--progress`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressArg {
+    /// Bars when stderr is a terminal, log lines otherwise.
+    Auto,
+    /// Log lines (target `segmentti::progress`) every 10 s.
+    Log,
+    /// None.
+    Off,
+}
+
+impl ProgressArg {
+    fn display(self) -> progress::Display {
+        match self {
+            Self::Auto => progress::Display::auto(),
+            Self::Log => progress::Display::Log {
+                every: std::time::Duration::from_secs(10),
+            },
+            Self::Off => progress::Display::Off,
+        }
+    }
+}
+
+/// `thresholds`.
+#[derive(Debug, Args)]
+pub struct ThresholdsArgs {
+    #[command(flatten)]
+    models: ModelArgs,
+    /// Write this shard's part (its clients' raw values) instead of thresholds.
+    #[arg(long, conflicts_with = "merge")]
+    shard: Option<Shard>,
+    /// Merge these parts (files, or directories of `part-*.json`) into the population
+    /// thresholds (reads no input).
+    #[arg(long, num_args = 1..)]
+    merge: Vec<PathBuf>,
+    /// Where to write the part or the thresholds.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 /// `synth`.
@@ -175,7 +269,7 @@ pub struct SynthArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Population sizes to measure (repeatable).
-    #[arg(long = "clients", default_values_t = [200_000u64])]
+    #[arg(long = "clients", default_values_t = [100_000u64, 300_000, 1_000_000])]
     clients: Vec<u64>,
     /// Seed of the populations.
     #[arg(long, default_value_t = 7)]
@@ -225,6 +319,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::CheckMapping { files } => check_command(&files),
         Command::TestMapping { files } => test_mapping_command(&files),
         Command::Bench(args) => bench_command(args),
+        Command::Thresholds(args) => thresholds_command(args),
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&load::schema())?);
             Ok(ExitCode::SUCCESS)
@@ -304,6 +399,11 @@ fn run_command(args: RunArgs) -> Result<ExitCode> {
     let as_of = args.models.as_of()?;
     let plans = args.models.plans(as_of)?;
     if let Some(url) = &args.models.server.server {
+        if args.shard.is_some() || args.thresholds.is_some() {
+            bail!(
+                "--shard and --thresholds go with file input\nhint: shard a server's population by exporting it first (Bulk Data $export) and running each shard on the files"
+            );
+        }
         let write = server::WriteArgs {
             batch: args.batch,
             dry_run: args.dry_run,
@@ -316,17 +416,31 @@ fn run_command(args: RunArgs) -> Result<ExitCode> {
     if args.dry_run || args.state.is_some() {
         bail!("--dry-run and --state go with --server\nhint: a run on files writes only to --out");
     }
-    let input = args.models.input(as_of)?;
+    let bulk = match &args.bulk.bulk {
+        Some(base) => Some(export(&args, base)?),
+        None => None,
+    };
+    let input = match &bulk {
+        Some((exported, _, _)) => Input::Files(exported.dir.clone()),
+        None => args.models.input(as_of)?,
+    };
+    let thresholds = fixed_thresholds(args.thresholds.as_deref(), args.shard, &plans)?;
     let started = std::time::Instant::now();
+    let reporter = progress::Reporter::start(args.progress.display());
     let mut sink = FileSink::create(&args.out)?;
     let options = RunOptions {
         on_invalid: args.on_invalid,
+        shard: args.shard,
     };
     let folded = pipeline::fold(&input, &plans, &options, &mut |r| sink.rejected(r))?;
     let fold_seconds = started.elapsed().as_secs_f64();
     let mut models = Vec::new();
     for (plan, clients) in plans.iter().zip(&folded.clients) {
-        models.push(pipeline::evaluate(plan, clients, &mut sink, None)?);
+        let fixed = thresholds
+            .as_ref()
+            .and_then(|t| t.get(plan.mapping.id.as_str()))
+            .map(Vec::as_slice);
+        models.push(pipeline::evaluate(plan, clients, &mut sink, fixed)?);
     }
     let summary = RunSummary {
         input: input.to_string(),
@@ -342,7 +456,15 @@ fn run_command(args: RunArgs) -> Result<ExitCode> {
         out: args.out.display().to_string(),
     };
     sink.finish(&summary)?;
+    reporter.finish();
     let seconds = started.elapsed().as_secs_f64();
+    if let Some((exported, client, work_dir)) = &bulk {
+        print!("{}", render_export(exported));
+        segmentti::fhir::runtime()?.block_on(bulk::finish(client, exported, work_dir));
+        if args.bulk.work_dir.is_none() {
+            std::fs::remove_dir_all(work_dir)?;
+        }
+    }
     print!("{}", summary.render(seconds));
     if args.stats {
         let resources: u64 = summary.resources.values().sum();
@@ -434,6 +556,139 @@ impl RunSummary {
         ));
         out
     }
+}
+
+/// Runs (or resumes) the export of `run --bulk` into its work directory.
+fn export(args: &RunArgs, base: &url::Url) -> Result<(bulk::Exported, FhirClient, PathBuf)> {
+    if args.models.server.since.is_some() || args.state.is_some() {
+        bail!(
+            "--since and --state are not supported with --bulk yet: an export with _since holds only the changed resources, not the changed clients' whole history\nhint: run a full export, or use --server for incremental runs"
+        );
+    }
+    let client = args.models.server.client(base)?;
+    let work_dir = args
+        .bulk
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| args.out.join(".bulk"));
+    let options = bulk::BulkOptions {
+        level: match (&args.bulk.group, args.bulk.bulk_level) {
+            (Some(id), _) => bulk::Level::Group(id.clone()),
+            (None, BulkLevelArg::System) => bulk::Level::System,
+            (None, BulkLevelArg::Patient) => bulk::Level::Patient,
+        },
+        types: ["Patient", "Encounter", "Condition"]
+            .map(String::from)
+            .to_vec(),
+        since: None,
+        work_dir: work_dir.clone(),
+        timeout: std::time::Duration::from_secs(args.bulk.bulk_timeout),
+        max_poll_interval: std::time::Duration::from_secs(args.bulk.bulk_poll_max.max(1)),
+        download_timeout: std::time::Duration::from_secs(3600),
+    };
+    let exported = segmentti::fhir::runtime()?.block_on(bulk::export(&client, &options))?;
+    Ok((exported, client, work_dir))
+}
+
+fn render_export(e: &bulk::Exported) -> String {
+    let mut out = format!(
+        "Export: {} file(s) as of {}{}\n",
+        e.files,
+        e.transaction_time,
+        if e.resumed { " (resumed)" } else { "" }
+    );
+    for (t, n) in &e.ignored {
+        out.push_str(&format!(
+            "  ignored: {n} file(s) of type {t}, not asked for\n"
+        ));
+    }
+    for line in &e.errors {
+        out.push_str(&format!("  export error: {line}\n"));
+    }
+    out
+}
+
+/// The thresholds of `--thresholds`; a shard of a model with `top_percent` tests must have them,
+/// since its own clients are no population.
+fn fixed_thresholds(
+    path: Option<&std::path::Path>,
+    shard: Option<Shard>,
+    plans: &[Plan],
+) -> Result<Option<shard::Thresholds>> {
+    if let Some(path) = path {
+        return Ok(Some(shard::read_thresholds(path, plans)?));
+    }
+    if let (Some(shard), Some(plan)) = (shard, plans.iter().find(|p| !p.percentiles.is_empty())) {
+        bail!(
+            "shard {shard}: model `{}` has top_percent tests, whose thresholds are percentiles of the whole population\nhint: run `segmentti thresholds --shard k/N --out part-k.json` for every shard, then `segmentti thresholds --merge part-*.json --out thresholds.json`, and give every shard `--thresholds thresholds.json`",
+            plan.mapping.id
+        );
+    }
+    Ok(None)
+}
+
+fn thresholds_command(args: ThresholdsArgs) -> Result<ExitCode> {
+    if !args.merge.is_empty() {
+        let mut files = Vec::new();
+        for path in &args.merge {
+            if !path.is_dir() {
+                files.push(path.clone());
+                continue;
+            }
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("part-") && n.ends_with(".json"))
+                })
+                .collect();
+            if found.is_empty() {
+                bail!("{} holds no part-*.json files", path.display());
+            }
+            found.sort();
+            files.extend(found);
+        }
+        let parts = files
+            .iter()
+            .map(|p| ThresholdPart::read(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let merged = shard::merge(parts)?;
+        shard::write_json(&args.out, &merged)?;
+        println!("Merged {} part(s) into {}", files.len(), args.out.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let as_of = args.models.as_of()?;
+    let plans = args.models.plans(as_of)?;
+    let input = args.models.input(as_of)?;
+    let options = RunOptions {
+        shard: args.shard,
+        ..RunOptions::default()
+    };
+    // Rejections are the run's to report; this pass only needs the clients.
+    let folded = pipeline::fold(&input, &plans, &options, &mut |_| Ok(()))?;
+    let columns = plans
+        .iter()
+        .zip(&folded.clients)
+        .map(|(plan, clients)| pipeline::threshold_columns(plan, clients))
+        .collect();
+    let part = ThresholdPart::new(args.shard, &plans, columns);
+    let clients = folded.clients.first().map_or(0, |c| c.len());
+    if args.shard.is_some() {
+        shard::write_json(&args.out, &part)?;
+        println!(
+            "Wrote the part of shard {} ({clients} clients) to {}",
+            part.shard,
+            args.out.display()
+        );
+    } else {
+        shard::write_json(&args.out, &shard::merge(vec![part])?)?;
+        println!(
+            "Wrote the thresholds of {clients} clients to {}",
+            args.out.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -601,7 +856,11 @@ fn bench_command(args: BenchArgs) -> Result<ExitCode> {
         "ratio",
         "peak RSS"
     );
-    for &clients in &args.clients {
+    let mut sizes = args.clients.clone();
+    sizes.sort_unstable();
+    let mut measured: Vec<(u64, f64)> = Vec::new();
+    let mut largest: Option<(u64, PathBuf, f64)> = None;
+    for &clients in &sizes {
         let dir = args.work_dir.join(format!("synth-{clients}-{}", args.seed));
         let marker = dir.join(".complete");
         if !marker.exists() {
@@ -619,33 +878,7 @@ fn bench_command(args: BenchArgs) -> Result<ExitCode> {
         segmentti::bench::parse_floor(&dir)?;
         let floor = segmentti::bench::parse_floor(&dir)?;
         let out = args.work_dir.join(format!("out-{clients}"));
-        let started = std::time::Instant::now();
-        let output = std::process::Command::new(&exe)
-            .args(["run", "--input"])
-            .arg(&dir)
-            .args(["--as-of", DEFAULT_AS_OF, "--stats", "--out"])
-            .arg(&out)
-            .output()?;
-        let elapsed = started.elapsed().as_secs_f64();
-        if !output.status.success() {
-            bail!(
-                "the benchmark run failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stat = |key: &str| -> f64 {
-            stdout
-                .lines()
-                .find(|l| l.starts_with("stats: "))
-                .and_then(|l| {
-                    l.split_whitespace().find_map(|kv| {
-                        kv.strip_prefix(&format!("{key}="))
-                            .and_then(|v| v.parse().ok())
-                    })
-                })
-                .unwrap_or(f64::NAN)
-        };
+        let (elapsed, stdout) = timed(&exe, &dir, &out, &[])?;
         let floor_s = floor.elapsed.as_secs_f64();
         let resources = floor.resources as f64;
         println!(
@@ -658,11 +891,132 @@ fn bench_command(args: BenchArgs) -> Result<ExitCode> {
             elapsed,
             resources / elapsed,
             floor_s / elapsed,
-            stat("peak_rss_bytes") / 1048576.0
+            stat(&stdout, "peak_rss_bytes") / 1048576.0
         );
+        measured.push((clients, elapsed));
+        largest = Some((clients, dir, elapsed));
     }
     println!(
         "ratio = parse-only floor time / run time (1.0 = as fast as merely parsing the JSON; the floor uses one thread, the run both cores)"
     );
+    for pair in measured.windows(2) {
+        let [(a, ta), (b, tb)] = [pair[0], pair[1]];
+        println!(
+            "linearity: {b} clients took {:.2}x the time of {a} ({:.2}x the clients)",
+            tb / ta,
+            b as f64 / a as f64
+        );
+    }
+    if let Some((clients, dir, full)) = largest {
+        extrapolate(&exe, &args.work_dir, clients, &dir, full)?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Shards of one population, for the national extrapolation: every shard reads the whole input
+/// and keeps its own clients, so a shard costs a fixed part (reading) plus a part that shrinks
+/// with the shard count. One 4-shard run of the largest size separates the two.
+fn extrapolate(
+    exe: &std::path::Path,
+    work_dir: &std::path::Path,
+    clients: u64,
+    dir: &std::path::Path,
+    full: f64,
+) -> Result<()> {
+    const SHARDS: u64 = 4;
+    const COUNTRY: f64 = 5_500_000.0;
+    const TARGET_S: f64 = 600.0;
+    let thresholds = work_dir.join(format!("thresholds-{clients}.json"));
+    let started = std::time::Instant::now();
+    let output = std::process::Command::new(exe)
+        .args(["thresholds", "--input"])
+        .arg(dir)
+        .args(["--as-of", DEFAULT_AS_OF, "--out"])
+        .arg(&thresholds)
+        .output()?;
+    if !output.status.success() {
+        bail!(
+            "the thresholds pass failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let first_pass = started.elapsed().as_secs_f64();
+    let out = work_dir.join(format!("out-{clients}-shard"));
+    let shard = format!("0/{SHARDS}");
+    let thresholds = thresholds.display().to_string();
+    let (one, _) = timed(
+        exe,
+        dir,
+        &out,
+        &["--shard", &shard, "--thresholds", &thresholds],
+    )?;
+    // t(N) = fixed + rest / N, through t(1) = full and t(SHARDS) = one.
+    let n = SHARDS as f64;
+    let fixed = ((n * one - full) / (n - 1.0)).max(0.0);
+    let rest = (full - fixed).max(0.0);
+    let scale = COUNTRY / clients as f64;
+    println!(
+        "shards: thresholds pass {first_pass:.2} s; shard {shard} of {clients} clients {one:.2} s (fixed part {fixed:.2} s, divisible part {rest:.2} s)"
+    );
+    let country_fixed = fixed * scale;
+    let country_rest = rest * scale;
+    println!(
+        "5.5 M clients: one process ≈ {:.0} s; thresholds pass ≈ {:.0} s",
+        country_fixed + country_rest,
+        first_pass * scale
+    );
+    if country_fixed + first_pass * scale >= TARGET_S {
+        println!(
+            "10 minutes cannot be met by sharding one shared input: every shard reads it all ({country_fixed:.0} s); split the export per shard (one Group per shard)"
+        );
+    } else {
+        let shards = (country_rest / (TARGET_S - first_pass * scale - country_fixed)).ceil();
+        println!(
+            "10 minutes for 5.5 M clients: {shards:.0} shard(s) of this machine's size (2 cores), each ≈ {:.0} s after the thresholds pass",
+            country_fixed + country_rest / shards
+        );
+    }
+    Ok(())
+}
+
+/// Runs `segmentti run` on `dir` into `out` with `--stats`; its wall time and stdout.
+fn timed(
+    exe: &std::path::Path,
+    dir: &std::path::Path,
+    out: &std::path::Path,
+    extra: &[&str],
+) -> Result<(f64, String)> {
+    let started = std::time::Instant::now();
+    let output = std::process::Command::new(exe)
+        .args(["run", "--progress", "off", "--input"])
+        .arg(dir)
+        .args(["--as-of", DEFAULT_AS_OF, "--stats", "--out"])
+        .arg(out)
+        .args(extra)
+        .output()?;
+    let elapsed = started.elapsed().as_secs_f64();
+    if !output.status.success() {
+        bail!(
+            "the benchmark run failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok((
+        elapsed,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    ))
+}
+
+/// A `key=value` of the `stats:` line `run --stats` prints.
+fn stat(stdout: &str, key: &str) -> f64 {
+    stdout
+        .lines()
+        .find(|l| l.starts_with("stats: "))
+        .and_then(|l| {
+            l.split_whitespace().find_map(|kv| {
+                kv.strip_prefix(&format!("{key}="))
+                    .and_then(|v| v.parse().ok())
+            })
+        })
+        .unwrap_or(f64::NAN)
 }

@@ -127,6 +127,7 @@ pub fn run(
     let mut rejected_lines = Vec::new();
     let options = RunOptions {
         on_invalid: write.on_invalid,
+        ..RunOptions::default()
     };
     let folded = pipeline::fold(&input, plans, &options, &mut |r| {
         tracing::warn!(origin = %r.origin, resource = r.resource.as_deref().unwrap_or("-"), reason = %r.reason, "resource rejected");

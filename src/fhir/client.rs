@@ -168,6 +168,53 @@ impl FhirClient {
         Ok(url)
     }
 
+    /// One attempt whose answer is left to the caller: for exchanges that are not a FHIR JSON
+    /// body, such as Bulk Data's kick-off (202 and `Content-Location`), status polling
+    /// (`X-Progress`) and NDJSON files. Credentials and the correlation id go as on every
+    /// request (credentials only to the base's origin); `timeout` replaces the client's for
+    /// long downloads. Transport failures and timeouts are errors; every status is not.
+    pub async fn exchange(
+        &self,
+        method: Method,
+        url: &Url,
+        headers: HeaderMap,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, FhirError> {
+        let mut request = self
+            .http
+            .request(method.clone(), url.clone())
+            .headers(headers)
+            .header(CORRELATION_HEADER, self.correlation_id.clone());
+        if let Some(authorization) = self.auth.header_for(url, &self.base) {
+            request = request.header(header::AUTHORIZATION, authorization);
+        }
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|source| self.failed(&method, url, source))?;
+        debug!(method = %method, url = %redact(url), status = response.status().as_u16(), "exchange");
+        Ok(response)
+    }
+
+    /// Whether a request to `url` would carry this client's credentials (same origin as the
+    /// base, and credentials configured).
+    pub fn sends_credentials_to(&self, url: &Url) -> bool {
+        self.auth.header_for(url, &self.base).is_some()
+    }
+
+    /// Whether this client has credentials at all.
+    pub fn has_credentials(&self) -> bool {
+        self.auth.header_for(&self.base, &self.base).is_some()
+    }
+
+    /// The retry policy requests of this client follow.
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
     /// `GET url`: the answer's JSON (`Null` for an empty body). A URL on another origin than
     /// the base is fetched without credentials.
     pub async fn get(&self, url: &Url) -> Result<Value, FhirError> {
@@ -483,7 +530,7 @@ fn text(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
 }
 
 /// `Retry-After` in seconds, or as an HTTP date (counted from now; a past date is zero).
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));

@@ -28,3 +28,11 @@ pub use client::{
 };
 pub use error::{BodyError, FhirError, OperationOutcomeSummary, OutcomeIssue, redact};
 pub use retry::{RetryPolicy, Retryable};
+
+/// A single-threaded tokio runtime for the blocking parts of the program that talk HTTP: one
+/// connection pool, no worker threads competing with the extraction for the cores.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}

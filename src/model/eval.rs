@@ -35,29 +35,39 @@ impl Assessment {
 
 /// The population threshold of every `top_percent` test, over the given feature-value rows:
 /// the value of the last client inside the top share (nearest rank).
+pub fn thresholds(plan: &Plan, rows: impl Iterator<Item = Vec<Option<f64>>>) -> Vec<Option<f64>> {
+    plan.percentiles
+        .iter()
+        .zip(columns(plan, rows))
+        .map(|(&(_, percent), values)| nearest_rank(values, percent))
+        .collect()
+}
+
+/// The column of every `top_percent` test: one value per row (0 where the feature has none).
 ///
 /// The rows are read once, keeping one column per test, so memory grows by one number per
 /// client and test, not by a row of every feature.
-pub fn thresholds(plan: &Plan, rows: impl Iterator<Item = Vec<Option<f64>>>) -> Vec<Option<f64>> {
+pub fn columns(plan: &Plan, rows: impl Iterator<Item = Vec<Option<f64>>>) -> Vec<Vec<f64>> {
     let mut columns: Vec<Vec<f64>> = vec![Vec::new(); plan.percentiles.len()];
     for row in rows {
         for (column, &(feature, _)) in columns.iter_mut().zip(&plan.percentiles) {
             column.push(row[feature].unwrap_or(0.0));
         }
     }
-    plan.percentiles
-        .iter()
-        .zip(columns)
-        .map(|(&(_, percent), mut values)| {
-            let keep = ((values.len() as f64) * percent / 100.0).ceil() as usize;
-            if keep == 0 {
-                return None;
-            }
-            let at = values.len() - keep;
-            let (_, nth, _) = values.select_nth_unstable_by(at, f64::total_cmp);
-            Some(*nth)
-        })
-        .collect()
+    columns
+}
+
+/// The value of the last of `values` inside the top `percent` (nearest rank); `None` when the
+/// top share holds no one. Depends only on the multiset of values, not their order, which is
+/// what lets shards merge their columns exactly.
+pub fn nearest_rank(mut values: Vec<f64>, percent: f64) -> Option<f64> {
+    let keep = ((values.len() as f64) * percent / 100.0).ceil() as usize;
+    if keep == 0 {
+        return None;
+    }
+    let at = values.len() - keep;
+    let (_, nth, _) = values.select_nth_unstable_by(at, f64::total_cmp);
+    Some(*nth)
 }
 
 /// Places one client. `None` only when no tree node holds, which `check-mapping` rules out.

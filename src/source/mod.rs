@@ -7,7 +7,9 @@
 //! - [`files`]: a file or directory of NDJSON (Bulk Data output, `.ndjson.gz` too) or Bundles.
 //! - [`synthetic`]: the built-in synthetic population, generated on the fly.
 //! - [`search`]: a live FHIR server, by paged search.
+//! - [`bulk`]: a Bulk Data `$export`, downloaded into a work directory that [`files`] reads.
 
+pub mod bulk;
 pub mod files;
 pub mod search;
 pub mod synthetic;

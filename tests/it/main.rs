@@ -1,5 +1,6 @@
 //! The integration tests, one binary with a module per theme.
 
+mod bulk;
 mod faults;
 mod harness;
 mod mappings;
@@ -7,5 +8,6 @@ mod offline;
 mod refusals;
 mod roundtrip;
 mod server_client;
+mod shards;
 mod support;
 mod synthetic;

@@ -1,0 +1,736 @@
+//! A FHIR Bulk Data Access 2.0 client: kick off an `$export`, poll its status, download its
+//! NDJSON files into a work directory, and delete the job. The run then reads the directory
+//! like any Bulk output ([`super::files`]).
+//!
+//! Everything needed to resume lives in `{work_dir}/job.json`, written after every step: a run
+//! killed while the server exports resumes polling the same status URL, and one killed while
+//! downloading keeps the files it finished (each is written to `.part` and renamed when
+//! complete). A new export is kicked off only when the job file asks for a different export.
+//!
+//! What it trusts: the token goes only to the FHIR base's origin; an output file elsewhere is
+//! fetched without it, and refused when the manifest says it needs one. This module reads no
+//! resource beyond counting lines; it does not fold or write results.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, StatusCode, Url};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::fhir::client::retry_after;
+use crate::fhir::{FhirClient, FhirError, OperationOutcomeSummary, redact};
+
+/// Which population to export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Level {
+    /// `[base]/$export`: every resource of the asked types.
+    System,
+    /// `[base]/Patient/$export`: every patient's compartment.
+    Patient,
+    /// `[base]/Group/{id}/$export`: the members of one Group.
+    Group(String),
+}
+
+/// What to export and where to keep it.
+#[derive(Debug, Clone)]
+pub struct BulkOptions {
+    /// Which population.
+    pub level: Level,
+    /// `_type`: the resource types the models read.
+    pub types: Vec<String>,
+    /// `_since`: only resources changed at or after this instant.
+    pub since: Option<String>,
+    /// Where the job file and the downloaded files live.
+    pub work_dir: PathBuf,
+    /// Give up waiting for the export after this long (the job stays, to be resumed).
+    pub timeout: Duration,
+    /// The longest wait between two status polls, whatever `Retry-After` says.
+    pub max_poll_interval: Duration,
+    /// How long one output file may take to download.
+    pub download_timeout: Duration,
+}
+
+/// The completion manifest of an export.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    /// The server's time when the export's data were taken: the next `_since`.
+    pub transaction_time: String,
+    /// The kick-off request.
+    #[serde(default)]
+    pub request: String,
+    /// Whether the output files need the token.
+    #[serde(default)]
+    pub requires_access_token: bool,
+    /// The data files.
+    #[serde(default)]
+    pub output: Vec<OutputFile>,
+    /// OperationOutcome files of what could not be exported.
+    #[serde(default)]
+    pub error: Vec<OutputFile>,
+}
+
+/// One file of the manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputFile {
+    /// The resource type in the file.
+    #[serde(rename = "type")]
+    pub resource_type: String,
+    /// Where to download it.
+    pub url: String,
+    /// Resources in it, when the server says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+}
+
+/// The resumable state of one export, `{work_dir}/job.json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Job {
+    /// The kick-off URL; another one means another export.
+    kick_off: String,
+    /// The status URL the server gave.
+    status: String,
+    /// Once complete.
+    manifest: Option<Manifest>,
+    /// Output URLs already downloaded.
+    downloaded: BTreeSet<String>,
+}
+
+/// A finished export, downloaded.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Exported {
+    /// The directory of NDJSON files to read.
+    pub dir: PathBuf,
+    /// The manifest's transaction time: the `_since` of the next incremental run.
+    pub transaction_time: String,
+    /// The status URL (to delete the job once the run is done).
+    pub status: String,
+    /// Data files downloaded.
+    pub files: usize,
+    /// Files of types not asked for, per type: not downloaded.
+    pub ignored: BTreeMap<String, usize>,
+    /// What the error files said, one line per issue.
+    pub errors: Vec<String>,
+    /// Whether this run resumed an export a previous run started.
+    pub resumed: bool,
+}
+
+/// Why an export failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BulkError {
+    /// The request could not be made.
+    #[error(transparent)]
+    Fhir(#[from] FhirError),
+    /// The server refused the kick-off.
+    #[error(
+        "the export kick-off {url} answered {status}{}\nhint: check that the server supports Bulk Data $export at this level and the token's scopes",
+        outcome.as_ref().map(|o| format!(": {o}")).unwrap_or_default()
+    )]
+    KickOff {
+        /// The kick-off URL.
+        url: String,
+        /// Its status.
+        status: StatusCode,
+        /// The server's OperationOutcome.
+        outcome: Option<OperationOutcomeSummary>,
+    },
+    /// The kick-off answer had no status URL.
+    #[error(
+        "the export kick-off {url} answered {status} without a Content-Location\nhint: the server does not follow the Bulk Data async pattern"
+    )]
+    NoStatusUrl {
+        /// The kick-off URL.
+        url: String,
+        /// Its status.
+        status: StatusCode,
+    },
+    /// The export failed on the server.
+    #[error(
+        "the export at {status_url} failed with {status}{}\nhint: the job file is removed; the next run starts a new export",
+        outcome.as_ref().map(|o| format!(": {o}")).unwrap_or_default()
+    )]
+    Failed {
+        /// The status URL.
+        status_url: String,
+        /// Its status.
+        status: StatusCode,
+        /// The server's OperationOutcome.
+        outcome: Option<OperationOutcomeSummary>,
+    },
+    /// The export did not complete in time.
+    #[error(
+        "the export at {status_url} was not complete after {}s (last progress: {progress})\nhint: run the same command again to go on waiting for this job (it is kept in {job}), or raise --bulk-timeout",
+        after.as_secs()
+    )]
+    TimedOut {
+        /// The status URL.
+        status_url: String,
+        /// How long it waited.
+        after: Duration,
+        /// The last `X-Progress`.
+        progress: String,
+        /// The job file.
+        job: PathBuf,
+    },
+    /// The manifest is not a Bulk Data manifest.
+    #[error(
+        "the export at {status_url} completed with a manifest that cannot be read: {cause}\nhint: the server's manifest does not follow Bulk Data 2.0"
+    )]
+    Manifest {
+        /// The status URL.
+        status_url: String,
+        /// What is wrong.
+        cause: String,
+    },
+    /// An output file needs the token but is on another origin.
+    #[error(
+        "the {resource_type} file {url} requires an access token but is not on the FHIR server's origin; the token is not sent there\nhint: have the server put its files on its own origin, or serve them without a token"
+    )]
+    CrossOriginToken {
+        /// The file's type.
+        resource_type: String,
+        /// The file's URL (redacted).
+        url: String,
+    },
+    /// An output file could not be downloaded.
+    #[error("cannot download {resource_type} file {url}: {cause}\nhint: {hint}")]
+    Download {
+        /// The file's type.
+        resource_type: String,
+        /// The file's URL (redacted).
+        url: String,
+        /// What went wrong.
+        cause: String,
+        /// What to do.
+        hint: &'static str,
+    },
+    /// The work directory could not be used.
+    #[error("cannot use {path}: {source}\nhint: check that the work directory is writable")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The kick-off URL of an export.
+pub fn kick_off_url(client: &FhirClient, options: &BulkOptions) -> Result<Url, FhirError> {
+    let mut url = client.base().clone();
+    {
+        let mut path = url
+            .path_segments_mut()
+            .map_err(|()| FhirError::InvalidBase {
+                url: client.base().to_string(),
+                reason: "it cannot have a path",
+            })?;
+        path.pop_if_empty();
+        match &options.level {
+            Level::System => path.push("$export"),
+            Level::Patient => path.push("Patient").push("$export"),
+            Level::Group(id) => path.push("Group").push(id).push("$export"),
+        };
+    }
+    {
+        let mut query = url.query_pairs_mut();
+        query.append_pair("_outputFormat", "application/fhir+ndjson");
+        if !options.types.is_empty() {
+            query.append_pair("_type", &options.types.join(","));
+        }
+        if let Some(since) = &options.since {
+            query.append_pair("_since", since);
+        }
+    }
+    Ok(url)
+}
+
+/// Runs (or resumes) the export and downloads its files into `{work_dir}/files`.
+pub async fn export(client: &FhirClient, options: &BulkOptions) -> Result<Exported, BulkError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| BulkError::Io { path, source }
+    };
+    let files_dir = options.work_dir.join("files");
+    std::fs::create_dir_all(&files_dir).map_err(io(&files_dir))?;
+    let job_path = options.work_dir.join("job.json");
+    let kick_off = kick_off_url(client, options)?;
+    let mut job = read_job(&job_path)
+        .filter(|j| j.kick_off == kick_off.as_str())
+        .unwrap_or_default();
+    let resumed = !job.status.is_empty();
+    if resumed {
+        info!(status = %job.status, "resuming the export a previous run started");
+    } else {
+        clear_dir(&files_dir)?;
+        job = Job {
+            kick_off: kick_off.to_string(),
+            status: start(client, &kick_off).await?.to_string(),
+            ..Job::default()
+        };
+        write_job(&job_path, &job)?;
+    }
+    let status = Url::parse(&job.status).map_err(|e| BulkError::Manifest {
+        status_url: job.status.clone(),
+        cause: format!("the status URL is not a URL: {e}"),
+    })?;
+    let manifest = match job.manifest.clone() {
+        Some(m) => m,
+        None => {
+            let polled = poll(client, &status, options, &job_path).await;
+            let m = match polled {
+                Ok(m) => m,
+                Err(e @ BulkError::Failed { .. }) => {
+                    // A failed job cannot be resumed: the next run starts afresh.
+                    let _ = std::fs::remove_file(&job_path);
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            };
+            job.manifest = Some(m.clone());
+            write_job(&job_path, &job)?;
+            m
+        }
+    };
+    let wanted: BTreeSet<&str> = options.types.iter().map(String::as_str).collect();
+    let mut ignored: BTreeMap<String, usize> = BTreeMap::new();
+    let mut files = 0;
+    for (i, file) in manifest.output.iter().enumerate() {
+        if !wanted.is_empty() && !wanted.contains(file.resource_type.as_str()) {
+            *ignored.entry(file.resource_type.clone()).or_default() += 1;
+            continue;
+        }
+        files += 1;
+        if job.downloaded.contains(&file.url) {
+            continue;
+        }
+        let target = files_dir.join(format!("{i:05}-{}.ndjson", safe_name(&file.resource_type)));
+        download(
+            client,
+            file,
+            manifest.requires_access_token,
+            &target,
+            options,
+        )
+        .await?;
+        job.downloaded.insert(file.url.clone());
+        write_job(&job_path, &job)?;
+    }
+    if !ignored.is_empty() {
+        warn!(
+            ?ignored,
+            "the export holds files of types not asked for; they are not read"
+        );
+    }
+    let mut errors = Vec::new();
+    for file in &manifest.error {
+        let target = options.work_dir.join("errors.ndjson.part");
+        download(
+            client,
+            file,
+            manifest.requires_access_token,
+            &target,
+            options,
+        )
+        .await?;
+        let text = std::fs::read_to_string(&target).map_err(io(&target))?;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            match OperationOutcomeSummary::from_body(line.as_bytes()) {
+                Some(outcome) => errors.push(outcome.to_string()),
+                None => errors.push(format!(
+                    "an error file line that is not an OperationOutcome: {}",
+                    short(line)
+                )),
+            }
+        }
+        let _ = std::fs::remove_file(&target);
+    }
+    Ok(Exported {
+        dir: files_dir,
+        transaction_time: manifest.transaction_time,
+        status: job.status,
+        files,
+        ignored,
+        errors,
+        resumed,
+    })
+}
+
+/// Deletes the job on the server (it may then drop the files) and the local job file, after
+/// the run used the files. A server that does not support deleting is not an error.
+pub async fn finish(client: &FhirClient, exported: &Exported, work_dir: &Path) {
+    if let Ok(status) = Url::parse(&exported.status) {
+        match client
+            .exchange(Method::DELETE, &status, HeaderMap::new(), None)
+            .await
+        {
+            Ok(r) if r.status().is_success() || r.status() == StatusCode::NOT_FOUND => {}
+            Ok(r) => {
+                warn!(status = r.status().as_u16(), url = %redact(&status), "the export job could not be deleted")
+            }
+            Err(e) => warn!(error = %e, "the export job could not be deleted"),
+        }
+    }
+    let _ = std::fs::remove_file(work_dir.join("job.json"));
+}
+
+/// The kick-off: `202 Accepted` with the status URL in `Content-Location`.
+async fn start(client: &FhirClient, url: &Url) -> Result<Url, BulkError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::ACCEPT,
+        HeaderValue::from_static("application/fhir+json"),
+    );
+    headers.insert(
+        HeaderName::from_static("prefer"),
+        HeaderValue::from_static("respond-async"),
+    );
+    let policy = client.retry_policy().clone();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let response = client
+            .exchange(Method::GET, url, headers.clone(), None)
+            .await;
+        let response = match response {
+            Err(e) if e.is_retryable() && attempt < policy.max_attempts => {
+                tokio::time::sleep(policy.delay(attempt, None)).await;
+                continue;
+            }
+            r => r?,
+        };
+        let status = response.status();
+        if status == StatusCode::ACCEPTED {
+            let location = response
+                .headers()
+                .get(header::CONTENT_LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| url.join(v).ok());
+            return location.ok_or_else(|| BulkError::NoStatusUrl {
+                url: redact(url).to_string(),
+                status,
+            });
+        }
+        if crate::fhir::error::retryable_status(status) && attempt < policy.max_attempts {
+            let wait = retry_after(response.headers());
+            tokio::time::sleep(policy.delay(attempt, wait)).await;
+            continue;
+        }
+        let body = response.bytes().await.unwrap_or_default();
+        return Err(BulkError::KickOff {
+            url: redact(url).to_string(),
+            status,
+            outcome: OperationOutcomeSummary::from_body(&body),
+        });
+    }
+}
+
+/// Polls the status URL until the manifest, honouring `Retry-After` and logging `X-Progress`.
+async fn poll(
+    client: &FhirClient,
+    status_url: &Url,
+    options: &BulkOptions,
+    job: &Path,
+) -> Result<Manifest, BulkError> {
+    let started = Instant::now();
+    let mut headers = HeaderMap::new();
+    headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+    let policy = client.retry_policy().clone();
+    let mut progress = String::from("none reported");
+    let mut failures = 0;
+    loop {
+        let answer = client
+            .exchange(Method::GET, status_url, headers.clone(), None)
+            .await;
+        let wait = match answer {
+            Err(e) if e.is_retryable() && failures + 1 < policy.max_attempts => {
+                failures += 1;
+                warn!(error = %e, "polling the export failed; trying again");
+                policy.delay(failures, None)
+            }
+            Err(e) => return Err(e.into()),
+            Ok(response) => {
+                let status = response.status();
+                let retry = retry_after(response.headers());
+                if status == StatusCode::OK {
+                    let body = response.bytes().await.map_err(|e| BulkError::Manifest {
+                        status_url: redact(status_url).to_string(),
+                        cause: e.without_url().to_string(),
+                    })?;
+                    return serde_json::from_slice(&body).map_err(|e| BulkError::Manifest {
+                        status_url: redact(status_url).to_string(),
+                        cause: e.to_string(),
+                    });
+                }
+                if status == StatusCode::ACCEPTED {
+                    failures = 0;
+                    if let Some(p) = response
+                        .headers()
+                        .get("x-progress")
+                        .and_then(|v| v.to_str().ok())
+                    {
+                        progress = p.to_owned();
+                    }
+                    info!(progress = %progress, "export in progress");
+                    retry.unwrap_or(Duration::from_secs(1))
+                } else if crate::fhir::error::retryable_status(status)
+                    && failures + 1 < policy.max_attempts
+                {
+                    // 429 and 5xx while polling: the job goes on; wait as told.
+                    failures += 1;
+                    warn!(
+                        status = status.as_u16(),
+                        "the export status answered an error; polling again"
+                    );
+                    policy.delay(failures, retry)
+                } else {
+                    let body = response.bytes().await.unwrap_or_default();
+                    return Err(BulkError::Failed {
+                        status_url: redact(status_url).to_string(),
+                        status,
+                        outcome: OperationOutcomeSummary::from_body(&body),
+                    });
+                }
+            }
+        };
+        let wait = wait.min(options.max_poll_interval);
+        if started.elapsed() + wait > options.timeout {
+            return Err(BulkError::TimedOut {
+                status_url: status_url.to_string(),
+                after: started.elapsed(),
+                progress,
+                job: job.to_owned(),
+            });
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Downloads one file to `target` (through `target.part`), trying again on transport errors,
+/// truncated bodies and bad gzip, as the client's retry policy allows.
+async fn download(
+    client: &FhirClient,
+    file: &OutputFile,
+    requires_token: bool,
+    target: &Path,
+    options: &BulkOptions,
+) -> Result<(), BulkError> {
+    let failed = |cause: String, hint: &'static str| BulkError::Download {
+        resource_type: file.resource_type.clone(),
+        url: Url::parse(&file.url).map_or_else(|_| file.url.clone(), |u| redact(&u).to_string()),
+        cause,
+        hint,
+    };
+    let url = Url::parse(&file.url)
+        .map_err(|e| failed(e.to_string(), "the manifest's URL is not a URL"))?;
+    if requires_token && client.has_credentials() && !client.sends_credentials_to(&url) {
+        return Err(BulkError::CrossOriginToken {
+            resource_type: file.resource_type.clone(),
+            url: redact(&url).to_string(),
+        });
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::ACCEPT,
+        HeaderValue::from_static("application/fhir+ndjson"),
+    );
+    let policy = client.retry_policy().clone();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match fetch_to(
+            client,
+            &url,
+            headers.clone(),
+            target,
+            options.download_timeout,
+        )
+        .await
+        {
+            Ok(()) => return Ok(()),
+            Err(Fetch::Status(status))
+                if status == StatusCode::NOT_FOUND || status == StatusCode::GONE =>
+            {
+                return Err(failed(
+                    format!("the server answered {status}"),
+                    "the export's files have expired; delete the job file in the work directory and run again to start a new export",
+                ));
+            }
+            Err(Fetch::Io(e)) => {
+                return Err(BulkError::Io {
+                    path: target.to_owned(),
+                    source: e,
+                });
+            }
+            Err(e) if attempt < policy.max_attempts && e.retryable() => {
+                warn!(attempt, file = %file.resource_type, cause = %e.describe(), "download failed; trying again");
+                tokio::time::sleep(policy.delay(attempt, None)).await;
+            }
+            Err(e) => {
+                return Err(failed(
+                    format!("{} (after {attempt} attempt(s))", e.describe()),
+                    "check the server's log for this file; the run resumes with the files already downloaded",
+                ));
+            }
+        }
+    }
+}
+
+/// Why one download attempt failed.
+enum Fetch {
+    Status(StatusCode),
+    Transport(String),
+    Body(String),
+    Io(std::io::Error),
+}
+
+impl Fetch {
+    fn retryable(&self) -> bool {
+        match self {
+            Self::Status(s) => crate::fhir::error::retryable_status(*s),
+            Self::Transport(_) | Self::Body(_) => true,
+            Self::Io(_) => false,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::Status(s) => format!("the server answered {s}"),
+            Self::Transport(e) => e.clone(),
+            Self::Body(e) => format!("the body broke off or is corrupt: {e}"),
+            Self::Io(e) => e.to_string(),
+        }
+    }
+}
+
+async fn fetch_to(
+    client: &FhirClient,
+    url: &Url,
+    headers: HeaderMap,
+    target: &Path,
+    timeout: Duration,
+) -> Result<(), Fetch> {
+    let response = client
+        .exchange(Method::GET, url, headers, Some(timeout))
+        .await
+        .map_err(|e| Fetch::Transport(e.to_string()))?;
+    if !response.status().is_success() {
+        return Err(Fetch::Status(response.status()));
+    }
+    let part = target.with_extension("part");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&part).map_err(Fetch::Io)?);
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| Fetch::Body(e.without_url().to_string()))?;
+        out.write_all(&chunk).map_err(Fetch::Io)?;
+    }
+    out.into_inner()
+        .map_err(|e| Fetch::Io(e.into_error()))?
+        .sync_all()
+        .map_err(Fetch::Io)?;
+    std::fs::rename(&part, target).map_err(Fetch::Io)
+}
+
+fn read_job(path: &Path) -> Option<Job> {
+    let text = std::fs::read(path).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+fn write_job(path: &Path, job: &Job) -> Result<(), BulkError> {
+    let io = |source| BulkError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let text = serde_json::to_vec_pretty(job).map_err(|e| io(e.into()))?;
+    let part = path.with_extension("part");
+    std::fs::write(&part, text).map_err(io)?;
+    std::fs::rename(&part, path).map_err(io)
+}
+
+/// Removes the files of an earlier export, so a new export is not read together with them.
+fn clear_dir(dir: &Path) -> Result<(), BulkError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| BulkError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_file() {
+            std::fs::remove_file(&path).map_err(|source| BulkError::Io { path, source })?;
+        }
+    }
+    Ok(())
+}
+
+/// A resource type as a file-name part (a server could send anything).
+fn safe_name(resource_type: &str) -> String {
+    resource_type
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(64)
+        .collect()
+}
+
+fn short(line: &str) -> String {
+    line.chars().take(120).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fhir::ClientOptions;
+
+    fn options(level: Level) -> BulkOptions {
+        BulkOptions {
+            level,
+            types: vec!["Patient".into(), "Encounter".into()],
+            since: Some("2026-01-01T00:00:00Z".into()),
+            work_dir: PathBuf::from("w"),
+            timeout: Duration::from_secs(1),
+            max_poll_interval: Duration::from_secs(1),
+            download_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn kick_off_urls_per_level() {
+        let base = Url::parse("https://fhir.example/r4/").expect("url");
+        let client = FhirClient::new(base, ClientOptions::new("t")).expect("client");
+        let url = |level| {
+            kick_off_url(&client, &options(level))
+                .expect("url")
+                .to_string()
+        };
+        let query = "_outputFormat=application%2Ffhir%2Bndjson&_type=Patient%2CEncounter&_since=2026-01-01T00%3A00%3A00Z";
+        assert_eq!(
+            url(Level::System),
+            format!("https://fhir.example/r4/$export?{query}")
+        );
+        assert_eq!(
+            url(Level::Patient),
+            format!("https://fhir.example/r4/Patient/$export?{query}")
+        );
+        assert_eq!(
+            url(Level::Group("g 1".into())),
+            format!("https://fhir.example/r4/Group/g%201/$export?{query}")
+        );
+    }
+
+    #[test]
+    fn manifests_parse_with_optional_parts() {
+        let m: Manifest = serde_json::from_str(
+            r#"{"transactionTime":"2026-01-01T00:00:00Z","request":"x","requiresAccessToken":true,
+                "output":[{"type":"Patient","url":"https://f/1.ndjson","count":2}]}"#,
+        )
+        .expect("a manifest");
+        assert!(m.requires_access_token);
+        assert_eq!(m.output[0].count, Some(2));
+        assert!(m.error.is_empty());
+        assert_eq!(safe_name("../Patient"), "Patient");
+    }
+}

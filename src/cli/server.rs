@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::{Value, json};
 
-use segmentti::fhir::{BearerToken, ClientOptions, FhirClient, new_correlation_id};
+use segmentti::fhir::{BearerToken, ClientOptions, FhirClient, SmartConfig, new_correlation_id};
 use segmentti::model::Plan;
 use segmentti::pipeline::{self, Input, ModelSummary, OnInvalid, RunOptions, ServerInput};
 use segmentti::sink::fhir::{FhirSink, WriteReport};
@@ -28,12 +28,33 @@ pub struct ServerArgs {
     /// A FHIR R4 server to read clients from (and, with `run`, to write results back to).
     #[arg(long)]
     pub server: Option<url::Url>,
-    /// Credentials: none, or a static bearer token from --token-file or SEGMENTTI_TOKEN.
+    /// Credentials: none, a static bearer token from --token-file or SEGMENTTI_TOKEN, or SMART
+    /// Backend Services (client credentials with a signed JWT: --client-id, --private-key).
     #[arg(long, value_enum, default_value_t = AuthArg::None)]
     pub auth: AuthArg,
     /// A file holding the bearer token (never give a token on the command line).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// With --auth smart: the client id the server registered.
+    #[arg(long)]
+    pub client_id: Option<String>,
+    /// With --auth smart: the PEM private key (ES384 P-384 PKCS#8, or RS384 RSA) the server
+    /// knows the public half of.
+    #[arg(long)]
+    pub private_key: Option<PathBuf>,
+    /// With --auth smart: the key's `kid` in the JWKS the server has.
+    #[arg(long)]
+    pub key_id: Option<String>,
+    /// With --auth smart: the token endpoint; default: from the server's
+    /// `.well-known/smart-configuration`.
+    #[arg(long)]
+    pub token_url: Option<url::Url>,
+    /// With --auth smart: the scopes to ask for.
+    #[arg(
+        long,
+        default_value = "system/Patient.rs system/Encounter.rs system/Condition.rs system/Observation.cru system/Flag.cru system/Provenance.c"
+    )]
+    pub scope: String,
     /// Seconds one request may take.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
@@ -58,6 +79,8 @@ pub enum AuthArg {
     None,
     /// A static bearer token.
     Bearer,
+    /// SMART Backend Services (OAuth client credentials, JWT client assertion).
+    Smart,
 }
 
 impl ServerArgs {
@@ -74,7 +97,36 @@ impl ServerArgs {
             };
             options.bearer = Some(BearerToken::new(token.trim().to_owned()));
         }
+        if self.auth == AuthArg::Smart {
+            options.smart = Some(self.smart(url)?);
+        }
         Ok(FhirClient::new(url.clone(), options)?)
+    }
+
+    /// The SMART Backend Services settings, discovering the token endpoint when not given.
+    fn smart(&self, base: &url::Url) -> Result<SmartConfig> {
+        let (Some(client_id), Some(key_path)) = (&self.client_id, &self.private_key) else {
+            bail!("--auth smart needs --client-id and --private-key");
+        };
+        let pem = std::fs::read_to_string(key_path)
+            .with_context(|| format!("cannot read the private key {}", key_path.display()))?;
+        let algorithm = if jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).is_ok() {
+            jsonwebtoken::Algorithm::ES384
+        } else {
+            jsonwebtoken::Algorithm::RS384
+        };
+        let token_url = match &self.token_url {
+            Some(url) => url.clone(),
+            None => discover_token_url(base, self.timeout)?,
+        };
+        Ok(SmartConfig {
+            token_url,
+            client_id: client_id.clone(),
+            key_pem: pem.into(),
+            algorithm,
+            key_id: self.key_id.clone(),
+            scope: self.scope.clone(),
+        })
     }
 
     fn search(&self, since: Option<String>) -> SearchOptions {
@@ -85,6 +137,24 @@ impl ServerArgs {
             since,
         }
     }
+}
+
+/// The `token_endpoint` of `{base}/.well-known/smart-configuration`.
+fn discover_token_url(base: &url::Url, timeout: u64) -> Result<url::Url> {
+    let mut options = ClientOptions::new(new_correlation_id());
+    options.timeout = Duration::from_secs(timeout);
+    let client = FhirClient::new(base.clone(), options)?;
+    let well_known = client
+        .base()
+        .join(".well-known/smart-configuration")
+        .context("the server's base cannot have a .well-known path")?;
+    let config = segmentti::fhir::runtime()?
+        .block_on(client.get(&well_known))
+        .context("cannot read the server's SMART configuration\nhint: give --token-url")?;
+    let endpoint = config["token_endpoint"].as_str().context(
+        "the server's SMART configuration has no token_endpoint\nhint: give --token-url",
+    )?;
+    url::Url::parse(endpoint).with_context(|| format!("token_endpoint `{endpoint}` is not a URL"))
 }
 
 /// What a server run writes, beside the fold.

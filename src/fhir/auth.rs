@@ -1,17 +1,25 @@
 //! Credentials for the FHIR server, and the rule of where they may go: only to URLs on the
 //! base's origin (scheme, host and port). A `next` link or redirect elsewhere never sees them.
 //!
-//! Today the only kind is a static bearer token. Client credentials and SMART backend services
-//! are later additions: they become more [`Auth`] variants that fetch and refresh a token, so
-//! [`super::FhirClient`] keeps asking [`Auth::header_for`] per request and needs no change.
-//! This module does not log, and nothing in it prints a token: [`BearerToken`]'s `Debug`
-//! shows `[redacted]`, it has no `Display`, and the header value is marked sensitive.
+//! Two kinds: a static bearer token, and SMART Backend Services (client credentials with a
+//! signed JWT assertion, RFC 7523): [`SmartBackend`] signs an assertion (`iss` = `sub` = the
+//! client id, `aud` = the token endpoint, `exp` in five minutes, a fresh `jti`), trades it for
+//! an access token, keeps the token until a minute before it expires, and fetches a new one
+//! when the FHIR server answers 401. [`super::FhirClient`] asks [`Auth::header_for`] per
+//! request. This module does not log, and nothing in it prints a token or key:
+//! [`BearerToken`]'s `Debug` shows `[redacted]`, it has no `Display`, and header values are
+//! marked sensitive.
 
 use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::Url;
 use reqwest::header::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
 
 use super::FhirError;
 
@@ -32,6 +40,44 @@ impl fmt::Debug for BearerToken {
     }
 }
 
+/// What a client authenticates with.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// A static bearer token.
+    Bearer(BearerToken),
+    /// SMART Backend Services.
+    Smart(SmartConfig),
+}
+
+/// A registered SMART Backend Services client.
+#[derive(Clone)]
+pub struct SmartConfig {
+    /// The token endpoint (from the server's `.well-known/smart-configuration`, or given).
+    pub token_url: Url,
+    /// The client id the server registered.
+    pub client_id: String,
+    /// The private key (PEM) whose public half the server knows, RS384 or ES384.
+    pub key_pem: SecretString,
+    /// `RS384` or `ES384`, as SMART requires.
+    pub algorithm: Algorithm,
+    /// The key id (`kid`) in the server's copy of the client's JWKS.
+    pub key_id: Option<String>,
+    /// The scopes asked for.
+    pub scope: String,
+}
+
+impl fmt::Debug for SmartConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SmartConfig")
+            .field("token_url", &self.token_url.as_str())
+            .field("client_id", &self.client_id)
+            .field("algorithm", &self.algorithm)
+            .field("key_id", &self.key_id)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
 /// How requests to the base's origin are authenticated.
 #[derive(Debug, Clone)]
 pub(super) enum Auth {
@@ -39,29 +85,217 @@ pub(super) enum Auth {
     None,
     /// `Authorization: Bearer …`, ready to send (marked sensitive).
     Bearer(HeaderValue),
+    /// A token fetched and refreshed from a SMART token endpoint.
+    Smart(Arc<SmartBackend>),
 }
 
 impl Auth {
-    pub(super) fn new(bearer: Option<&BearerToken>) -> Result<Self, FhirError> {
-        let Some(token) = bearer else {
-            return Ok(Self::None);
-        };
-        let mut value = HeaderValue::from_str(&format!("Bearer {}", token.0.expose_secret()))
-            .map_err(|_| FhirError::InvalidOption {
-                option: "bearer token",
-                reason: "it contains characters an HTTP header cannot carry".into(),
-            })?;
-        value.set_sensitive(true);
-        Ok(Self::Bearer(value))
+    pub(super) fn new(
+        credentials: Option<&Credentials>,
+        http: &reqwest::Client,
+    ) -> Result<Self, FhirError> {
+        match credentials {
+            None => Ok(Self::None),
+            Some(Credentials::Bearer(token)) => {
+                Ok(Self::Bearer(bearer_header(token.0.expose_secret())?))
+            }
+            Some(Credentials::Smart(config)) => Ok(Self::Smart(Arc::new(SmartBackend::new(
+                config.clone(),
+                http.clone(),
+            )?))),
+        }
     }
 
     /// The `Authorization` header for a request to `url`: none unless `url` is on the origin
-    /// of `base`.
-    pub(super) fn header_for(&self, url: &Url, base: &Url) -> Option<HeaderValue> {
-        match self {
-            Self::None => None,
-            Self::Bearer(value) => same_origin(url, base).then(|| value.clone()),
+    /// of `base`. May fetch a token.
+    pub(super) async fn header_for(
+        &self,
+        url: &Url,
+        base: &Url,
+    ) -> Result<Option<HeaderValue>, FhirError> {
+        if !same_origin(url, base) {
+            return Ok(None);
         }
+        match self {
+            Self::None => Ok(None),
+            Self::Bearer(value) => Ok(Some(value.clone())),
+            Self::Smart(smart) => smart.header().await.map(Some),
+        }
+    }
+
+    /// Whether any credentials are configured.
+    pub(super) fn is_some(&self) -> bool {
+        !matches!(self, Self::None)
+    }
+
+    /// After a 401: drops a fetched token so the next request gets a new one. True when there
+    /// was one to drop (a static token cannot get better by asking again).
+    pub(super) async fn forget(&self) -> bool {
+        match self {
+            Self::Smart(smart) => smart.token.lock().await.take().is_some(),
+            _ => false,
+        }
+    }
+}
+
+fn bearer_header(token: &str) -> Result<HeaderValue, FhirError> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+        FhirError::InvalidOption {
+            option: "bearer token",
+            reason: "it contains characters an HTTP header cannot carry".into(),
+        }
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// Tokens kept this long before their expiry are fetched anew.
+const REFRESH_MARGIN: Duration = Duration::from_secs(60);
+
+/// The SMART Backend Services token source.
+pub(super) struct SmartBackend {
+    config: SmartConfig,
+    key: EncodingKey,
+    http: reqwest::Client,
+    token: Mutex<Option<(HeaderValue, Instant)>>,
+}
+
+impl fmt::Debug for SmartBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SmartBackend")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The client assertion's claims (SMART Backend Services, "Protocol details").
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AssertionClaims {
+    /// The client id.
+    pub iss: String,
+    /// The client id.
+    pub sub: String,
+    /// The token endpoint.
+    pub aud: String,
+    /// Expiry, at most five minutes ahead.
+    pub exp: u64,
+    /// A nonce the server may refuse to see twice.
+    pub jti: String,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+impl SmartBackend {
+    fn new(config: SmartConfig, http: reqwest::Client) -> Result<Self, FhirError> {
+        let pem = config.key_pem.expose_secret().as_bytes();
+        let key = match config.algorithm {
+            Algorithm::RS384 => EncodingKey::from_rsa_pem(pem),
+            Algorithm::ES384 => EncodingKey::from_ec_pem(pem),
+            _ => {
+                return Err(FhirError::InvalidOption {
+                    option: "SMART signing algorithm",
+                    reason: "SMART Backend Services allows RS384 and ES384".into(),
+                });
+            }
+        }
+        .map_err(|e| FhirError::InvalidOption {
+            option: "SMART private key",
+            reason: format!(
+                "it is not a PEM {} private key ({e})",
+                if config.algorithm == Algorithm::RS384 {
+                    "RSA"
+                } else {
+                    "P-384 EC (PKCS#8)"
+                }
+            ),
+        })?;
+        Ok(Self {
+            config,
+            key,
+            http,
+            token: Mutex::new(None),
+        })
+    }
+
+    async fn header(&self) -> Result<HeaderValue, FhirError> {
+        let mut token = self.token.lock().await;
+        if let Some((value, until)) = token.as_ref()
+            && Instant::now() < *until
+        {
+            return Ok(value.clone());
+        }
+        let (value, lifetime) = self.fetch().await?;
+        let until = Instant::now() + lifetime.saturating_sub(REFRESH_MARGIN).max(lifetime / 2);
+        *token = Some((value.clone(), until));
+        Ok(value)
+    }
+
+    /// One token request: the signed assertion in, an access token out.
+    async fn fetch(&self) -> Result<(HeaderValue, Duration), FhirError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let claims = AssertionClaims {
+            iss: self.config.client_id.clone(),
+            sub: self.config.client_id.clone(),
+            aud: self.config.token_url.to_string(),
+            exp: now + 300,
+            jti: super::new_correlation_id(),
+        };
+        let mut header = Header::new(self.config.algorithm);
+        header.typ = Some("JWT".into());
+        header.kid = self.config.key_id.clone();
+        let assertion = jsonwebtoken::encode(&header, &claims, &self.key).map_err(|e| {
+            FhirError::InvalidOption {
+                option: "SMART private key",
+                reason: format!("signing the client assertion failed: {e}"),
+            }
+        })?;
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("scope", self.config.scope.as_str()),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", assertion.as_str()),
+        ];
+        let url = &self.config.token_url;
+        let refused = |reason: String| FhirError::Token {
+            url: Box::new(url.clone()),
+            reason,
+        };
+        let response = self
+            .http
+            .post(url.clone())
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| refused(e.without_url().to_string()))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| refused(e.without_url().to_string()))?;
+        if !status.is_success() {
+            // OAuth errors carry `error` and `error_description`, never the token.
+            let detail: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            return Err(refused(format!(
+                "{status}: {} {}",
+                detail["error"].as_str().unwrap_or("no error code"),
+                detail["error_description"].as_str().unwrap_or_default()
+            )));
+        }
+        let token: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|e| refused(format!("the answer has no access_token ({e})")))?;
+        let lifetime = Duration::from_secs(token.expires_in.unwrap_or(300));
+        Ok((bearer_header(&token.access_token)?, lifetime))
     }
 }
 
@@ -74,17 +308,20 @@ pub(super) fn same_origin(a: &Url, b: &Url) -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn token_never_printed_and_only_sent_to_the_origin() {
+    #[tokio::test]
+    async fn token_never_printed_and_only_sent_to_the_origin() {
         let token = BearerToken::new("s3cr3t-token");
         assert!(!format!("{token:?}").contains("s3cr3t"));
-        let auth = Auth::new(Some(&token)).expect("a valid token");
+        let auth = Auth::new(Some(&Credentials::Bearer(token)), &reqwest::Client::new())
+            .expect("a valid token");
         assert!(!format!("{auth:?}").contains("s3cr3t"));
 
         let base = Url::parse("https://fhir.example/fhir/").expect("valid");
         let same = Url::parse("https://fhir.example:443/fhir/Patient?_count=5").expect("valid");
         let header = auth
             .header_for(&same, &base)
+            .await
+            .expect("a static token")
             .expect("same origin gets the token");
         assert_eq!(header.to_str().expect("ascii"), "Bearer s3cr3t-token");
         for other in [
@@ -95,7 +332,10 @@ mod tests {
         ] {
             let url = Url::parse(other).expect("valid");
             assert!(
-                auth.header_for(&url, &base).is_none(),
+                auth.header_for(&url, &base)
+                    .await
+                    .expect("no fetch")
+                    .is_none(),
                 "{other} got the token"
             );
         }
@@ -103,7 +343,11 @@ mod tests {
 
     #[test]
     fn a_token_with_a_newline_is_refused() {
-        let err = Auth::new(Some(&BearerToken::new("abc\ndef"))).expect_err("not a header value");
+        let err = Auth::new(
+            Some(&Credentials::Bearer(BearerToken::new("abc\ndef"))),
+            &reqwest::Client::new(),
+        )
+        .expect_err("not a header value");
         assert!(!err.to_string().contains("abc"));
     }
 }

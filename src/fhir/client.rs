@@ -19,7 +19,7 @@ use reqwest::{Method, StatusCode, Url, redirect};
 use serde_json::Value;
 use tracing::{debug, warn};
 
-use super::auth::{Auth, BearerToken, same_origin};
+use super::auth::{Auth, BearerToken, Credentials, SmartConfig, same_origin};
 use super::bundle::{bundle_type, next_link, resource_type, search_outcomes};
 use super::error::{BodyError, FhirError, OperationOutcomeSummary, redact};
 use super::retry::RetryPolicy;
@@ -44,6 +44,8 @@ pub struct ClientOptions {
     pub correlation_id: String,
     /// A static bearer token, sent only to URLs on the base's origin.
     pub bearer: Option<BearerToken>,
+    /// SMART Backend Services instead of a static token.
+    pub smart: Option<SmartConfig>,
 }
 
 impl ClientOptions {
@@ -54,6 +56,7 @@ impl ClientOptions {
             retry: RetryPolicy::default(),
             correlation_id: correlation_id.into(),
             bearer: None,
+            smart: None,
         }
     }
 }
@@ -109,7 +112,17 @@ impl FhirClient {
                 reason: "it contains characters an HTTP header cannot carry".into(),
             }
         })?;
-        let auth = Auth::new(options.bearer.as_ref())?;
+        let credentials = match (options.bearer, options.smart) {
+            (Some(_), Some(_)) => {
+                return Err(FhirError::InvalidOption {
+                    option: "credentials",
+                    reason: "give a bearer token or SMART Backend Services, not both".into(),
+                });
+            }
+            (Some(token), None) => Some(Credentials::Bearer(token)),
+            (None, Some(smart)) => Some(Credentials::Smart(smart)),
+            (None, None) => None,
+        };
         let origin_of = base.clone();
         let redirects = redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() > MAX_REDIRECTS {
@@ -126,6 +139,7 @@ impl FhirClient {
             .redirect(redirects)
             .build()
             .map_err(|source| FhirError::Client { source })?;
+        let auth = Auth::new(credentials.as_ref(), &http)?;
         Ok(Self {
             http,
             base,
@@ -185,7 +199,7 @@ impl FhirClient {
             .request(method.clone(), url.clone())
             .headers(headers)
             .header(CORRELATION_HEADER, self.correlation_id.clone());
-        if let Some(authorization) = self.auth.header_for(url, &self.base) {
+        if let Some(authorization) = self.auth.header_for(url, &self.base).await? {
             request = request.header(header::AUTHORIZATION, authorization);
         }
         if let Some(timeout) = timeout {
@@ -202,12 +216,12 @@ impl FhirClient {
     /// Whether a request to `url` would carry this client's credentials (same origin as the
     /// base, and credentials configured).
     pub fn sends_credentials_to(&self, url: &Url) -> bool {
-        self.auth.header_for(url, &self.base).is_some()
+        self.auth.is_some() && same_origin(url, &self.base)
     }
 
     /// Whether this client has credentials at all.
     pub fn has_credentials(&self) -> bool {
-        self.auth.header_for(&self.base, &self.base).is_some()
+        self.auth.is_some()
     }
 
     /// The retry policy requests of this client follow.
@@ -341,9 +355,19 @@ impl FhirClient {
         url: &Url,
         body: Option<Vec<u8>>,
     ) -> Result<Reply, FhirError> {
-        self.retry
+        let reply = self
+            .retry
             .run(|| self.attempt(&method, url, body.as_deref()))
-            .await
+            .await;
+        // A fetched token may have been revoked or expired early: one more try with a new one.
+        match reply {
+            Err(e) if e.status() == Some(StatusCode::UNAUTHORIZED) && self.auth.forget().await => {
+                self.retry
+                    .run(|| self.attempt(&method, url, body.as_deref()))
+                    .await
+            }
+            reply => reply,
+        }
     }
 
     /// One attempt: a 2xx answer with its JSON, or the error.
@@ -359,7 +383,7 @@ impl FhirClient {
             .request(method.clone(), url.clone())
             .header(header::ACCEPT, FHIR_JSON)
             .header(CORRELATION_HEADER, self.correlation_id.clone());
-        if let Some(authorization) = self.auth.header_for(url, &self.base) {
+        if let Some(authorization) = self.auth.header_for(url, &self.base).await? {
             request = request.header(header::AUTHORIZATION, authorization);
         }
         if let Some(body) = body {

@@ -77,6 +77,17 @@ pub enum FhirError {
         #[source]
         source: reqwest::Error,
     },
+    /// The SMART token endpoint gave no token.
+    #[error(
+        "cannot get an access token from {}: {reason}\nhint: check the client id, that the server knows this key (kid, algorithm), the scopes, and the token URL",
+        redact(.url)
+    )]
+    Token {
+        /// The token endpoint.
+        url: Box<Url>,
+        /// What it said (never the assertion or a token).
+        reason: String,
+    },
     /// No complete answer within the client's timeout.
     #[error(
         "{method} {} got no complete answer within {} s\nhint: the server is slow or overloaded; raise the timeout or ask for smaller pages (_count)",
@@ -189,6 +200,7 @@ impl FhirError {
             | Self::InvalidJson { url, .. }
             | Self::CrossOrigin { url, .. }
             | Self::UnexpectedResource { url, .. }
+            | Self::Token { url, .. }
             | Self::PagingLoop { url } => Some(url),
             Self::InvalidBase { .. }
             | Self::InvalidOption { .. }
@@ -228,6 +240,7 @@ impl FhirError {
             | Self::CrossOrigin { .. }
             | Self::UnexpectedResource { .. }
             | Self::PagingLoop { .. }
+            | Self::Token { .. }
             | Self::MalformedResponse { .. } => false,
         }
     }

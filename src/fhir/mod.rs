@@ -21,7 +21,7 @@ pub mod client;
 pub mod error;
 pub mod retry;
 
-pub use auth::BearerToken;
+pub use auth::{AssertionClaims, BearerToken, Credentials, SmartConfig};
 pub use bundle::{EntryOutcome, entry_outcomes, matches, next_link};
 pub use client::{
     CORRELATION_HEADER, ClientOptions, FHIR_JSON, FhirClient, Pages, Written, new_correlation_id,

@@ -9,5 +9,6 @@ mod refusals;
 mod roundtrip;
 mod server_client;
 mod shards;
+mod smart;
 mod support;
 mod synthetic;

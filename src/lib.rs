@@ -12,6 +12,8 @@
 //! - [`writeback`]: pure builders of the Observation and Flag, with deterministic identifiers.
 //! - [`sink`]: where results go (NDJSON files, summary).
 //! - [`state`]: the checkpoint of incremental server runs.
+//! - [`job`]: one run against a server (read, evaluate, write back, checkpoint), shared by
+//!   `run --server` and the service's schedule.
 //! - [`shard`]: one population split over processes, and their shared thresholds.
 //! - [`pipeline`]: source → record → model → writeback → sink, and the run's summary.
 //! - [`progress`]: counters of a run and their display (bars or log lines).
@@ -24,6 +26,7 @@ pub mod bench;
 pub mod cases;
 pub mod day;
 pub mod fhir;
+pub mod job;
 pub mod model;
 pub mod pipeline;
 pub mod progress;

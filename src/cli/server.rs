@@ -12,11 +12,11 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use segmentti::fhir::{BearerToken, ClientOptions, FhirClient, SmartConfig, new_correlation_id};
+use segmentti::job::{self, JobOptions};
 use segmentti::model::Plan;
-use segmentti::pipeline::{self, Input, ModelSummary, OnInvalid, RunOptions, ServerInput};
-use segmentti::sink::fhir::{FhirSink, WriteReport};
+use segmentti::pipeline::{ModelSummary, OnInvalid};
+use segmentti::sink::fhir::WriteReport;
 use segmentti::source::search::SearchOptions;
-use segmentti::state::State;
 use segmentti::synth::{self, SynthOptions};
 
 /// Exit code: done, but the server refused some clients' results.
@@ -179,90 +179,39 @@ pub fn run(
     plans: &[Plan],
     write: &WriteArgs,
 ) -> Result<ExitCode> {
-    let started = time::OffsetDateTime::now_utc();
-    let state = match &write.state {
-        Some(path) => State::read(path)?,
-        None => None,
-    };
-    let state = state.filter(|s| s.server == url.as_str());
-    let since = server
-        .since
-        .clone()
-        .or_else(|| state.as_ref().and_then(|s| s.since.clone()));
-    let client = server.client(url)?;
-    let input = Input::Server(Box::new(ServerInput {
-        client: client.clone(),
-        options: server.search(since.clone()),
-    }));
-    let mut rejected_lines = Vec::new();
-    let options = RunOptions {
+    let options = JobOptions {
+        client: server.client(url)?,
+        server: url.clone(),
+        search: server.search(server.since.clone()),
+        batch: write.batch,
+        dry_run: write.dry_run,
+        state: write.state.clone(),
         on_invalid: write.on_invalid,
-        ..RunOptions::default()
     };
-    let folded = pipeline::fold(&input, plans, &options, &mut |r| {
-        tracing::warn!(origin = %r.origin, resource = r.resource.as_deref().unwrap_or("-"), reason = %r.reason, "resource rejected");
-        rejected_lines.push(r.clone());
-        Ok(())
-    })
-    .or_else(|e| match e {
-        // An incremental run with nothing changed is a success with nothing to do.
-        pipeline::PipelineError::Empty(_) if since.is_some() => Ok(pipeline::Folded { clients: vec![Default::default(); plans.len()], stats: Default::default(), rejected: 0 }),
-        e => Err(e),
-    })?;
-    let mut models: Vec<(ModelSummary, WriteReport)> = Vec::new();
-    for (plan, clients) in plans.iter().zip(&folded.clients) {
-        let fixed = since
-            .as_ref()
-            .and(state.as_ref())
-            .and_then(|s| s.thresholds.get(plan.mapping.id.as_str()))
-            .map(Vec::as_slice);
-        let mut sink = FhirSink::new(client.clone(), write.batch, write.dry_run)?;
-        let summary = pipeline::evaluate(plan, clients, &mut sink, fixed)?;
-        let report = sink.finish(plan)?;
-        models.push((summary, report));
-    }
-    let refused: usize = models.iter().map(|(_, r)| r.refused.len()).sum();
-    if !write.dry_run
-        && refused == 0
-        && let Some(path) = &write.state
-    {
-        let mut next = state.unwrap_or_default();
-        next.server = url.to_string();
-        // Start of this run, less a margin for clocks that disagree: re-reading a client is
-        // harmless (its write is skipped when nothing changed), missing one is not.
-        let mark = started - time::Duration::minutes(5);
-        next.since = Some(mark.format(&time::format_description::well_known::Rfc3339)?);
-        if since.is_none() {
-            for (summary, _) in &models {
-                next.thresholds
-                    .insert(summary.model.clone(), summary.thresholds.clone());
-            }
-        }
-        next.write(path)?;
-    }
+    let report = job::run(&options, plans)?;
     if write.json {
         let out = json!({
-            "input": input.to_string(),
-            "since": since,
-            "rejected": rejected_lines,
-            "models": models.iter().map(|(s, r)| json!({"summary": s, "writes": r})).collect::<Vec<Value>>(),
+            "input": report.input,
+            "since": report.since,
+            "rejected": report.rejected,
+            "models": report.models.iter().map(|(s, r)| json!({"summary": s, "writes": r})).collect::<Vec<Value>>(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         print!(
             "{}",
             render(
-                &input.to_string(),
-                since.as_deref(),
-                folded.rejected,
-                &models,
+                &report.input,
+                report.since.as_deref(),
+                report.rejected_count,
+                &report.models,
                 write.dry_run
             )
         );
     }
-    Ok(if refused > 0 {
+    Ok(if report.refused() > 0 {
         ExitCode::from(EXIT_REFUSED)
-    } else if folded.rejected > 0 {
+    } else if report.rejected_count > 0 {
         ExitCode::from(super::EXIT_REJECTS)
     } else {
         ExitCode::SUCCESS

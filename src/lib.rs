@@ -14,6 +14,7 @@
 //! - [`state`]: the checkpoint of incremental server runs.
 //! - [`job`]: one run against a server (read, evaluate, write back, checkpoint), shared by
 //!   `run --server` and the service's schedule.
+//! - [`serve`]: the long-running service: scheduled runs, CDS Hooks cards, health, metrics.
 //! - [`shard`]: one population split over processes, and their shared thresholds.
 //! - [`pipeline`]: source → record → model → writeback → sink, and the run's summary.
 //! - [`progress`]: counters of a run and their display (bars or log lines).
@@ -31,6 +32,7 @@ pub mod model;
 pub mod pipeline;
 pub mod progress;
 pub mod record;
+pub mod serve;
 pub mod shard;
 pub mod sink;
 pub mod source;

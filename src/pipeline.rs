@@ -385,16 +385,7 @@ pub fn evaluate<S: Sink + Send>(
     ids.sort_unstable();
     COUNTERS.clients.fetch_add(ids.len() as u64, Relaxed);
     let thresholds = match fixed {
-        Some(fixed) => plan
-            .percentiles
-            .iter()
-            .map(|&(f, p)| {
-                fixed
-                    .iter()
-                    .find(|t| t.feature == plan.features[f].id && t.percent == p)
-                    .and_then(|t| t.value)
-            })
-            .collect(),
+        Some(fixed) => fixed_thresholds(plan, fixed),
         None => population_thresholds(plan, clients),
     };
     debug!(?thresholds, "population thresholds");
@@ -533,6 +524,40 @@ pub fn assess(
 ) -> Result<Assessment, PipelineError> {
     eval::assess(plan, record.values(plan), thresholds)
         .ok_or_else(|| PipelineError::Unplaced(id.to_owned(), plan.mapping.id.to_string()))
+}
+
+/// `plan`'s `top_percent` thresholds taken from a previous run's (`None` where it had none).
+pub fn fixed_thresholds(plan: &Plan, fixed: &[Threshold]) -> Vec<Option<f64>> {
+    plan.percentiles
+        .iter()
+        .map(|&(f, p)| {
+            fixed
+                .iter()
+                .find(|t| t.feature == plan.features[f].id && t.percent == p)
+                .and_then(|t| t.value)
+        })
+        .collect()
+}
+
+/// Folds one client's resources already in memory (a CDS Hooks prefetch) for `plan`: the
+/// record of `patient` when its Patient is among them, and how many resources could not be
+/// used (skipped, as a run with `--on-invalid=skip` does). Resources of other clients are
+/// ignored.
+pub fn fold_client(
+    plan: &Plan,
+    patient: &str,
+    resources: &[&serde_json::Value],
+) -> (Option<ClientRecord>, u64) {
+    let mut fold = Fold::new(plan);
+    let mut rejected = 0;
+    for resource in resources {
+        let fact = extract::extract_value(plan, resource);
+        if fact.and_then(|f| fold.apply(f)).is_err() {
+            rejected += 1;
+        }
+    }
+    let (mut clients, _) = fold.into_clients();
+    (clients.remove(patient).filter(|r| r.has_patient), rejected)
 }
 
 /// The `top_percent` thresholds over the whole folded population.

@@ -10,6 +10,7 @@
 //! | 3 | done with rejects: some inputs were skipped and recorded in `rejected.ndjson` |
 //! | 4 | done, but the server refused some clients' results (each reported with its OperationOutcome) |
 
+mod serve;
 mod server;
 
 use std::path::PathBuf;
@@ -95,6 +96,8 @@ pub enum Command {
     /// Benchmark: generate a population, time the parse-only floor and a real run, print the
     /// ratio and the run's peak memory.
     Bench(BenchArgs),
+    /// Run as a service: scheduled incremental runs, CDS Hooks cards, health and metrics.
+    Serve(serve::ServeArgs),
 }
 
 /// Where a run reads and which models it uses.
@@ -320,6 +323,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::TestMapping { files } => test_mapping_command(&files),
         Command::Bench(args) => bench_command(args),
         Command::Thresholds(args) => thresholds_command(args),
+        Command::Serve(args) => serve::run(args),
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&load::schema())?);
             Ok(ExitCode::SUCCESS)

@@ -16,6 +16,10 @@ use std::time::Duration;
 use rand::RngExt;
 use tracing::{debug, warn};
 
+/// Retries made by every policy in the process, for the service's `/metrics`: a process-wide
+/// count is what an operator watches, and it costs one relaxed add per retry.
+pub static RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// What a retry loop needs to know about an error.
 pub trait Retryable {
     /// Whether sending the same request again may succeed.
@@ -121,6 +125,7 @@ impl RetryPolicy {
                 error = text.lines().next().unwrap_or_default(),
                 "request failed, retrying"
             );
+            RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tokio::time::sleep(delay).await;
             attempt += 1;
         }

@@ -7,6 +7,7 @@ mod mappings;
 mod offline;
 mod refusals;
 mod roundtrip;
+mod serve;
 mod server_client;
 mod shards;
 mod smart;

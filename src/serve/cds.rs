@@ -1,7 +1,9 @@
 //! CDS Hooks 2.0: discovery, the `patient-view` service and card feedback. A call is checked
 //! (token, size, hook, `context.patientId`, `fhirServer`) before anything is read; the client's
 //! Patient, Encounters and Conditions come from the prefetch, or else are read from the one
-//! trusted server with the call's `fhirAuthorization` token. Evaluation is live and read-only:
+//! trusted server with the call's `fhirAuthorization` token (without one, with the service's
+//! own credentials: the caller is already a verified EHR). That read retries once at most, since
+//! the professional is waiting for the card. Evaluation is live and read-only:
 //! nothing is written, and the `top_percent` thresholds are the last full run's (from the
 //! checkpoint or this process's runs), since one client is no population. Without them, those
 //! tests do not hold, and the card says so.
@@ -34,7 +36,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::AppState;
-use crate::fhir::{BearerToken, ClientOptions, FhirClient, FhirError, new_correlation_id};
+use crate::fhir::{
+    BearerToken, ClientOptions, FhirClient, FhirError, RetryPolicy, new_correlation_id,
+};
 use crate::model::eval::{self, Lang};
 use crate::pipeline;
 
@@ -304,6 +308,10 @@ async fn fetch(state: &AppState, request: &Value, patient: &str) -> Result<Vec<V
     }
     let mut options = ClientOptions::new(new_correlation_id());
     options.timeout = state.settings.timeout;
+    options.retry = RetryPolicy {
+        max_attempts: 2,
+        ..RetryPolicy::default()
+    };
     options.bearer = match request["fhirAuthorization"]["access_token"].as_str() {
         Some(token) => Some(BearerToken::new(token.to_owned())),
         None => state.settings.bearer.clone(),

@@ -56,9 +56,6 @@ pub enum ServeError {
     /// The checkpoint could not be read.
     #[error(transparent)]
     State(#[from] StateError),
-    /// The FHIR client could not be built.
-    #[error(transparent)]
-    Fhir(#[from] FhirError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}\nhint: is another process using the port?")]
     Listen {

@@ -24,6 +24,8 @@ struct Serve {
     child: Child,
     cds: String,
     ops: String,
+    /// What it said on stderr up to listening.
+    said: String,
 }
 
 impl Drop for Serve {
@@ -34,8 +36,13 @@ impl Drop for Serve {
 }
 
 fn start(config: &Path) -> Serve {
+    start_with(&["--config", config.to_str().expect("utf-8")])
+}
+
+fn start_with(args: &[&str]) -> Serve {
     let mut child = Command::new(env!("CARGO_BIN_EXE_segmentti"))
-        .args(["serve", "--config", config.to_str().expect("utf-8")])
+        .arg("serve")
+        .args(args)
         .current_dir(root())
         .env_remove("SEGMENTTI_LOG")
         .stderr(Stdio::piped())
@@ -45,7 +52,8 @@ fn start(config: &Path) -> Serve {
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
     let (mut cds, mut ops) = (None, None);
     let mut seen = String::new();
-    while cds.is_none() || ops.is_none() {
+    // The CDS Hooks line comes last; without metrics_listen there is no other.
+    while cds.is_none() {
         let line = lines
             .next()
             .unwrap_or_else(|| panic!("serve exited before listening:\n{seen}"))
@@ -61,10 +69,12 @@ fn start(config: &Path) -> Serve {
     }
     // Keep draining stderr so the service never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
+    let cds = cds.expect("cds");
     Serve {
         child,
-        cds: cds.expect("cds"),
-        ops: ops.expect("ops"),
+        ops: ops.unwrap_or_else(|| cds.clone()),
+        cds,
+        said: seen,
     }
 }
 
@@ -481,4 +491,71 @@ fn the_docker_example_configuration_is_valid() {
     // The same binary, the same file compose mounts: only the listener and paths differ here.
     let output = segmentti(&["serve", "--config", "docker/segmentti.toml", "--check"]);
     assert!(output.status.success(), "{:?}", text(&output));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quick_start_without_a_file_warns_and_answers_unsigned_calls_from_prefetch() {
+    // No server is called: the prefetch is complete, and there is no schedule.
+    let serve = start_with(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--server",
+        "http://127.0.0.1:9/fhir",
+        "--model",
+        "mappings/paijat-sote.yaml",
+        "--insecure-no-auth",
+    ]);
+    assert!(
+        serve.said.contains("WARNING: --insecure-no-auth"),
+        "{}",
+        serve.said
+    );
+    let opts = segmentti::synth::SynthOptions {
+        clients: 1,
+        seed: 3,
+        flavor: segmentti::synth::CodeFlavor::Finnish,
+        as_of: segmentti::day::Day::from_date(time::OffsetDateTime::now_utc().date()),
+    };
+    let client = segmentti::synth::client(&opts, 0);
+    let id = client.patient["id"].as_str().expect("id").to_owned();
+    let bundle = |resources: Vec<Value>| {
+        json!({"resourceType": "Bundle", "type": "searchset",
+               "entry": resources.into_iter().map(|r| json!({"resource": r, "search": {"mode": "match"}})).collect::<Vec<_>>()})
+    };
+    let mut body = request("http://127.0.0.1:9/fhir", &id);
+    body["prefetch"] = json!({
+        "patient": client.patient,
+        "encounters": bundle(client.encounters),
+        "conditions": bundle(client.conditions),
+    });
+    let http = reqwest::Client::new();
+    let answer = http
+        .post(format!("{}/cds-services/{SERVICE}", serve.cds))
+        .json(&body)
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(answer.status(), 200);
+    let cards: Value = answer.json().await.expect("json");
+    let card = &cards["cards"][0];
+    assert!(
+        card["summary"]
+            .as_str()
+            .is_some_and(|s| s.chars().count() <= 140),
+        "{card:#}"
+    );
+    // No full run yet: the card says the population criteria are not applied.
+    assert!(
+        card["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("No full run"),
+        "{card:#}"
+    );
+    let health = http
+        .get(format!("{}/healthz", serve.ops))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200);
 }

@@ -312,10 +312,13 @@ async fn fetch(state: &AppState, request: &Value, patient: &str) -> Result<Vec<V
         max_attempts: 2,
         ..RetryPolicy::default()
     };
-    options.bearer = match request["fhirAuthorization"]["access_token"].as_str() {
-        Some(token) => Some(BearerToken::new(token.to_owned())),
-        None => state.settings.bearer.clone(),
-    };
+    match request["fhirAuthorization"]["access_token"].as_str() {
+        Some(token) => options.bearer = Some(BearerToken::new(token.to_owned())),
+        None => {
+            options.bearer = state.settings.bearer.clone();
+            options.smart = state.settings.smart.clone();
+        }
+    }
     let failed = |e: FhirError| match e.status() {
         Some(s) if s == StatusCode::NOT_FOUND || s == StatusCode::GONE => Refusal(
             StatusCode::NOT_FOUND,

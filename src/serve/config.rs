@@ -12,6 +12,7 @@
 //! | `public_url` | `SEGMENTTI_PUBLIC_URL` | how the EHR reaches this service: JWT `aud` and explanation links |
 //! | `server` | `SEGMENTTI_SERVER` | the FHIR server: scheduled runs and the one trusted `fhirServer` |
 //! | `token_file` | `SEGMENTTI_TOKEN_FILE` | a file holding the bearer token for `server` |
+//! | `[smart] client_id, private_key, key_id, token_url, scope` | | SMART Backend Services for `server` instead of a token (as `--auth smart`; `token_url` is required here) |
 //! | `models` | | mapping files |
 //! | `schedule` | `SEGMENTTI_SCHEDULE` | cron expression (UTC; five fields, or six with seconds first) of incremental runs; none: no runs |
 //! | `state` | `SEGMENTTI_STATE` | the checkpoint file |
@@ -30,7 +31,10 @@ use std::time::Duration;
 use jsonwebtoken::jwk::JwkSet;
 use serde::Deserialize;
 
-use crate::fhir::BearerToken;
+use crate::fhir::{BearerToken, SmartConfig};
+
+/// The scopes of `[smart]` without `scope`: what a run reads and writes.
+const DEFAULT_SCOPE: &str = "system/Patient.rs system/Encounter.rs system/Condition.rs system/Observation.cru system/Flag.cru system/Provenance.c";
 
 /// What the file, the environment or the command line say; `None`: not said.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -65,6 +69,24 @@ pub struct RawConfig {
     pub grace_minutes: Option<u64>,
     /// See the module table.
     pub cds: Option<RawCds>,
+    /// See the module table.
+    pub smart: Option<RawSmart>,
+}
+
+/// The `[smart]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSmart {
+    /// The client id the server registered.
+    pub client_id: String,
+    /// The PEM private key file (ES384 or RS384).
+    pub private_key: PathBuf,
+    /// The key's `kid`.
+    pub key_id: Option<String>,
+    /// The token endpoint.
+    pub token_url: String,
+    /// The scopes asked for; default: what a run reads and writes.
+    pub scope: Option<String>,
 }
 
 /// The `[cds]` table.
@@ -149,6 +171,7 @@ impl RawConfig {
             timeout_seconds: over.timeout_seconds.or(self.timeout_seconds),
             grace_minutes: over.grace_minutes.or(self.grace_minutes),
             cds,
+            smart: over.smart.or(self.smart),
         }
     }
 
@@ -203,6 +226,52 @@ impl RawConfig {
                 .map_err(|e| problems.push(format!("token_file {}: {e}", path.display())))
                 .ok()
                 .map(|t| BearerToken::new(t.trim().to_owned()))
+        });
+        let smart = self.smart.as_ref().and_then(|raw| {
+            if self.token_file.is_some() {
+                problems.push(
+                    "token_file and [smart] together: give one kind of credentials".to_owned(),
+                );
+            }
+            let token_url = url::Url::parse(&raw.token_url)
+                .map_err(|e| {
+                    problems.push(format!(
+                        "smart.token_url `{}` is not a URL: {e}",
+                        raw.token_url
+                    ))
+                })
+                .ok();
+            let pem = std::fs::read_to_string(&raw.private_key)
+                .map_err(|e| {
+                    problems.push(format!(
+                        "smart.private_key {}: {e}",
+                        raw.private_key.display()
+                    ))
+                })
+                .ok();
+            let (token_url, pem) = (token_url?, pem?);
+            let algorithm = if jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).is_ok() {
+                jsonwebtoken::Algorithm::ES384
+            } else if jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).is_ok() {
+                jsonwebtoken::Algorithm::RS384
+            } else {
+                problems.push(format!(
+                    "smart.private_key {} is neither an EC (ES384) nor an RSA (RS384) PEM key",
+                    raw.private_key.display()
+                ));
+                return None;
+            };
+            Some(SmartConfig {
+                token_url,
+                client_id: raw.client_id.clone(),
+                key_pem: pem.into(),
+                algorithm,
+                key_id: raw.key_id.clone(),
+                scope: raw
+                    .scope
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_SCOPE.to_owned()),
+            })
         });
         let today = crate::day::Day::from_date(time::OffsetDateTime::now_utc().date());
         for model in &self.models {
@@ -305,6 +374,7 @@ impl RawConfig {
             public_url,
             server,
             bearer,
+            smart,
             models: self.models,
             schedule,
             state: self.state,
@@ -341,6 +411,8 @@ pub struct Settings {
     pub server: url::Url,
     /// Its bearer token.
     pub bearer: Option<BearerToken>,
+    /// Or SMART Backend Services.
+    pub smart: Option<SmartConfig>,
     /// Mapping files.
     pub models: Vec<PathBuf>,
     /// The schedule of runs, as written and parsed.
@@ -412,6 +484,31 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn smart_credentials_are_read_and_checked_with_the_rest() {
+        let key = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/keys/test-es384.pem"
+        );
+        let raw: RawConfig = toml::from_str(&format!(
+            "listen = \"127.0.0.1:0\"\nserver = \"http://127.0.0.1:1/\"\nmodels = [\"{}/mappings/paijat-sote.yaml\"]\n[cds]\ninsecure_no_auth = true\n[smart]\nclient_id = \"segmentti\"\nprivate_key = \"{key}\"\ntoken_url = \"http://127.0.0.1:1/token\"\n",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .expect("toml");
+        let settings = raw.clone().check().expect("valid");
+        let smart = settings.smart.expect("smart");
+        assert_eq!(smart.algorithm, jsonwebtoken::Algorithm::ES384);
+        let both = RawConfig {
+            token_file: Some("/no/such/token".into()),
+            ..raw
+        };
+        let text = both.check().expect_err("two kinds").to_string();
+        assert!(
+            text.contains("token_file and [smart]") && text.contains("/no/such/token"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -133,6 +133,7 @@ impl AppState {
         let mut options = ClientOptions::new(correlation_id);
         options.timeout = self.settings.timeout;
         options.bearer = self.settings.bearer.clone();
+        options.smart = self.settings.smart.clone();
         FhirClient::new(self.settings.server.clone(), options)
     }
 }

@@ -228,7 +228,13 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
             );
             None
         }
-        CdsAuth::Issuers(issuers) => Some(jwt::Verifier::new(issuers.clone())),
+        CdsAuth::Issuers(issuers) => {
+            if settings.public_url.is_none() {
+                // The default is only right when the EHR calls this very address.
+                warn!(aud = %public_url, "public_url is not set: tokens must carry this audience");
+            }
+            Some(jwt::Verifier::new(issuers.clone()))
+        }
     };
     let mut thresholds = BTreeMap::new();
     if let Some(path) = &settings.state

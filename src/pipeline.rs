@@ -385,16 +385,7 @@ pub fn evaluate<S: Sink + Send>(
     ids.sort_unstable();
     COUNTERS.clients.fetch_add(ids.len() as u64, Relaxed);
     let thresholds = match fixed {
-        Some(fixed) => plan
-            .percentiles
-            .iter()
-            .map(|&(f, p)| {
-                fixed
-                    .iter()
-                    .find(|t| t.feature == plan.features[f].id && t.percent == p)
-                    .and_then(|t| t.value)
-            })
-            .collect(),
+        Some(fixed) => given_thresholds(plan, fixed),
         None => population_thresholds(plan, clients),
     };
     debug!(?thresholds, "population thresholds");
@@ -544,6 +535,20 @@ pub fn population_thresholds(
         return Vec::new();
     }
     eval::thresholds(plan, clients.values().map(|r| r.values(plan)))
+}
+
+/// `plan`'s `top_percent` thresholds, in its order, from thresholds kept elsewhere (a checkpoint,
+/// a thresholds file); a test they do not cover has none and never holds.
+pub fn given_thresholds(plan: &Plan, given: &[Threshold]) -> Vec<Option<f64>> {
+    plan.percentiles
+        .iter()
+        .map(|&(f, p)| {
+            given
+                .iter()
+                .find(|t| t.feature == plan.features[f].id && t.percent == p)
+                .and_then(|t| t.value)
+        })
+        .collect()
 }
 
 /// The column of every `top_percent` test over the folded clients, for a shard's part of the

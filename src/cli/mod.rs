@@ -272,6 +272,13 @@ pub struct ExplainArgs {
     /// Language of the texts.
     #[arg(long, value_enum, default_value_t = Lang::Fi)]
     lang: Lang,
+    /// Population thresholds of the `top_percent` tests from a server run's checkpoint: one
+    /// client read from a server is no population to take percentiles of.
+    #[arg(long, conflicts_with = "thresholds")]
+    state: Option<PathBuf>,
+    /// Population thresholds from `segmentti thresholds`.
+    #[arg(long)]
+    thresholds: Option<PathBuf>,
 }
 
 /// Runs the parsed command line.
@@ -659,6 +666,19 @@ fn explain_command(args: ExplainArgs) -> Result<ExitCode> {
     let as_of = args.models.as_of()?;
     let plans = args.models.plans(as_of)?;
     let input = args.models.input(as_of)?;
+    let given = match (&args.state, &args.thresholds) {
+        (Some(path), _) => {
+            let state = segmentti::state::State::read(path)?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the state file {} does not exist\nhint: give the --state of a completed server run",
+                    path.display()
+                )
+            })?;
+            Some(state.thresholds)
+        }
+        (None, Some(path)) => Some(shard::read_thresholds(path, &plans)?),
+        (None, None) => None,
+    };
     let mut rejected = 0u64;
     let folded = pipeline::fold(&input, &plans, &RunOptions::default(), &mut |_| {
         rejected += 1;
@@ -673,7 +693,20 @@ fn explain_command(args: ExplainArgs) -> Result<ExitCode> {
                 input
             );
         };
-        let thresholds = pipeline::population_thresholds(plan, clients);
+        let id = plan.mapping.id.as_str();
+        let thresholds = match given.as_ref().map(|g| g.get(id)) {
+            Some(Some(given)) => pipeline::given_thresholds(plan, given),
+            Some(None) => bail!(
+                "the thresholds given hold none for model `{id}`\nhint: use the checkpoint of a full run of this model"
+            ),
+            None if args.models.server.server.is_some() && !plan.percentiles.is_empty() => {
+                eprintln!(
+                    "warning: model `{id}` has top_percent tests, which compare with the whole population; without --state or --thresholds they do not hold for this client"
+                );
+                vec![None; plan.percentiles.len()]
+            }
+            None => pipeline::population_thresholds(plan, clients),
+        };
         let a = pipeline::assess(plan, patient, record, &thresholds)?;
         explanations.push(eval::explain(plan, patient, record, &a, args.lang));
     }

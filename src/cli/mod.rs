@@ -88,6 +88,17 @@ pub enum Command {
     },
     /// Print the JSON Schema of mapping files (the source of mappings/schema.json).
     Schema,
+    /// A population report of a run's output (and the moves since a previous run): one
+    /// self-contained HTML page with SVG charts, report.json and CSV files.
+    Report {
+        /// The run's output directory.
+        run: PathBuf,
+        /// The previous run's output directory, for the transitions between segments.
+        previous: Option<PathBuf>,
+        /// Where to write the report.
+        #[arg(long, default_value = "report")]
+        out: PathBuf,
+    },
     /// The population thresholds of the models' `top_percent` tests, for sharded runs: each
     /// shard writes its part, `--merge` turns the parts into what `run --thresholds` reads.
     Thresholds(ThresholdsArgs),
@@ -291,6 +302,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::TestMapping { files } => test_mapping_command(&files),
         Command::Bench(args) => bench_command(args),
         Command::Thresholds(args) => thresholds_command(args),
+        Command::Report { run, previous, out } => {
+            let report = segmentti::report::build(&run, previous.as_deref())?;
+            let files = segmentti::report::write(&report, &out)?;
+            for f in files {
+                println!("Wrote {}", f.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&load::schema())?);
             Ok(ExitCode::SUCCESS)

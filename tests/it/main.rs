@@ -6,6 +6,7 @@ mod harness;
 mod mappings;
 mod offline;
 mod refusals;
+mod report;
 mod roundtrip;
 mod server_client;
 mod shards;

@@ -3,6 +3,7 @@
 mod bulk;
 mod faults;
 mod harness;
+mod k8s;
 mod mappings;
 mod offline;
 mod refusals;

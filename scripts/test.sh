@@ -8,6 +8,15 @@ cd "$(dirname "$0")/.."
 
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
+# Headless Chromium renders the population report in its test (Debian's package).
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "installing chromium for the report test (one time)" >&2
+  sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo_ apt-get install -y -q chromium >/dev/null 2>&1 \
+    || { $sudo_ apt-get update -q >/dev/null && $sudo_ apt-get install -y -q chromium >/dev/null; }
+fi
+
 SEGMENTTI_HFS=$(bash scripts/install-hfs.sh)
 export SEGMENTTI_HFS
 

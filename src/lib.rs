@@ -11,6 +11,7 @@
 //! - [`model`]: mapping files (load, schema, checks), features, criteria, the question tree.
 //! - [`writeback`]: pure builders of the Observation and Flag, with deterministic identifiers.
 //! - [`sink`]: where results go (NDJSON files, summary).
+//! - [`report`]: the population report of a run's output (HTML with SVG, JSON, CSV).
 //! - [`state`]: the checkpoint of incremental server runs.
 //! - [`job`]: one run against a server (read, evaluate, write back, checkpoint), shared by
 //!   `run --server` and the service's schedule.
@@ -32,6 +33,7 @@ pub mod model;
 pub mod pipeline;
 pub mod progress;
 pub mod record;
+pub mod report;
 pub mod serve;
 pub mod shard;
 pub mod sink;

@@ -347,6 +347,75 @@ pub struct ModelSummary {
     pub written: BTreeMap<String, u64>,
     /// The population thresholds the `top_percent` tests used.
     pub thresholds: Vec<Threshold>,
+    /// How cost concentrates, when the model has a cost feature.
+    pub cost_concentration: Option<CostConcentration>,
+    /// Clients per age band and segment, when the model has an age feature.
+    pub age_bands: Vec<AgeBand>,
+}
+
+/// How cost concentrates on few clients (the brief: about 10 % of clients carry 80 % of cost).
+#[derive(Debug, Clone, Serialize)]
+pub struct CostConcentration {
+    /// Share of cost held by the most costly 1 %, 5 % and 10 % of clients.
+    pub top_1: f64,
+    /// See `top_1`.
+    pub top_5: f64,
+    /// See `top_1`.
+    pub top_10: f64,
+    /// The Lorenz curve: (share of clients, least costly first; share of cost they hold), at
+    /// every 5 %.
+    pub lorenz: Vec<(f64, f64)>,
+}
+
+/// One age band's clients per segment.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgeBand {
+    /// `0–17`, `18–64`, `65–74`, `75+`, or `unknown` (no birth date).
+    pub band: String,
+    /// Clients per segment, in the model's segment order.
+    pub counts: Vec<u64>,
+}
+
+/// The bands of [`AgeBand`]: lower bound (inclusive) and label.
+const AGE_BANDS: [(f64, &str); 4] = [
+    (0.0, "0–17"),
+    (18.0, "18–64"),
+    (65.0, "65–74"),
+    (75.0, "75+"),
+];
+
+fn age_band(age: Option<f64>) -> usize {
+    match age {
+        None => AGE_BANDS.len(),
+        Some(a) => AGE_BANDS
+            .iter()
+            .rposition(|(low, _)| a >= *low)
+            .unwrap_or(0),
+    }
+}
+
+/// The Lorenz curve and top shares of `costs` (sorted in place).
+fn concentration(costs: &mut [f64]) -> CostConcentration {
+    let top = |f: f64, c: &mut [f64]| top_share(c, f);
+    let (top_1, top_5, top_10) = (top(0.01, costs), top(0.05, costs), top(0.10, costs));
+    costs.sort_unstable_by(f64::total_cmp);
+    let total: f64 = costs.iter().sum();
+    let lorenz = (0..=20)
+        .map(|i| {
+            let share = f64::from(i) / 20.0;
+            let n = ((costs.len() as f64) * share).round() as usize;
+            (
+                share,
+                ratio(costs[..n.min(costs.len())].iter().sum(), total),
+            )
+        })
+        .collect();
+    CostConcentration {
+        top_1,
+        top_5,
+        top_10,
+        lorenz,
+    }
 }
 
 /// A count and its share of clients (and of cost, where the model has a cost feature).
@@ -385,7 +454,7 @@ pub fn evaluate<S: Sink + Send>(
     ids.sort_unstable();
     COUNTERS.clients.fetch_add(ids.len() as u64, Relaxed);
     let thresholds = match fixed {
-        Some(fixed) => fixed_thresholds(plan, fixed),
+        Some(fixed) => given_thresholds(plan, fixed),
         None => population_thresholds(plan, clients),
     };
     debug!(?thresholds, "population thresholds");
@@ -398,6 +467,11 @@ pub fn evaluate<S: Sink + Send>(
         0
     });
     let mut written: BTreeMap<String, u64> = BTreeMap::new();
+    let age_feature = plan
+        .features
+        .iter()
+        .position(|f| matches!(f.aggregate, crate::model::plan::Aggregate::Age));
+    let mut bands = vec![vec![0u64; m.segments.len()]; AGE_BANDS.len() + 1];
     let concepts = writeback::Concepts::new(plan)?;
     // Clients are assessed, built and encoded in parallel a chunk at a time, then handed to the
     // sink in id order, so the output does not depend on thread timing. The sink takes one chunk
@@ -424,6 +498,9 @@ pub fn evaluate<S: Sink + Send>(
                 }
                 per_segment[a.segment].0 += 1;
                 per_segment[a.segment].1 += cost;
+                if let Some(f) = age_feature {
+                    bands[age_band(a.features[f])][a.segment] += 1;
+                }
                 for (o, slot) in per_overlay.iter_mut().enumerate() {
                     if a.overlay_holds(o) {
                         slot.0 += 1;
@@ -480,6 +557,21 @@ pub fn evaluate<S: Sink + Send>(
         })
         .collect();
     let top_decile_cost_share = plan.cost_feature.map(|_| top_share(&mut costs, 0.10));
+    let cost_concentration = plan.cost_feature.map(|_| concentration(&mut costs));
+    let age_bands = match age_feature {
+        None => Vec::new(),
+        Some(_) => AGE_BANDS
+            .iter()
+            .map(|(_, label)| *label)
+            .chain(["unknown"])
+            .zip(bands)
+            .filter(|(label, counts)| *label != "unknown" || counts.iter().any(|&n| n > 0))
+            .map(|(label, counts)| AgeBand {
+                band: label.to_owned(),
+                counts,
+            })
+            .collect(),
+    };
     info!(model = %m.id, clients = clients_n, "model evaluated");
     Ok(ModelSummary {
         model: m.id.to_string(),
@@ -501,6 +593,8 @@ pub fn evaluate<S: Sink + Send>(
                 value,
             })
             .collect(),
+        cost_concentration,
+        age_bands,
     })
 }
 
@@ -524,19 +618,6 @@ pub fn assess(
 ) -> Result<Assessment, PipelineError> {
     eval::assess(plan, record.values(plan), thresholds)
         .ok_or_else(|| PipelineError::Unplaced(id.to_owned(), plan.mapping.id.to_string()))
-}
-
-/// `plan`'s `top_percent` thresholds taken from a previous run's (`None` where it had none).
-pub fn fixed_thresholds(plan: &Plan, fixed: &[Threshold]) -> Vec<Option<f64>> {
-    plan.percentiles
-        .iter()
-        .map(|&(f, p)| {
-            fixed
-                .iter()
-                .find(|t| t.feature == plan.features[f].id && t.percent == p)
-                .and_then(|t| t.value)
-        })
-        .collect()
 }
 
 /// Folds one client's resources already in memory (a CDS Hooks prefetch) for `plan`: the
@@ -569,6 +650,20 @@ pub fn population_thresholds(
         return Vec::new();
     }
     eval::thresholds(plan, clients.values().map(|r| r.values(plan)))
+}
+
+/// `plan`'s `top_percent` thresholds, in its order, from thresholds kept elsewhere (a checkpoint,
+/// a thresholds file); a test they do not cover has none and never holds.
+pub fn given_thresholds(plan: &Plan, given: &[Threshold]) -> Vec<Option<f64>> {
+    plan.percentiles
+        .iter()
+        .map(|&(f, p)| {
+            given
+                .iter()
+                .find(|t| t.feature == plan.features[f].id && t.percent == p)
+                .and_then(|t| t.value)
+        })
+        .collect()
 }
 
 /// The column of every `top_percent` test over the folded clients, for a shard's part of the
@@ -623,6 +718,28 @@ pub fn top_share(values: &mut [f64], fraction: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lorenz_curve_and_age_bands() {
+        let mut costs: Vec<f64> = (1..=100).map(f64::from).collect();
+        let c = concentration(&mut costs);
+        assert_eq!(c.lorenz.first(), Some(&(0.0, 0.0)));
+        assert_eq!(c.lorenz.last(), Some(&(1.0, 1.0)));
+        assert!((c.top_1 - 100.0 / 5050.0).abs() < 1e-9);
+        assert!(c.lorenz.windows(2).all(|w| w[0].1 <= w[1].1));
+        assert_eq!(
+            [
+                None,
+                Some(0.0),
+                Some(17.9),
+                Some(18.0),
+                Some(74.0),
+                Some(90.0)
+            ]
+            .map(age_band),
+            [4, 0, 0, 1, 2, 3]
+        );
+    }
 
     #[test]
     fn top_share_of_a_heavy_tail() {

@@ -10,6 +10,7 @@
 //! | 3 | done with rejects: some inputs were skipped and recorded in `rejected.ndjson` |
 //! | 4 | done, but the server refused some clients' results (each reported with its OperationOutcome) |
 
+mod bulk;
 mod serve;
 mod server;
 
@@ -21,7 +22,6 @@ use clap::{Args, Parser, Subcommand};
 
 use segmentti::cases;
 use segmentti::day::Day;
-use segmentti::fhir::FhirClient;
 use segmentti::model::eval::{self, Lang};
 use segmentti::model::{self, Plan, load};
 use segmentti::pipeline::{self, Input, ModelSummary, OnInvalid, RunOptions};
@@ -29,7 +29,6 @@ use segmentti::progress;
 use segmentti::shard::{self, Shard, ThresholdPart};
 use segmentti::sink::Sink;
 use segmentti::sink::files::FileSink;
-use segmentti::source::bulk;
 use segmentti::synth::{self, CodeFlavor, SynthFormat, SynthOptions};
 
 /// The model used when `--model` is not given: Päijät-Sote's four tiers, built into the binary.
@@ -90,6 +89,17 @@ pub enum Command {
     },
     /// Print the JSON Schema of mapping files (the source of mappings/schema.json).
     Schema,
+    /// A population report of a run's output (and the moves since a previous run): one
+    /// self-contained HTML page with SVG charts, report.json and CSV files.
+    Report {
+        /// The run's output directory.
+        run: PathBuf,
+        /// The previous run's output directory, for the transitions between segments.
+        previous: Option<PathBuf>,
+        /// Where to write the report.
+        #[arg(long, default_value = "report")]
+        out: PathBuf,
+    },
     /// The population thresholds of the models' `top_percent` tests, for sharded runs: each
     /// shard writes its part, `--merge` turns the parts into what `run --thresholds` reads.
     Thresholds(ThresholdsArgs),
@@ -161,42 +171,7 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
     progress: ProgressArg,
     #[command(flatten)]
-    bulk: BulkArgs,
-}
-
-/// `run --bulk`: read by a Bulk Data `$export` instead of paged search.
-#[derive(Debug, Args)]
-pub struct BulkArgs {
-    /// A FHIR server to export from (Bulk Data 2.0); results go to --out. Uses --auth,
-    /// --token-file and --timeout like --server.
-    #[arg(long, conflicts_with_all = ["input", "server"])]
-    bulk: Option<url::Url>,
-    /// Export the members of this Group (`Group/{id}/$export`).
-    #[arg(long, requires = "bulk")]
-    group: Option<String>,
-    /// Without --group: `system` (`$export`) or `patient` (`Patient/$export`).
-    #[arg(long, value_enum, default_value_t = BulkLevelArg::System, requires = "bulk")]
-    bulk_level: BulkLevelArg,
-    /// Where the export's job file and files are kept (default: OUT/.bulk, removed after a
-    /// successful run). A run killed mid-export resumes from here without a new export.
-    #[arg(long, requires = "bulk")]
-    work_dir: Option<PathBuf>,
-    /// Give up waiting for the export after this many seconds (the job is kept for the next run).
-    #[arg(long, default_value_t = 3600, requires = "bulk")]
-    bulk_timeout: u64,
-    /// The longest wait between two status polls in seconds, whatever the server's
-    /// Retry-After asks (a server asking for a minute is waited on for this long at most).
-    #[arg(long, default_value_t = 60, requires = "bulk")]
-    bulk_poll_max: u64,
-}
-
-/// `--bulk-level`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BulkLevelArg {
-    /// `[base]/$export`.
-    System,
-    /// `[base]/Patient/$export`.
-    Patient,
+    bulk: bulk::BulkArgs,
 }
 
 /// `--progress`.
@@ -311,6 +286,13 @@ pub struct ExplainArgs {
     /// Language of the texts.
     #[arg(long, value_enum, default_value_t = Lang::Fi)]
     lang: Lang,
+    /// Population thresholds of the `top_percent` tests from a server run's checkpoint: one
+    /// client read from a server is no population to take percentiles of.
+    #[arg(long, conflicts_with = "thresholds")]
+    state: Option<PathBuf>,
+    /// Population thresholds from `segmentti thresholds`.
+    #[arg(long)]
+    thresholds: Option<PathBuf>,
 }
 
 /// Runs the parsed command line.
@@ -323,6 +305,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::TestMapping { files } => test_mapping_command(&files),
         Command::Bench(args) => bench_command(args),
         Command::Thresholds(args) => thresholds_command(args),
+        Command::Report { run, previous, out } => {
+            let report = segmentti::report::build(&run, previous.as_deref())?;
+            let files = segmentti::report::write(&report, &out)?;
+            for f in files {
+                println!("Wrote {}", f.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve(args) => serve::run(args),
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&load::schema())?);
@@ -417,18 +407,26 @@ fn run_command(args: RunArgs) -> Result<ExitCode> {
         };
         return server::run(&args.models.server, url, &plans, &write);
     }
-    if args.dry_run || args.state.is_some() {
-        bail!("--dry-run and --state go with --server\nhint: a run on files writes only to --out");
+    if args.dry_run || (args.state.is_some() && args.bulk.bulk.is_none()) {
+        bail!(
+            "--dry-run goes with --server, --state with --server or --bulk\nhint: a run on files writes only to --out"
+        );
     }
     let bulk = match &args.bulk.bulk {
-        Some(base) => Some(export(&args, base)?),
+        Some(base) => match bulk::prepare(&args, base, &plans)? {
+            Some(run) => Some(run),
+            None => return Ok(ExitCode::SUCCESS),
+        },
         None => None,
     };
     let input = match &bulk {
-        Some((exported, _, _)) => Input::Files(exported.dir.clone()),
+        Some(run) => run.input.clone(),
         None => args.models.input(as_of)?,
     };
-    let thresholds = fixed_thresholds(args.thresholds.as_deref(), args.shard, &plans)?;
+    let thresholds = match bulk.as_ref().and_then(|b| b.thresholds.clone()) {
+        Some(t) => Some(t),
+        None => fixed_thresholds(args.thresholds.as_deref(), args.shard, &plans)?,
+    };
     let started = std::time::Instant::now();
     let reporter = progress::Reporter::start(args.progress.display());
     let mut sink = FileSink::create(&args.out)?;
@@ -462,12 +460,8 @@ fn run_command(args: RunArgs) -> Result<ExitCode> {
     sink.finish(&summary)?;
     reporter.finish();
     let seconds = started.elapsed().as_secs_f64();
-    if let Some((exported, client, work_dir)) = &bulk {
-        print!("{}", render_export(exported));
-        segmentti::fhir::runtime()?.block_on(bulk::finish(client, exported, work_dir));
-        if args.bulk.work_dir.is_none() {
-            std::fs::remove_dir_all(work_dir)?;
-        }
+    if let Some(run) = bulk {
+        run.finish(&args, &summary.models)?;
     }
     print!("{}", summary.render(seconds));
     if args.stats {
@@ -560,56 +554,6 @@ impl RunSummary {
         ));
         out
     }
-}
-
-/// Runs (or resumes) the export of `run --bulk` into its work directory.
-fn export(args: &RunArgs, base: &url::Url) -> Result<(bulk::Exported, FhirClient, PathBuf)> {
-    if args.models.server.since.is_some() || args.state.is_some() {
-        bail!(
-            "--since and --state are not supported with --bulk yet: an export with _since holds only the changed resources, not the changed clients' whole history\nhint: run a full export, or use --server for incremental runs"
-        );
-    }
-    let client = args.models.server.client(base)?;
-    let work_dir = args
-        .bulk
-        .work_dir
-        .clone()
-        .unwrap_or_else(|| args.out.join(".bulk"));
-    let options = bulk::BulkOptions {
-        level: match (&args.bulk.group, args.bulk.bulk_level) {
-            (Some(id), _) => bulk::Level::Group(id.clone()),
-            (None, BulkLevelArg::System) => bulk::Level::System,
-            (None, BulkLevelArg::Patient) => bulk::Level::Patient,
-        },
-        types: ["Patient", "Encounter", "Condition"]
-            .map(String::from)
-            .to_vec(),
-        since: None,
-        work_dir: work_dir.clone(),
-        timeout: std::time::Duration::from_secs(args.bulk.bulk_timeout),
-        max_poll_interval: std::time::Duration::from_secs(args.bulk.bulk_poll_max.max(1)),
-        download_timeout: std::time::Duration::from_secs(3600),
-    };
-    let exported = segmentti::fhir::runtime()?.block_on(bulk::export(&client, &options))?;
-    Ok((exported, client, work_dir))
-}
-
-fn render_export(e: &bulk::Exported) -> String {
-    let mut out = format!(
-        "Export: {} file(s) as of {}{}\n",
-        e.files,
-        e.transaction_time,
-        if e.resumed { " (resumed)" } else { "" }
-    );
-    for (t, n) in &e.ignored {
-        out.push_str(&format!(
-            "  ignored: {n} file(s) of type {t}, not asked for\n"
-        ));
-    }
-    for line in &e.errors {
-        out.push_str(&format!("  export error: {line}\n"));
-    }
-    out
 }
 
 /// The thresholds of `--thresholds`; a shard of a model with `top_percent` tests must have them,
@@ -745,6 +689,19 @@ fn explain_command(args: ExplainArgs) -> Result<ExitCode> {
     let as_of = args.models.as_of()?;
     let plans = args.models.plans(as_of)?;
     let input = args.models.input(as_of)?;
+    let given = match (&args.state, &args.thresholds) {
+        (Some(path), _) => {
+            let state = segmentti::state::State::read(path)?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the state file {} does not exist\nhint: give the --state of a completed server run",
+                    path.display()
+                )
+            })?;
+            Some(state.thresholds)
+        }
+        (None, Some(path)) => Some(shard::read_thresholds(path, &plans)?),
+        (None, None) => None,
+    };
     let mut rejected = 0u64;
     let folded = pipeline::fold(&input, &plans, &RunOptions::default(), &mut |_| {
         rejected += 1;
@@ -759,7 +716,20 @@ fn explain_command(args: ExplainArgs) -> Result<ExitCode> {
                 input
             );
         };
-        let thresholds = pipeline::population_thresholds(plan, clients);
+        let id = plan.mapping.id.as_str();
+        let thresholds = match given.as_ref().map(|g| g.get(id)) {
+            Some(Some(given)) => pipeline::given_thresholds(plan, given),
+            Some(None) => bail!(
+                "the thresholds given hold none for model `{id}`\nhint: use the checkpoint of a full run of this model"
+            ),
+            None if args.models.server.server.is_some() && !plan.percentiles.is_empty() => {
+                eprintln!(
+                    "warning: model `{id}` has top_percent tests, which compare with the whole population; without --state or --thresholds they do not hold for this client"
+                );
+                vec![None; plan.percentiles.len()]
+            }
+            None => pipeline::population_thresholds(plan, clients),
+        };
         let a = pipeline::assess(plan, patient, record, &thresholds)?;
         explanations.push(eval::explain(plan, patient, record, &a, args.lang));
     }

@@ -19,6 +19,7 @@ pub fn check(mapping: &Mapping) -> Vec<Diagnostic> {
     duplicates(mapping, &mut out);
     systems(mapping, &mut out);
     parents(mapping, &mut out);
+    attributes(mapping, &mut out);
     match Plan::compile(mapping.clone(), Day::EPOCH) {
         Err(errors) => out.extend(
             errors
@@ -122,6 +123,72 @@ fn parents(m: &Mapping, out: &mut Vec<Diagnostic>) {
                 "refine a top-level segment; one level of sub-segments is supported",
             )),
             Some(_) => {}
+        }
+    }
+}
+
+/// Each attribute has exactly one value, and an attribute code means one kind of value in
+/// every segment (a booking system reads `first-visit-minutes` the same way everywhere).
+fn attributes(m: &Mapping, out: &mut Vec<Diagnostic>) {
+    let mut kinds: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    for (i, segment) in m.segments.iter().enumerate() {
+        let mut seen = HashSet::new();
+        for (j, a) in segment.attributes.iter().enumerate() {
+            let pointer = format!("/segments/{i}/attributes/{j}");
+            let given: Vec<&str> = [
+                a.quantity.as_ref().map(|_| "quantity"),
+                a.integer.map(|_| "integer"),
+                a.concept.as_ref().map(|_| "concept"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            let [kind] = given.as_slice() else {
+                out.push(Diagnostic::new(
+                    pointer,
+                    format!(
+                        "attribute `{}` of segment `{}` has {} values",
+                        a.code,
+                        segment.code,
+                        given.len()
+                    ),
+                    "give exactly one of quantity, integer or concept",
+                ));
+                continue;
+            };
+            if !seen.insert(a.code.as_str()) {
+                out.push(Diagnostic::new(
+                    pointer.clone(),
+                    format!(
+                        "attribute `{}` is given twice in segment `{}`",
+                        a.code, segment.code
+                    ),
+                    "give each attribute once per segment",
+                ));
+            }
+            if let Some(q) = &a.quantity
+                && (q.unit.trim().is_empty() || !q.value.is_finite())
+            {
+                out.push(Diagnostic::new(
+                    format!("{pointer}/quantity"),
+                    format!(
+                        "attribute `{}` needs a finite value and a UCUM unit",
+                        a.code
+                    ),
+                    "write it as {value: 45, unit: min}",
+                ));
+            }
+            match kinds.insert(a.code.as_str(), kind) {
+                Some(other) if other != *kind => out.push(Diagnostic::new(
+                    pointer,
+                    format!(
+                        "attribute `{}` is given as {kind} here and as {other} in an earlier segment",
+                        a.code
+                    ),
+                    "give an attribute code one kind of value in every segment",
+                )),
+                _ => {}
+            }
         }
     }
 }
@@ -293,5 +360,36 @@ mod tests {
         ] {
             assert!(!is_system_url(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn attributes_need_one_value_of_one_kind_per_code() {
+        let text = include_str!("../../mappings/helsinki-oral-health.yaml");
+        let mut m = crate::model::load::load_str(text).expect("the oral-health model loads");
+        assert!(check(&m).is_empty());
+        let a = &mut m.segments[0].attributes;
+        a[1].integer = Some(30);
+        a.push(a[2].clone());
+        m.segments[2].attributes[2].integer = None;
+        m.segments[2].attributes[2].quantity = m.segments[0].attributes[1].quantity.clone();
+        let messages: Vec<String> = check(&m).into_iter().map(|d| d.message).collect();
+        assert!(
+            messages
+                .iter()
+                .any(|t| t.contains("`first-visit-minutes` of segment `light` has 2 values")),
+            "{messages:?}"
+        );
+        assert!(
+            messages
+                .iter()
+                .any(|t| t.contains("`follow-up-visits` is given twice")),
+            "{messages:?}"
+        );
+        assert!(
+            messages
+                .iter()
+                .any(|t| t.contains("`follow-up-visits` is given as quantity here and as integer")),
+            "{messages:?}"
+        );
     }
 }

@@ -352,6 +352,50 @@ pub struct Segment {
     /// For a sub-segment (segmentation within a segment): the code of the segment it refines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<SegmentCode>,
+    /// What the segment decides beyond its name, for systems that act on it (the care path,
+    /// the first appointment's length, the follow-up visits a booking system books): each
+    /// written as a component of the assessment Observation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attributes: Vec<Attribute>,
+}
+
+/// One thing a segment decides. Exactly one of `quantity`, `integer` and `concept` is given.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Attribute {
+    /// Code of the attribute (`first-visit-minutes`), the same in every segment that has it.
+    pub code: String,
+    /// Name of the attribute.
+    pub display: Text,
+    /// A measured amount, with its UCUM unit (`{value: 60, unit: min}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantity: Option<AttributeQuantity>,
+    /// A count (`follow-up visits: 3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integer: Option<i32>,
+    /// A coded choice (`care path: dentist`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concept: Option<AttributeConcept>,
+}
+
+/// An amount with a UCUM unit.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttributeQuantity {
+    /// The amount.
+    pub value: f64,
+    /// UCUM code of the unit (`min`, `d`, `wk`).
+    pub unit: String,
+}
+
+/// A coded value of an attribute.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttributeConcept {
+    /// Code of the value.
+    pub code: String,
+    /// Name of the value.
+    pub display: Text,
 }
 
 /// A node of the question tree.

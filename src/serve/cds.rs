@@ -251,7 +251,7 @@ async fn answer(
         let fixed = thresholds.get(plan.mapping.id.as_str());
         let limits = fixed.map_or_else(
             || vec![None; plan.percentiles.len()],
-            |f| pipeline::fixed_thresholds(plan, f),
+            |f| pipeline::given_thresholds(plan, f),
         );
         let a = pipeline::assess(plan, &patient, &record, &limits)
             .map_err(|e| Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;

@@ -209,6 +209,18 @@ pub enum BulkError {
         /// What to do.
         hint: &'static str,
     },
+    /// A downloaded file holds a line that is not a resource.
+    #[error(
+        "{file}:{line} is not a FHIR resource: {cause}\nhint: the export is damaged; delete the work directory and run again"
+    )]
+    Unreadable {
+        /// The downloaded file.
+        file: PathBuf,
+        /// The line, from 1.
+        line: usize,
+        /// What is wrong.
+        cause: String,
+    },
     /// The work directory could not be used.
     #[error("cannot use {path}: {source}\nhint: check that the work directory is writable")]
     Io {
@@ -359,6 +371,62 @@ pub async fn export(client: &FhirClient, options: &BulkOptions) -> Result<Export
         errors,
         resumed,
     })
+}
+
+/// The clients an export touches: its Patients' ids and the patients its other resources refer
+/// to (`subject` or `patient`). An incremental export (`_since`) holds only what changed, so these
+/// are the clients whose whole history must be read again.
+pub fn touched_patients(dir: &Path) -> Result<BTreeSet<String>, BulkError> {
+    #[derive(Deserialize)]
+    struct Reference {
+        reference: Option<String>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Touch {
+        resource_type: String,
+        id: Option<String>,
+        subject: Option<Reference>,
+        patient: Option<Reference>,
+    }
+    let mut out = BTreeSet::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|source| BulkError::Io {
+            path: dir.to_owned(),
+            source,
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "ndjson"))
+        .collect();
+    files.sort();
+    for file in files {
+        let text = std::fs::read_to_string(&file).map_err(|source| BulkError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let touch: Touch = serde_json::from_str(line).map_err(|e| BulkError::Unreadable {
+                file: file.clone(),
+                line: n + 1,
+                cause: e.to_string(),
+            })?;
+            let id = if touch.resource_type == "Patient" {
+                touch.id
+            } else {
+                touch
+                    .subject
+                    .or(touch.patient)
+                    .and_then(|r| r.reference)
+                    .and_then(|r| r.strip_prefix("Patient/").map(str::to_owned))
+            };
+            out.extend(id);
+        }
+    }
+    Ok(out)
 }
 
 /// Deletes the job on the server (it may then drop the files) and the local job file, after

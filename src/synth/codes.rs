@@ -244,6 +244,36 @@ pub const MENTAL: [Diagnosis; 2] = [
     ),
 ];
 
+/// Oral-health diagnoses: caries, gingivitis, periodontitis, a periapical abscess (urgent),
+/// tooth loss. ICPC-2 has one code for teeth and gum disease (D82).
+pub const ORAL: [Diagnosis; 5] = [
+    d(
+        c("K02.1", "Hampaan dentiinikaries"),
+        Some(c("D82", "Hampaiden/ikenien sairaus")),
+        c("80967001", "Dental caries"),
+    ),
+    d(
+        c("K05.1", "Krooninen ientulehdus"),
+        Some(c("D82", "Hampaiden/ikenien sairaus")),
+        c("66383009", "Gingivitis"),
+    ),
+    d(
+        c("K05.3", "Krooninen parodontiitti"),
+        Some(c("D82", "Hampaiden/ikenien sairaus")),
+        c("41565005", "Periodontitis"),
+    ),
+    d(
+        c("K04.7", "Periapikaalinen paise ilman fisteliä"),
+        Some(c("D82", "Hampaiden/ikenien sairaus")),
+        c("109641008", "Periapical abscess"),
+    ),
+    d(
+        c("K08.1", "Hampaiden menetys"),
+        Some(c("D82", "Hampaiden/ikenien sairaus")),
+        c("234947003", "Loss of teeth"),
+    ),
+];
+
 /// Substance-use disorders.
 pub const SUBSTANCE: Diagnosis = d(
     c("F10.2", "Alkoholiriippuvuus"),

@@ -333,6 +333,9 @@ pub fn client(opts: &SynthOptions, index: u64) -> SynthClient {
     for _ in 0..poisson(&mut rng, 0.8) {
         diagnoses.push((pick(&mut rng, &codes::ACUTE), false));
     }
+    if oral {
+        diagnoses.extend(oral_diagnoses(opts.seed, index, age, h));
+    }
     let conditions = diagnoses
         .into_iter()
         .enumerate()
@@ -364,6 +367,32 @@ pub fn client(opts: &SynthOptions, index: u64) -> SynthClient {
         conditions,
         cost_eur: cost,
     }
+}
+
+/// The oral-health diagnoses of a client with oral-health contacts, more with need and age.
+/// They come from a stream of their own and are appended last, so every other resource of the
+/// population is what it was before they were added.
+fn oral_diagnoses(seed: u64, index: u64, age: u32, h: f64) -> Vec<(Diagnosis, bool)> {
+    let mut rng = rng_for(seed, index);
+    rng.set_stream(1);
+    let [caries, gingivitis, periodontitis, abscess, tooth_loss] = codes::ORAL;
+    let mut out = Vec::new();
+    if rng.random_bool((0.35 + 0.3 * h).min(0.9)) {
+        out.push((caries, false));
+    }
+    if rng.random_bool(0.25) {
+        out.push((gingivitis, false));
+    }
+    if age >= 30 && rng.random_bool((0.05 + f64::from(age) / 250.0 + 0.2 * h).min(0.8)) {
+        out.push((periodontitis, true));
+    }
+    if rng.random_bool(0.05) {
+        out.push((abscess, false));
+    }
+    if age >= 60 && rng.random_bool(0.3) {
+        out.push((tooth_loss, true));
+    }
+    out
 }
 
 /// One contact's kind and service, by the client's need and traits.

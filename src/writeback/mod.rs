@@ -11,12 +11,14 @@ pub mod lifecycle;
 pub mod observation;
 
 use fhir_sdk::r4b::types::{
-    CodeableConcept, Coding, Extension, ExtensionValue, FieldExtension, Identifier, Reference,
+    CodeableConcept, Coding, Extension, ExtensionValue, FieldExtension, Identifier, Quantity,
+    Reference,
 };
 
 use crate::day::Day;
-use crate::model::mapping::Text;
+use crate::model::mapping::{Attribute, Text};
 use crate::model::plan::Plan;
+use fhir_sdk::r4b::resources::{ObservationComponent, ObservationComponentValue};
 
 pub use flag::{overlay_flag, segment_flag};
 pub use observation::assessment;
@@ -209,6 +211,8 @@ pub struct Concepts {
     pub overlay_flags: Vec<CodeableConcept>,
     /// Per overlay and rule, the rule's component code.
     pub rules: Vec<Vec<CodeableConcept>>,
+    /// Per segment, the components of its attributes (care path, appointment length, …).
+    pub attributes: Vec<Vec<ObservationComponent>>,
 }
 
 impl Concepts {
@@ -312,9 +316,52 @@ impl Concepts {
                         .collect::<Result<_, _>>()
                 })
                 .collect::<Result<_, _>>()?,
+            attributes: m
+                .segments
+                .iter()
+                .map(|s| {
+                    s.attributes
+                        .iter()
+                        .map(|a| attribute_component(plan, a))
+                        .collect::<Result<_, _>>()
+                })
+                .collect::<Result<_, _>>()?,
         })
     }
 }
+
+/// A segment attribute as an Observation component: the attribute's code in the model's
+/// `attribute` CodeSystem, its value as a UCUM Quantity, an integer, or a code in the
+/// attribute's own CodeSystem (`…/CodeSystem/attribute/{code}`).
+fn attribute_component(plan: &Plan, a: &Attribute) -> Result<ObservationComponent, String> {
+    let system = model_system(plan, "attribute");
+    let value = match (&a.quantity, a.integer, &a.concept) {
+        (Some(q), _, _) => ObservationComponentValue::Quantity(
+            Quantity::builder()
+                .value(q.value)
+                .unit(q.unit.clone())
+                .system(UCUM.to_owned())
+                .code(q.unit.clone())
+                .build()
+                .map_err(|e| e.to_string())?,
+        ),
+        (None, Some(n), _) => ObservationComponentValue::Integer(n),
+        (None, None, Some(c)) => ObservationComponentValue::CodeableConcept(concept(
+            &format!("{system}/{}", a.code),
+            &c.code,
+            &c.display,
+        )?),
+        (None, None, None) => return Err(format!("attribute `{}` has no value", a.code)),
+    };
+    ObservationComponent::builder()
+        .code(concept_fi(&system, &a.code, &a.display)?)
+        .value(value)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// UCUM, the units of Quantity values.
+const UCUM: &str = "http://unitsofmeasure.org";
 
 /// A literal reference `Type/id`.
 pub fn reference(target: &str) -> Result<Reference, String> {

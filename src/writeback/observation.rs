@@ -91,6 +91,7 @@ fn build(
         let value = ObservationComponentValue::CodeableConcept(concepts.segments[parent].clone());
         components.push(component(&concepts.parent_component, value)?);
     }
+    components.extend(concepts.attributes[a.segment].iter().cloned().map(Some));
     for (c, level) in a.levels.iter().enumerate() {
         let value = ObservationComponentValue::CodeableConcept(concepts.levels[c][*level].clone());
         components.push(component(&concepts.criteria[c], value)?);

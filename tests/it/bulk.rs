@@ -367,3 +367,78 @@ async fn a_failed_job_reports_the_outcome_and_is_not_resumed() {
     assert!(e.contains("Condition/c9 could not be exported"), "{e}");
     assert!(!work.path().join("job.json").exists(), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_checkpoint_the_next_export_reads_only_the_changed_clients_again() {
+    let server = TestServer::start().await;
+    let base = server.base_url().as_str().to_owned();
+    let loaded = segmentti(&["synth", "--clients", "30", "--seed", "5", "--server", &base]);
+    assert!(loaded.status.success(), "{:?}", text(&loaded));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state.json");
+    let run = |out: &str| {
+        let out = dir.path().join(out);
+        let output = segmentti(&[
+            "run",
+            "--bulk",
+            &base,
+            "--as-of",
+            "2026-01-01",
+            "--state",
+            state.to_str().expect("utf-8"),
+            "--out",
+            out.to_str().expect("utf-8"),
+            "--progress",
+            "off",
+            "--bulk-poll-max",
+            "1",
+        ]);
+        let (stdout, stderr) = text(&output);
+        assert!(output.status.success(), "{stdout}\n{stderr}");
+        (stdout, out)
+    };
+    let (full, _) = run("full");
+    assert!(
+        full.contains("30 clients") && !full.contains("changes since"),
+        "{full}"
+    );
+    let checkpoint: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).expect("state")).expect("json");
+    assert!(checkpoint["since"].is_string(), "{checkpoint}");
+    assert!(
+        checkpoint["thresholds"]["paijat-sote"].is_array(),
+        "{checkpoint}"
+    );
+
+    // One client gets a new contact after the export.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let encounter = json!({
+        "resourceType": "Encounter", "id": "e-late", "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "EMER"},
+        "subject": {"reference": "Patient/p0000003"},
+        "period": {"start": "2025-12-01T10:00:00Z", "end": "2025-12-01T12:00:00Z"},
+    });
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": encounter, "request": {"method": "PUT", "url": "Encounter/e-late"}},
+    ]});
+    server
+        .client()
+        .transaction(&bundle)
+        .await
+        .expect("the new contact is stored");
+
+    let (changed, out) = run("changed");
+    assert!(
+        changed.contains("changes since") && changed.contains("Changed clients: 1"),
+        "{changed}"
+    );
+    let observations = std::fs::read_to_string(out.join("Observation.ndjson")).expect("written");
+    assert_eq!(observations.lines().count(), 1, "{observations}");
+    assert!(
+        observations.contains("\"Patient/p0000003\""),
+        "{observations}"
+    );
+
+    let (unchanged, _) = run("unchanged");
+    assert!(unchanged.contains("Changed clients: 0"), "{unchanged}");
+}

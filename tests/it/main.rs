@@ -3,9 +3,11 @@
 mod bulk;
 mod faults;
 mod harness;
+mod k8s;
 mod mappings;
 mod offline;
 mod refusals;
+mod report;
 mod roundtrip;
 mod serve;
 mod server_client;

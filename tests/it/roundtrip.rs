@@ -362,3 +362,60 @@ async fn a_run_killed_at_any_moment_and_restarted_ends_like_an_uninterrupted_run
     assert_eq!(duplicates(&got.2), 0, "no duplicate Flag");
     assert_eq!(got, expected);
 }
+
+#[tokio::test]
+async fn explain_on_a_server_takes_the_population_thresholds_from_the_checkpoint() {
+    let server = TestServer::start().await;
+    load(&server, "40");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state.json");
+    let state_arg = state.to_str().expect("utf-8");
+    run(&server, &["--as-of", "2026-01-01", "--state", state_arg]);
+    // A client whose key-client marking rests on the population's top 10 % of cost.
+    let high_cost = all(&server, "Observation")
+        .await
+        .into_iter()
+        .find(|o| {
+            o["component"].as_array().is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c["code"]["coding"][0]["code"] == "high-cost" && c["valueBoolean"] == true
+                })
+            })
+        })
+        .expect("some client is in the top 10 % of cost");
+    let patient = high_cost["subject"]["reference"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("Patient/"))
+        .expect("subject")
+        .to_owned();
+    let explain = |extra: &[&str]| {
+        let mut args = vec![
+            "explain",
+            "--server",
+            server.base_url().as_str(),
+            "--patient",
+            &patient,
+            "--as-of",
+            "2026-01-01",
+            "--json",
+            "--lang",
+            "en",
+        ];
+        args.extend_from_slice(extra);
+        let output = segmentti(&args);
+        let (stdout, stderr) = text(&output);
+        assert!(output.status.success(), "{stdout}\n{stderr}");
+        (stdout, stderr)
+    };
+    let (with_state, _) = explain(&["--state", state_arg]);
+    assert!(with_state.contains("High cost (top 10 %)"), "{with_state}");
+    let (without, warning) = explain(&[]);
+    assert!(
+        !without.contains("high-cost"),
+        "one client is no population: {without}"
+    );
+    assert!(
+        warning.contains("without --state or --thresholds"),
+        "{warning}"
+    );
+}

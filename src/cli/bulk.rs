@@ -1,0 +1,203 @@
+//! `run --bulk`: the command line of a Bulk Data export run. A full export is read like any
+//! NDJSON input; with a checkpoint (`--state`), the next run exports only what changed since
+//! the last export's transaction time (`_since`) and reads the clients it touches again, whole,
+//! by search on the same server, with the population thresholds of the last full run. Results
+//! go to `--out` either way.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Args;
+
+use segmentti::fhir::FhirClient;
+use segmentti::model::Plan;
+use segmentti::pipeline::{Input, ModelSummary, ServerInput};
+use segmentti::shard::Thresholds;
+use segmentti::source::bulk::{self, BulkOptions, Exported, Level};
+use segmentti::source::search::SearchOptions;
+use segmentti::state::State;
+
+use super::RunArgs;
+
+/// `run --bulk`: read by a Bulk Data `$export` instead of paged search.
+#[derive(Debug, Args)]
+pub struct BulkArgs {
+    /// A FHIR server to export from (Bulk Data 2.0); results go to --out. Uses --auth,
+    /// --token-file and --timeout like --server; with --state, later runs export only changes.
+    #[arg(long, conflicts_with_all = ["input", "server"])]
+    pub bulk: Option<url::Url>,
+    /// Export the members of this Group (`Group/{id}/$export`).
+    #[arg(long, requires = "bulk")]
+    group: Option<String>,
+    /// Without --group: `system` (`$export`) or `patient` (`Patient/$export`).
+    #[arg(long, value_enum, default_value_t = BulkLevelArg::System, requires = "bulk")]
+    bulk_level: BulkLevelArg,
+    /// Where the export's job file and files are kept (default: OUT/.bulk, removed after a
+    /// successful run). A run killed mid-export resumes from here without a new export.
+    #[arg(long, requires = "bulk")]
+    pub work_dir: Option<PathBuf>,
+    /// Give up waiting for the export after this many seconds (the job is kept for the next run).
+    #[arg(long, default_value_t = 3600, requires = "bulk")]
+    bulk_timeout: u64,
+    /// The longest wait between two status polls in seconds, whatever the server's
+    /// Retry-After asks (a server asking for a minute is waited on for this long at most).
+    #[arg(long, default_value_t = 60, requires = "bulk")]
+    bulk_poll_max: u64,
+}
+
+/// `--bulk-level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BulkLevelArg {
+    /// `[base]/$export`.
+    System,
+    /// `[base]/Patient/$export`.
+    Patient,
+}
+
+/// An export done, and how the run reads it.
+#[derive(Debug)]
+pub struct BulkRun {
+    exported: Exported,
+    client: FhirClient,
+    work_dir: PathBuf,
+    /// The checkpoint read, when `--state` was given.
+    state: Option<State>,
+    /// Whether this run read only what changed.
+    incremental: bool,
+    /// What the run reads.
+    pub input: Input,
+    /// The thresholds of the last full run, for an incremental one.
+    pub thresholds: Option<Thresholds>,
+}
+
+/// Runs (or resumes) the export; `None` when an incremental export found nothing changed (the
+/// checkpoint then moves on, and there is nothing to segment).
+pub fn prepare(args: &RunArgs, base: &url::Url, plans: &[Plan]) -> Result<Option<BulkRun>> {
+    let state = match &args.state {
+        Some(path) => State::read(path)?.filter(|s| s.server == base.as_str()),
+        None => None,
+    };
+    let since = args
+        .models
+        .server
+        .since
+        .clone()
+        .or_else(|| state.as_ref().and_then(|s| s.since.clone()));
+    let client = args.models.server.client(base)?;
+    let work_dir = args
+        .bulk
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| args.out.join(".bulk"));
+    let options = BulkOptions {
+        level: match (&args.bulk.group, args.bulk.bulk_level) {
+            (Some(id), _) => Level::Group(id.clone()),
+            (None, BulkLevelArg::System) => Level::System,
+            (None, BulkLevelArg::Patient) => Level::Patient,
+        },
+        types: ["Patient", "Encounter", "Condition"]
+            .map(String::from)
+            .to_vec(),
+        since: since.clone(),
+        work_dir: work_dir.clone(),
+        timeout: std::time::Duration::from_secs(args.bulk.bulk_timeout),
+        max_poll_interval: std::time::Duration::from_secs(args.bulk.bulk_poll_max.max(1)),
+        download_timeout: std::time::Duration::from_secs(3600),
+    };
+    let exported = segmentti::fhir::runtime()?.block_on(bulk::export(&client, &options))?;
+    print!("{}", render(&exported, since.as_deref()));
+    let mut run = BulkRun {
+        input: Input::Files(exported.dir.clone()),
+        exported,
+        client,
+        work_dir,
+        state,
+        incremental: since.is_some(),
+        thresholds: None,
+    };
+    if !run.incremental {
+        return Ok(Some(run));
+    }
+    let touched = bulk::touched_patients(&run.exported.dir)?;
+    println!("Changed clients: {}", touched.len());
+    if touched.is_empty() {
+        run.finish(args, &[])?;
+        return Ok(None);
+    }
+    let missing: Vec<&str> = plans
+        .iter()
+        .filter(|p| !p.percentiles.is_empty())
+        .map(|p| p.mapping.id.as_str())
+        .filter(|id| {
+            !run.state
+                .as_ref()
+                .is_some_and(|s| s.thresholds.contains_key(*id))
+        })
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "an incremental export needs the population thresholds of a full run for model(s) {}\nhint: run once without --since (and with --state) to make a full export",
+            missing.join(", ")
+        );
+    }
+    run.thresholds = run.state.as_ref().map(|s| s.thresholds.clone());
+    run.input = Input::Server(Box::new(ServerInput {
+        client: run.client.clone(),
+        options: SearchOptions {
+            page_size: args.models.server.page_size,
+            concurrency: args.models.server.concurrency,
+            patients: touched.into_iter().collect(),
+            since: None,
+        },
+    }));
+    Ok(Some(run))
+}
+
+impl BulkRun {
+    /// After the run: deletes the job, removes a default work directory, and moves the
+    /// checkpoint to the export's transaction time (keeping a full run's thresholds).
+    pub fn finish(self, args: &RunArgs, models: &[ModelSummary]) -> Result<()> {
+        segmentti::fhir::runtime()?.block_on(bulk::finish(
+            &self.client,
+            &self.exported,
+            &self.work_dir,
+        ));
+        if args.bulk.work_dir.is_none() {
+            std::fs::remove_dir_all(&self.work_dir)?;
+        }
+        if let (Some(path), Some(base)) = (&args.state, &args.bulk.bulk) {
+            let mut next = self.state.unwrap_or_default();
+            next.server = base.to_string();
+            next.since = Some(self.exported.transaction_time.clone());
+            if !self.incremental {
+                for m in models {
+                    next.thresholds
+                        .insert(m.model.clone(), m.thresholds.clone());
+                }
+            }
+            next.write(path)?;
+        }
+        Ok(())
+    }
+}
+
+fn render(e: &Exported, since: Option<&str>) -> String {
+    let mut out = format!(
+        "Export: {} file(s) as of {}{}{}\n",
+        e.files,
+        e.transaction_time,
+        since
+            .map(|s| format!(", changes since {s}"))
+            .unwrap_or_default(),
+        if e.resumed { " (resumed)" } else { "" }
+    );
+    for (t, n) in &e.ignored {
+        out.push_str(&format!(
+            "  ignored: {n} file(s) of type {t}, not asked for\n"
+        ));
+    }
+    for line in &e.errors {
+        out.push_str(&format!("  export error: {line}\n"));
+    }
+    out
+}

@@ -3,8 +3,9 @@
 //! JWKS, be addressed to the URL being called (`aud`), be unexpired (`exp`, 30 s leeway) and
 //! live at most ten minutes, and carry a `jti` never seen before. Seen `jti`s are remembered
 //! until their token expires, in a bounded map, so a replay is refused without unbounded memory.
-//! It owns verification and the key cache; it does not decide HTTP statuses (all its errors are
-//! 401) and never logs a token.
+//! Keys come only from the configured JWKS: a token's `jku` header is ignored, since following
+//! it would let the caller pick the key that verifies it. It owns verification and the key
+//! cache; it does not decide HTTP statuses (all its errors are 401) and never logs a token.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -402,7 +402,11 @@ fn card(
         detail.push_str(&format!("- **{}**: {}\n", o.display, o.rules.join("; ")));
     }
     if no_thresholds {
-        detail.push_str("\n_No full run has finished yet: criteria about the population's top share are not applied._\n");
+        detail.push_str(match lang {
+            Lang::Fi => "\n_Täyttä ajoa ei ole vielä tehty: väestön kärkiosuutta koskevia kriteerejä ei sovelleta._\n",
+            Lang::Sv => "\n_Ingen fullständig körning har gjorts ännu: kriterier om befolkningens översta andel tillämpas inte._\n",
+            Lang::En => "\n_No full run has finished yet: criteria about the population's top share are not applied._\n",
+        });
     }
     let label = match lang {
         Lang::Fi => "Perustelut",

@@ -531,6 +531,7 @@ async fn the_quick_start_without_a_file_warns_and_answers_unsigned_calls_from_pr
     let http = reqwest::Client::new();
     let answer = http
         .post(format!("{}/cds-services/{SERVICE}", serve.cds))
+        .header("accept-language", "en")
         .json(&body)
         .send()
         .await

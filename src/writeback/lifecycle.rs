@@ -140,17 +140,26 @@ pub fn decide(
         .enumerate()
         .map(|(i, f)| (i == 0, flag_code(f)))
         .collect();
+    let values: Vec<Value> = new
+        .flags
+        .iter()
+        .map(|f| to_json(&new.patient, "Flag", f))
+        .collect::<Result<_, _>>()?;
     for e in existing {
         let kept = new_codes
             .iter()
             .any(|(segment, code)| *segment == e.segment && *code == e.code);
-        if !kept {
+        // A Flag started on the same day as the new one has the new one's identifier: the
+        // new Flag's conditional write replaces it in place, and ending it in the same
+        // transaction would address one resource twice, which servers refuse (issue 8: `serve`
+        // reassesses several times a day).
+        let replaced = values.iter().any(|v| same_identifier(v, &e.identifier));
+        if !kept && !replaced {
             changes.end.push(ended(&e.resource, as_of));
         }
     }
-    for (i, flag) in new.flags.iter().enumerate() {
+    for (i, (flag, mut value)) in new.flags.iter().zip(values).enumerate() {
         let code = flag_code(flag);
-        let mut value = to_json(&new.patient, "Flag", flag)?;
         // A Flag that stays (same segment or overlay) keeps its identity and start date, and
         // only points to the new assessment; a new one starts today.
         if let Some(e) = existing
@@ -164,6 +173,13 @@ pub fn decide(
         changes.upsert.push(value);
     }
     Ok(changes)
+}
+
+/// Whether the Flag `value` carries an identifier whose value is `identifier`.
+fn same_identifier(value: &Value, identifier: &str) -> bool {
+    value["identifier"]
+        .as_array()
+        .is_some_and(|ids| ids.iter().any(|i| i["value"] == identifier))
 }
 
 fn flag_code(flag: &Flag) -> String {
@@ -285,6 +301,22 @@ mod tests {
         assert_eq!(changes.upsert.len(), 1);
         assert_eq!(changes.upsert[0]["code"]["coding"][0]["code"], "2");
         assert_eq!(changes.upsert[0]["period"]["start"], "2026-06-01");
+    }
+
+    #[test]
+    fn issue_8_a_new_segment_on_the_same_day_replaces_the_flag_instead_of_ending_it() {
+        let plan = plan();
+        let (old, _) = resources(&plan, &assessed(&plan, &[("contacts_12m", 20.0)]));
+        let (new, print) = resources(&plan, &assessed(&plan, &[("contacts_12m", 6.0)]));
+        let changes = decide(&new, &print, &on_server(&plan, &old), plan.as_of).expect("decided");
+        assert_eq!(changes.upsert.len(), 1);
+        assert_eq!(changes.upsert[0]["code"]["coding"][0]["code"], "2");
+        // The old segment Flag is the new one's target; only the lost overlay ends.
+        assert_eq!(changes.end.len(), 1, "{:#?}", changes.end);
+        assert_ne!(
+            changes.end[0]["identifier"], changes.upsert[0]["identifier"],
+            "no resource is addressed twice"
+        );
     }
 
     #[test]

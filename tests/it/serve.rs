@@ -67,8 +67,12 @@ fn start_with(args: &[&str]) -> Serve {
             ops = Some(rest.trim_end_matches('/').to_owned());
         }
     }
-    // Keep draining stderr so the service never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
+    // Keep draining stderr so the service never blocks on a full pipe; shown when a test fails.
+    std::thread::spawn(move || {
+        lines
+            .map_while(Result::ok)
+            .for_each(|l| eprintln!("serve: {l}"))
+    });
     let cds = cds.expect("cds");
     Serve {
         child,
@@ -186,6 +190,31 @@ async fn until(
     }
 }
 
+/// Waits until a run is under way, sends SIGTERM, and checks the exit is clean.
+async fn stop_during_a_run(http: &reqwest::Client, mut serve: Serve) {
+    until(http, &serve, "a run to start", |m| {
+        sample(m, "segmentti_run_in_progress", None) == 1.0
+    })
+    .await;
+    let term = Command::new("kill")
+        .args(["-TERM", &serve.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = serve.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve did not stop after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "exit after SIGTERM: {status}");
+}
+
 /// Per patient, the codes of its active segment Flags.
 async fn active_segments(server: &TestServer) -> BTreeMap<String, Vec<String>> {
     let mapping =
@@ -233,44 +262,52 @@ async fn serve_runs_on_schedule_answers_cds_hooks_and_stops_cleanly() {
 
     // 1. The first scheduled run is stopped by SIGTERM while it writes: it finishes, the
     //    checkpoint is saved, the exit is clean, and no client has two active segment Flags.
-    let serve = start(&config(
-        dir.path(),
-        &server,
-        &jwks,
-        "schedule = \"*/2 * * * * *\"",
-    ));
-    until(&http, &serve, "a run to start", |m| {
-        sample(m, "segmentti_run_in_progress", None) == 1.0
-    })
-    .await;
-    let term = Command::new("kill")
-        .args(["-TERM", &serve.child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(term.success());
-    let mut serve = serve;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = serve.child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "serve did not stop after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(status.success(), "exit after SIGTERM: {status}");
-    let checkpoint: Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("state.json")).expect("checkpoint saved"),
-    )
-    .expect("json");
-    assert!(checkpoint["since"].is_string(), "{checkpoint:#}");
+    let config_path = config(dir.path(), &server, &jwks, "schedule = \"*/2 * * * * *\"");
+    let state = dir.path().join("state.json");
+    stop_during_a_run(&http, start(&config_path)).await;
+    let first: Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).expect("checkpoint saved"))
+            .expect("json");
+    assert!(first["since"].is_string(), "{first:#}");
+    let before = active_segments(&server).await;
+    assert_eq!(before.len(), 150, "every client has a segment Flag");
+    assert!(
+        before.values().all(|codes| codes.len() == 1),
+        "no client has two active segment Flags: {before:?}"
+    );
+
+    // 1b. The same clients with other data: the next (incremental) run supersedes Flags, and
+    //     SIGTERM in its middle still leaves exactly one active segment Flag per client.
+    let reloaded = segmentti(&[
+        "synth",
+        "--clients",
+        "150",
+        "--seed",
+        "4",
+        "--server",
+        server.base_url().as_str(),
+    ]);
+    assert!(reloaded.status.success(), "{:?}", text(&reloaded));
+    stop_during_a_run(&http, start(&config_path)).await;
+    let second: Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).expect("checkpoint")).expect("json");
+    assert_ne!(
+        first["since"], second["since"],
+        "the incremental run saved its checkpoint"
+    );
     let segments = active_segments(&server).await;
-    assert_eq!(segments.len(), 150, "every client has a segment Flag");
+    assert_eq!(segments.len(), 150);
     assert!(
         segments.values().all(|codes| codes.len() == 1),
-        "no client has two active segment Flags: {segments:?}"
+        "no half-superseded Flags: {segments:?}"
+    );
+    let changed = segments
+        .iter()
+        .filter(|(p, codes)| before[*p] != **codes)
+        .count();
+    assert!(
+        changed > 0,
+        "the second run moved some clients to another segment"
     );
 
     // 2. Started again on the checkpoint: scheduled incremental runs succeed.

@@ -26,13 +26,13 @@ fn run_segments_the_fixture_and_writes_schema_valid_resources() {
     let output = run_files(&fixture("offline/basic"), out.path(), &[]);
     let (stdout, stderr) = text(&output);
     assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
-    assert!(stdout.contains("Model paijat-sote 1.0.0"), "{stdout}");
+    assert!(stdout.contains("Model paijat-sote 1.1.0"), "{stdout}");
     let observations = ndjson(&out.path().join("Observation.ndjson"));
     let flags = ndjson(&out.path().join("Flag.ndjson"));
     assert_eq!(observations.len(), 3);
     assert_eq!(segment_of(&observations, "p1"), "4");
     assert_eq!(segment_of(&observations, "p2"), "1");
-    assert_eq!(segment_of(&observations, "p3"), "3");
+    assert_eq!(segment_of(&observations, "p3"), "3a");
     // p1 is the heaviest user, p3 the most costly: both key clients, each with a second Flag.
     let key_flags: Vec<&Value> = flags
         .iter()
@@ -304,7 +304,10 @@ fn explain_shows_the_tree_path_criteria_and_resources() {
     let output = segmentti(&args);
     let (stdout, stderr) = text(&output);
     assert!(output.status.success(), "{stderr}");
-    assert!(stdout.contains("Segment 3: Planned care"), "{stdout}");
+    assert!(
+        stdout.contains("Segment 3a: Planned care – long-term illness"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("no   multi-sector") && stdout.contains("→ yes  planned-high-risk"),
         "{stdout}"
@@ -320,7 +323,7 @@ fn explain_shows_the_tree_path_criteria_and_resources() {
     let output = segmentti(&json_args);
     let explained: Value =
         serde_json::from_slice(&output.stdout).expect("explain --json prints JSON");
-    assert_eq!(explained[0]["segment"], "3");
+    assert_eq!(explained[0]["segment"], "3a");
     assert_eq!(explained[0]["path"].as_array().expect("path").len(), 2);
 
     let output = segmentti(&[
@@ -379,8 +382,8 @@ fn two_models_at_once_write_their_own_resources_with_distinct_identifiers() {
         .collect();
     assert_eq!(
         p3,
-        ["3", "occasional"],
-        "Päijät-Sote tier 3; Nylander occasional help (two contacts, months ago)"
+        ["3a", "occasional"],
+        "Päijät-Sote tier 3, long-term illness; Nylander occasional help (two contacts, months ago)"
     );
     let output = run_files(
         &fixture("offline/basic"),

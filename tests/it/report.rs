@@ -87,8 +87,8 @@ fn a_report_of_two_runs_shows_every_chart_and_renders_in_chromium() {
     let csv = std::fs::read_to_string(out.join("transitions.csv")).expect("csv");
     assert_eq!(
         csv.lines().count(),
-        1 + 16,
-        "a header and 4 × 4 cells: {csv}"
+        1 + 36,
+        "a header and 6 × 6 cells: {csv}"
     );
 
     let html = std::fs::read_to_string(out.join("report.html")).expect("html");

@@ -217,7 +217,7 @@ async fn a_later_assessment_ends_superseded_flags_and_dry_run_writes_nothing() {
         obs.len() > obs_before.len(),
         "earlier assessments stay as history"
     );
-    let segment_codes = ["1", "2", "3", "4"];
+    let segment_codes = ["1", "2", "3", "3a", "3b", "4"];
     for (patient, codes) in &active {
         assert_eq!(
             codes

@@ -833,7 +833,7 @@ fn bench_command(args: BenchArgs) -> Result<ExitCode> {
     let mut sizes = args.clients.clone();
     sizes.sort_unstable();
     let mut measured: Vec<(u64, f64)> = Vec::new();
-    let mut largest: Option<(u64, PathBuf, f64)> = None;
+    let mut largest: Option<(u64, PathBuf, f64, f64)> = None;
     for &clients in &sizes {
         let dir = args.work_dir.join(format!("synth-{clients}-{}", args.seed));
         let marker = dir.join(".complete");
@@ -868,7 +868,7 @@ fn bench_command(args: BenchArgs) -> Result<ExitCode> {
             stat(&stdout, "peak_rss_bytes") / 1048576.0
         );
         measured.push((clients, elapsed));
-        largest = Some((clients, dir, elapsed));
+        largest = Some((clients, dir, elapsed, stat(&stdout, "peak_rss_bytes")));
     }
     println!(
         "ratio = parse-only floor time / run time (1.0 = as fast as merely parsing the JSON; the floor uses one thread, the run both cores)"
@@ -881,8 +881,8 @@ fn bench_command(args: BenchArgs) -> Result<ExitCode> {
             b as f64 / a as f64
         );
     }
-    if let Some((clients, dir, full)) = largest {
-        extrapolate(&exe, &args.work_dir, clients, &dir, full)?;
+    if let Some((clients, dir, full, rss)) = largest {
+        extrapolate(&exe, &args.work_dir, clients, &dir, full, rss)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -896,8 +896,10 @@ fn extrapolate(
     clients: u64,
     dir: &std::path::Path,
     full: f64,
+    rss: f64,
 ) -> Result<()> {
     const SHARDS: u64 = 4;
+    const MEMORY_PER_SHARD: f64 = 1024.0 * 1024.0 * 1024.0;
     const COUNTRY: f64 = 5_500_000.0;
     const TARGET_S: f64 = 600.0;
     let thresholds = work_dir.join(format!("thresholds-{clients}.json"));
@@ -939,15 +941,21 @@ fn extrapolate(
         country_fixed + country_rest,
         first_pass * scale
     );
+    // Memory grows with the clients a shard folds: enough shards that each stays under 1 GiB.
+    let by_memory = (rss * scale / MEMORY_PER_SHARD).ceil().max(1.0);
     if country_fixed + first_pass * scale >= TARGET_S {
         println!(
             "10 minutes cannot be met by sharding one shared input: every shard reads it all ({country_fixed:.0} s); split the export per shard (one Group per shard)"
         );
     } else {
-        let shards = (country_rest / (TARGET_S - first_pass * scale - country_fixed)).ceil();
+        let by_time = (country_rest / (TARGET_S - first_pass * scale - country_fixed))
+            .ceil()
+            .max(1.0);
+        let shards = by_time.max(by_memory);
         println!(
-            "10 minutes for 5.5 M clients: {shards:.0} shard(s) of this machine's size (2 cores), each ≈ {:.0} s after the thresholds pass",
-            country_fixed + country_rest / shards
+            "10 minutes for 5.5 M clients: {shards:.0} shard(s) of this machine's size (2 cores, at most 1 GiB each: {by_memory:.0} for memory, {by_time:.0} for time), each ≈ {:.0} s after the thresholds pass ({:.0} s)",
+            country_fixed + country_rest / shards,
+            first_pass * scale
         );
     }
     Ok(())

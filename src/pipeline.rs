@@ -23,6 +23,7 @@ use crate::sink::{ClientResources, Sink, SinkError};
 use crate::source::files::SourceError;
 use crate::source::{Batch, Origin, Resource};
 use crate::synth::SynthOptions;
+use crate::writeback::validate::Invalid;
 use crate::writeback::{self, BuildError};
 
 /// Where resources come from.
@@ -351,6 +352,9 @@ pub struct ModelSummary {
     pub cost_concentration: Option<CostConcentration>,
     /// Clients per age band and segment, when the model has an age feature.
     pub age_bands: Vec<AgeBand>,
+    /// Clients whose built resources broke a rule of [`writeback::validate`]: not written.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub invalid: Vec<Invalid>,
 }
 
 /// How cost concentrates on few clients (the brief: about 10 % of clients carry 80 % of cost).
@@ -433,8 +437,9 @@ pub struct Share {
     pub cost_share: Option<f64>,
 }
 
-/// One client assessed, with how many Flags were built and the sink's encoding of them.
-type Done<E> = (Assessment, usize, E);
+/// One client assessed, with how many Flags were built and the sink's encoding of them, or the
+/// rule its resources broke (then nothing of it is written).
+type Done<E> = (Assessment, Result<(usize, E), Invalid>);
 
 /// How many clients are assessed and built in parallel before they go to the sink in order.
 const EVALUATE_CHUNK: usize = 4096;
@@ -467,6 +472,7 @@ pub fn evaluate<S: Sink + Send>(
         0
     });
     let mut written: BTreeMap<String, u64> = BTreeMap::new();
+    let mut invalid_clients: Vec<Invalid> = Vec::new();
     let age_feature = plan
         .features
         .iter()
@@ -483,15 +489,26 @@ pub fn evaluate<S: Sink + Send>(
                 let record = &clients[*id];
                 let a = assess(plan, id, record, &thresholds)?;
                 let resources = build(plan, &concepts, id, record, &a)?;
+                if let Err(invalid) = writeback::validate::check(plan, &resources) {
+                    return Ok((a, Err(invalid)));
+                }
                 let flags = resources.flags.len();
-                Ok((a, flags, S::encode(plan, resources)?))
+                Ok((a, Ok((flags, S::encode(plan, resources)?))))
             })
             .collect()
     };
     let mut take =
         |done: Vec<Result<Done<S::Encoded>, PipelineError>>| -> Result<(), PipelineError> {
             for result in done {
-                let (a, flags, encoded) = result?;
+                let (a, built) = result?;
+                let (flags, encoded) = match built {
+                    Ok(built) => built,
+                    Err(invalid) => {
+                        tracing::error!(resource = %invalid.resource, rule = %invalid.rule, "a built resource breaks a rule; nothing of this client is written");
+                        invalid_clients.push(invalid);
+                        continue;
+                    }
+                };
                 let cost = plan.cost_feature.and_then(|f| a.features[f]).unwrap_or(0.0);
                 if plan.cost_feature.is_some() {
                     costs.push(cost);
@@ -595,6 +612,7 @@ pub fn evaluate<S: Sink + Send>(
             .collect(),
         cost_concentration,
         age_bands,
+        invalid: invalid_clients,
     })
 }
 

@@ -9,6 +9,7 @@
 //! | 2 | usage error (bad flags) |
 //! | 3 | done with rejects: some inputs were skipped and recorded in `rejected.ndjson` |
 //! | 4 | done, but the server refused some clients' results (each reported with its OperationOutcome) |
+//! | 5 | done, but some clients' built resources broke a rule of `writeback::validate` and were not written (each named in the summary) |
 
 mod bulk;
 mod serve;
@@ -39,6 +40,17 @@ pub const DEFAULT_AS_OF: &str = "2026-01-01";
 
 /// Exit code: done with rejects.
 pub const EXIT_REJECTS: u8 = 3;
+/// Exit code: done, but some clients' resources broke a rule and were not written.
+pub const EXIT_INVALID: u8 = 5;
+
+/// Prints the clients whose resources broke a rule; whether there were any.
+fn report_invalid(models: &[ModelSummary]) -> bool {
+    let invalid: Vec<_> = models.iter().flat_map(|m| &m.invalid).collect();
+    for i in &invalid {
+        eprintln!("not written: {i}");
+    }
+    !invalid.is_empty()
+}
 
 /// segmentti: client segmentation for FHIR R4 (Finnish social and health care).
 #[derive(Debug, Parser)]
@@ -479,7 +491,9 @@ fn run_command(args: RunArgs) -> Result<ExitCode> {
             "stats: resources={resources} clients={clients} seconds={seconds:.3} fold_seconds={fold_seconds:.3} peak_rss_bytes={rss}"
         );
     }
-    Ok(if folded.rejected > 0 {
+    Ok(if report_invalid(&summary.models) {
+        ExitCode::from(EXIT_INVALID)
+    } else if folded.rejected > 0 {
         ExitCode::from(EXIT_REJECTS)
     } else {
         ExitCode::SUCCESS

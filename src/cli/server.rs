@@ -209,7 +209,10 @@ pub fn run(
             )
         );
     }
-    Ok(if report.refused() > 0 {
+    let summaries: Vec<ModelSummary> = report.models.iter().map(|(s, _)| s.clone()).collect();
+    Ok(if super::report_invalid(&summaries) {
+        ExitCode::from(super::EXIT_INVALID)
+    } else if report.refused() > 0 {
         ExitCode::from(EXIT_REFUSED)
     } else if report.rejected_count > 0 {
         ExitCode::from(super::EXIT_REJECTS)

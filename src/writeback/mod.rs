@@ -20,6 +20,8 @@ use crate::model::mapping::{Attribute, Text};
 use crate::model::plan::Plan;
 use fhir_sdk::r4b::resources::{ObservationComponent, ObservationComponentValue};
 
+pub mod validate;
+
 pub use flag::{overlay_flag, segment_flag};
 pub use observation::assessment;
 

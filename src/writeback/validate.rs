@@ -1,0 +1,283 @@
+//! The check every built resource passes before it leaves the process: the rules a receiving
+//! EHR relies on, stated once here (the profiles of what segmentti writes say the same):
+//!
+//! | resource | rule |
+//! |---|---|
+//! | Observation | `status` final; `code` carries segmentti's `segment-assessment`; exactly one identifier, the business identifier (model, client, date); `subject` is the client's Patient; `effectiveDateTime` is the as-of date; the value is one of the model's segments; `method` names the model; every component has a code and exactly one value; `derivedFrom` points at Encounters and Conditions only, at most the cap |
+//! | Flag | `status` active; exactly one identifier, the business identifier (model, overlay, client, date); `code` is a segment (the first Flag) or an overlay (the others) of the model; `subject` is the client's Patient; `period.start` is the as-of date and there is no end; `flag-detail` points at this client's Observation; the fingerprint extension is there |
+//!
+//! It reads the typed resources the builders made, so it costs no serialisation. A failure
+//! names the resource and the rule; the pipeline then writes nothing for that client and says
+//! so in the run's summary and exit code. This module never changes a resource.
+
+use fhir_sdk::r4b::codes::{FlagStatus, ObservationStatus};
+use fhir_sdk::r4b::resources::{Flag, Observation, ObservationEffective, ObservationValue};
+use fhir_sdk::r4b::types::{CodeableConcept, ExtensionValue, Identifier, Reference};
+
+use super::{
+    BusinessId, DERIVED_FROM_CAP, FINGERPRINT, FLAG_DETAIL, SEGMENTTI_SYSTEM, Written, fhir_date,
+    model_system,
+};
+use crate::model::plan::Plan;
+use crate::sink::ClientResources;
+
+/// A built resource that breaks a rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize)]
+#[error("{resource} of Patient/{patient} breaks the rule: {rule}")]
+pub struct Invalid {
+    /// `Type/id` of the resource.
+    pub resource: String,
+    /// The client.
+    pub patient: String,
+    /// The rule, in words.
+    pub rule: String,
+}
+
+/// Checks one client's resources; the first broken rule.
+pub fn check(plan: &Plan, resources: &ClientResources) -> Result<(), Invalid> {
+    let patient = resources.patient.as_str();
+    let obs = &resources.observation;
+    let obs_ref = format!("Observation/{}", obs.id.as_deref().unwrap_or_default());
+    check_observation(plan, patient, obs).map_err(|rule| Invalid {
+        resource: obs_ref.clone(),
+        patient: patient.to_owned(),
+        rule,
+    })?;
+    if resources.flags.is_empty() {
+        return Err(Invalid {
+            resource: obs_ref,
+            patient: patient.to_owned(),
+            rule: "a client has a segment Flag".into(),
+        });
+    }
+    for (i, flag) in resources.flags.iter().enumerate() {
+        check_flag(plan, patient, i == 0, &obs_ref, flag).map_err(|rule| Invalid {
+            resource: format!("Flag/{}", flag.id.as_deref().unwrap_or_default()),
+            patient: patient.to_owned(),
+            rule,
+        })?;
+    }
+    Ok(())
+}
+
+type Rule = Result<(), String>;
+
+fn rule(holds: bool, text: &str) -> Rule {
+    if holds { Ok(()) } else { Err(text.to_owned()) }
+}
+
+fn has_code<'a>(
+    concept: &CodeableConcept,
+    system: &str,
+    codes: impl IntoIterator<Item = &'a str>,
+) -> bool {
+    let found: Vec<(&str, &str)> = concept
+        .coding
+        .iter()
+        .flatten()
+        .filter_map(|c| Some((c.system.as_deref()?, c.code.as_deref()?)))
+        .collect();
+    codes
+        .into_iter()
+        .any(|code| found.iter().any(|&(s, c)| s == system && c == code))
+}
+
+/// Exactly one identifier, the business identifier the lifecycle finds the resource by.
+fn one_identifier(identifiers: &[Option<Identifier>], expected: &BusinessId) -> Rule {
+    let ids: Vec<&Identifier> = identifiers.iter().flatten().collect();
+    rule(
+        ids.len() == 1
+            && ids[0].system.as_deref() == Some(expected.system.as_str())
+            && ids[0].value.as_deref() == Some(expected.value.as_str()),
+        "exactly one identifier, the business identifier of the model, client and date",
+    )
+}
+
+fn is_patient(reference: Option<&Reference>, patient: &str) -> bool {
+    reference.and_then(|r| r.reference.as_deref()) == Some(format!("Patient/{patient}").as_str())
+}
+
+fn check_observation(plan: &Plan, patient: &str, obs: &Observation) -> Rule {
+    let m = &plan.mapping;
+    rule(obs.status == ObservationStatus::Final, "status is final")?;
+    rule(
+        has_code(
+            &obs.code,
+            SEGMENTTI_SYSTEM,
+            std::iter::once("segment-assessment"),
+        ),
+        "code carries segment-assessment",
+    )?;
+    one_identifier(
+        &obs.identifier,
+        &BusinessId::new(plan, Written::Assessment, None, patient, plan.as_of),
+    )?;
+    rule(
+        is_patient(obs.subject.as_ref(), patient),
+        "subject is the client's Patient",
+    )?;
+    let as_of = fhir_sdk::DateTime::Date(fhir_date(plan.as_of));
+    rule(
+        matches!(&obs.effective, Some(ObservationEffective::DateTime(d)) if *d == as_of),
+        "effectiveDateTime is the as-of date",
+    )?;
+    let segment_system = model_system(plan, "segment");
+    rule(
+        matches!(&obs.value, Some(ObservationValue::CodeableConcept(c))
+            if has_code(c, &segment_system, m.segments.iter().map(|s| s.code.as_str()))),
+        "the value is a segment of the model",
+    )?;
+    rule(
+        obs.method
+            .as_ref()
+            .is_some_and(|c| has_code(c, m.canonical.as_str(), std::iter::once(m.id.as_str()))),
+        "method names the model",
+    )?;
+    for c in obs.component.iter().flatten() {
+        rule(
+            c.code
+                .coding
+                .iter()
+                .flatten()
+                .any(|x| x.system.is_some() && x.code.is_some()),
+            "every component has a coded code",
+        )?;
+        rule(c.value.is_some(), "every component has a value")?;
+    }
+    rule(
+        obs.derived_from.len() <= DERIVED_FROM_CAP,
+        "derivedFrom is capped",
+    )?;
+    rule(
+        obs.derived_from.iter().flatten().all(|r| {
+            r.reference
+                .as_deref()
+                .is_some_and(|t| t.starts_with("Encounter/") || t.starts_with("Condition/"))
+        }),
+        "derivedFrom points at Encounters and Conditions only",
+    )
+}
+
+fn check_flag(plan: &Plan, patient: &str, segment: bool, obs_ref: &str, flag: &Flag) -> Rule {
+    let m = &plan.mapping;
+    rule(flag.status == FlagStatus::Active, "status is active")?;
+    let code = flag
+        .code
+        .coding
+        .iter()
+        .flatten()
+        .find_map(|c| c.code.as_deref())
+        .unwrap_or_default();
+    let expected = if segment {
+        BusinessId::new(plan, Written::SegmentFlag, None, patient, plan.as_of)
+    } else {
+        BusinessId::new(plan, Written::OverlayFlag, Some(code), patient, plan.as_of)
+    };
+    one_identifier(&flag.identifier, &expected)?;
+    if segment {
+        rule(
+            has_code(
+                &flag.code,
+                &model_system(plan, "segment"),
+                m.segments.iter().map(|s| s.code.as_str()),
+            ),
+            "the first Flag's code is a segment of the model",
+        )?;
+    } else {
+        rule(
+            has_code(
+                &flag.code,
+                &model_system(plan, "overlay"),
+                m.overlays.iter().map(|o| o.code.as_str()),
+            ),
+            "an overlay Flag's code is an overlay of the model",
+        )?;
+    }
+    rule(
+        is_patient(Some(&flag.subject), patient),
+        "subject is the client's Patient",
+    )?;
+    let as_of = fhir_sdk::DateTime::Date(fhir_date(plan.as_of));
+    rule(
+        flag.period
+            .as_ref()
+            .is_some_and(|p| p.start.as_ref().is_some_and(|s| *s == as_of) && p.end.is_none()),
+        "period starts at the as-of date and has no end",
+    )?;
+    rule(
+        flag.extension.iter().any(|e| {
+            e.url == FLAG_DETAIL
+                && matches!(&e.value, Some(ExtensionValue::Reference(r)) if r.reference.as_deref() == Some(obs_ref))
+        }),
+        "flag-detail points at the client's Observation",
+    )?;
+    rule(
+        flag.extension.iter().any(|e| e.url == FINGERPRINT),
+        "the assessment fingerprint is there",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use fhir_sdk::r4b::types::Reference;
+
+    use super::*;
+    use crate::model::load::load_str;
+    use crate::record::ClientRecord;
+
+    fn built() -> (Plan, ClientResources) {
+        let mapping = load_str(include_str!("../../mappings/paijat-sote.yaml")).expect("model");
+        let plan = Plan::compile(mapping, "2026-01-01".parse().expect("day")).expect("plan");
+        let record = ClientRecord::empty(&plan);
+        let thresholds = vec![None; plan.percentiles.len()];
+        let a = crate::pipeline::assess(&plan, "p1", &record, &thresholds).expect("placed");
+        let concepts = super::super::Concepts::new(&plan).expect("concepts");
+        let resources = crate::pipeline::build(&plan, &concepts, "p1", &record, &a).expect("built");
+        (plan, resources)
+    }
+
+    #[test]
+    fn what_the_builders_make_passes() {
+        let (plan, resources) = built();
+        assert_eq!(check(&plan, &resources), Ok(()));
+    }
+
+    /// A way to break what a builder made.
+    type Break = fn(&mut ClientResources);
+
+    /// Each broken builder is caught, naming the resource and the rule.
+    #[test]
+    fn broken_resources_are_caught_with_their_rule() {
+        let breaks: [(&str, Break); 6] = [
+            ("status is final", |r| {
+                r.observation.status = ObservationStatus::Preliminary
+            }),
+            ("subject is the client's Patient", |r| {
+                r.observation.subject = Some(
+                    Reference::builder()
+                        .reference("Patient/p2".into())
+                        .build()
+                        .expect("ref"),
+                );
+            }),
+            ("the value is a segment of the model", |r| {
+                r.observation.value = None
+            }),
+            ("status is active", |r| {
+                r.flags[0].status = FlagStatus::Inactive
+            }),
+            ("flag-detail points at the client's Observation", |r| {
+                r.flags[0].extension.retain(|e| e.url != FLAG_DETAIL)
+            }),
+            ("a client has a segment Flag", |r| r.flags.clear()),
+        ];
+        for (expected, break_it) in breaks {
+            let (plan, mut resources) = built();
+            break_it(&mut resources);
+            let e = check(&plan, &resources).expect_err(expected);
+            assert_eq!(e.rule, expected);
+            assert_eq!(e.patient, "p1");
+            assert!(e.to_string().contains("Patient/p1"), "{e}");
+        }
+    }
+}

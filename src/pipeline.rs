@@ -358,7 +358,7 @@ pub struct ModelSummary {
 }
 
 /// How cost concentrates on few clients (the brief: about 10 % of clients carry 80 % of cost).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct CostConcentration {
     /// Share of cost held by the most costly 1 %, 5 % and 10 % of clients.
     pub top_1: f64,
@@ -372,7 +372,7 @@ pub struct CostConcentration {
 }
 
 /// One age band's clients per segment.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct AgeBand {
     /// `0–17`, `18–64`, `65–74`, `75+`, or `unknown` (no birth date).
     pub band: String,
@@ -423,7 +423,7 @@ fn concentration(costs: &mut [f64]) -> CostConcentration {
 }
 
 /// A count and its share of clients (and of cost, where the model has a cost feature).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Share {
     /// Segment or overlay code.
     pub code: String,

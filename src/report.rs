@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::pipeline::{AgeBand, CostConcentration, Share};
+
 /// Why a report could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -68,43 +70,6 @@ pub struct ModelReport {
     pub cost_concentration: Option<CostConcentration>,
     /// Moves since the previous run, when one was given and holds this model.
     pub transitions: Option<Transitions>,
-}
-
-/// A segment's or overlay's clients, as `summary.json` has them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Share {
-    /// Code.
-    pub code: String,
-    /// English name.
-    pub display: String,
-    /// Clients.
-    pub count: u64,
-    /// Share of clients.
-    pub share: f64,
-    /// Share of cost.
-    pub cost_share: Option<f64>,
-}
-
-/// Clients of one age band per segment.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AgeBand {
-    /// The band.
-    pub band: String,
-    /// Per segment, in segment order.
-    pub counts: Vec<u64>,
-}
-
-/// Top shares and the Lorenz curve.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CostConcentration {
-    /// Cost share of the top 1 % of clients.
-    pub top_1: f64,
-    /// Of the top 5 %.
-    pub top_5: f64,
-    /// Of the top 10 %.
-    pub top_10: f64,
-    /// (share of clients, share of cost), least costly first.
-    pub lorenz: Vec<(f64, f64)>,
 }
 
 /// Moves between the previous run's segments and this run's.

@@ -58,7 +58,7 @@ string_newtype!(
 );
 
 /// A reference to a resource on the source, kept as type and id so it can be re-rendered as
-/// `Type/id` for `derivedFrom` and for explanations.
+/// `Type/id` for supporting information and for explanations.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ResourceRef {
     /// The resource type, such as `Encounter`.

@@ -15,7 +15,7 @@ use crate::day::Day;
 use crate::model::plan::{Aggregate, Plan};
 use crate::types::{ResourceKind, ResourceRef};
 
-/// How many contributing resources of each type a client keeps for `derivedFrom` and
+/// How many contributing resources of each type a client keeps for the assessment's supporting information and
 /// explanations; the most recent win, and the full count is kept beside them. Kept per type so
 /// that a flood of recent contacts cannot push out the diagnoses that also decided the result.
 pub const EVIDENCE_CAP: usize = 8;

@@ -73,8 +73,14 @@ fn build(
             .build()
             .map_err(|e| e.to_string())?;
         let start = fhir_sdk::DateTime::Date(fhir_date(plan.as_of));
+        let profile = match (written, part) {
+            (Written::OverlayFlag, Some("key-client")) => "key-client-flag",
+            (Written::OverlayFlag, _) => "overlay-flag",
+            _ => "segment-flag",
+        };
         Flag::builder()
             .id(id.logical_id())
+            .meta(super::meta(profile)?)
             .extension(vec![
                 detail,
                 super::lifecycle::fingerprint_extension(&super::lifecycle::fingerprint(plan, a))?,

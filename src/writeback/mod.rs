@@ -11,7 +11,7 @@ pub mod lifecycle;
 pub mod observation;
 
 use fhir_sdk::r4b::types::{
-    CodeableConcept, Coding, Extension, ExtensionValue, FieldExtension, Identifier, Quantity,
+    CodeableConcept, Coding, Extension, ExtensionValue, FieldExtension, Identifier, Meta, Quantity,
     Reference,
 };
 
@@ -27,19 +27,25 @@ pub use observation::assessment;
 
 /// segmentti's own code system: the assessment code and other codes not owned by a model.
 pub const SEGMENTTI_SYSTEM: &str = "https://segmentti.fi/fhir/CodeSystem/segmentti";
-/// Extension holding how many resources counted when `derivedFrom` is capped.
-pub const DERIVED_FROM_COUNT: &str =
-    "https://segmentti.fi/fhir/StructureDefinition/derived-from-count";
+/// The standard extension (R4 core, context Observation) pointing at a resource behind an
+/// assessment. Not `derivedFrom`: R4 restricts its targets to Observation, DocumentReference and
+/// the like, and the criteria stand on Encounters and Conditions.
+pub const SUPPORTING_INFO: &str = "http://hl7.org/fhir/StructureDefinition/workflow-supportingInfo";
+/// Extension holding how many resources counted when the supporting-info list is capped.
+pub const SUPPORTING_INFO_COUNT: &str =
+    "https://segmentti.fi/fhir/StructureDefinition/supporting-info-count";
 /// Extension on segmentti's Flags: the assessment's segment, levels and overlays in one string,
 /// so a later run can tell from the Flag alone whether anything changed.
 pub const FINGERPRINT: &str =
     "https://segmentti.fi/fhir/StructureDefinition/assessment-fingerprint";
+/// Where segmentti's profiles live (the `profiles/` package's canonical base).
+pub const PROFILES: &str = "https://segmentti.fi/fhir/StructureDefinition";
 /// The standard extension pointing from a Flag to the resource that explains it.
 pub const FLAG_DETAIL: &str = "http://hl7.org/fhir/StructureDefinition/flag-detail";
 /// The standard extension carrying a display's translation.
 pub const TRANSLATION: &str = "http://hl7.org/fhir/StructureDefinition/translation";
-/// How many resources an Observation's `derivedFrom` lists at most.
-pub const DERIVED_FROM_CAP: usize = 10;
+/// How many resources an Observation lists as supporting information at most.
+pub const SUPPORTING_INFO_CAP: usize = 10;
 
 /// Why a resource could not be built; always a bug in segmentti, since inputs are checked.
 #[derive(Debug, thiserror::Error)]
@@ -205,7 +211,9 @@ pub struct Concepts {
     pub parent_component: CodeableConcept,
     /// Per criterion, its component code.
     pub criteria: Vec<CodeableConcept>,
-    /// Per criterion and level, the component value.
+    /// Per criterion and level, the component value. Each criterion's levels are a code system
+    /// of their own (`…/CodeSystem/level/{criterion}`): two criteria may both have a level
+    /// `none` that means different things, and a code system holds one meaning per code.
     pub levels: Vec<Vec<CodeableConcept>>,
     /// Per overlay, its component code.
     pub overlays: Vec<CodeableConcept>,
@@ -268,16 +276,11 @@ impl Concepts {
                     .and_then(|p| m.segments.iter().position(|x| &x.code == p))
             })
             .collect();
-        let parent_text = Text {
-            fi: "Pääsegmentti".into(),
-            sv: "Huvudsegment".into(),
-            en: "Parent segment".into(),
-        };
         Ok(Self {
             assessment,
             method,
             parents,
-            parent_component: concept_fi(SEGMENTTI_SYSTEM, "parent-segment", &parent_text)?,
+            parent_component: concept_fi(SEGMENTTI_SYSTEM, "parent-segment", &parent_segment())?,
             segments: m
                 .segments
                 .iter()
@@ -292,9 +295,10 @@ impl Concepts {
                 .criteria
                 .iter()
                 .map(|c| {
+                    let system = format!("{level}/{}", c.id);
                     c.levels
                         .iter()
-                        .map(|l| concept_fi(&level, &l.code, &l.display))
+                        .map(|l| concept_fi(&system, &l.code, &l.display))
                         .collect::<Result<_, _>>()
                 })
                 .collect::<Result<_, _>>()?,
@@ -362,6 +366,15 @@ fn attribute_component(plan: &Plan, a: &Attribute) -> Result<ObservationComponen
         .map_err(|e| e.to_string())
 }
 
+/// `meta` claiming segmentti's profile `id`, so validators and EHRs know what to hold the
+/// resource to.
+pub fn meta(id: &str) -> Result<Meta, String> {
+    Meta::builder()
+        .profile(vec![Some(format!("{PROFILES}/{id}"))])
+        .build()
+        .map_err(|e| e.to_string())
+}
+
 /// UCUM, the units of Quantity values.
 const UCUM: &str = "http://unitsofmeasure.org";
 
@@ -373,9 +386,18 @@ pub fn reference(target: &str) -> Result<Reference, String> {
         .map_err(|e| e.to_string())
 }
 
-/// The code system of a model's segments, criteria, levels or overlays.
+/// The code system of a model's segments, criteria, overlays (and, below it, levels).
 pub fn model_system(plan: &Plan, what: &str) -> String {
     format!("{}/CodeSystem/{what}", plan.mapping.canonical)
+}
+
+/// The display of the component naming a sub-segment's parent.
+pub fn parent_segment() -> Text {
+    Text {
+        fi: "Pääsegmentti".into(),
+        sv: "Huvudsegment".into(),
+        en: "Parent segment".into(),
+    }
 }
 
 /// A FHIR `date` for the as-of day.

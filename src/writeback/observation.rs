@@ -1,6 +1,6 @@
 //! The assessment Observation: the segment as its value, one component per criterion with its
-//! level and one per overlay, the model named in `method`, and the resources that decided it in
-//! `derivedFrom` (capped, with the full count in an extension).
+//! level and one per overlay, the model named in `method`, and the resources that decided it as
+//! `workflow-supportingInfo` extensions (capped, with the full count in an extension).
 
 use fhir_sdk::r4b::codes::ObservationStatus;
 use fhir_sdk::r4b::resources::{
@@ -10,8 +10,8 @@ use fhir_sdk::r4b::resources::{
 use fhir_sdk::r4b::types::{CodeableConcept, Extension, ExtensionValue};
 
 use super::{
-    BuildError, BusinessId, Concepts, DERIVED_FROM_CAP, DERIVED_FROM_COUNT, Written, fhir_date,
-    reference,
+    BuildError, BusinessId, Concepts, SUPPORTING_INFO, SUPPORTING_INFO_CAP, SUPPORTING_INFO_COUNT,
+    Written, fhir_date, reference,
 };
 use crate::model::eval::Assessment;
 use crate::model::mapping::Text;
@@ -27,7 +27,7 @@ pub fn assessment_code() -> Text {
     }
 }
 
-/// The resources that decided the result, capped at [`DERIVED_FROM_CAP`]: diagnoses first
+/// The resources that decided the result, capped at [`SUPPORTING_INFO_CAP`]: diagnoses first
 /// (few, and the most telling), then contacts, most recent first; all that counted when nothing
 /// raised a criterion or an overlay (a light client).
 pub fn decisive_references(record: &ClientRecord, a: &Assessment) -> Vec<String> {
@@ -49,7 +49,7 @@ pub fn decisive_references(record: &ClientRecord, a: &Assessment) -> Vec<String>
     });
     chosen
         .into_iter()
-        .take(DERIVED_FROM_CAP)
+        .take(SUPPORTING_INFO_CAP)
         .map(|e| e.reference().to_string())
         .collect()
 }
@@ -109,20 +109,25 @@ fn build(
         }
     }
     debug_assert_eq!(m.criteria.len(), a.levels.len());
-    let derived: Vec<_> = decisive_references(record, a)
+    let extension = |url: &str, value: ExtensionValue| {
+        Extension::builder()
+            .url(url.to_owned())
+            .value(value)
+            .build()
+            .map_err(|e| e.to_string())
+    };
+    let mut extensions = decisive_references(record, a)
         .iter()
-        .map(|r| reference(r).map(Some))
-        .collect::<Result<_, _>>()?;
-    let count = Extension::builder()
-        .url(DERIVED_FROM_COUNT.to_owned())
-        .value(ExtensionValue::Integer(
-            i32::try_from(record.evidence_total).unwrap_or(i32::MAX),
-        ))
-        .build()
-        .map_err(|e| e.to_string())?;
+        .map(|r| extension(SUPPORTING_INFO, ExtensionValue::Reference(reference(r)?)))
+        .collect::<Result<Vec<_>, _>>()?;
+    extensions.push(extension(
+        SUPPORTING_INFO_COUNT,
+        ExtensionValue::Integer(i32::try_from(record.evidence_total).unwrap_or(i32::MAX)),
+    )?);
     Observation::builder()
         .id(id.logical_id())
-        .extension(vec![count])
+        .meta(super::meta("segment-assessment")?)
+        .extension(extensions)
         .identifier(vec![Some(id.to_fhir()?)])
         .status(ObservationStatus::Final)
         .code(concepts.assessment.clone())
@@ -134,7 +139,6 @@ fn build(
             concepts.segments[a.segment].clone(),
         ))
         .method(concepts.method.clone())
-        .derived_from(derived)
         .component(components)
         .build()
         .map_err(|e| e.to_string())

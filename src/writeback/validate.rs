@@ -3,7 +3,7 @@
 //!
 //! | resource | rule |
 //! |---|---|
-//! | Observation | `status` final; `code` carries segmentti's `segment-assessment`; exactly one identifier, the business identifier (model, client, date); `subject` is the client's Patient; `effectiveDateTime` is the as-of date; the value is one of the model's segments; `method` names the model; every component has a code and exactly one value; `derivedFrom` points at Encounters and Conditions only, at most the cap |
+//! | Observation | `status` final; `code` carries segmentti's `segment-assessment`; exactly one identifier, the business identifier (model, client, date); `subject` is the client's Patient; `effectiveDateTime` is the as-of date; the value is one of the model's segments; `method` names the model; every component has a code and exactly one value; no `derivedFrom` (R4 allows no Encounter or Condition there); `workflow-supportingInfo` extensions point at Encounters and Conditions only, at most the cap, with the full count once |
 //! | Flag | `status` active; exactly one identifier, the business identifier (model, overlay, client, date); `code` is a segment (the first Flag) or an overlay (the others) of the model; `subject` is the client's Patient; `period.start` is the as-of date and there is no end; `flag-detail` points at this client's Observation; the fingerprint extension is there |
 //!
 //! It reads the typed resources the builders made, so it costs no serialisation. A failure
@@ -15,8 +15,8 @@ use fhir_sdk::r4b::resources::{Flag, Observation, ObservationEffective, Observat
 use fhir_sdk::r4b::types::{CodeableConcept, ExtensionValue, Identifier, Reference};
 
 use super::{
-    BusinessId, DERIVED_FROM_CAP, FINGERPRINT, FLAG_DETAIL, SEGMENTTI_SYSTEM, Written, fhir_date,
-    model_system,
+    BusinessId, FINGERPRINT, FLAG_DETAIL, SEGMENTTI_SYSTEM, SUPPORTING_INFO, SUPPORTING_INFO_CAP,
+    SUPPORTING_INFO_COUNT, Written, fhir_date, model_system,
 };
 use crate::model::plan::Plan;
 use crate::sink::ClientResources;
@@ -144,17 +144,33 @@ fn check_observation(plan: &Plan, patient: &str, obs: &Observation) -> Rule {
         )?;
         rule(c.value.is_some(), "every component has a value")?;
     }
+    rule(obs.derived_from.is_empty(), "derivedFrom is not used")?;
+    let supporting: Vec<_> = obs
+        .extension
+        .iter()
+        .filter(|e| e.url == SUPPORTING_INFO)
+        .collect();
     rule(
-        obs.derived_from.len() <= DERIVED_FROM_CAP,
-        "derivedFrom is capped",
+        supporting.len() <= SUPPORTING_INFO_CAP,
+        "supporting information is capped",
     )?;
     rule(
-        obs.derived_from.iter().flatten().all(|r| {
-            r.reference
+        supporting.iter().all(|e| match &e.value {
+            Some(ExtensionValue::Reference(r)) => r
+                .reference
                 .as_deref()
-                .is_some_and(|t| t.starts_with("Encounter/") || t.starts_with("Condition/"))
+                .is_some_and(|t| t.starts_with("Encounter/") || t.starts_with("Condition/")),
+            _ => false,
         }),
-        "derivedFrom points at Encounters and Conditions only",
+        "supporting information points at Encounters and Conditions only",
+    )?;
+    rule(
+        obs.extension
+            .iter()
+            .filter(|e| e.url == SUPPORTING_INFO_COUNT)
+            .count()
+            == 1,
+        "the count of supporting resources is there once",
     )
 }
 
@@ -248,7 +264,7 @@ mod tests {
     /// Each broken builder is caught, naming the resource and the rule.
     #[test]
     fn broken_resources_are_caught_with_their_rule() {
-        let breaks: [(&str, Break); 6] = [
+        let breaks: [(&str, Break); 8] = [
             ("status is final", |r| {
                 r.observation.status = ObservationStatus::Preliminary
             }),
@@ -262,6 +278,18 @@ mod tests {
             }),
             ("the value is a segment of the model", |r| {
                 r.observation.value = None
+            }),
+            ("derivedFrom is not used", |r| {
+                let target = Reference::builder()
+                    .reference("Condition/c1".into())
+                    .build()
+                    .expect("ref");
+                r.observation.derived_from = vec![Some(target)];
+            }),
+            ("the count of supporting resources is there once", |r| {
+                r.observation
+                    .extension
+                    .retain(|e| e.url != SUPPORTING_INFO_COUNT)
             }),
             ("status is active", |r| {
                 r.flags[0].status = FlagStatus::Inactive

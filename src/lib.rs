@@ -11,6 +11,7 @@
 //! - [`model`]: mapping files (load, schema, checks), features, criteria, the question tree.
 //! - [`writeback`]: pure builders of the Observation and Flag, with deterministic identifiers.
 //! - [`sink`]: where results go (NDJSON files, summary).
+//! - [`profiles`]: the FHIR package (profiles, code systems, examples) of what is written.
 //! - [`report`]: the population report of a run's output (HTML with SVG, JSON, CSV).
 //! - [`state`]: the checkpoint of incremental server runs.
 //! - [`job`]: one run against a server (read, evaluate, write back, checkpoint), shared by
@@ -31,6 +32,7 @@ pub mod fhir;
 pub mod job;
 pub mod model;
 pub mod pipeline;
+pub mod profiles;
 pub mod progress;
 pub mod record;
 pub mod report;

@@ -12,6 +12,7 @@
 //! | 5 | done, but some clients' built resources broke a rule of `writeback::validate` and were not written (each named in the summary) |
 
 mod bulk;
+mod profiles;
 mod serve;
 mod server;
 
@@ -120,6 +121,9 @@ pub enum Command {
     Bench(BenchArgs),
     /// Run as a service: scheduled incremental runs, CDS Hooks cards, health and metrics.
     Serve(serve::ServeArgs),
+    /// The FHIR package of what segmentti writes (profiles/).
+    #[command(subcommand)]
+    Profiles(profiles::ProfilesCommand),
 }
 
 /// Where a run reads and which models it uses.
@@ -326,6 +330,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(args) => serve::run(args),
+        Command::Profiles(command) => profiles::run(command),
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&load::schema())?);
             Ok(ExitCode::SUCCESS)

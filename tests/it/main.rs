@@ -6,6 +6,7 @@ mod harness;
 mod k8s;
 mod mappings;
 mod offline;
+mod profiles;
 mod refusals;
 mod report;
 mod roundtrip;

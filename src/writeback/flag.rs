@@ -52,6 +52,15 @@ pub fn overlay_flag(
     )
 }
 
+/// The profile (in `profiles/`) a Flag of `written` with overlay `part` claims.
+pub fn profile(written: Written, part: Option<&str>) -> &'static str {
+    match (written, part) {
+        (Written::OverlayFlag, Some("key-client")) => "key-client-flag",
+        (Written::OverlayFlag, _) => "overlay-flag",
+        _ => "segment-flag",
+    }
+}
+
 fn build(
     plan: &Plan,
     patient: &str,
@@ -73,14 +82,9 @@ fn build(
             .build()
             .map_err(|e| e.to_string())?;
         let start = fhir_sdk::DateTime::Date(fhir_date(plan.as_of));
-        let profile = match (written, part) {
-            (Written::OverlayFlag, Some("key-client")) => "key-client-flag",
-            (Written::OverlayFlag, _) => "overlay-flag",
-            _ => "segment-flag",
-        };
         Flag::builder()
             .id(id.logical_id())
-            .meta(super::meta(profile)?)
+            .meta(super::meta(profile(written, part))?)
             .extension(vec![
                 detail,
                 super::lifecycle::fingerprint_extension(&super::lifecycle::fingerprint(plan, a))?,

@@ -3,8 +3,8 @@
 //!
 //! | resource | rule |
 //! |---|---|
-//! | Observation | `status` final; `code` carries segmentti's `segment-assessment`; exactly one identifier, the business identifier (model, client, date); `subject` is the client's Patient; `effectiveDateTime` is the as-of date; the value is one of the model's segments; `method` names the model; every component has a code and exactly one value; no `derivedFrom` (R4 allows no Encounter or Condition there); `workflow-supportingInfo` extensions point at Encounters and Conditions only, at most the cap, with the full count once |
-//! | Flag | `status` active; exactly one identifier, the business identifier (model, overlay, client, date); `code` is a segment (the first Flag) or an overlay (the others) of the model; `subject` is the client's Patient; `period.start` is the as-of date and there is no end; `flag-detail` points at this client's Observation; the fingerprint extension is there |
+//! | Observation | `status` final; `meta.profile` is `segment-assessment`; `code` carries segmentti's `segment-assessment`; exactly one identifier, the business identifier (model, client, date); `subject` is the client's Patient; `effectiveDateTime` is the as-of date; the value is one of the model's segments; `method` names the model; every component has a code and exactly one value; no `derivedFrom` (R4 allows no Encounter or Condition there); `workflow-supportingInfo` extensions point at Encounters and Conditions only, at most the cap, with the full count once |
+//! | Flag | `status` active; `meta.profile` is `segment-flag`, `key-client-flag` or `overlay-flag`; exactly one identifier, the business identifier (model, overlay, client, date); `code` is a segment (the first Flag) or an overlay (the others) of the model; `subject` is the client's Patient; `period.start` is the as-of date and there is no end; `flag-detail` points at this client's Observation; the fingerprint extension is there |
 //!
 //! It reads the typed resources the builders made, so it costs no serialisation. A failure
 //! names the resource and the rule; the pipeline then writes nothing for that client and says
@@ -12,11 +12,11 @@
 
 use fhir_sdk::r4b::codes::{FlagStatus, ObservationStatus};
 use fhir_sdk::r4b::resources::{Flag, Observation, ObservationEffective, ObservationValue};
-use fhir_sdk::r4b::types::{CodeableConcept, ExtensionValue, Identifier, Reference};
+use fhir_sdk::r4b::types::{CodeableConcept, ExtensionValue, Identifier, Meta, Reference};
 
 use super::{
-    BusinessId, FINGERPRINT, FLAG_DETAIL, SEGMENTTI_SYSTEM, SUPPORTING_INFO, SUPPORTING_INFO_CAP,
-    SUPPORTING_INFO_COUNT, Written, fhir_date, model_system,
+    BusinessId, FINGERPRINT, FLAG_DETAIL, PROFILES, SEGMENTTI_SYSTEM, SUPPORTING_INFO,
+    SUPPORTING_INFO_CAP, SUPPORTING_INFO_COUNT, Written, fhir_date, model_system,
 };
 use crate::model::plan::Plan;
 use crate::sink::ClientResources;
@@ -93,6 +93,15 @@ fn one_identifier(identifiers: &[Option<Identifier>], expected: &BusinessId) -> 
     )
 }
 
+/// `meta.profile` names segmentti's profile `id` and nothing else.
+fn claims(meta: Option<&Meta>, id: &str) -> Rule {
+    let expected = format!("{PROFILES}/{id}");
+    rule(
+        meta.is_some_and(|m| m.profile.len() == 1 && m.profile[0].as_deref() == Some(&expected)),
+        "meta.profile claims its profile",
+    )
+}
+
 fn is_patient(reference: Option<&Reference>, patient: &str) -> bool {
     reference.and_then(|r| r.reference.as_deref()) == Some(format!("Patient/{patient}").as_str())
 }
@@ -100,6 +109,7 @@ fn is_patient(reference: Option<&Reference>, patient: &str) -> bool {
 fn check_observation(plan: &Plan, patient: &str, obs: &Observation) -> Rule {
     let m = &plan.mapping;
     rule(obs.status == ObservationStatus::Final, "status is final")?;
+    claims(obs.meta.as_ref(), "segment-assessment")?;
     rule(
         has_code(
             &obs.code,
@@ -190,6 +200,15 @@ fn check_flag(plan: &Plan, patient: &str, segment: bool, obs_ref: &str, flag: &F
         BusinessId::new(plan, Written::OverlayFlag, Some(code), patient, plan.as_of)
     };
     one_identifier(&flag.identifier, &expected)?;
+    let written = if segment {
+        Written::SegmentFlag
+    } else {
+        Written::OverlayFlag
+    };
+    claims(
+        flag.meta.as_ref(),
+        super::flag::profile(written, Some(code)),
+    )?;
     if segment {
         rule(
             has_code(
@@ -264,7 +283,7 @@ mod tests {
     /// Each broken builder is caught, naming the resource and the rule.
     #[test]
     fn broken_resources_are_caught_with_their_rule() {
-        let breaks: [(&str, Break); 8] = [
+        let breaks: [(&str, Break); 9] = [
             ("status is final", |r| {
                 r.observation.status = ObservationStatus::Preliminary
             }),
@@ -293,6 +312,9 @@ mod tests {
             }),
             ("status is active", |r| {
                 r.flags[0].status = FlagStatus::Inactive
+            }),
+            ("meta.profile claims its profile", |r| {
+                r.flags[0].meta = None
             }),
             ("flag-detail points at the client's Observation", |r| {
                 r.flags[0].extension.retain(|e| e.url != FLAG_DETAIL)

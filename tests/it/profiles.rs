@@ -22,13 +22,7 @@ fn packages() -> Vec<PathBuf> {
 }
 
 fn mappings() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("mappings"))
-        .expect("mappings/")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
-    files
+    files_ending(&root().join("mappings"), "yaml")
 }
 
 #[test]
@@ -134,10 +128,15 @@ fn package_dir() -> &'static Path {
 }
 
 fn json_files(dir: &Path) -> Vec<PathBuf> {
+    files_ending(dir, "json")
+}
+
+/// The files of `dir` with extension `ext`, sorted.
+fn files_ending(dir: &Path, ext: &str) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("a folder")
         .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
         .collect();
     files.sort();
     files
@@ -184,19 +183,19 @@ fn examples() -> Vec<Value> {
         .collect()
 }
 
+/// The examples that claim the profile whose url ends with `profile`.
+fn claiming<'a>(examples: &'a [Value], profile: &'a str) -> impl Iterator<Item = &'a Value> {
+    examples.iter().filter(move |e| {
+        e["meta"]["profile"][0]
+            .as_str()
+            .is_some_and(|x| x.ends_with(profile))
+    })
+}
+
 #[test]
 fn the_examples_are_valid_against_their_profiles() {
     let examples = examples();
-    let claimed = |p: &str| {
-        examples
-            .iter()
-            .filter(|e| {
-                e["meta"]["profile"][0]
-                    .as_str()
-                    .is_some_and(|x| x.ends_with(p))
-            })
-            .count()
-    };
+    let claimed = |p: &str| claiming(&examples, p).count();
     assert_eq!(
         claimed("/segment-assessment"),
         5,
@@ -254,17 +253,7 @@ type Break = (&'static str, &'static str, fn(&mut Value));
 #[test]
 fn resources_broken_on_purpose_are_rejected() {
     let examples = examples();
-    let of = |profile: &str| {
-        examples
-            .iter()
-            .find(|e| {
-                e["meta"]["profile"][0]
-                    .as_str()
-                    .is_some_and(|x| x.ends_with(profile))
-            })
-            .cloned()
-            .expect(profile)
-    };
+    let of = |profile: &str| claiming(&examples, profile).next().cloned().expect(profile);
     let breaks: [Break; 9] = [
         ("/segment-assessment", "no status", |r| {
             r.as_object_mut().expect("object").remove("status");

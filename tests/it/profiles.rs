@@ -247,6 +247,43 @@ fn a_whole_run_is_valid_against_the_profiles() {
     assert!(checked > 2 * 5 * 400, "{checked} resources checked");
 }
 
+#[test]
+fn the_package_resources_are_valid_r4() {
+    let v = validator();
+    let mut found = Vec::new();
+    for path in json_files(&root().join("profiles")) {
+        let resource = read_json(&path);
+        if resource.get("resourceType").is_none() {
+            continue;
+        }
+        let core = format!(
+            "http://hl7.org/fhir/StructureDefinition/{}",
+            resource["resourceType"].as_str().expect("a type")
+        );
+        let result = v
+            .validate_with_profile(&resource, &core)
+            .expect("validation runs");
+        found.extend(
+            result
+                .issues
+                .into_iter()
+                .filter(|i| matches!(i.severity, Severity::Error))
+                .map(|i| format!("{}: {} at {:?}", path.display(), i.message, i.path)),
+        );
+    }
+    assert!(found.is_empty(), "{found:#?}");
+    // The same check sees a broken one.
+    let mut broken = read_json(&root().join("profiles/CodeSystem-segmentti.json"));
+    broken.as_object_mut().expect("object").remove("status");
+    let result = v
+        .validate_with_profile(
+            &broken,
+            "http://hl7.org/fhir/StructureDefinition/CodeSystem",
+        )
+        .expect("validation runs");
+    assert!(!result.valid, "a CodeSystem without status is refused");
+}
+
 /// A way to break an example, and the resource it applies to.
 type Break = (&'static str, &'static str, fn(&mut Value));
 

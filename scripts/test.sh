@@ -17,6 +17,13 @@ if ! command -v chromium >/dev/null 2>&1; then
     || { $sudo_ apt-get update -q >/dev/null && $sudo_ apt-get install -y -q chromium >/dev/null; }
 fi
 
+# openssl makes the certificates and runs the TLS endpoint of the mutual-TLS test.
+if ! command -v openssl >/dev/null 2>&1; then
+  sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
+  $sudo_ apt-get install -y -q openssl >/dev/null 2>&1 \
+    || { $sudo_ apt-get update -q >/dev/null && $sudo_ apt-get install -y -q openssl >/dev/null; }
+fi
+
 SEGMENTTI_HFS=$(bash scripts/install-hfs.sh)
 export SEGMENTTI_HFS
 

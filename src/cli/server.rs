@@ -11,7 +11,10 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::{Value, json};
 
-use segmentti::fhir::{BearerToken, ClientOptions, FhirClient, SmartConfig, new_correlation_id};
+use segmentti::fhir::{
+    BearerToken, ClientIdentity, ClientOptions, FhirClient, SmartConfig, TlsOptions,
+    new_correlation_id,
+};
 use segmentti::job::{self, JobOptions};
 use segmentti::model::Plan;
 use segmentti::pipeline::{ModelSummary, OnInvalid};
@@ -58,6 +61,15 @@ pub struct ServerArgs {
     /// Seconds one request may take.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+    /// PEM certificates to trust beside the system's roots (a county's own CA).
+    #[arg(long)]
+    pub ca_bundle: Option<PathBuf>,
+    /// Mutual TLS: the client certificate (PEM) presented to the server.
+    #[arg(long, requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// Mutual TLS: the client certificate's private key (PEM).
+    #[arg(long, requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
     /// Resources per search page.
     #[arg(long, default_value_t = 100)]
     pub page_size: u32,
@@ -88,6 +100,7 @@ impl ServerArgs {
     pub fn client(&self, url: &url::Url) -> Result<FhirClient> {
         let mut options = ClientOptions::new(new_correlation_id());
         options.timeout = Duration::from_secs(self.timeout);
+        options.tls = self.tls();
         if self.auth == AuthArg::Bearer {
             let token = match &self.token_file {
                 Some(path) => std::fs::read_to_string(path)
@@ -117,7 +130,7 @@ impl ServerArgs {
         };
         let token_url = match &self.token_url {
             Some(url) => url.clone(),
-            None => discover_token_url(base, self.timeout)?,
+            None => discover_token_url(base, self.timeout, self.tls())?,
         };
         Ok(SmartConfig {
             token_url,
@@ -127,6 +140,18 @@ impl ServerArgs {
             key_id: self.key_id.clone(),
             scope: self.scope.clone(),
         })
+    }
+
+    /// `--ca-bundle`, `--client-cert` and `--client-key`.
+    fn tls(&self) -> TlsOptions {
+        TlsOptions {
+            ca_bundle: self.ca_bundle.clone(),
+            identity: self
+                .client_cert
+                .clone()
+                .zip(self.client_key.clone())
+                .map(|(certificate, key)| ClientIdentity { certificate, key }),
+        }
     }
 
     fn search(&self, since: Option<String>) -> SearchOptions {
@@ -140,9 +165,10 @@ impl ServerArgs {
 }
 
 /// The `token_endpoint` of `{base}/.well-known/smart-configuration`.
-fn discover_token_url(base: &url::Url, timeout: u64) -> Result<url::Url> {
+fn discover_token_url(base: &url::Url, timeout: u64, tls: TlsOptions) -> Result<url::Url> {
     let mut options = ClientOptions::new(new_correlation_id());
     options.timeout = Duration::from_secs(timeout);
+    options.tls = tls;
     let client = FhirClient::new(base.clone(), options)?;
     let well_known = client
         .base()

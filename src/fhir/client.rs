@@ -46,10 +46,12 @@ pub struct ClientOptions {
     pub bearer: Option<BearerToken>,
     /// SMART Backend Services instead of a static token.
     pub smart: Option<SmartConfig>,
+    /// A CA bundle to trust and a client certificate (mutual TLS).
+    pub tls: super::TlsOptions,
 }
 
 impl ClientOptions {
-    /// A 60 s timeout, the default [`RetryPolicy`], no credentials.
+    /// A 60 s timeout, the default [`RetryPolicy`], no credentials, the system's CA roots.
     pub fn new(correlation_id: impl Into<String>) -> Self {
         Self {
             timeout: Duration::from_secs(60),
@@ -57,6 +59,7 @@ impl ClientOptions {
             correlation_id: correlation_id.into(),
             bearer: None,
             smart: None,
+            tls: super::TlsOptions::default(),
         }
     }
 }
@@ -133,10 +136,11 @@ impl FhirClient {
                 attempt.stop()
             }
         });
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(options.timeout)
             .user_agent(concat!("segmentti/", env!("CARGO_PKG_VERSION")))
-            .redirect(redirects)
+            .redirect(redirects);
+        let http = super::tls::configure(builder, &options.tls)?
             .build()
             .map_err(|source| FhirError::Client { source })?;
         let auth = Auth::new(credentials.as_ref(), &http)?;

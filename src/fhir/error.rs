@@ -65,8 +65,9 @@ pub enum FhirError {
     },
     /// The request did not get an answer: connection refused or reset, DNS, TLS.
     #[error(
-        "{method} {} failed: {source}\nhint: check that the server is up and reachable from here (DNS, proxy, firewall)",
-        redact(.url)
+        "{method} {} failed: {}\nhint: check that the server is up and reachable from here (DNS, proxy, firewall); for a certificate the system does not trust give --ca-bundle, for a server asking for a client certificate --client-cert and --client-key",
+        redact(.url),
+        causes(.source)
     )]
     Transport {
         /// The request's method.
@@ -188,6 +189,22 @@ pub enum BodyError {
     /// The body was read but is not JSON (or JSON that stops in the middle).
     #[error("{0}")]
     Syntax(#[source] serde_json::Error),
+}
+
+/// An error and every cause under it (`error sending request: … : invalid peer certificate:
+/// UnknownIssuer`): the innermost cause is the one an operator can act on.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.ends_with(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
 }
 
 impl FhirError {

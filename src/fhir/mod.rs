@@ -10,6 +10,7 @@
 //! - [`error`]: [`FhirError`] and the OperationOutcome summary errors carry.
 //! - [`auth`]: [`BearerToken`], sent only to the base's origin.
 //! - [`bundle`]: `next` links, search matches, per-entry results of transactions.
+//! - [`tls`]: a CA bundle to trust and a client certificate for mutual TLS.
 //!
 //! Logs: each request at DEBUG (`method`, `url` with query values elided, `status`,
 //! `elapsed_ms`, `bytes`), each retry at WARN, a server's remarks on a search at WARN.
@@ -20,6 +21,7 @@ pub mod bundle;
 pub mod client;
 pub mod error;
 pub mod retry;
+pub mod tls;
 
 pub use auth::{AssertionClaims, BearerToken, Credentials, SmartConfig};
 pub use bundle::{EntryOutcome, entry_outcomes, matches, next_link};
@@ -28,6 +30,7 @@ pub use client::{
 };
 pub use error::{BodyError, FhirError, OperationOutcomeSummary, OutcomeIssue, redact};
 pub use retry::{RetryPolicy, Retryable};
+pub use tls::{ClientIdentity, TlsOptions};
 
 /// A single-threaded tokio runtime for the blocking parts of the program that talk HTTP: one
 /// connection pool, no worker threads competing with the extraction for the cores.

@@ -16,3 +16,4 @@ mod shards;
 mod smart;
 mod support;
 mod synthetic;
+mod tls;

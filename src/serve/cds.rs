@@ -308,6 +308,7 @@ async fn fetch(state: &AppState, request: &Value, patient: &str) -> Result<Vec<V
     }
     let mut options = ClientOptions::new(new_correlation_id());
     options.timeout = state.settings.timeout;
+    options.tls = state.settings.tls.clone();
     options.retry = RetryPolicy {
         max_attempts: 2,
         ..RetryPolicy::default()

@@ -13,6 +13,7 @@
 //! | `server` | `SEGMENTTI_SERVER` | the FHIR server: scheduled runs and the one trusted `fhirServer` |
 //! | `token_file` | `SEGMENTTI_TOKEN_FILE` | a file holding the bearer token for `server` |
 //! | `[smart] client_id, private_key, key_id, token_url, scope` | | SMART Backend Services for `server` instead of a token (as `--auth smart`; `token_url` is required here) |
+//! | `[tls] ca_bundle, client_cert, client_key` | | a CA to trust and a client certificate for `server` (as `--ca-bundle`, `--client-cert`, `--client-key`) |
 //! | `models` | | mapping files |
 //! | `schedule` | `SEGMENTTI_SCHEDULE` | cron expression (UTC; five fields, or six with seconds first) of incremental runs; none: no runs |
 //! | `state` | `SEGMENTTI_STATE` | the checkpoint file |
@@ -31,7 +32,7 @@ use std::time::Duration;
 use jsonwebtoken::jwk::JwkSet;
 use serde::Deserialize;
 
-use crate::fhir::{BearerToken, SmartConfig};
+use crate::fhir::{BearerToken, ClientIdentity, SmartConfig, TlsOptions};
 
 /// The scopes of `[smart]` without `scope`: what a run reads and writes.
 const DEFAULT_SCOPE: &str = "system/Patient.rs system/Encounter.rs system/Condition.rs system/Observation.cru system/Flag.cru system/Provenance.c";
@@ -71,6 +72,20 @@ pub struct RawConfig {
     pub cds: Option<RawCds>,
     /// See the module table.
     pub smart: Option<RawSmart>,
+    /// `[tls]`.
+    pub tls: Option<RawTls>,
+}
+
+/// `[tls]`: PEM files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// Certificates to trust beside the system's roots.
+    pub ca_bundle: Option<PathBuf>,
+    /// The client certificate (mutual TLS).
+    pub client_cert: Option<PathBuf>,
+    /// Its private key.
+    pub client_key: Option<PathBuf>,
 }
 
 /// The `[smart]` table.
@@ -172,6 +187,7 @@ impl RawConfig {
             grace_minutes: over.grace_minutes.or(self.grace_minutes),
             cds,
             smart: over.smart.or(self.smart),
+            tls: over.tls.or(self.tls),
         }
     }
 
@@ -362,6 +378,26 @@ impl RawConfig {
                 "insecure_no_auth and [[cds.issuers]] together: say which one you mean".to_owned(),
             );
         }
+        let tls = self
+            .tls
+            .as_ref()
+            .map_or_else(TlsOptions::default, |raw| TlsOptions {
+                ca_bundle: raw.ca_bundle.clone(),
+                identity: match (&raw.client_cert, &raw.client_key) {
+                    (Some(certificate), Some(key)) => Some(ClientIdentity {
+                        certificate: certificate.clone(),
+                        key: key.clone(),
+                    }),
+                    (None, None) => None,
+                    _ => {
+                        problems.push("[tls] client_cert and client_key go together".to_owned());
+                        None
+                    }
+                },
+            });
+        if let Err(e) = crate::fhir::tls::configure(reqwest::Client::builder(), &tls) {
+            problems.push(format!("[tls] {e}"));
+        }
         if !problems.is_empty() {
             return Err(ConfigError(problems));
         }
@@ -375,6 +411,7 @@ impl RawConfig {
             server,
             bearer,
             smart,
+            tls,
             models: self.models,
             schedule,
             state: self.state,
@@ -413,6 +450,8 @@ pub struct Settings {
     pub bearer: Option<BearerToken>,
     /// Or SMART Backend Services.
     pub smart: Option<SmartConfig>,
+    /// A CA to trust and a client certificate.
+    pub tls: TlsOptions,
     /// Mapping files.
     pub models: Vec<PathBuf>,
     /// The schedule of runs, as written and parsed.
@@ -469,7 +508,7 @@ mod tests {
     #[test]
     fn every_problem_is_reported_at_once() {
         let raw: RawConfig = toml::from_str(
-            "listen = \"nowhere\"\nschedule = \"every tuesday\"\nbatch = 0\nmodels = [\"/no/such.yaml\"]\n",
+            "listen = \"nowhere\"\nschedule = \"every tuesday\"\nbatch = 0\nmodels = [\"/no/such.yaml\"]\n[tls]\nca_bundle = \"/no/such-ca.pem\"\nclient_cert = \"/no/cert.pem\"\n",
         )
         .expect("toml");
         let e = raw.check().expect_err("problems");
@@ -481,6 +520,8 @@ mod tests {
             "batch must",
             "/no/such.yaml",
             "no [[cds.issuers]]",
+            "[tls] client_cert and client_key go together",
+            "/no/such-ca.pem",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }

@@ -134,6 +134,7 @@ impl AppState {
         options.timeout = self.settings.timeout;
         options.bearer = self.settings.bearer.clone();
         options.smart = self.settings.smart.clone();
+        options.tls = self.settings.tls.clone();
         FhirClient::new(self.settings.server.clone(), options)
     }
 }

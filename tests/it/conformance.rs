@@ -18,7 +18,7 @@ use time::format_description::well_known::Rfc3339;
 use wiremock::matchers::{any, method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
-use crate::harness::TestServer;
+use crate::harness::{Setup, TestServer};
 use crate::support;
 
 const TOKEN: &str = "it-conformance-token";
@@ -186,6 +186,48 @@ async fn the_command_writes_a_table_json_and_junit_that_parse() {
         .collect();
     let ids: Vec<&str> = HFS_EXPECTED.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(cases, ids);
+}
+
+/// What hfs 0.2.7 does when started without `--base-url` and without the spec's search
+/// parameters, as an operator might: the kit finds what a run would trip over.
+const HFS_BARE_EXPECTED: [(CheckId, Outcome); 11] = [
+    (CheckId::Metadata, Outcome::Pass),
+    // It declares only the parameters it knows: no `patient`, no `identifier`.
+    (CheckId::Declared, Outcome::Fail),
+    (CheckId::Setup, Outcome::Pass),
+    // Its `next` links point to http://localhost:8080, which the kit does not follow.
+    (CheckId::PagedSearch, Outcome::Fail),
+    // `_lastUpdated` is one of the parameters it knows without the file.
+    (CheckId::LastUpdated, Outcome::Pass),
+    // `identifier` is unknown: a conditional update on it is refused (400).
+    (CheckId::ConditionalUpdate, Outcome::Fail),
+    // The stale If-Match still rolls it back; the search for what might have been stored
+    // ignores `identifier` and answers every Observation, which the kit filters itself.
+    (CheckId::Transaction, Outcome::Pass),
+    // segmentti's transaction is conditional on `identifier`: refused.
+    (CheckId::Write, Outcome::Fail),
+    (CheckId::ReadBack, Outcome::Skip),
+    (CheckId::Supersede, Outcome::Skip),
+    (CheckId::Cleanup, Outcome::Pass),
+];
+
+#[tokio::test]
+async fn hfs_without_base_url_or_search_parameters_fails_what_a_run_would_trip_over() {
+    let server = TestServer::start_with(Setup::Bare).await;
+    let report = conformance::run(&server.client(), &mapping(), today())
+        .await
+        .expect("the kit runs");
+    for (id, expected) in HFS_BARE_EXPECTED {
+        assert_eq!(
+            outcome(&report, id),
+            expected,
+            "{}:\n{}",
+            id.as_str(),
+            summary(&report)
+        );
+    }
+    assert!(reason(&report, CheckId::PagedSearch).contains("http://localhost:8080"));
+    assert!(reason(&report, CheckId::ConditionalUpdate).contains("identifier"));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@
 //! - [`state`]: the checkpoint of incremental server runs.
 //! - [`job`]: one run against a server (read, evaluate, write back, checkpoint), shared by
 //!   `run --server` and the service's schedule.
+//! - [`conformance`]: the kit that checks a FHIR server does what a run needs, by doing it.
 //! - [`serve`]: the long-running service: scheduled runs, CDS Hooks cards, health, metrics.
 //! - [`shard`]: one population split over processes, and their shared thresholds.
 //! - [`pipeline`]: source → record → model → writeback → sink, and the run's summary.
@@ -27,6 +28,7 @@
 
 pub mod bench;
 pub mod cases;
+pub mod conformance;
 pub mod day;
 pub mod fhir;
 pub mod job;

@@ -10,8 +10,10 @@
 //! | 3 | done with rejects: some inputs were skipped and recorded in `rejected.ndjson` |
 //! | 4 | done, but the server refused some clients' results (each reported with its OperationOutcome) |
 //! | 5 | done, but some clients' built resources broke a rule of `writeback::validate` and were not written (each named in the summary) |
+//! | 6 | `conformance`: a required check failed (the table says which and why) |
 
 mod bulk;
+mod conformance;
 mod profiles;
 mod serve;
 mod server;
@@ -124,6 +126,9 @@ pub enum Command {
     /// The FHIR package of what segmentti writes (profiles/).
     #[command(subcommand)]
     Profiles(profiles::ProfilesCommand),
+    /// Check that a FHIR server does what segmentti needs, by doing it with synthetic test data:
+    /// a table on stdout, JSON and JUnit XML on request; exit code 6 when a required check fails.
+    Conformance(conformance::ConformanceArgs),
 }
 
 /// Where a run reads and which models it uses.
@@ -331,6 +336,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Serve(args) => serve::run(args),
         Command::Profiles(command) => profiles::run(command),
+        Command::Conformance(args) => conformance::run(&args),
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&load::schema())?);
             Ok(ExitCode::SUCCESS)
@@ -379,13 +385,7 @@ impl ModelArgs {
 
     fn plans(&self, as_of: Day) -> Result<Vec<Plan>> {
         if self.models.is_empty() {
-            let mapping = load::load_str(DEFAULT_MODEL).map_err(|diagnostics| {
-                model::MappingError::Invalid {
-                    path: DEFAULT_MODEL_NAME.into(),
-                    diagnostics,
-                }
-            })?;
-            let plan = Plan::compile(mapping, as_of)
+            let plan = Plan::compile(default_mapping()?, as_of)
                 .map_err(|e| anyhow::anyhow!("built-in model: {e:?}"))?;
             return Ok(vec![plan]);
         }
@@ -404,6 +404,16 @@ impl ModelArgs {
         }
         Ok(plans)
     }
+}
+
+/// The built-in model's mapping.
+fn default_mapping() -> Result<model::mapping::Mapping> {
+    Ok(
+        load::load_str(DEFAULT_MODEL).map_err(|diagnostics| model::MappingError::Invalid {
+            path: DEFAULT_MODEL_NAME.into(),
+            diagnostics,
+        })?,
+    )
 }
 
 fn run_command(args: RunArgs) -> Result<ExitCode> {

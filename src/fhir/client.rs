@@ -198,6 +198,21 @@ impl FhirClient {
         headers: HeaderMap,
         timeout: Option<Duration>,
     ) -> Result<reqwest::Response, FhirError> {
+        self.exchange_with_body(method, url, headers, None, timeout)
+            .await
+    }
+
+    /// [`Self::exchange`] with a FHIR JSON body (sent with `Content-Type: application/fhir+json`):
+    /// for callers that must see every answer as it came, writes included, such as the
+    /// conformance kit. One attempt, no retries.
+    pub async fn exchange_with_body(
+        &self,
+        method: Method,
+        url: &Url,
+        headers: HeaderMap,
+        body: Option<Vec<u8>>,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, FhirError> {
         let mut request = self
             .http
             .request(method.clone(), url.clone())
@@ -205,6 +220,9 @@ impl FhirClient {
             .header(CORRELATION_HEADER, self.correlation_id.clone());
         if let Some(authorization) = self.auth.header_for(url, &self.base).await? {
             request = request.header(header::AUTHORIZATION, authorization);
+        }
+        if let Some(body) = body {
+            request = request.header(header::CONTENT_TYPE, FHIR_JSON).body(body);
         }
         if let Some(timeout) = timeout {
             request = request.timeout(timeout);
@@ -343,7 +361,7 @@ impl FhirClient {
     }
 
     /// The base without its trailing `/`, where transactions go (`POST [base]`).
-    fn service_root(&self) -> Url {
+    pub fn service_root(&self) -> Url {
         let mut url = self.base.clone();
         let trimmed = url.path().trim_end_matches('/').to_owned();
         if !trimmed.is_empty() {

@@ -270,7 +270,7 @@ fn diff(patient: &str, c: &Changes) -> ClientDiff {
 }
 
 /// The search URL of a conditional update on a resource's first identifier.
-fn conditional(resource_type: &str, resource: &Value) -> Option<String> {
+pub fn conditional(resource_type: &str, resource: &Value) -> Option<String> {
     let identifier = resource.pointer("/identifier/0")?;
     let system = identifier.get("system")?.as_str()?;
     let value = identifier.get("value")?.as_str()?;
@@ -283,8 +283,12 @@ fn conditional(resource_type: &str, resource: &Value) -> Option<String> {
 }
 
 /// One transaction for the decided clients: conditional updates on identifiers, ended Flags by
-/// their server id, and a Provenance naming segmentti and the model.
-fn transaction(decided: &[(String, Changes)], (canonical, version): &(String, String)) -> Value {
+/// their server id, and a Provenance naming segmentti and the model. Public so that
+/// [`crate::conformance`] sends a server exactly what a run would.
+pub fn transaction(
+    decided: &[(String, Changes)],
+    (canonical, version): &(String, String),
+) -> Value {
     let mut entries = Vec::new();
     let mut targets = Vec::new();
     for (_, c) in decided {

@@ -63,11 +63,16 @@ impl TestServer {
     /// When the binary cannot be found or the server does not become ready within 60 s; the
     /// message says why and carries the end of the server's log.
     pub async fn start() -> TestServer {
+        TestServer::start_with(Setup::Full).await
+    }
+
+    /// Starts a fresh server set up as `setup` says; see [`TestServer::start`].
+    pub async fn start_with(setup: Setup) -> TestServer {
         let binary = hfs_binary();
         let mut last_log = String::new();
         for _ in 0..PORT_TRIES {
             let started = Instant::now();
-            let mut server = TestServer::spawn(binary);
+            let mut server = TestServer::spawn(binary, setup);
             match server.wait_ready(started).await {
                 Ok(()) => {
                     server.started_in = started.elapsed();
@@ -105,14 +110,18 @@ impl TestServer {
         FhirClient::new(self.base.clone(), options).expect("a loopback base URL is a valid base")
     }
 
-    fn spawn(binary: &Path) -> TestServer {
+    fn spawn(binary: &Path, setup: Setup) -> TestServer {
         let dir = tempfile::Builder::new()
             .prefix("segmentti-hfs-")
             .tempdir()
             .expect("a temporary directory for the test server can be created");
         let parameters =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("vendor/fhir/search-parameters-r4.json");
-        std::fs::copy(&parameters, dir.path().join("search-parameters-r4.json")).unwrap_or_else(|e| {
+        let copied = match setup {
+            Setup::Full => std::fs::copy(&parameters, dir.path().join("search-parameters-r4.json")),
+            Setup::Bare => Ok(0),
+        };
+        copied.unwrap_or_else(|e| {
             panic!(
                 "cannot copy {} into the test server's data directory: {e}\nhint: the file belongs to the repository; restore it with git",
                 parameters.display()
@@ -122,15 +131,11 @@ impl TestServer {
         let base = format!("http://127.0.0.1:{port}");
         let log = File::create(dir.path().join("hfs.log")).expect("the server log can be created");
         let mut command = Command::new(binary);
+        command.args(["--host", "127.0.0.1", "--port", &port.to_string()]);
+        if setup == Setup::Full {
+            command.args(["--base-url", &base]);
+        }
         command
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--base-url",
-                &base,
-            ])
             .arg("--data-dir")
             .arg(dir.path())
             .arg("--database-url")
@@ -213,6 +218,16 @@ impl Drop for TestServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// How a test server is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setup {
+    /// As the behaviour tests need it: `--base-url`, and the spec's search parameters.
+    Full,
+    /// As an operator who skipped both would: `next` links point to `http://localhost:8080`, and
+    /// `identifier`, `patient` and the like are unknown (for the conformance kit to find).
+    Bare,
 }
 
 enum Failure {

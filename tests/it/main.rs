@@ -1,6 +1,7 @@
 //! The integration tests, one binary with a module per theme.
 
 mod bulk;
+mod conformance;
 mod faults;
 mod harness;
 mod k8s;

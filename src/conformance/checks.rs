@@ -780,39 +780,8 @@ fn has_identifier(resource: &Value, value: &str) -> bool {
         .is_some_and(|ids| ids.iter().any(|i| i["value"] == value))
 }
 
-/// What segmentti uses of a server, by resource type: interactions, search parameters, and
-/// whether it updates conditionally.
-const USES: &[(&str, &[&str], &[&str], bool)] = &[
-    ("Patient", &["search-type"], &["_lastUpdated"], false),
-    (
-        "Encounter",
-        &["search-type"],
-        &["patient", "_lastUpdated"],
-        false,
-    ),
-    (
-        "Condition",
-        &["search-type"],
-        &["patient", "_lastUpdated"],
-        false,
-    ),
-    (
-        "Observation",
-        &["create", "read", "update"],
-        &["identifier"],
-        true,
-    ),
-    (
-        "Flag",
-        &["create", "read", "update", "search-type"],
-        &["identifier", "patient"],
-        true,
-    ),
-    ("Provenance", &["create"], &[], false),
-];
-
-/// What segmentti uses that the CapabilityStatement does not declare, such as
-/// `Flag search parameter patient`. Search parameters declared for the whole server
+/// What segmentti needs (the requirements CapabilityStatement of `profiles/`) that the
+/// server's CapabilityStatement does not declare, such as `Flag search parameter patient`. Search parameters declared for the whole server
 /// (`rest.searchParam`, where `_lastUpdated` often is) count for every type.
 fn undeclared(statement: &Value) -> Vec<String> {
     let empty = Vec::new();
@@ -832,34 +801,38 @@ fn undeclared(statement: &Value) -> Vec<String> {
             .collect()
     };
     let global_params = names(&rest["searchParam"], "name");
+    let required = crate::profiles::requirements();
+    let needs = &required["rest"][0];
     let mut missing = Vec::new();
-    if !names(&rest["interaction"], "code")
-        .iter()
-        .any(|c| c == "transaction")
-    {
-        missing.push("the transaction interaction".into());
-    }
+    let declared = names(&rest["interaction"], "code");
+    missing.extend(
+        names(&needs["interaction"], "code")
+            .into_iter()
+            .filter(|i| !declared.contains(i))
+            .map(|i| format!("the {i} interaction")),
+    );
     let resources = rest["resource"].as_array().unwrap_or(&empty);
-    for (kind, interactions, params, conditional) in USES {
-        let Some(resource) = resources.iter().find(|r| r["type"] == *kind) else {
+    for need in needs["resource"].as_array().unwrap_or(&empty) {
+        let kind = need["type"].as_str().unwrap_or_default();
+        let Some(resource) = resources.iter().find(|r| r["type"] == kind) else {
             missing.push(format!("{kind} (not listed)"));
             continue;
         };
         let declared = names(&resource["interaction"], "code");
         missing.extend(
-            interactions
-                .iter()
-                .filter(|i| !declared.iter().any(|d| d == *i))
+            names(&need["interaction"], "code")
+                .into_iter()
+                .filter(|i| !declared.contains(i))
                 .map(|i| format!("{kind} {i}")),
         );
         let declared = names(&resource["searchParam"], "name");
         missing.extend(
-            params
-                .iter()
-                .filter(|p| !declared.iter().chain(&global_params).any(|d| d == *p))
+            names(&need["searchParam"], "name")
+                .into_iter()
+                .filter(|p| !declared.iter().chain(&global_params).any(|d| d == p))
                 .map(|p| format!("{kind} search parameter {p}")),
         );
-        if *conditional && resource["conditionalUpdate"] != true {
+        if need["conditionalUpdate"] == true && resource["conditionalUpdate"] != true {
             missing.push(format!("{kind} conditionalUpdate"));
         }
     }
@@ -884,7 +857,7 @@ mod tests {
             json!({"resourceType": "CapabilityStatement", "rest": [{
                 "mode": "server",
                 "interaction": [{"code": "transaction"}],
-                "searchParam": [{"name": "_lastUpdated"}],
+                "searchParam": [{"name": "_lastUpdated"}, {"name": "_id"}],
                 "resource": [
                     resource("Patient", &["search-type"], &[]),
                     resource("Encounter", &["search-type"], &["patient"]),

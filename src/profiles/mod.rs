@@ -40,6 +40,17 @@ const DEFINITIONS: [&str; 8] = [
     include_str!("definitions/CapabilityStatement-segmentti-client.json"),
 ];
 
+/// What segmentti needs of a FHIR server: the package's `kind: requirements` CapabilityStatement
+/// (interactions, search parameters, conditional update, transaction), which `conformance`
+/// holds a server's own statement to.
+pub fn requirements() -> Value {
+    let text = DEFINITIONS
+        .iter()
+        .find(|d| d.contains("\"resourceType\": \"CapabilityStatement\""))
+        .expect("the requirements CapabilityStatement is embedded");
+    serde_json::from_str(text).expect("embedded JSON")
+}
+
 /// The day the examples are assessed on, fixed so the package does not change with the clock.
 const EXAMPLE_DAY: &str = "2026-01-01";
 

@@ -253,6 +253,31 @@ pub struct SynthArgs {
     /// With --server: clients per transaction.
     #[arg(long, default_value_t = 50)]
     batch: usize,
+    /// Only what this area's system holds: its contacts and diagnoses, under local Patient ids
+    /// of its own; the same people (same identity codes) as without it.
+    #[arg(long, value_enum)]
+    service_area: Option<ServiceAreaArg>,
+}
+
+/// `--service-area`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ServiceAreaArg {
+    /// Social welfare.
+    Social,
+    /// Health care (holds every Patient).
+    Health,
+    /// Oral health care.
+    Oral,
+}
+
+impl ServiceAreaArg {
+    fn area(self) -> synth::Area {
+        match self {
+            Self::Social => synth::Area::Social,
+            Self::Health => synth::Area::Health,
+            Self::Oral => synth::Area::Oral,
+        }
+    }
 }
 
 /// `bench`.
@@ -354,6 +379,7 @@ impl ModelArgs {
                 seed: self.seed,
                 flavor: CodeFlavor::Finnish,
                 as_of,
+                area: None,
             }),
         })
     }
@@ -675,6 +701,7 @@ fn synth_command(args: SynthArgs) -> Result<ExitCode> {
         seed: args.seed,
         flavor,
         as_of: args.as_of,
+        area: args.service_area.map(ServiceAreaArg::area),
     };
     if let Some(url) = &args.server.server {
         return server::load(&args.server, url, &opts, args.batch.max(1));
@@ -858,6 +885,7 @@ fn bench_command(args: BenchArgs) -> Result<ExitCode> {
                 seed: args.seed,
                 flavor: CodeFlavor::Finnish,
                 as_of: DEFAULT_AS_OF.parse().map_err(anyhow::Error::msg)?,
+                area: None,
             };
             synth::write_dir(&opts, SynthFormat::Ndjson, &dir)?;
             std::fs::write(&marker, "")?;

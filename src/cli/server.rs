@@ -26,8 +26,9 @@ pub const EXIT_REFUSED: u8 = 4;
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
     /// A FHIR R4 server to read clients from (and, with `run`, to write results back to).
+    /// `run --write-to` takes several, joined into whole clients.
     #[arg(long)]
-    pub server: Option<url::Url>,
+    pub server: Vec<url::Url>,
     /// Credentials: none, a static bearer token from --token-file or SEGMENTTI_TOKEN, or SMART
     /// Backend Services (client credentials with a signed JWT: --client-id, --private-key).
     #[arg(long, value_enum, default_value_t = AuthArg::None)]

@@ -783,7 +783,10 @@ mod tests {
                 let id = c.patient["id"].as_str().expect("id").to_owned();
                 assert_ne!(id, client(&whole, i).patient["id"].as_str().expect("id"));
                 codes.entry(i).or_insert_with(|| code.clone());
-                assert_eq!(codes[&i], code, "one person has one identity code everywhere");
+                assert_eq!(
+                    codes[&i], code,
+                    "one person has one identity code everywhere"
+                );
                 for r in c.encounters.iter().chain(&c.conditions) {
                     assert_eq!(area_of(r), area);
                     assert_eq!(r["subject"]["reference"], format!("Patient/{id}").as_str());
@@ -800,7 +803,10 @@ mod tests {
         expected.sort_by_key(key);
         split.sort_by_key(key);
         assert_eq!(split, expected);
-        assert_eq!(lines(&whole).map(|(_, l)| l).collect::<Vec<_>>(), everything);
+        assert_eq!(
+            lines(&whole).map(|(_, l)| l).collect::<Vec<_>>(),
+            everything
+        );
     }
 
     #[test]

@@ -10,8 +10,8 @@ use fhir_sdk::r4b::resources::{
 use fhir_sdk::r4b::types::{CodeableConcept, Extension, ExtensionValue};
 
 use super::{
-    BuildError, BusinessId, Concepts, DERIVED_FROM_CAP, DERIVED_FROM_COUNT, Written, fhir_date,
-    reference,
+    BuildError, BusinessId, Concepts, DERIVED_FROM_CAP, DERIVED_FROM_COUNT, DERIVED_FROM_ELSEWHERE,
+    Elsewhere, Written, fhir_date, reference,
 };
 use crate::model::eval::Assessment;
 use crate::model::mapping::Text;
@@ -54,15 +54,18 @@ pub fn decisive_references(record: &ClientRecord, a: &Assessment) -> Vec<String>
         .collect()
 }
 
-/// Builds the assessment Observation of `patient`.
+/// Builds the assessment Observation of `patient`; `elsewhere` says what counted on other
+/// sources of a joined client (an extension per source, since `derivedFrom` may only point at
+/// what the receiving server holds).
 pub fn assessment(
     plan: &Plan,
     concepts: &Concepts,
     patient: &str,
     record: &ClientRecord,
     a: &Assessment,
+    elsewhere: &[Elsewhere],
 ) -> Result<Observation, BuildError> {
-    build(plan, concepts, patient, record, a).map_err(|cause| BuildError {
+    build(plan, concepts, patient, record, a, elsewhere).map_err(|cause| BuildError {
         resource: "Observation",
         patient: patient.to_owned(),
         cause,
@@ -75,6 +78,7 @@ fn build(
     patient: &str,
     record: &ClientRecord,
     a: &Assessment,
+    elsewhere: &[Elsewhere],
 ) -> Result<Observation, String> {
     let m = &plan.mapping;
     let id = BusinessId::new(plan, Written::Assessment, None, patient, plan.as_of);
@@ -120,9 +124,33 @@ fn build(
         ))
         .build()
         .map_err(|e| e.to_string())?;
+    let mut extensions = vec![count];
+    for other in elsewhere {
+        let part = |url: &str, value| {
+            Extension::builder()
+                .url(url.to_owned())
+                .value(value)
+                .build()
+                .map_err(|e| e.to_string())
+        };
+        let parts = vec![
+            part("source", ExtensionValue::String(other.source.clone()))?,
+            part(
+                "count",
+                ExtensionValue::Integer(i32::try_from(other.count).unwrap_or(i32::MAX)),
+            )?,
+        ];
+        extensions.push(
+            Extension::builder()
+                .url(DERIVED_FROM_ELSEWHERE.to_owned())
+                .extension(parts)
+                .build()
+                .map_err(|e| e.to_string())?,
+        );
+    }
     Observation::builder()
         .id(id.logical_id())
-        .extension(vec![count])
+        .extension(extensions)
         .identifier(vec![Some(id.to_fhir()?)])
         .status(ObservationStatus::Final)
         .code(concepts.assessment.clone())

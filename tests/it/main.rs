@@ -5,6 +5,7 @@ mod faults;
 mod harness;
 mod k8s;
 mod mappings;
+mod multi;
 mod offline;
 mod refusals;
 mod report;

@@ -482,3 +482,51 @@ async fn a_target_down_for_writes_fails_alone_and_the_exit_code_says_so() {
     assert!(outcomes[1]["failed"].is_string(), "{run:#}");
     assert_eq!(all(&health, "Observation").await.len(), 20);
 }
+
+/// The benchmark of issue 9: three servers, one population spread over them (10 000 clients,
+/// or `SEGMENTTI_MULTI_CLIENTS`); prints each source's read rate, each target's write time and
+/// the run's peak memory, for a first run and an idempotent rerun. Minutes of loading, so:
+/// `cargo test --test it multi::benchmark -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a benchmark: loading the servers takes minutes"]
+async fn benchmark_three_servers() {
+    let clients = std::env::var("SEGMENTTI_MULTI_CLIENTS").unwrap_or_else(|_| "10000".into());
+    // One at a time: three starting at once on a loaded 2-core machine can miss the harness's
+    // 60 s readiness limit.
+    let (health, social, oral) = (
+        TestServer::start().await,
+        TestServer::start().await,
+        TestServer::start().await,
+    );
+    let servers = [(&health, "health"), (&social, "social"), (&oral, "oral")];
+    let started = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        for (server, area) in servers {
+            let clients = clients.as_str();
+            scope.spawn(move || load(server, area, clients));
+        }
+    });
+    println!(
+        "loaded {clients} clients over 3 servers in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let urls: Vec<String> = servers
+        .iter()
+        .map(|(s, _)| s.base_url().to_string())
+        .collect();
+    for pass in ["first run", "rerun"] {
+        let mut args: Vec<String> = vec!["run".into()];
+        for u in &urls {
+            args.extend(["--server".into(), u.clone()]);
+        }
+        args.extend(["--write-to", "each", "--as-of", "2026-01-01", "--stats"].map(String::from));
+        let started = std::time::Instant::now();
+        let output = cli(args).await;
+        assert!(output.status.success(), "{:?}", text(&output));
+        println!(
+            "== {pass}: {:.1} s\n{}",
+            started.elapsed().as_secs_f64(),
+            text(&output).0
+        );
+    }
+}

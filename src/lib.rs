@@ -17,6 +17,7 @@
 //! - [`job`]: one run against a server (read, evaluate, write back, checkpoint), shared by
 //!   `run --server` and the service's schedule.
 //! - [`conformance`]: the kit that checks a FHIR server does what a run needs, by doing it.
+//! - [`multi`]: one run over several sources, joined into whole clients, written back to each.
 //! - [`serve`]: the long-running service: scheduled runs, CDS Hooks cards, health, metrics.
 //! - [`shard`]: one population split over processes, and their shared thresholds.
 //! - [`pipeline`]: source → record → model → writeback → sink, and the run's summary.
@@ -33,6 +34,7 @@ pub mod day;
 pub mod fhir;
 pub mod job;
 pub mod model;
+pub mod multi;
 pub mod pipeline;
 pub mod profiles;
 pub mod progress;

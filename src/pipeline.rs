@@ -18,6 +18,7 @@ use tracing::{debug, info, info_span};
 use crate::model::eval::{self, Assessment};
 use crate::model::plan::Plan;
 use crate::progress::COUNTERS;
+use crate::record::join::Identity;
 use crate::record::{ClientRecord, Fold, FoldStats, Rejection, extract};
 use crate::sink::{ClientResources, Sink, SinkError};
 use crate::source::files::SourceError;
@@ -123,6 +124,8 @@ pub struct RunOptions {
     pub on_invalid: OnInvalid,
     /// Only the clients of this shard; resources of other clients are read and dropped.
     pub shard: Option<crate::shard::Shard>,
+    /// Keep the Patients' join keys, for a run that joins several sources.
+    pub join: Option<std::sync::Arc<crate::record::join::JoinSpec>>,
 }
 
 /// Every plan's fold after the read.
@@ -134,6 +137,8 @@ pub struct Folded {
     pub stats: FoldStats,
     /// How many resources were rejected.
     pub rejected: u64,
+    /// The Patients' identities by id, with [`RunOptions::join`]; empty otherwise.
+    pub people: rustc_hash::FxHashMap<CompactString, Identity>,
 }
 
 /// Reads `input` and folds it for every plan. Rejections go to `on_reject` in input order.
@@ -155,6 +160,7 @@ pub fn fold(
     let mut rejected = 0u64;
     let mut items = 0u64;
     let mut failure: Option<PipelineError> = None;
+    let mut people = rustc_hash::FxHashMap::default();
     let read = std::thread::scope(|scope| {
         let reader = scope.spawn(move || read_input(reader_input, raw_tx));
         // The extraction loop runs on a rayon worker, so the thread that splits a batch also
@@ -184,10 +190,20 @@ pub fn fold(
             let mut results = batch.results.into_iter();
             for origin in batch.origins {
                 let mut rejection = None;
-                for fold in &mut folds {
-                    let outcome = results
-                        .next()
-                        .map(|fact| fact.and_then(|f| f.map_or(Ok(()), |f| fold.apply(f))));
+                for (p, fold) in folds.iter_mut().enumerate() {
+                    let outcome = results.next().map(|fact| {
+                        fact.and_then(|f| {
+                            f.map_or(Ok(()), |mut f| {
+                                // Every plan sees the same Patient; its identity is kept once.
+                                if let (0, Some(spec), Some(person)) =
+                                    (p, &options.join, f.person.take())
+                                {
+                                    people.insert(f.id.clone(), spec.identity(&person));
+                                }
+                                fold.apply(f)
+                            })
+                        })
+                    });
                     if let Some(Err(r)) = outcome {
                         rejection.get_or_insert(r);
                     }
@@ -268,6 +284,7 @@ pub fn fold(
         clients,
         stats,
         rejected,
+        people,
     })
 }
 
@@ -437,9 +454,44 @@ pub struct Share {
     pub cost_share: Option<f64>,
 }
 
-/// One client assessed, with how many Flags were built and the sink's encoding of them, or the
-/// rule its resources broke (then nothing of it is written).
-type Done<E> = (Assessment, Result<(usize, E), Invalid>);
+/// One client assessed, with, per write, how many Flags were built and the sink's encoding of
+/// them, or the rule its resources broke (then nothing of it is written anywhere).
+type Done<E> = (Assessment, Result<Vec<(usize, E)>, Invalid>);
+
+/// One write of an assessed client: the target it goes to, the client's Patient id there, the
+/// record as that target may cite it, and what counted on other sources.
+#[derive(Debug)]
+pub struct View<'a> {
+    /// The sink's target (0 when there is one).
+    pub target: usize,
+    /// The client's Patient id at the target.
+    pub patient: &'a str,
+    /// The record, its evidence limited to what the target holds.
+    pub record: std::borrow::Cow<'a, ClientRecord>,
+    /// Resources that counted on other sources, which the target cannot refer to.
+    pub elsewhere: Vec<writeback::Elsewhere>,
+}
+
+/// Which writes each assessed client gets.
+pub trait Views: Sync {
+    /// The writes of client `id`, whose (whole) record is `record`; none is fine.
+    fn views<'a>(&'a self, id: &'a str, record: &'a ClientRecord) -> Vec<View<'a>>;
+}
+
+/// One source, one sink: each client is written once, under its own id.
+#[derive(Debug, Clone, Copy)]
+pub struct Whole;
+
+impl Views for Whole {
+    fn views<'a>(&'a self, id: &'a str, record: &'a ClientRecord) -> Vec<View<'a>> {
+        vec![View {
+            target: 0,
+            patient: id,
+            record: std::borrow::Cow::Borrowed(record),
+            elsewhere: Vec::new(),
+        }]
+    }
+}
 
 /// How many clients are assessed and built in parallel before they go to the sink in order.
 const EVALUATE_CHUNK: usize = 4096;
@@ -451,6 +503,18 @@ const EVALUATE_CHUNK: usize = 4096;
 pub fn evaluate<S: Sink + Send>(
     plan: &Plan,
     clients: &rustc_hash::FxHashMap<CompactString, ClientRecord>,
+    sink: &mut S,
+    fixed: Option<&[Threshold]>,
+) -> Result<ModelSummary, PipelineError> {
+    evaluate_views(plan, clients, &Whole, sink, fixed)
+}
+
+/// [`evaluate`] with the writes of each client given by `views`: a joined client is assessed
+/// once, on its whole record, and written to each source that holds it.
+pub fn evaluate_views<S: Sink + Send>(
+    plan: &Plan,
+    clients: &rustc_hash::FxHashMap<CompactString, ClientRecord>,
+    views: &dyn Views,
     sink: &mut S,
     fixed: Option<&[Threshold]>,
 ) -> Result<ModelSummary, PipelineError> {
@@ -488,12 +552,15 @@ pub fn evaluate<S: Sink + Send>(
             .map(|id| {
                 let record = &clients[*id];
                 let a = assess(plan, id, record, &thresholds)?;
-                let resources = build(plan, &concepts, id, record, &a)?;
-                if let Err(invalid) = writeback::validate::check(plan, &resources) {
-                    return Ok((a, Err(invalid)));
+                let mut writes = Vec::new();
+                for view in views.views(id, record) {
+                    let resources = build_view(plan, &concepts, &view, &a)?;
+                    if let Err(invalid) = writeback::validate::check(plan, &resources) {
+                        return Ok((a, Err(invalid)));
+                    }
+                    writes.push((resources.flags.len(), S::encode(plan, resources)?));
                 }
-                let flags = resources.flags.len();
-                Ok((a, Ok((flags, S::encode(plan, resources)?))))
+                Ok((a, Ok(writes)))
             })
             .collect()
     };
@@ -501,8 +568,8 @@ pub fn evaluate<S: Sink + Send>(
         |done: Vec<Result<Done<S::Encoded>, PipelineError>>| -> Result<(), PipelineError> {
             for result in done {
                 let (a, built) = result?;
-                let (flags, encoded) = match built {
-                    Ok(built) => built,
+                let writes = match built {
+                    Ok(writes) => writes,
                     Err(invalid) => {
                         tracing::error!(resource = %invalid.resource, rule = %invalid.rule, "a built resource breaks a rule; nothing of this client is written");
                         invalid_clients.push(invalid);
@@ -524,11 +591,13 @@ pub fn evaluate<S: Sink + Send>(
                         slot.1 += cost;
                     }
                 }
-                *written.entry("Observation".into()).or_default() += 1;
-                *written.entry("Flag".into()).or_default() += flags as u64;
-                sink.client(plan, encoded)?;
+                for (flags, encoded) in writes {
+                    *written.entry("Observation".into()).or_default() += 1;
+                    *written.entry("Flag".into()).or_default() += flags as u64;
+                    sink.client(plan, encoded)?;
+                    COUNTERS.written.fetch_add(1 + flags as u64, Relaxed);
+                }
                 COUNTERS.segmented.fetch_add(1, Relaxed);
-                COUNTERS.written.fetch_add(1 + flags as u64, Relaxed);
             }
             Ok(())
         };
@@ -701,7 +770,18 @@ pub fn build(
     record: &ClientRecord,
     a: &Assessment,
 ) -> Result<ClientResources, BuildError> {
-    let observation = writeback::assessment(plan, concepts, id, record, a)?;
+    build_view(plan, concepts, &Whole.views(id, record)[0], a)
+}
+
+/// Builds one write of a client: its Observation and Flags for the view's target.
+pub fn build_view(
+    plan: &Plan,
+    concepts: &writeback::Concepts,
+    view: &View<'_>,
+    a: &Assessment,
+) -> Result<ClientResources, BuildError> {
+    let (id, record) = (view.patient, view.record.as_ref());
+    let observation = writeback::assessment(plan, concepts, id, record, a, &view.elsewhere)?;
     let obs_ref = format!(
         "Observation/{}",
         observation.id.as_deref().unwrap_or_default()
@@ -714,6 +794,7 @@ pub fn build(
     }
     let fingerprint = writeback::lifecycle::fingerprint(plan, a);
     Ok(ClientResources {
+        target: view.target,
         patient: id.to_owned(),
         observation,
         flags,

@@ -36,10 +36,12 @@ pub struct ConformanceArgs {
 
 /// Runs the kit; exit code 6 when a required check failed.
 pub fn run(args: &ConformanceArgs) -> Result<ExitCode> {
-    let Some(url) = &args.server.server else {
-        bail!(
+    let url = match args.server.server.as_slice() {
+        [url] => url,
+        [] => bail!(
             "conformance needs --server\nhint: give the FHIR service base, such as --server https://fhir.example.org/fhir"
-        );
+        ),
+        _ => bail!("conformance checks one server at a time\nhint: run it once per --server"),
     };
     let mapping = match &args.model {
         Some(path) => segmentti::model::load_file(path)?,

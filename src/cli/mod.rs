@@ -11,9 +11,11 @@
 //! | 4 | done, but the server refused some clients' results (each reported with its OperationOutcome) |
 //! | 5 | done, but some clients' built resources broke a rule of `writeback::validate` and were not written (each named in the summary) |
 //! | 6 | `conformance`: a required check failed (the table says which and why) |
+//! | 7 | done, but some write targets of a joined run failed (each named on stderr); the others were written |
 
 mod bulk;
 mod conformance;
+mod multi;
 mod profiles;
 mod serve;
 mod server;
@@ -84,7 +86,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Segment clients and write Observation + Flag resources. Without --input, segments the
     /// built-in synthetic population of 10 000 clients.
-    Run(RunArgs),
+    // Boxed: with the flags of joined runs, `run`'s are far larger than any other command's.
+    Run(Box<RunArgs>),
     /// Generate a deterministic synthetic population (Bulk Data NDJSON or Bundles).
     Synth(SynthArgs),
     /// Explain one client's segment: the question tree path, criteria and the resources behind them.
@@ -135,9 +138,9 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ModelArgs {
     /// A file or directory of NDJSON (Bulk Data output, .ndjson.gz too) or Bundles. Without it,
-    /// the built-in synthetic population.
+    /// the built-in synthetic population. `run --write-to` takes several, and servers beside.
     #[arg(long)]
-    pub input: Option<PathBuf>,
+    pub input: Vec<PathBuf>,
     /// Mapping files (repeatable); default: the built-in Päijät-Sote model.
     #[arg(long = "model")]
     pub models: Vec<PathBuf>,
@@ -193,6 +196,8 @@ pub struct RunArgs {
     progress: ProgressArg,
     #[command(flatten)]
     bulk: bulk::BulkArgs,
+    #[command(flatten)]
+    join: multi::JoinArgs,
 }
 
 /// `--progress`.
@@ -262,6 +267,31 @@ pub struct SynthArgs {
     /// With --server: clients per transaction.
     #[arg(long, default_value_t = 50)]
     batch: usize,
+    /// Only what this area's system holds: its contacts and diagnoses, under local Patient ids
+    /// of its own; the same people (same identity codes) as without it.
+    #[arg(long, value_enum)]
+    service_area: Option<ServiceAreaArg>,
+}
+
+/// `--service-area`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ServiceAreaArg {
+    /// Social welfare.
+    Social,
+    /// Health care (holds every Patient).
+    Health,
+    /// Oral health care.
+    Oral,
+}
+
+impl ServiceAreaArg {
+    fn area(self) -> synth::Area {
+        match self {
+            Self::Social => synth::Area::Social,
+            Self::Health => synth::Area::Health,
+            Self::Oral => synth::Area::Oral,
+        }
+    }
 }
 
 /// `bench`.
@@ -319,7 +349,7 @@ pub struct ExplainArgs {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Run(args) => run_command(args),
+        Command::Run(args) => run_command(*args),
         Command::Synth(args) => synth_command(args),
         Command::Explain(args) => explain_command(args),
         Command::CheckMapping { files } => check_command(&files),
@@ -346,33 +376,41 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 
 impl ModelArgs {
     fn input(&self, as_of: Day) -> Result<Input> {
-        Ok(match (&self.input, &self.server.server) {
-            (Some(_), Some(_)) => bail!(
-                "give --input or --server, not both\nhint: reading several sources at once is not supported yet"
-            ),
-            (Some(path), None) => Input::Files(path.clone()),
-            (None, Some(url)) => Input::Server(Box::new(pipeline::ServerInput {
-                client: self.server.client(url)?,
-                options: segmentti::source::search::SearchOptions {
-                    page_size: self.server.page_size,
-                    concurrency: self.server.concurrency,
-                    patients: self.server.patients.clone(),
-                    since: self.server.since.clone(),
-                },
-            })),
-            (None, None) => Input::Synthetic(SynthOptions {
-                clients: self.clients,
-                seed: self.seed,
-                flavor: CodeFlavor::Finnish,
-                as_of,
-            }),
-        })
+        Ok(
+            match (self.input.as_slice(), self.server.server.as_slice()) {
+                ([path], []) => Input::Files(path.clone()),
+                ([], [url]) => self.server_input(url)?,
+                ([], []) => Input::Synthetic(SynthOptions {
+                    clients: self.clients,
+                    seed: self.seed,
+                    flavor: CodeFlavor::Finnish,
+                    as_of,
+                    area: None,
+                }),
+                _ => bail!(
+                    "this command reads one source: give --input or --server once\nhint: `run --write-to each` (or a server's URL) joins several sources into whole clients"
+                ),
+            },
+        )
+    }
+
+    /// `url` read by paged search with the connection flags.
+    fn server_input(&self, url: &url::Url) -> Result<Input> {
+        Ok(Input::Server(Box::new(pipeline::ServerInput {
+            client: self.server.client(url)?,
+            options: segmentti::source::search::SearchOptions {
+                page_size: self.server.page_size,
+                concurrency: self.server.concurrency,
+                patients: self.server.patients.clone(),
+                since: self.server.since.clone(),
+            },
+        })))
     }
 
     fn as_of(&self) -> Result<Day> {
         match (
             self.as_of,
-            self.input.is_some() || self.server.server.is_some(),
+            !self.input.is_empty() || !self.server.server.is_empty(),
         ) {
             (Some(day), _) => Ok(day),
             (None, false) => DEFAULT_AS_OF.parse().map_err(anyhow::Error::msg),
@@ -419,7 +457,10 @@ fn default_mapping() -> Result<model::mapping::Mapping> {
 fn run_command(args: RunArgs) -> Result<ExitCode> {
     let as_of = args.models.as_of()?;
     let plans = args.models.plans(as_of)?;
-    if let Some(url) = &args.models.server.server {
+    if multi::wanted(&args) {
+        return multi::run(&args, &plans);
+    }
+    if let [url] = args.models.server.server.as_slice() {
         if args.shard.is_some() || args.thresholds.is_some() {
             bail!(
                 "--shard and --thresholds go with file input\nhint: shard a server's population by exporting it first (Bulk Data $export) and running each shard on the files"
@@ -460,6 +501,7 @@ fn run_command(args: RunArgs) -> Result<ExitCode> {
     let options = RunOptions {
         on_invalid: args.on_invalid,
         shard: args.shard,
+        ..RunOptions::default()
     };
     let folded = pipeline::fold(&input, &plans, &options, &mut |r| sink.rejected(r))?;
     let fold_seconds = started.elapsed().as_secs_f64();
@@ -690,9 +732,14 @@ fn synth_command(args: SynthArgs) -> Result<ExitCode> {
         seed: args.seed,
         flavor,
         as_of: args.as_of,
+        area: args.service_area.map(ServiceAreaArg::area),
     };
-    if let Some(url) = &args.server.server {
-        return server::load(&args.server, url, &opts, args.batch.max(1));
+    match args.server.server.as_slice() {
+        [] => {}
+        [url] => return server::load(&args.server, url, &opts, args.batch.max(1)),
+        _ => bail!(
+            "synth loads one server at a time\nhint: load each system with its own --service-area"
+        ),
     }
     let Some(out) = &args.out else {
         bail!("synth needs --out DIR or --server URL");
@@ -751,7 +798,7 @@ fn explain_command(args: ExplainArgs) -> Result<ExitCode> {
             Some(None) => bail!(
                 "the thresholds given hold none for model `{id}`\nhint: use the checkpoint of a full run of this model"
             ),
-            None if args.models.server.server.is_some() && !plan.percentiles.is_empty() => {
+            None if !args.models.server.server.is_empty() && !plan.percentiles.is_empty() => {
                 eprintln!(
                     "warning: model `{id}` has top_percent tests, which compare with the whole population; without --state or --thresholds they do not hold for this client"
                 );
@@ -873,6 +920,7 @@ fn bench_command(args: BenchArgs) -> Result<ExitCode> {
                 seed: args.seed,
                 flavor: CodeFlavor::Finnish,
                 as_of: DEFAULT_AS_OF.parse().map_err(anyhow::Error::msg)?,
+                area: None,
             };
             synth::write_dir(&opts, SynthFormat::Ndjson, &dir)?;
             std::fs::write(&marker, "")?;

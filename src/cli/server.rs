@@ -29,8 +29,9 @@ pub const EXIT_REFUSED: u8 = 4;
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
     /// A FHIR R4 server to read clients from (and, with `run`, to write results back to).
+    /// `run --write-to` takes several, joined into whole clients.
     #[arg(long)]
-    pub server: Option<url::Url>,
+    pub server: Vec<url::Url>,
     /// Credentials: none, a static bearer token from --token-file or SEGMENTTI_TOKEN, or SMART
     /// Backend Services (client credentials with a signed JWT: --client-id, --private-key).
     #[arg(long, value_enum, default_value_t = AuthArg::None)]
@@ -301,9 +302,10 @@ pub fn load(
         .enable_all()
         .build()?;
     let mut entries = Vec::new();
-    let (mut resources, mut transactions) = (0u64, 0u64);
-    for i in 0..opts.clients {
-        let c = synth::client(opts, i);
+    let (mut resources, mut transactions, mut clients) = (0u64, 0u64, 0u64);
+    let mut all = synth::clients(opts).peekable();
+    while let Some((_, c)) = all.next() {
+        clients += 1;
         for r in std::iter::once(c.patient)
             .chain(c.encounters)
             .chain(c.conditions)
@@ -315,7 +317,7 @@ pub fn load(
             );
             entries.push(json!({"resource": r, "request": {"method": "PUT", "url": url}}));
         }
-        if (i + 1) % batch as u64 == 0 || i + 1 == opts.clients {
+        if clients % batch as u64 == 0 || all.peek().is_none() {
             resources += entries.len() as u64;
             let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": std::mem::take(&mut entries)});
             runtime.block_on(client.transaction(&bundle))?;
@@ -326,8 +328,7 @@ pub fn load(
         bail!("nothing to load: --clients is 0");
     }
     println!(
-        "Loaded {} clients ({resources} resources) into {} in {transactions} transaction(s)",
-        opts.clients,
+        "Loaded {clients} clients ({resources} resources) into {} in {transactions} transaction(s)",
         segmentti::fhir::redact(client.base())
     );
     Ok(ExitCode::SUCCESS)

@@ -29,9 +29,10 @@ pub const CANONICAL: &str = "https://segmentti.fi/fhir";
 pub const PACKAGE_NAME: &str = "segmentti.fhir.r4";
 
 /// The authored definitions, embedded so the binary can build the package anywhere.
-const DEFINITIONS: [&str; 8] = [
+const DEFINITIONS: [&str; 9] = [
     include_str!("definitions/StructureDefinition-assessment-fingerprint.json"),
     include_str!("definitions/StructureDefinition-supporting-info-count.json"),
+    include_str!("definitions/StructureDefinition-supporting-info-elsewhere.json"),
     include_str!("definitions/StructureDefinition-segment-assessment.json"),
     include_str!("definitions/StructureDefinition-segmentti-flag.json"),
     include_str!("definitions/StructureDefinition-segment-flag.json"),
@@ -339,6 +340,7 @@ fn examples(plans: &[Plan], as_of: Day) -> Result<Vec<Value>, ProfileError> {
         seed: 7,
         flavor: CodeFlavor::Finnish,
         as_of,
+        area: None,
     };
     let folded = pipeline::fold(
         &Input::Synthetic(opts),

@@ -35,6 +35,21 @@ pub struct Fact {
     pub cost: f64,
     /// Hashes of the codes `distinct` features count, with the distinct-field index.
     pub codes: Vec<(u8, u64)>,
+    /// A Patient's identifiers, links and last update, for joining several sources
+    /// ([`super::join`]); `None` for other resources and for Patients that have none.
+    pub person: Option<Box<Person>>,
+}
+
+/// What a Patient says about whom it is. It holds identity codes: it goes to
+/// [`super::join`] and nowhere else (never into logs, reports or rejections).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Person {
+    /// `identifier`: system and value.
+    pub identifiers: Vec<(CompactString, CompactString)>,
+    /// `link`: the other Patient's id and the link type (`replaced-by`, `seealso`, ...).
+    pub links: Vec<(CompactString, CompactString)>,
+    /// `meta.lastUpdated`.
+    pub last_updated: Option<CompactString>,
 }
 
 /// Why a resource was not used.
@@ -61,6 +76,9 @@ struct Scan<'a> {
     onset_start: Option<Cow<'a, str>>,
     recorded: Option<Cow<'a, str>>,
     birth_date: Option<Cow<'a, str>>,
+    identifiers: Vec<LiteIdentifier<'a>>,
+    links: Vec<LiteLink<'a>>,
+    last_updated: Option<Cow<'a, str>>,
     codes: Codes,
 }
 
@@ -95,6 +113,9 @@ enum Key {
     OnsetPeriod,
     RecordedDate,
     BirthDate,
+    Identifier,
+    Link,
+    Meta,
     Class,
     Type,
     ServiceType,
@@ -122,6 +143,28 @@ struct LiteCoding<'a> {
     system: Option<Text<'a>>,
     #[serde(borrow)]
     code: Option<Text<'a>>,
+}
+
+#[derive(Deserialize)]
+struct LiteIdentifier<'a> {
+    #[serde(borrow)]
+    system: Option<Text<'a>>,
+    #[serde(borrow)]
+    value: Option<Text<'a>>,
+}
+
+#[derive(Deserialize)]
+struct LiteLink<'a> {
+    #[serde(borrow)]
+    other: Option<LiteRef<'a>>,
+    #[serde(rename = "type", borrow)]
+    kind: Option<Text<'a>>,
+}
+
+#[derive(Deserialize)]
+struct LiteMeta<'a> {
+    #[serde(rename = "lastUpdated", borrow)]
+    last_updated: Option<Text<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -213,6 +256,13 @@ impl<'de> Visitor<'de> for ResourceSeed<'_> {
                 }
                 Key::RecordedDate => scan.recorded = Some(map.next_value::<Text<'de>>()?.0),
                 Key::BirthDate => scan.birth_date = Some(map.next_value::<Text<'de>>()?.0),
+                // Read whatever the type (Encounters have identifiers too, and `resourceType` may
+                // come last); only a Patient's are kept.
+                Key::Identifier => scan.identifiers = map.next_value()?,
+                Key::Link => scan.links = map.next_value()?,
+                Key::Meta => {
+                    scan.last_updated = text(map.next_value::<LiteMeta<'de>>()?.last_updated)
+                }
                 Key::Class => {
                     let coding = map.next_value::<LiteCoding<'de>>()?;
                     if let (Some(system), Some(code)) = (coding.system, coding.code) {
@@ -433,10 +483,12 @@ fn extract(plan: &Plan, scan: Scan<'_>) -> Result<Fact, Rejection> {
         mask: 0,
         cost: 0.0,
         codes: Vec::new(),
+        person: None,
     };
     if kind == ResourceKind::Patient {
         fact.patient = fact.id.clone();
         fact.day = day(&scan.birth_date, "birthDate")?;
+        fact.person = person(scan);
         return Ok(fact);
     }
     let Some(reference) = scan.subject.as_deref() else {
@@ -468,6 +520,28 @@ fn extract(plan: &Plan, scan: Scan<'_>) -> Result<Fact, Rejection> {
         fact.cost = prices.price(fact.mask, fact.day, fact.end);
     }
     Ok(fact)
+}
+
+/// The identity facts of a Patient's scan, when it has any.
+fn person(scan: Scan<'_>) -> Option<Box<Person>> {
+    let text = |t: Option<Text<'_>>| t.map(|t| CompactString::new(t.0));
+    let person = Person {
+        identifiers: scan
+            .identifiers
+            .into_iter()
+            .filter_map(|i| Some((text(i.system)?, text(i.value)?)))
+            .collect(),
+        links: scan
+            .links
+            .into_iter()
+            .filter_map(|l| {
+                let other = CompactString::new(patient_id(&l.other?.reference?.0)?);
+                Some((other, text(l.kind)?))
+            })
+            .collect(),
+        last_updated: scan.last_updated.map(CompactString::new),
+    };
+    (person != Person::default()).then(|| Box::new(person))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! knows nothing of segments: it turns [`Fact`]s into [`ClientRecord`]s.
 
 pub mod extract;
+pub mod join;
 
 use compact_str::CompactString;
 use rustc_hash::FxHashMap;
@@ -34,6 +35,8 @@ pub struct Evidence {
     pub day: Option<Day>,
     /// Bit `i` set: it counted for feature `i`.
     pub features: u64,
+    /// The source it was read from, when several are joined ([`join`]); 0 otherwise.
+    pub source: u16,
 }
 
 impl Evidence {
@@ -150,6 +153,42 @@ fn day_number(day: Day) -> i32 {
     Day::EPOCH.days_until(day)
 }
 
+impl ClientRecord {
+    /// Adds `other`, the same person's record from another Patient resource (another source,
+    /// or a Patient linked to this one), as if one fold had seen both: counts and costs add,
+    /// code sets and date spans unite, evidence is kept per source. The birth date already
+    /// here wins: sources are merged in the order given, the first preferred.
+    pub fn merge(&mut self, plan: &Plan, other: ClientRecord) {
+        self.has_patient |= other.has_patient;
+        self.birth = self.birth.or(other.birth);
+        for (i, feature) in plan.features.iter().enumerate() {
+            let (slot, theirs) = (&mut self.slots[i], other.slots[i]);
+            match feature.aggregate {
+                Aggregate::Age | Aggregate::Distinct { .. } => {}
+                Aggregate::Count => *slot += theirs,
+                Aggregate::Cost => {
+                    *slot = (f64::from_bits(*slot) + f64::from_bits(theirs)).to_bits();
+                }
+                Aggregate::ListsHit { .. } => *slot |= theirs,
+                Aggregate::SpanDays | Aggregate::DaysSinceLast => {
+                    let ((low, high), (l, h)) = (unpack(*slot), unpack(theirs));
+                    *slot = pack(low.min(l), high.max(h));
+                }
+            }
+        }
+        for entry in other.distinct {
+            if let Err(at) = self.distinct.binary_search(&entry) {
+                self.distinct.insert(at, entry);
+            }
+        }
+        for e in other.evidence {
+            keep_recent(&mut self.evidence, e);
+        }
+        self.evidence_total += other.evidence_total;
+        self.resources += other.resources;
+    }
+}
+
 /// Counts of what the fold saw.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct FoldStats {
@@ -249,6 +288,7 @@ impl<'p> Fold<'p> {
                 id: fact.id,
                 day: fact.day,
                 features: used,
+                source: 0,
             };
             keep_recent(&mut record.evidence, evidence);
         }
@@ -266,10 +306,12 @@ impl<'p> Fold<'p> {
     }
 }
 
-/// Keeps at most [`EVIDENCE_CAP`] entries of each type, dropping the oldest (undated counts as oldest);
-/// ties keep the one already there, so the result does not depend on input order beyond dates.
+/// Keeps at most [`EVIDENCE_CAP`] entries of each type and source, dropping the oldest (undated
+/// counts as oldest); ties keep the one already there, so the result does not depend on input
+/// order beyond dates. Per source, so that a joined client keeps what each source may cite.
 fn keep_recent(list: &mut Vec<Evidence>, new: Evidence) {
-    if list.iter().filter(|e| e.kind == new.kind).count() < EVIDENCE_CAP {
+    let same = |e: &Evidence| e.kind == new.kind && e.source == new.source;
+    if list.iter().filter(|e| same(e)).count() < EVIDENCE_CAP {
         list.push(new);
         return;
     }
@@ -277,7 +319,7 @@ fn keep_recent(list: &mut Vec<Evidence>, new: Evidence) {
     if let Some((oldest, _)) = list
         .iter()
         .enumerate()
-        .filter(|(_, e)| e.kind == new.kind)
+        .filter(|(_, e)| same(e))
         .min_by_key(|(_, e)| key(e))
         && key(&new) > key(&list[oldest])
     {
@@ -305,6 +347,7 @@ mod tests {
                 id: CompactString::new(format!("e{d}")),
                 day: Some(Day::EPOCH.plus_days(d)),
                 features: 1,
+                source: 0,
             };
             keep_recent(&mut list, e);
         }
@@ -316,6 +359,7 @@ mod tests {
             id: CompactString::new("c"),
             day: None,
             features: 2,
+            source: 0,
         };
         keep_recent(&mut list, condition.clone());
         assert!(

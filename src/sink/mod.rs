@@ -4,7 +4,9 @@
 //!
 //! - [`files`]: NDJSON ready for Bulk import, `summary.json`, `rejected.ndjson`.
 //! - [`fhir`]: a FHIR server, by idempotent transactions with the Flag lifecycle.
+//! - [`fanout`]: several FHIR servers, each client's resources to the one they were built for.
 
+pub mod fanout;
 pub mod fhir;
 pub mod files;
 
@@ -16,7 +18,9 @@ use crate::pipeline::Rejected;
 /// One client's resources, as built.
 #[derive(Debug, Clone)]
 pub struct ClientResources {
-    /// The client's Patient id.
+    /// Which target of a sink writing to several gets them (0 when there is one).
+    pub target: usize,
+    /// The client's Patient id (at the target).
     pub patient: String,
     /// The assessment.
     pub observation: Observation,

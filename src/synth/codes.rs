@@ -93,7 +93,8 @@ pub struct Service {
     pub area: Area,
 }
 
-/// A service area.
+/// A service area: each has its own information system in a wellbeing county, so
+/// `synth --service-area` gives one system's view of the population.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Area {
     /// Health care.
@@ -163,6 +164,20 @@ pub const T80: Service = Service {
     snomed: MEDICINE,
     area: Area::Health,
 };
+
+/// Every service type, for telling an Encounter's area from its `serviceType`.
+pub const SERVICES: [Service; 9] = [T11, T22, T30, T40, T60, T71, T72, T73, T80];
+
+impl Area {
+    /// The name used on the command line and in local ids.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Health => "health",
+            Self::Social => "social",
+            Self::Oral => "oral",
+        }
+    }
+}
 
 /// A diagnosis: ICD-10 (source: ICD-10 Finnish edition, THL), an ICPC-2 equivalent where one is
 /// clean (source: ICPC-2, THL), and SNOMED CT (source: SNOMED CT International).

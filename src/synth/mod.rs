@@ -3,8 +3,11 @@
 //! distribution (correlated with age), and their contacts, service areas and diagnoses follow
 //! from it, so that service use is heavy-tailed as the brief says: about a tenth of the clients
 //! carry about four fifths of the cost. Client `k` depends only on the seed and `k` (its own
-//! random stream), never on how many clients are generated. Identity codes are in the official
-//! test range (individual numbers 900–999), names are made up. This module writes files only
+//! random stream), never on how many clients are generated. With a service area
+//! (`--service-area`) the same people are spread over the county's systems: each system holds
+//! only its own area's contacts and diagnoses under local Patient ids of its own, while the
+//! identity codes stay the same, so the systems can be joined again on them. Identity codes are
+//! in the official test range (individual numbers 900–999), names are made up. This module writes files only
 //! in [`write_dir`]; it knows nothing of models.
 
 pub mod codes;
@@ -17,6 +20,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 
+pub use self::codes::Area;
 use self::codes::{ContactKind, Diagnosis, Service};
 use crate::day::Day;
 use crate::types::ResourceKind;
@@ -50,6 +54,8 @@ pub struct SynthOptions {
     pub flavor: CodeFlavor,
     /// Data end on this day: every contact is in the three years before it.
     pub as_of: Day,
+    /// Only what this area's system holds (see [`clients`]); `None`: every area in one.
+    pub area: Option<Area>,
 }
 
 /// One client's resources.
@@ -201,7 +207,8 @@ fn datetime(day: Day, minutes: u32) -> String {
     format!("{day}T{:02}:{:02}:00{offset}", minutes / 60, minutes % 60)
 }
 
-/// Client `index` of the population.
+/// Client `index` of the population as a whole, in every service area whatever `opts.area`
+/// says; [`clients`] gives one area's view.
 pub fn client(opts: &SynthOptions, index: u64) -> SynthClient {
     let mut rng = rng_for(opts.seed, index);
     let intl = opts.flavor == CodeFlavor::International;
@@ -446,11 +453,90 @@ fn contact(
     }
 }
 
+/// The clients of the population with their index, as `opts.area`'s system holds them: the
+/// health-care system holds every Patient (it is the county's register of residents), the
+/// social-welfare and oral-health systems only those with a contact or diagnosis of their own.
+pub fn clients(opts: &SynthOptions) -> impl Iterator<Item = (u64, SynthClient)> + '_ {
+    (0..opts.clients).filter_map(move |i| {
+        let c = client(opts, i);
+        match opts.area {
+            None => Some((i, c)),
+            Some(area) => in_area(opts.seed, i, area, c).map(|c| (i, c)),
+        }
+    })
+}
+
+/// What `area`'s system holds of client `index`: that area's resources only, under a local
+/// Patient id of its own (a UUID of the seed, area and index, as opaque as a real system's).
+fn in_area(seed: u64, index: u64, area: Area, mut c: SynthClient) -> Option<SynthClient> {
+    c.encounters.retain(|e| area_of(e) == area);
+    c.conditions.retain(|r| area_of(r) == area);
+    if area != Area::Health && c.encounters.is_empty() && c.conditions.is_empty() {
+        return None;
+    }
+    let id = uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_OID,
+        format!("segmentti-synth:{seed}:{}:{index}", area.as_str()).as_bytes(),
+    )
+    .to_string();
+    let subject = json!({"reference": format!("Patient/{id}")});
+    c.patient["id"] = json!(id);
+    let kept: Vec<Value> = c.encounters.iter().map(|e| e["id"].clone()).collect();
+    for r in c.encounters.iter_mut().chain(&mut c.conditions) {
+        r["subject"] = subject.clone();
+    }
+    for r in &mut c.conditions {
+        // A diagnosis made at a contact of another area's system cannot refer to it here.
+        let local = r
+            .pointer("/encounter/reference")
+            .and_then(Value::as_str)
+            .and_then(|e| e.strip_prefix("Encounter/"))
+            .is_some_and(|e| kept.iter().any(|k| k == e));
+        if !local && let Some(o) = r.as_object_mut() {
+            o.remove("encounter");
+        }
+    }
+    c.cost_eur = c.encounters.iter().map(cost_eur).sum();
+    Some(c)
+}
+
+/// The service area of a generated Encounter (by its service type) or Condition (oral and
+/// social diagnoses; the rest are health care's).
+pub fn area_of(resource: &Value) -> Area {
+    let code = |pointer: &str| {
+        resource
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    };
+    if resource["resourceType"] == "Encounter" {
+        let service = code("/serviceType/coding/0/code");
+        return codes::SERVICES
+            .iter()
+            .find(|s| s.palvelumuoto.code == service || s.snomed.code == service)
+            .map_or(Area::Health, |s| s.area);
+    }
+    let diagnosis = code("/code/coding/0/code");
+    let is = |list: &[Diagnosis]| {
+        list.iter().any(|d| {
+            d.icd10.code == diagnosis
+                || d.snomed.code == diagnosis
+                || d.icpc2.is_some_and(|c| c.code == diagnosis)
+        })
+    };
+    if is(&codes::ORAL) {
+        Area::Oral
+    } else if is(&codes::SOCIAL_RISK) {
+        Area::Social
+    } else {
+        Area::Health
+    }
+}
+
 /// The NDJSON lines of the population, client by client (Patient, Encounters, Conditions), for
 /// streaming straight into a run.
 pub fn lines(opts: &SynthOptions) -> impl Iterator<Item = (ResourceKind, String)> + '_ {
-    (0..opts.clients).flat_map(move |i| {
-        let c = client(opts, i);
+    clients(opts).flat_map(move |(_, c)| {
         std::iter::once((ResourceKind::Patient, c.patient.to_string()))
             .chain(
                 c.encounters
@@ -480,10 +566,7 @@ pub fn write_dir(
         SynthFormat::Bundles => dir.join("bundles"),
     };
     std::fs::create_dir_all(&target).map_err(io(&target))?;
-    let mut report = SynthReport {
-        clients: opts.clients,
-        ..SynthReport::default()
-    };
+    let mut report = SynthReport::default();
     let mut costs = Vec::with_capacity(usize::try_from(opts.clients).unwrap_or(0));
     let open = |name: &str| -> Result<(PathBuf, BufWriter<File>), SynthError> {
         let path = dir.join(name);
@@ -498,8 +581,8 @@ pub fn write_dir(
         ]),
         SynthFormat::Bundles => None,
     };
-    for i in 0..opts.clients {
-        let c = client(opts, i);
+    for (i, c) in clients(opts) {
+        report.clients += 1;
         report.patients += 1;
         report.encounters += c.encounters.len() as u64;
         report.conditions += c.conditions.len() as u64;
@@ -576,6 +659,7 @@ mod tests {
             seed: 7,
             flavor: CodeFlavor::Finnish,
             as_of: "2026-01-01".parse().expect("day"),
+            area: None,
         }
     }
 
@@ -664,6 +748,65 @@ mod tests {
                 assert!(urls.contains(&subject));
             }
         }
+    }
+
+    /// The areas' systems together hold the whole population: the same people by identity
+    /// code, every resource in exactly one area, each system with Patient ids of its own.
+    #[test]
+    fn service_areas_split_the_population_without_losing_anything() {
+        let whole = opts(300);
+        let everything: Vec<String> = lines(&whole).map(|(_, l)| l).collect();
+        let strip = |mut v: Value| {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("subject");
+                o.remove("encounter");
+            }
+            v
+        };
+        let mut expected: Vec<Value> = (0..whole.clients)
+            .flat_map(|i| {
+                let c = client(&whole, i);
+                c.encounters.into_iter().chain(c.conditions).map(strip)
+            })
+            .collect();
+        let mut split = Vec::new();
+        let mut codes = std::collections::BTreeMap::new();
+        for area in [Area::Health, Area::Social, Area::Oral] {
+            let o = SynthOptions {
+                area: Some(area),
+                ..whole.clone()
+            };
+            let mut seen = 0;
+            for (i, c) in clients(&o) {
+                seen += 1;
+                let code = c.patient["identifier"][0]["value"].clone();
+                let id = c.patient["id"].as_str().expect("id").to_owned();
+                assert_ne!(id, client(&whole, i).patient["id"].as_str().expect("id"));
+                codes.entry(i).or_insert_with(|| code.clone());
+                assert_eq!(
+                    codes[&i], code,
+                    "one person has one identity code everywhere"
+                );
+                for r in c.encounters.iter().chain(&c.conditions) {
+                    assert_eq!(area_of(r), area);
+                    assert_eq!(r["subject"]["reference"], format!("Patient/{id}").as_str());
+                }
+                split.extend(c.encounters.into_iter().chain(c.conditions).map(strip));
+            }
+            if area == Area::Health {
+                assert_eq!(seen, whole.clients, "the health-care system holds everyone");
+            } else {
+                assert!(seen > 0 && seen < whole.clients, "{area:?}: {seen}");
+            }
+        }
+        let key = |v: &Value| v["id"].as_str().expect("id").to_owned();
+        expected.sort_by_key(key);
+        split.sort_by_key(key);
+        assert_eq!(split, expected);
+        assert_eq!(
+            lines(&whole).map(|(_, l)| l).collect::<Vec<_>>(),
+            everything
+        );
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub const SUPPORTING_INFO: &str = "http://hl7.org/fhir/StructureDefinition/workf
 /// Extension holding how many resources counted when the supporting-info list is capped.
 pub const SUPPORTING_INFO_COUNT: &str =
     "https://segmentti.fi/fhir/StructureDefinition/supporting-info-count";
+/// Extension on a joined client's Observation: how many resources counted on another source,
+/// which this server's resources must not refer to (`source`: its name, `count`).
+pub const SUPPORTING_INFO_ELSEWHERE: &str =
+    "https://segmentti.fi/fhir/StructureDefinition/supporting-info-elsewhere";
 /// Extension on segmentti's Flags: the assessment's segment, levels and overlays in one string,
 /// so a later run can tell from the Flag alone whether anything changed.
 pub const FINGERPRINT: &str =
@@ -46,6 +50,15 @@ pub const FLAG_DETAIL: &str = "http://hl7.org/fhir/StructureDefinition/flag-deta
 pub const TRANSLATION: &str = "http://hl7.org/fhir/StructureDefinition/translation";
 /// How many resources an Observation lists as supporting information at most.
 pub const SUPPORTING_INFO_CAP: usize = 10;
+
+/// Resources that counted for a client on another source than the one written to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Elsewhere {
+    /// The source, as named in the run's summary.
+    pub source: String,
+    /// How many of its resources counted.
+    pub count: u32,
+}
 
 /// Why a resource could not be built; always a bug in segmentti, since inputs are checked.
 #[derive(Debug, thiserror::Error)]

@@ -10,8 +10,8 @@ use fhir_sdk::r4b::resources::{
 use fhir_sdk::r4b::types::{CodeableConcept, Extension, ExtensionValue};
 
 use super::{
-    BuildError, BusinessId, Concepts, SUPPORTING_INFO, SUPPORTING_INFO_CAP, SUPPORTING_INFO_COUNT,
-    Written, fhir_date, reference,
+    BuildError, BusinessId, Concepts, Elsewhere, SUPPORTING_INFO, SUPPORTING_INFO_CAP,
+    SUPPORTING_INFO_COUNT, SUPPORTING_INFO_ELSEWHERE, Written, fhir_date, reference,
 };
 use crate::model::eval::Assessment;
 use crate::model::mapping::Text;
@@ -54,15 +54,18 @@ pub fn decisive_references(record: &ClientRecord, a: &Assessment) -> Vec<String>
         .collect()
 }
 
-/// Builds the assessment Observation of `patient`.
+/// Builds the assessment Observation of `patient`; `elsewhere` says what counted on other
+/// sources of a joined client (an extension per source, since supporting information may only
+/// point at what the receiving server holds).
 pub fn assessment(
     plan: &Plan,
     concepts: &Concepts,
     patient: &str,
     record: &ClientRecord,
     a: &Assessment,
+    elsewhere: &[Elsewhere],
 ) -> Result<Observation, BuildError> {
-    build(plan, concepts, patient, record, a).map_err(|cause| BuildError {
+    build(plan, concepts, patient, record, a, elsewhere).map_err(|cause| BuildError {
         resource: "Observation",
         patient: patient.to_owned(),
         cause,
@@ -75,6 +78,7 @@ fn build(
     patient: &str,
     record: &ClientRecord,
     a: &Assessment,
+    elsewhere: &[Elsewhere],
 ) -> Result<Observation, String> {
     let m = &plan.mapping;
     let id = BusinessId::new(plan, Written::Assessment, None, patient, plan.as_of);
@@ -124,6 +128,22 @@ fn build(
         SUPPORTING_INFO_COUNT,
         ExtensionValue::Integer(i32::try_from(record.evidence_total).unwrap_or(i32::MAX)),
     )?);
+    for other in elsewhere {
+        let parts = vec![
+            extension("source", ExtensionValue::String(other.source.clone()))?,
+            extension(
+                "count",
+                ExtensionValue::Integer(i32::try_from(other.count).unwrap_or(i32::MAX)),
+            )?,
+        ];
+        extensions.push(
+            Extension::builder()
+                .url(SUPPORTING_INFO_ELSEWHERE.to_owned())
+                .extension(parts)
+                .build()
+                .map_err(|e| e.to_string())?,
+        );
+    }
     Observation::builder()
         .id(id.logical_id())
         .meta(super::meta("segment-assessment")?)

@@ -6,6 +6,7 @@ mod faults;
 mod harness;
 mod k8s;
 mod mappings;
+mod multi;
 mod offline;
 mod profiles;
 mod refusals;

@@ -54,7 +54,7 @@ fn writes(run: &Value) -> &Value {
 }
 
 /// Every resource of a type on the server, by paging through it.
-async fn all(server: &TestServer, resource_type: &str) -> Vec<Value> {
+pub async fn all(server: &TestServer, resource_type: &str) -> Vec<Value> {
     let client = server.client();
     let mut pages = client
         .pages(resource_type, &[("_count", "200")])

@@ -1,0 +1,273 @@
+//! `run` over several sources: repeatable `--server` and `--input`, joined into whole clients
+//! and written back with `--write-to each|URL` (see [`segmentti::multi`]). This module turns
+//! flags into [`MultiOptions`] and the report into text or JSON; the join key comes from a
+//! file or the environment, never from the command line, and is never printed.
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `SEGMENTTI_JOIN_KEY` | the join key (at least 16 bytes of text), when `--join-key-file` is not given |
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use segmentti::model::Plan;
+use segmentti::multi::{self, MultiOptions, MultiReport, Source, WriteTo};
+use segmentti::pipeline::ModelSummary;
+use segmentti::record::join::{IDENTITY_CODE, JoinSpec};
+use segmentti::sink::fanout::TargetOutcome;
+
+use super::RunArgs;
+
+/// Exit code: done, but some write targets could not be written (named on stderr).
+pub const EXIT_TARGET_FAILED: u8 = 7;
+
+/// How several sources are joined and written back.
+#[derive(Debug, Clone, Args)]
+pub struct JoinArgs {
+    /// Several sources: where results go, `each` (every server that holds the client, with its
+    /// own Patient id) or one server's URL (one of the --server sources; clients it does not
+    /// hold are reported).
+    #[arg(long)]
+    write_to: Option<String>,
+    /// Identifier systems to join clients on, most preferred first (repeatable); default: the
+    /// personal identity code.
+    #[arg(long = "join-system", default_value = IDENTITY_CODE)]
+    join_systems: Vec<String>,
+    /// The key of the join keys (HMAC-SHA256), at least 16 bytes; default: SEGMENTTI_JOIN_KEY,
+    /// else a fresh random key per run (join keys in reports then differ between runs).
+    #[arg(long)]
+    join_key_file: Option<PathBuf>,
+    /// A source (a --server URL or an --input path) the run may go on without when it cannot
+    /// be read (repeatable); any other source down stops the run before anything is written.
+    #[arg(long = "allow-partial")]
+    allow_partial: Vec<String>,
+    /// Put the identifiers of duplicate Patients into the report (they are personal data).
+    #[arg(long)]
+    show_identifiers: bool,
+}
+
+/// Whether `run` reads several sources (or asks for a joined write-back).
+pub fn wanted(args: &RunArgs) -> bool {
+    args.models.input.len() + args.models.server.server.len() > 1 || args.join.write_to.is_some()
+}
+
+/// `run` over several sources.
+pub fn run(args: &RunArgs, plans: &[Plan]) -> Result<ExitCode> {
+    let join = &args.join;
+    let Some(write_to) = &join.write_to else {
+        bail!(
+            "several sources are joined into whole clients and need --write-to\nhint: --write-to each writes to every server that holds the client, --write-to URL to one of them"
+        );
+    };
+    if args.shard.is_some()
+        || args.thresholds.is_some()
+        || args.state.is_some()
+        || args.bulk.bulk.is_some()
+        || args.models.server.since.is_some()
+        || !args.models.server.patients.is_empty()
+    {
+        bail!(
+            "--shard, --thresholds, --state, --bulk, --since and --patient do not go with several sources yet\nhint: run the joined sources in full"
+        );
+    }
+    // Each source as flags name it (a URL or a path), to match --allow-partial and --write-to.
+    let given: Vec<String> = (args.models.server.server.iter())
+        .map(|u| u.as_str().to_owned())
+        .chain(args.models.input.iter().map(|p| p.display().to_string()))
+        .collect();
+    let names = |flag: &str, source: usize| {
+        given[source] == flag || url::Url::parse(flag).is_ok_and(|u| u.as_str() == given[source])
+    };
+    for a in &join.allow_partial {
+        if !(0..given.len()).any(|s| names(a, s)) {
+            bail!(
+                "--allow-partial {a} names no source\nhint: give it as the --server URL or --input path"
+            );
+        }
+    }
+    let allowed = |s: usize| join.allow_partial.iter().any(|a| names(a, s));
+    let mut sources = Vec::new();
+    for url in &args.models.server.server {
+        sources.push(Source {
+            input: args.models.server_input(url)?,
+            name: segmentti::fhir::redact(url).to_string(),
+            server: Some(args.models.server.client(url)?),
+            may_be_missing: allowed(sources.len()),
+        });
+    }
+    for path in &args.models.input {
+        sources.push(Source {
+            input: segmentti::pipeline::Input::Files(path.clone()),
+            name: path.display().to_string(),
+            server: None,
+            may_be_missing: allowed(sources.len()),
+        });
+    }
+    let write_to = match write_to.as_str() {
+        "each" => WriteTo::Each,
+        url => match (0..args.models.server.server.len()).find(|&s| names(url, s)) {
+            Some(t) => WriteTo::One(t),
+            None => bail!(
+                "--write-to {url} is neither `each` nor one of the --server sources\nhint: a target must also be read, to know which clients it holds"
+            ),
+        },
+    };
+    let spec = JoinSpec::new(
+        join_key(join)?,
+        join.join_systems.clone(),
+        join.show_identifiers,
+    )?;
+    let options = MultiOptions {
+        sources,
+        write_to,
+        batch: args.batch,
+        dry_run: args.dry_run,
+        on_invalid: args.on_invalid,
+        join: Arc::new(spec),
+    };
+    let report = multi::run(&options, plans)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report, args.dry_run));
+    }
+    if args.stats {
+        let clients = report.models.first().map_or(0, |m| m.summary.clients);
+        let rss = segmentti::bench::peak_rss_bytes().unwrap_or(0);
+        println!("stats: clients={clients} peak_rss_bytes={rss}");
+    }
+    let failed = report.failed_targets();
+    for (target, message) in &failed {
+        eprintln!(
+            "not written: {target}: {}\nhint: the other targets were written; run again when it answers",
+            message.lines().next().unwrap_or_default()
+        );
+    }
+    let summaries: Vec<ModelSummary> = report.models.iter().map(|m| m.summary.clone()).collect();
+    Ok(if !failed.is_empty() {
+        ExitCode::from(EXIT_TARGET_FAILED)
+    } else if super::report_invalid(&summaries) {
+        ExitCode::from(super::EXIT_INVALID)
+    } else if report.refused() > 0 {
+        ExitCode::from(super::server::EXIT_REFUSED)
+    } else if report.rejected_count() > 0 {
+        ExitCode::from(super::EXIT_REJECTS)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The join key: `--join-key-file`, `SEGMENTTI_JOIN_KEY`, or a fresh random one.
+fn join_key(join: &JoinArgs) -> Result<Vec<u8>> {
+    if let Some(path) = &join.join_key_file {
+        let key = std::fs::read(path)
+            .with_context(|| format!("cannot read the join key file {}", path.display()))?;
+        return Ok(key.trim_ascii().to_vec());
+    }
+    if let Ok(key) = std::env::var("SEGMENTTI_JOIN_KEY") {
+        return Ok(key.trim().as_bytes().to_vec());
+    }
+    tracing::info!(
+        "no join key given: a random one for this run, so join keys in its report match no other run's"
+    );
+    Ok(rand::random::<[u8; 32]>().to_vec())
+}
+
+fn render(report: &MultiReport, dry_run: bool) -> String {
+    let mut out = String::new();
+    for s in &report.sources {
+        match &s.missing {
+            None => out.push_str(&format!(
+                "Source: {} ({} resources in {:.1} s, {:.0}/s)\n",
+                s.source,
+                s.resources,
+                s.seconds,
+                s.resources as f64 / s.seconds.max(1e-9)
+            )),
+            Some(why) => out.push_str(&format!(
+                "Source: {} MISSING (--allow-partial): {}\n",
+                s.source,
+                why.lines().next().unwrap_or_default()
+            )),
+        }
+    }
+    let j = &report.join;
+    out.push_str(&format!(
+        "Joined: {} clients, {} of them in several sources\n",
+        j.clients, j.in_several
+    ));
+    for (s, sj) in report.sources.iter().zip(&j.sources) {
+        out.push_str(&format!(
+            "  {}: {} Patients, {} without a joinable identifier, {} merged by link, {} duplicate key(s)\n",
+            s.source,
+            sj.patients,
+            sj.unjoinable,
+            sj.linked,
+            sj.duplicates.len()
+        ));
+        for d in &sj.duplicates {
+            out.push_str(&format!(
+                "    duplicate: key {} kept Patient/{}, skipped {}{}\n",
+                d.key,
+                d.kept,
+                d.skipped
+                    .iter()
+                    .map(|p| format!("Patient/{p}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                d.identifier
+                    .as_deref()
+                    .map(|i| format!(" ({i})"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    if report.unwritten.clients > 0 {
+        out.push_str(&format!(
+            "Not held by any write target: {} client(s) (assessed and counted, written nowhere)\n",
+            report.unwritten.clients
+        ));
+    }
+    let verb = if dry_run { "would write" } else { "wrote" };
+    for m in &report.models {
+        let s = &m.summary;
+        out.push_str(&format!(
+            "\nModel {} {} · as of {} · {} clients\n",
+            s.model, s.version, s.as_of, s.clients
+        ));
+        for seg in &s.segments {
+            out.push_str(&format!(
+                "  {:<13} {:<45} {:>8}\n",
+                seg.code, seg.display, seg.count
+            ));
+        }
+        for t in &m.targets {
+            match &t.outcome {
+                TargetOutcome::Written(r) => {
+                    out.push_str(&format!(
+                        "  {}: {verb} {} Observation(s), {} Flag(s), ended {} Flag(s) in {} transaction(s); {} client(s) unchanged; {:.1} s\n",
+                        t.target, r.observations, r.flags_written, r.flags_ended, r.transactions, r.unchanged, t.seconds
+                    ));
+                    for refused in &r.refused {
+                        out.push_str(&format!(
+                            "    refused: Patient/{}: {}\n",
+                            refused.patient,
+                            refused.message.lines().next().unwrap_or_default()
+                        ));
+                    }
+                }
+                TargetOutcome::Failed(message) => out.push_str(&format!(
+                    "  {}: FAILED: {}\n",
+                    t.target,
+                    message.lines().next().unwrap_or_default()
+                )),
+            }
+        }
+    }
+    out.push_str(&format!("Rejected inputs: {}\n", report.rejected_count()));
+    out
+}

@@ -1,0 +1,359 @@
+//! One run over several sources (servers and files): every source is read and folded on its
+//! own, the folds are joined into whole clients ([`crate::record::join`]), each client is
+//! assessed once on everything known of them, and the results go back to the servers that
+//! hold the client ([`WriteTo::Each`]) or to one server ([`WriteTo::One`]), each write with
+//! that server's own Patient id and citing only that server's resources.
+//!
+//! Every source is read before anything is written: a source that cannot be read stops the run
+//! with nothing written, unless it may be missing (`--allow-partial`); then the run goes on
+//! without it and says so. A target that fails while writing fails alone ([`FanOut`]). Like
+//! [`crate::job`], it prints nothing and returns a [`MultiReport`]; incremental runs
+//! (checkpoints) are not supported here yet.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::fhir::FhirClient;
+use crate::model::Plan;
+use crate::pipeline::{self, Input, ModelSummary, OnInvalid, Rejected, RunOptions, View, Views};
+use crate::record::ClientRecord;
+use crate::record::join::{self, Holder, JoinReport, JoinSpec, SourceFold};
+use crate::sink::fanout::{FanOut, TargetOutcome};
+use crate::sink::fhir::{FhirSink, FhirSinkError};
+use crate::writeback::Elsewhere;
+
+/// One source of a joined run.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// What to read.
+    pub input: Input,
+    /// How reports name it (a server's URL without credentials, a path).
+    pub name: String,
+    /// The server to write back to, when the source is one.
+    pub server: Option<FhirClient>,
+    /// Whether the run goes on without it when it cannot be read.
+    pub may_be_missing: bool,
+}
+
+/// Where results go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteTo {
+    /// Every server source that holds the client.
+    Each,
+    /// This source (a server), for the clients it holds.
+    One(usize),
+}
+
+/// What a joined run reads and writes.
+#[derive(Debug, Clone)]
+pub struct MultiOptions {
+    /// The sources, the most trusted first (its birth date wins where they disagree).
+    pub sources: Vec<Source>,
+    /// Where results go.
+    pub write_to: WriteTo,
+    /// Clients per write transaction.
+    pub batch: usize,
+    /// Read and decide, write nothing.
+    pub dry_run: bool,
+    /// What to do with invalid resources.
+    pub on_invalid: OnInvalid,
+    /// How clients are joined.
+    pub join: Arc<JoinSpec>,
+}
+
+/// What was read from one source.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceRead {
+    /// The source.
+    pub source: String,
+    /// Resources read.
+    pub resources: u64,
+    /// Resources rejected.
+    pub rejected: u64,
+    /// Seconds spent reading and folding it.
+    pub seconds: f64,
+    /// Why it was not read, when it was allowed to be missing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missing: Option<String>,
+}
+
+/// One model's results and writes.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelWrites {
+    /// Segments of the joined population.
+    pub summary: ModelSummary,
+    /// Per target, what was written.
+    pub targets: Vec<TargetWrites>,
+}
+
+/// What one target got.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetWrites {
+    /// The target.
+    pub target: String,
+    /// Seconds spent writing to it (searches for its Flags included).
+    pub seconds: f64,
+    /// Written, or why not.
+    pub outcome: TargetOutcome,
+}
+
+/// Clients that no write target holds: assessed and counted, written nowhere.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Unwritten {
+    /// How many.
+    pub clients: u64,
+    /// Some of their client ids (join keys), for finding them.
+    pub sample: Vec<String>,
+}
+
+/// What a joined run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct MultiReport {
+    /// Per source, what was read.
+    pub sources: Vec<SourceRead>,
+    /// What the join did.
+    pub join: JoinReport,
+    /// Clients held by no write target.
+    pub unwritten: Unwritten,
+    /// Per model.
+    pub models: Vec<ModelWrites>,
+    /// Resources not used, and why.
+    pub rejected: Vec<Rejected>,
+}
+
+impl MultiReport {
+    /// Targets whose writes failed, with what they said (each once, over all models).
+    pub fn failed_targets(&self) -> Vec<(&str, &str)> {
+        let mut failed: Vec<(&str, &str)> = Vec::new();
+        for t in self.models.iter().flat_map(|m| &m.targets) {
+            if let TargetOutcome::Failed(message) = &t.outcome
+                && !failed.iter().any(|(name, _)| *name == t.target)
+            {
+                failed.push((&t.target, message));
+            }
+        }
+        failed
+    }
+
+    /// Clients whose results a target refused, over all models and targets.
+    pub fn refused(&self) -> usize {
+        self.models
+            .iter()
+            .flat_map(|m| &m.targets)
+            .map(|t| match &t.outcome {
+                TargetOutcome::Written(r) => r.refused.len(),
+                TargetOutcome::Failed(_) => 0,
+            })
+            .sum()
+    }
+
+    /// Resources rejected, over all sources.
+    pub fn rejected_count(&self) -> u64 {
+        self.sources.iter().map(|s| s.rejected).sum()
+    }
+}
+
+/// Why a joined run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MultiError {
+    /// A source that must be there could not be read; nothing was written.
+    #[error(
+        "cannot read {name}, so nothing was written: {cause}\nhint: run again when it answers, or give --allow-partial {name} to run without it"
+    )]
+    Read {
+        /// The source.
+        name: String,
+        /// Why (in the message, not as a source: it would be printed twice).
+        cause: pipeline::PipelineError,
+    },
+    /// No source could be read.
+    #[error("no source could be read, so nothing was written\nhint: check the sources named above")]
+    NothingRead,
+    /// Folding or evaluating failed.
+    #[error(transparent)]
+    Pipeline(#[from] pipeline::PipelineError),
+    /// A target's sink could not start.
+    #[error(transparent)]
+    Sink(#[from] FhirSinkError),
+}
+
+/// Runs once. Blocking, like [`crate::job::run`].
+pub fn run(options: &MultiOptions, plans: &[Plan]) -> Result<MultiReport, MultiError> {
+    let run_options = RunOptions {
+        on_invalid: options.on_invalid,
+        join: Some(options.join.clone()),
+        ..RunOptions::default()
+    };
+    let mut folds = Vec::with_capacity(options.sources.len());
+    let mut reads = Vec::with_capacity(options.sources.len());
+    let mut rejected = Vec::new();
+    for source in &options.sources {
+        let started = Instant::now();
+        let mut theirs = Vec::new();
+        let folded = pipeline::fold(&source.input, plans, &run_options, &mut |r| {
+            warn!(source = %source.name, origin = %r.origin, resource = r.resource.as_deref().unwrap_or("-"), reason = %r.reason, "resource rejected");
+            theirs.push(r.clone());
+            Ok(())
+        });
+        let seconds = started.elapsed().as_secs_f64();
+        match folded {
+            Ok(folded) => {
+                let resources: u64 = folded.stats.resources.values().sum();
+                info!(source = %source.name, resources, seconds, "source read");
+                reads.push(SourceRead {
+                    source: source.name.clone(),
+                    resources,
+                    rejected: folded.rejected,
+                    seconds,
+                    missing: None,
+                });
+                rejected.extend(theirs);
+                folds.push(SourceFold {
+                    clients: folded.clients,
+                    people: folded.people,
+                });
+            }
+            Err(cause) if source.may_be_missing => {
+                warn!(source = %source.name, error = %cause, "source missing; the run goes on without it (--allow-partial)");
+                reads.push(SourceRead {
+                    source: source.name.clone(),
+                    resources: 0,
+                    rejected: 0,
+                    seconds,
+                    missing: Some(cause.to_string()),
+                });
+                folds.push(SourceFold {
+                    clients: vec![FxHashMap::default(); plans.len()],
+                    people: FxHashMap::default(),
+                });
+            }
+            Err(cause) => {
+                return Err(MultiError::Read {
+                    name: source.name.clone(),
+                    cause,
+                });
+            }
+        }
+    }
+    if reads.iter().all(|r| r.missing.is_some()) {
+        return Err(MultiError::NothingRead);
+    }
+    let joined = join::join(folds, plans);
+    info!(
+        clients = joined.report.clients,
+        in_several = joined.report.in_several,
+        "sources joined"
+    );
+    // Source number → target number, for the servers written to.
+    let mut target_of = vec![None; options.sources.len()];
+    let mut targets = Vec::new();
+    for (s, source) in options.sources.iter().enumerate() {
+        let wanted = match options.write_to {
+            WriteTo::Each => true,
+            WriteTo::One(t) => t == s,
+        };
+        if let (true, None, Some(client)) = (wanted, &reads[s].missing, &source.server) {
+            target_of[s] = Some(targets.len());
+            targets.push((source.name.clone(), client.clone()));
+        }
+    }
+    let unwritten = unwritten(&joined.holders, &target_of);
+    let mut models = Vec::new();
+    for (p, plan) in plans.iter().enumerate() {
+        let sinks = targets
+            .iter()
+            .map(|(name, client)| {
+                let sink = FhirSink::new(client.clone(), options.batch, options.dry_run)?;
+                Ok((name.clone(), sink))
+            })
+            .collect::<Result<_, FhirSinkError>>()?;
+        let mut fan = FanOut::new(sinks);
+        let views = JoinedViews {
+            plan: p,
+            holders: &joined.holders,
+            target_of: &target_of,
+            names: options.sources.iter().map(|s| s.name.as_str()).collect(),
+        };
+        let summary = pipeline::evaluate_views(plan, &joined.clients[p], &views, &mut fan, None)?;
+        let targets = fan
+            .finish(plan)
+            .into_iter()
+            .map(|(target, seconds, outcome)| TargetWrites {
+                target,
+                seconds,
+                outcome,
+            })
+            .collect();
+        models.push(ModelWrites { summary, targets });
+    }
+    Ok(MultiReport {
+        sources: reads,
+        join: joined.report,
+        unwritten,
+        models,
+        rejected,
+    })
+}
+
+/// The clients no target holds.
+fn unwritten(
+    holders: &FxHashMap<compact_str::CompactString, Vec<Holder>>,
+    target_of: &[Option<usize>],
+) -> Unwritten {
+    let mut ids: Vec<&str> = holders
+        .iter()
+        .filter(|(_, hs)| hs.iter().all(|h| target_of[h.source].is_none()))
+        .map(|(id, _)| id.as_str())
+        .collect();
+    ids.sort_unstable();
+    Unwritten {
+        clients: ids.len() as u64,
+        sample: ids.iter().take(10).map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+/// The writes of joined clients: one per target holding the client, with that target's
+/// Patient id and only that source's evidence, the other sources' counted in `elsewhere`.
+struct JoinedViews<'a> {
+    plan: usize,
+    holders: &'a FxHashMap<compact_str::CompactString, Vec<Holder>>,
+    target_of: &'a [Option<usize>],
+    names: Vec<&'a str>,
+}
+
+impl Views for JoinedViews<'_> {
+    fn views<'a>(&'a self, id: &'a str, record: &'a ClientRecord) -> Vec<View<'a>> {
+        let Some(holders) = self.holders.get(id) else {
+            return Vec::new();
+        };
+        let counted = |h: &Holder| h.evidence.get(self.plan).copied().unwrap_or(0);
+        holders
+            .iter()
+            .filter_map(|h| {
+                let target = self.target_of[h.source]?;
+                let mut mine = record.clone();
+                mine.evidence.retain(|e| usize::from(e.source) == h.source);
+                mine.evidence_total = counted(h);
+                let elsewhere = holders
+                    .iter()
+                    .filter(|o| o.source != h.source && counted(o) > 0)
+                    .map(|o| Elsewhere {
+                        source: self.names[o.source].to_owned(),
+                        count: counted(o),
+                    })
+                    .collect();
+                Some(View {
+                    target,
+                    patient: h.patient.as_str(),
+                    record: Cow::Owned(mine),
+                    elsewhere,
+                })
+            })
+            .collect()
+    }
+}

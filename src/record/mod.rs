@@ -2,7 +2,8 @@
 //! order (Bulk Data output is grouped by type, not by client), so every client has a small
 //! accumulator per feature and a capped list of the resources that counted. Memory grows with
 //! the number of clients, never with the number of resources. This module reads no files and
-//! knows nothing of segments: it turns [`Fact`]s into [`ClientRecord`]s.
+//! knows nothing of segments: it turns [`Fact`]s into [`ClientRecord`]s, and ([`join`]) the
+//! records of several sources into whole clients.
 
 pub mod extract;
 pub mod join;

@@ -234,17 +234,7 @@ fn render(report: &MultiReport, dry_run: bool) -> String {
     }
     let verb = if dry_run { "would write" } else { "wrote" };
     for m in &report.models {
-        let s = &m.summary;
-        out.push_str(&format!(
-            "\nModel {} {} · as of {} · {} clients\n",
-            s.model, s.version, s.as_of, s.clients
-        ));
-        for seg in &s.segments {
-            out.push_str(&format!(
-                "  {:<13} {:<45} {:>8}\n",
-                seg.code, seg.display, seg.count
-            ));
-        }
+        super::server::model_head(&mut out, &m.summary);
         for t in &m.targets {
             match &t.outcome {
                 TargetOutcome::Written(r) => {

@@ -262,16 +262,7 @@ fn render(
             .unwrap_or_default()
     );
     for (s, r) in models {
-        out.push_str(&format!(
-            "\nModel {} {} · as of {} · {} clients\n",
-            s.model, s.version, s.as_of, s.clients
-        ));
-        for seg in &s.segments {
-            out.push_str(&format!(
-                "  {:<13} {:<45} {:>8}\n",
-                seg.code, seg.display, seg.count
-            ));
-        }
+        model_head(&mut out, s);
         let verb = if dry_run { "would write" } else { "wrote" };
         out.push_str(&format!(
             "  {verb}: {} Observation(s), {} Flag(s), ended {} Flag(s) in {} transaction(s); {} client(s) unchanged\n",
@@ -332,4 +323,18 @@ pub fn load(
         segmentti::fhir::redact(client.base())
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A model's heading and its clients per segment, in a server run's printed summary.
+pub(super) fn model_head(out: &mut String, s: &ModelSummary) {
+    out.push_str(&format!(
+        "\nModel {} {} · as of {} · {} clients\n",
+        s.model, s.version, s.as_of, s.clients
+    ));
+    for seg in &s.segments {
+        out.push_str(&format!(
+            "  {:<13} {:<45} {:>8}\n",
+            seg.code, seg.display, seg.count
+        ));
+    }
 }

@@ -114,6 +114,20 @@ async fn flags_by_person(server: &TestServer) -> BTreeMap<String, BTreeSet<Strin
     out
 }
 
+/// The subjects of `server`'s Flags.
+async fn flag_subjects(server: &TestServer) -> BTreeSet<String> {
+    all(server, "Flag")
+        .await
+        .iter()
+        .map(|f| {
+            f["subject"]["reference"]
+                .as_str()
+                .expect("subject")
+                .to_owned()
+        })
+        .collect()
+}
+
 /// Every Observation's supporting information resolves to a resource of the same server, and
 /// there is some.
 async fn cites_only_its_own(server: &TestServer) {
@@ -343,16 +357,7 @@ async fn duplicates_are_reported_links_honoured_and_one_system_clients_written()
     let (stdout, stderr) = text(&output);
     assert!(!stdout.contains("010150-901H") && !stderr.contains("010150-901H"));
 
-    let subjects: BTreeSet<String> = all(&a, "Flag")
-        .await
-        .iter()
-        .map(|f| {
-            f["subject"]["reference"]
-                .as_str()
-                .expect("subject")
-                .to_owned()
-        })
-        .collect();
+    let subjects = flag_subjects(&a).await;
     assert_eq!(
         subjects,
         ["Patient/anon", "Patient/d2", "Patient/only-a", "Patient/r2"]
@@ -360,16 +365,7 @@ async fn duplicates_are_reported_links_honoured_and_one_system_clients_written()
             .into(),
         "no Flag for the skipped duplicate d1 nor the replaced r1"
     );
-    let on_b: BTreeSet<String> = all(&b, "Flag")
-        .await
-        .iter()
-        .map(|f| {
-            f["subject"]["reference"]
-                .as_str()
-                .expect("subject")
-                .to_owned()
-        })
-        .collect();
+    let on_b = flag_subjects(&b).await;
     assert_eq!(on_b, ["Patient/b1", "Patient/b2"].map(String::from).into());
     // r1's emergency visit counted for r2's client, and B's Observation says it was elsewhere.
     let b2 = all(&b, "Observation")

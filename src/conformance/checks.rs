@@ -800,17 +800,21 @@ fn undeclared(statement: &Value) -> Vec<String> {
             .filter_map(|x| x[field].as_str().map(str::to_owned))
             .collect()
     };
+    // What `need` lists under `field` of `list` that `have` does not declare (nor `also`).
+    let lacking = |need: &Value, have: &Value, list: &str, field: &str, also: &[String]| {
+        let declared = names(&have[list], field);
+        names(&need[list], field)
+            .into_iter()
+            .filter(|n| !declared.iter().chain(also).any(|d| d == n))
+            .collect::<Vec<_>>()
+    };
     let global_params = names(&rest["searchParam"], "name");
     let required = crate::profiles::requirements();
     let needs = &required["rest"][0];
-    let mut missing = Vec::new();
-    let declared = names(&rest["interaction"], "code");
-    missing.extend(
-        names(&needs["interaction"], "code")
-            .into_iter()
-            .filter(|i| !declared.contains(i))
-            .map(|i| format!("the {i} interaction")),
-    );
+    let mut missing: Vec<String> = lacking(needs, rest, "interaction", "code", &[])
+        .into_iter()
+        .map(|i| format!("the {i} interaction"))
+        .collect();
     let resources = rest["resource"].as_array().unwrap_or(&empty);
     for need in needs["resource"].as_array().unwrap_or(&empty) {
         let kind = need["type"].as_str().unwrap_or_default();
@@ -818,18 +822,14 @@ fn undeclared(statement: &Value) -> Vec<String> {
             missing.push(format!("{kind} (not listed)"));
             continue;
         };
-        let declared = names(&resource["interaction"], "code");
         missing.extend(
-            names(&need["interaction"], "code")
+            lacking(need, resource, "interaction", "code", &[])
                 .into_iter()
-                .filter(|i| !declared.contains(i))
                 .map(|i| format!("{kind} {i}")),
         );
-        let declared = names(&resource["searchParam"], "name");
         missing.extend(
-            names(&need["searchParam"], "name")
+            lacking(need, resource, "searchParam", "name", &global_params)
                 .into_iter()
-                .filter(|p| !declared.iter().chain(&global_params).any(|d| d == p))
                 .map(|p| format!("{kind} search parameter {p}")),
         );
         if need["conditionalUpdate"] == true && resource["conditionalUpdate"] != true {

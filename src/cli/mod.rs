@@ -379,7 +379,7 @@ impl ModelArgs {
         Ok(
             match (self.input.as_slice(), self.server.server.as_slice()) {
                 ([path], []) => Input::Files(path.clone()),
-                ([], [url]) => self.server_input(url)?,
+                ([], [url]) => self.server_input(self.server.client(url)?),
                 ([], []) => Input::Synthetic(SynthOptions {
                     clients: self.clients,
                     seed: self.seed,
@@ -394,17 +394,17 @@ impl ModelArgs {
         )
     }
 
-    /// `url` read by paged search with the connection flags.
-    fn server_input(&self, url: &url::Url) -> Result<Input> {
-        Ok(Input::Server(Box::new(pipeline::ServerInput {
-            client: self.server.client(url)?,
+    /// `client`'s server read by paged search with the search flags.
+    fn server_input(&self, client: segmentti::fhir::FhirClient) -> Input {
+        Input::Server(Box::new(pipeline::ServerInput {
+            client,
             options: segmentti::source::search::SearchOptions {
                 page_size: self.server.page_size,
                 concurrency: self.server.concurrency,
                 patients: self.server.patients.clone(),
                 since: self.server.since.clone(),
             },
-        })))
+        }))
     }
 
     fn as_of(&self) -> Result<Day> {

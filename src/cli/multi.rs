@@ -14,6 +14,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
+use segmentti::fhir::FhirClient;
 use segmentti::model::Plan;
 use segmentti::multi::{self, MultiOptions, MultiReport, Source, WriteTo};
 use segmentti::pipeline::ModelSummary;
@@ -48,11 +49,20 @@ pub struct JoinArgs {
     /// Put the identifiers of duplicate Patients into the report (they are personal data).
     #[arg(long)]
     show_identifiers: bool,
+    /// A TOML file of servers to read and join, each with its own credentials: `[[server]]`
+    /// tables with `url` and at most one of `token_file` and `[server.smart]` (client_id,
+    /// private_key, key_id, token_url, scope), and `[server.tls]` (ca_bundle, client_cert,
+    /// client_key). A --server with the same URL is the same source; other --server sources use
+    /// the command line's credentials.
+    #[arg(long)]
+    servers: Option<PathBuf>,
 }
 
 /// Whether `run` reads several sources (or asks for a joined write-back).
 pub fn wanted(args: &RunArgs) -> bool {
-    args.models.input.len() + args.models.server.server.len() > 1 || args.join.write_to.is_some()
+    args.models.input.len() + args.models.server.server.len() > 1
+        || args.join.write_to.is_some()
+        || args.join.servers.is_some()
 }
 
 /// `run` over several sources.
@@ -74,9 +84,23 @@ pub fn run(args: &RunArgs, plans: &[Plan]) -> Result<ExitCode> {
             "--shard, --thresholds, --state, --bulk, --since and --patient do not go with several sources yet\nhint: run the joined sources in full"
         );
     }
+    // The servers: those of the servers file with their own credentials, then the --server
+    // ones it does not list, with the command line's.
+    let mut servers: Vec<(url::Url, FhirClient)> = Vec::new();
+    if let Some(path) = &join.servers {
+        for connection in segmentti::fhir::connection::servers_file(path)? {
+            let client = args.models.server.client_for(&connection)?;
+            servers.push((connection.url, client));
+        }
+    }
+    for url in &args.models.server.server {
+        if !servers.iter().any(|(u, _)| u == url) {
+            servers.push((url.clone(), args.models.server.client(url)?));
+        }
+    }
     // Each source as flags name it (a URL or a path), to match --allow-partial and --write-to.
-    let given: Vec<String> = (args.models.server.server.iter())
-        .map(|u| u.as_str().to_owned())
+    let given: Vec<String> = (servers.iter())
+        .map(|(u, _)| u.as_str().to_owned())
         .chain(args.models.input.iter().map(|p| p.display().to_string()))
         .collect();
     let names = |flag: &str, source: usize| {
@@ -90,12 +114,13 @@ pub fn run(args: &RunArgs, plans: &[Plan]) -> Result<ExitCode> {
         }
     }
     let allowed = |s: usize| join.allow_partial.iter().any(|a| names(a, s));
+    let server_count = servers.len();
     let mut sources = Vec::new();
-    for url in &args.models.server.server {
+    for (url, client) in servers {
         sources.push(Source {
-            input: args.models.server_input(url)?,
-            name: segmentti::fhir::redact(url).to_string(),
-            server: Some(args.models.server.client(url)?),
+            input: args.models.server_input(client.clone()),
+            name: segmentti::fhir::redact(&url).to_string(),
+            server: Some(client),
             may_be_missing: allowed(sources.len()),
         });
     }
@@ -109,7 +134,7 @@ pub fn run(args: &RunArgs, plans: &[Plan]) -> Result<ExitCode> {
     }
     let write_to = match write_to.as_str() {
         "each" => WriteTo::Each,
-        url => match (0..args.models.server.server.len()).find(|&s| names(url, s)) {
+        url => match (0..server_count).find(|&s| names(url, s)) {
             Some(t) => WriteTo::One(t),
             None => bail!(
                 "--write-to {url} is neither `each` nor one of the --server sources\nhint: a target must also be read, to know which clients it holds"

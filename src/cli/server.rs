@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::{Value, json};
 
+use segmentti::fhir::connection::Connection;
 use segmentti::fhir::{
     BearerToken, ClientIdentity, ClientOptions, FhirClient, SmartConfig, TlsOptions,
     new_correlation_id,
@@ -54,10 +55,7 @@ pub struct ServerArgs {
     #[arg(long)]
     pub token_url: Option<url::Url>,
     /// With --auth smart: the scopes to ask for.
-    #[arg(
-        long,
-        default_value = "system/Patient.rs system/Encounter.rs system/Condition.rs system/Observation.cru system/Flag.cru system/Provenance.c"
-    )]
+    #[arg(long, default_value = segmentti::fhir::connection::DEFAULT_SCOPE)]
     pub scope: String,
     /// Seconds one request may take.
     #[arg(long, default_value_t = 60)]
@@ -99,8 +97,7 @@ pub enum AuthArg {
 impl ServerArgs {
     /// The client for `--server`, with a fresh correlation id.
     pub fn client(&self, url: &url::Url) -> Result<FhirClient> {
-        let mut options = ClientOptions::new(new_correlation_id());
-        options.timeout = Duration::from_secs(self.timeout);
+        let mut options = self.options();
         options.tls = self.tls();
         if self.auth == AuthArg::Bearer {
             let token = match &self.token_file {
@@ -115,6 +112,20 @@ impl ServerArgs {
             options.smart = Some(self.smart(url)?);
         }
         Ok(FhirClient::new(url.clone(), options)?)
+    }
+
+    /// The client for a server of a servers file: its own credentials, this command line's
+    /// timeout.
+    pub fn client_for(&self, connection: &Connection) -> Result<FhirClient> {
+        let options = connection.credentials.apply(self.options());
+        Ok(FhirClient::new(connection.url.clone(), options)?)
+    }
+
+    /// No credentials yet, a fresh correlation id, `--timeout`.
+    fn options(&self) -> ClientOptions {
+        let mut options = ClientOptions::new(new_correlation_id());
+        options.timeout = Duration::from_secs(self.timeout);
+        options
     }
 
     /// The SMART Backend Services settings, discovering the token endpoint when not given.

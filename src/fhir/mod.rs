@@ -11,6 +11,7 @@
 //! - [`auth`]: [`BearerToken`], sent only to the base's origin.
 //! - [`bundle`]: `next` links, search matches, per-entry results of transactions.
 //! - [`tls`]: a CA bundle to trust and a client certificate for mutual TLS.
+//! - [`connection`]: a server's credentials as a configuration file names them.
 //!
 //! Logs: each request at DEBUG (`method`, `url` with query values elided, `status`,
 //! `elapsed_ms`, `bytes`), each retry at WARN, a server's remarks on a search at WARN.
@@ -19,6 +20,7 @@
 pub mod auth;
 pub mod bundle;
 pub mod client;
+pub mod connection;
 pub mod error;
 pub mod retry;
 pub mod tls;

@@ -32,10 +32,9 @@ use std::time::Duration;
 use jsonwebtoken::jwk::JwkSet;
 use serde::Deserialize;
 
-use crate::fhir::{BearerToken, ClientIdentity, SmartConfig, TlsOptions};
-
-/// The scopes of `[smart]` without `scope`: what a run reads and writes.
-const DEFAULT_SCOPE: &str = "system/Patient.rs system/Encounter.rs system/Condition.rs system/Observation.cru system/Flag.cru system/Provenance.c";
+use crate::fhir::connection::Credentials;
+pub use crate::fhir::connection::{RawSmart, RawTls};
+use crate::fhir::{BearerToken, SmartConfig, TlsOptions};
 
 /// What the file, the environment or the command line say; `None`: not said.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -74,34 +73,6 @@ pub struct RawConfig {
     pub smart: Option<RawSmart>,
     /// `[tls]`.
     pub tls: Option<RawTls>,
-}
-
-/// `[tls]`: PEM files.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTls {
-    /// Certificates to trust beside the system's roots.
-    pub ca_bundle: Option<PathBuf>,
-    /// The client certificate (mutual TLS).
-    pub client_cert: Option<PathBuf>,
-    /// Its private key.
-    pub client_key: Option<PathBuf>,
-}
-
-/// The `[smart]` table.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSmart {
-    /// The client id the server registered.
-    pub client_id: String,
-    /// The PEM private key file (ES384 or RS384).
-    pub private_key: PathBuf,
-    /// The key's `kid`.
-    pub key_id: Option<String>,
-    /// The token endpoint.
-    pub token_url: String,
-    /// The scopes asked for; default: what a run reads and writes.
-    pub scope: Option<String>,
 }
 
 /// The `[cds]` table.
@@ -237,58 +208,13 @@ impl RawConfig {
                 .map_err(|e| problems.push(format!("public_url `{t}` is not a URL: {e}")))
                 .ok()
         });
-        let bearer = self.token_file.as_ref().and_then(|path| {
-            std::fs::read_to_string(path)
-                .map_err(|e| problems.push(format!("token_file {}: {e}", path.display())))
-                .ok()
-                .map(|t| BearerToken::new(t.trim().to_owned()))
-        });
-        let smart = self.smart.as_ref().and_then(|raw| {
-            if self.token_file.is_some() {
-                problems.push(
-                    "token_file and [smart] together: give one kind of credentials".to_owned(),
-                );
-            }
-            let token_url = url::Url::parse(&raw.token_url)
-                .map_err(|e| {
-                    problems.push(format!(
-                        "smart.token_url `{}` is not a URL: {e}",
-                        raw.token_url
-                    ))
-                })
-                .ok();
-            let pem = std::fs::read_to_string(&raw.private_key)
-                .map_err(|e| {
-                    problems.push(format!(
-                        "smart.private_key {}: {e}",
-                        raw.private_key.display()
-                    ))
-                })
-                .ok();
-            let (token_url, pem) = (token_url?, pem?);
-            let algorithm = if jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).is_ok() {
-                jsonwebtoken::Algorithm::ES384
-            } else if jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).is_ok() {
-                jsonwebtoken::Algorithm::RS384
-            } else {
-                problems.push(format!(
-                    "smart.private_key {} is neither an EC (ES384) nor an RSA (RS384) PEM key",
-                    raw.private_key.display()
-                ));
-                return None;
-            };
-            Some(SmartConfig {
-                token_url,
-                client_id: raw.client_id.clone(),
-                key_pem: pem.into(),
-                algorithm,
-                key_id: raw.key_id.clone(),
-                scope: raw
-                    .scope
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_SCOPE.to_owned()),
-            })
-        });
+        let Credentials { bearer, smart, tls } = Credentials::read(
+            self.token_file.as_deref(),
+            self.smart.as_ref(),
+            self.tls.as_ref(),
+            "",
+            &mut problems,
+        );
         let today = crate::day::Day::from_date(time::OffsetDateTime::now_utc().date());
         for model in &self.models {
             if let Err(e) = crate::model::plan_file(model, today) {
@@ -377,26 +303,6 @@ impl RawConfig {
             problems.push(
                 "insecure_no_auth and [[cds.issuers]] together: say which one you mean".to_owned(),
             );
-        }
-        let tls = self
-            .tls
-            .as_ref()
-            .map_or_else(TlsOptions::default, |raw| TlsOptions {
-                ca_bundle: raw.ca_bundle.clone(),
-                identity: match (&raw.client_cert, &raw.client_key) {
-                    (Some(certificate), Some(key)) => Some(ClientIdentity {
-                        certificate: certificate.clone(),
-                        key: key.clone(),
-                    }),
-                    (None, None) => None,
-                    _ => {
-                        problems.push("[tls] client_cert and client_key go together".to_owned());
-                        None
-                    }
-                },
-            });
-        if let Err(e) = crate::fhir::tls::configure(reqwest::Client::builder(), &tls) {
-            problems.push(format!("[tls] {e}"));
         }
         if !problems.is_empty() {
             return Err(ConfigError(problems));

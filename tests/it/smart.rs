@@ -2,7 +2,8 @@
 //! checks: the assertion's signature with the client's registered public key, `aud` = the
 //! token URL, `exp` at most five minutes ahead, `iss` = `sub` = the client id, and a `jti`
 //! never seen before. The FHIR side (a scripted server: the test server has no authorization)
-//! accepts only the tokens the endpoint issued and revokes one on purpose.
+//! accepts only the tokens the endpoint issued and revokes one on purpose. A joined run over
+//! two such servers sends each the token its `[[server]]` of the servers file names.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -12,7 +13,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use reqwest::Url;
 use segmentti::fhir::{AssertionClaims, ClientOptions, FhirClient, RetryPolicy, SmartConfig};
 use serde_json::json;
-use wiremock::matchers::{method, path};
+use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::support::{fixture, segmentti, text};
@@ -250,4 +251,105 @@ async fn the_command_line_discovers_the_token_endpoint() {
     assert!(!output.status.success());
     assert!(stderr.contains("holds no resources"), "{stdout}\n{stderr}");
     assert_eq!(*s.issued.lock().expect("lock"), ["tok-1"], "{stderr}");
+}
+
+/// One server of a joined run that accepts only its own token; what it serves is one Patient
+/// with the shared identity code and no Encounters, Conditions or Flags.
+async fn guarded_server(token: &str, patient: &str) -> MockServer {
+    let server = MockServer::start().await;
+    let bundle = |resources: Vec<serde_json::Value>| {
+        json!({"resourceType": "Bundle", "type": "searchset", "total": resources.len(),
+               "entry": resources.into_iter().map(|r| json!({"resource": r, "search": {"mode": "match"}})).collect::<Vec<_>>()})
+    };
+    let bearer = format!("Bearer {token}");
+    Mock::given(method("GET"))
+        .and(path("/Patient"))
+        .and(header("authorization", bearer.as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(bundle(vec![json!({
+            "resourceType": "Patient", "id": patient, "gender": "female", "birthDate": "1950-02-03",
+            "identifier": [{"system": "urn:oid:1.2.246.21", "value": "030250-912T"}]
+        })])))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(header("authorization", bearer.as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(bundle(Vec::new())))
+        .with_priority(10)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(401))
+        .with_priority(20)
+        .mount(&server)
+        .await;
+    server
+}
+
+#[tokio::test]
+async fn each_joined_server_gets_its_own_token_from_the_servers_file() {
+    let (social, health) = (
+        guarded_server("tok-social", "s1").await,
+        guarded_server("tok-health", "h1").await,
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    };
+    let servers = file(
+        "servers.toml",
+        &format!(
+            "[[server]]\nurl = \"{}/\"\ntoken_file = \"{}\"\n\n[[server]]\nurl = \"{}/\"\ntoken_file = \"{}\"\n",
+            social.uri(),
+            file("social.token", "tok-social\n").display(),
+            health.uri(),
+            file("health.token", "tok-health\n").display(),
+        ),
+    );
+    let args = [
+        "run".to_owned(),
+        "--servers".into(),
+        servers.display().to_string(),
+        "--write-to".into(),
+        "each".into(),
+        "--dry-run".into(),
+        "--as-of".into(),
+        "2026-01-01".into(),
+    ];
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_segmentti"))
+            .args(&args)
+            .env("SEGMENTTI_JOIN_KEY", "segmentti-integration-test-join-key")
+            .output()
+            .expect("the segmentti binary runs")
+    })
+    .await
+    .expect("the child finished");
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("Joined: 1 clients, 1 of them in several sources"),
+        "{stdout}"
+    );
+    assert!(
+        !format!("{stdout}{stderr}").contains("tok-"),
+        "a token was printed"
+    );
+    for (server, token) in [(&social, "tok-social"), (&health, "tok-health")] {
+        let requests = server.received_requests().await.expect("recorded");
+        assert!(
+            requests.len() >= 3,
+            "Patient, Encounter and Condition were read"
+        );
+        for r in requests {
+            assert_eq!(
+                r.headers.get("authorization").and_then(|v| v.to_str().ok()),
+                Some(format!("Bearer {token}").as_str()),
+                "{} {}",
+                r.method,
+                r.url
+            );
+        }
+    }
 }

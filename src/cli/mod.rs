@@ -821,16 +821,26 @@ fn explain_command(args: ExplainArgs) -> Result<ExitCode> {
 fn check_command(files: &[PathBuf]) -> Result<ExitCode> {
     let mut failed = 0;
     for file in files {
-        match model::load_file(file) {
-            Ok(m) => println!(
-                "{}: ok ({} {}, {} features, {} criteria, {} segments, {} tree nodes)",
+        match load::check_file(file) {
+            Ok(load::Loaded::Model(m)) => println!(
+                "{}: ok ({} {}, {} features, {} criteria, {} segments, {} tree nodes, {} overlays)",
                 file.display(),
                 m.id,
                 m.version,
                 m.features.len(),
                 m.criteria.len(),
                 m.segments.len(),
-                m.tree.len()
+                m.tree.len(),
+                m.overlays.len()
+            ),
+            Ok(load::Loaded::Fragment(f)) => println!(
+                "{}: ok (included file {} {}, {} code lists, {} features, {} overlays)",
+                file.display(),
+                f.fragment,
+                f.version,
+                f.code_lists.len(),
+                f.features.len(),
+                f.overlays.len()
             ),
             Err(e) => {
                 failed += 1;
@@ -882,6 +892,18 @@ fn test_mapping_command(files: &[PathBuf]) -> Result<ExitCode> {
                     "  FAIL  tree node `{}` is reached by no case\n        hint: add a case that ends there",
                     node.id
                 );
+            }
+        }
+        for overlay in &mapping.overlays {
+            for rule in &overlay.rules {
+                let held = (overlay.code.clone(), rule.id.clone());
+                if !outcomes.iter().any(|o| o.rules.contains(&held)) {
+                    failed += 1;
+                    println!(
+                        "  FAIL  rule `{}` of overlay `{}` holds in no case\n        hint: add a case where it holds",
+                        rule.id, overlay.code
+                    );
+                }
             }
         }
     }

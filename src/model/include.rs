@@ -1,0 +1,265 @@
+//! Files a model includes (`include: [key-client.yaml]`): one definition of an overlay, with
+//! the code lists and features it needs, shared by several models. An included file (a
+//! [`Fragment`]) is checked on its own first, as if it were a model with no tree, so its problems
+//! name its own lines; its code lists, features and overlays are then appended to the model's,
+//! and a name defined twice is an error naming both files and lines. What the merged model
+//! still gets wrong is reported in the file that wrote it. This module merges and locates; how
+//! files are found is the caller's (a folder for files, the shipped set for the built-in model).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::check;
+use super::load::{Diagnostic, Pos, Spanned, typed};
+use super::mapping::{Fragment, Mapping};
+
+/// A mapping file, checked: a model with its includes merged in, or a file to include.
+#[derive(Debug, Clone)]
+pub enum Loaded {
+    /// A model.
+    Model(Mapping),
+    /// A file for models to include.
+    Fragment(Fragment),
+}
+
+/// Reads the file a model includes by the name the model gives it: the path to show, and the text.
+pub type Reader<'a> = &'a dyn Fn(&str) -> std::io::Result<(PathBuf, String)>;
+
+/// An included file, read and checked.
+struct Part {
+    /// Its index in the model's `include:` list.
+    index: usize,
+    file: PathBuf,
+    spanned: Spanned,
+    fragment: Fragment,
+}
+
+/// Where each entry of the merged lists was written: `None` for the model itself, else the
+/// index of the included file and the entry's index there.
+#[derive(Default)]
+struct Origins {
+    by_list: BTreeMap<&'static str, Vec<Option<(usize, usize)>>>,
+}
+
+impl Origins {
+    /// `pointer` into the merged model as (file, pointer there); `None` as file for the model.
+    fn locate(&self, pointer: &str) -> (Option<usize>, String) {
+        let mut parts = pointer.splitn(4, '/').skip(1);
+        let (Some(list), Some(index)) = (parts.next(), parts.next()) else {
+            return (None, pointer.to_owned());
+        };
+        let origin = index
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| self.by_list.get(list)?.get(i).copied().flatten());
+        match origin {
+            Some((part, j)) => {
+                let rest = parts.next().map(|r| format!("/{r}")).unwrap_or_default();
+                (Some(part), format!("/{list}/{j}{rest}"))
+            }
+            None => (None, pointer.to_owned()),
+        }
+    }
+}
+
+/// Loads `text`, a model or a file to include; a model's includes are read with `read`.
+pub fn load(text: &str, read: Reader<'_>) -> Result<Loaded, Vec<Diagnostic>> {
+    if is_fragment(text) {
+        let (spanned, fragment) = typed::<Fragment>(text)?;
+        let diagnostics = check::check_fragment(&fragment);
+        if diagnostics.is_empty() {
+            return Ok(Loaded::Fragment(fragment));
+        }
+        return Err(spanned.place(diagnostics));
+    }
+    let (spanned, mapping) = typed::<Mapping>(text)?;
+    let (mapping, parts, origins) = merge(mapping, &spanned, read)?;
+    let diagnostics = check::check(&mapping);
+    if diagnostics.is_empty() {
+        return Ok(Loaded::Model(mapping));
+    }
+    let located = diagnostics
+        .into_iter()
+        .map(|mut d| {
+            let (part, pointer) = origins.locate(&d.pointer);
+            if let Some(p) = part.map(|p| &parts[p]) {
+                d.pos = p.spanned.pos(&pointer);
+                d.file = Some(p.file.clone());
+            }
+            d.pointer = pointer;
+            d
+        })
+        .collect();
+    Err(spanned.place(located))
+}
+
+/// Whether `text` is a file to include: a mapping with a top-level `fragment` key. Text that is
+/// not YAML is taken for a model, whose loading then reports the YAML error.
+pub fn is_fragment(text: &str) -> bool {
+    super::load::parse_yaml(text).is_ok_and(|s| s.value.get("fragment").is_some())
+}
+
+/// The model with its included files' entries appended; every problem of the included files
+/// and every clash of names.
+fn merge(
+    mut mapping: Mapping,
+    spanned: &Spanned,
+    read: Reader<'_>,
+) -> Result<(Mapping, Vec<Part>, Origins), Vec<Diagnostic>> {
+    let mut diagnostics = Vec::new();
+    let mut parts = Vec::new();
+    for (i, include) in mapping.include.iter().enumerate() {
+        let pointer = format!("/include/{i}");
+        let (file, text) = match read(include) {
+            Ok(found) => found,
+            Err(e) => {
+                diagnostics.push(Diagnostic::new(
+                    pointer,
+                    format!("cannot read the included file `{include}`: {e}"),
+                    "give its path relative to this file, such as key-client.yaml",
+                ));
+                continue;
+            }
+        };
+        if !is_fragment(&text) {
+            diagnostics.push(Diagnostic::new(
+                pointer,
+                format!("`{include}` is a model; only files with `fragment:` can be included"),
+                "include a file of code lists, features and overlays (mappings/key-client.yaml)",
+            ));
+            continue;
+        }
+        match typed::<Fragment>(&text) {
+            Ok((spanned, fragment)) => {
+                let problems = check::check_fragment(&fragment);
+                if problems.is_empty() {
+                    parts.push(Part {
+                        index: i,
+                        file,
+                        spanned,
+                        fragment,
+                    });
+                } else {
+                    diagnostics.extend(in_file(spanned.place(problems), &file));
+                }
+            }
+            Err(problems) => diagnostics.extend(in_file(problems, &file)),
+        }
+    }
+    let mut origins = Origins::default();
+    origins
+        .by_list
+        .insert("code_lists", vec![None; mapping.code_lists.len()]);
+    origins
+        .by_list
+        .insert("features", vec![None; mapping.features.len()]);
+    origins
+        .by_list
+        .insert("overlays", vec![None; mapping.overlays.len()]);
+    for (p, part) in parts.iter().enumerate() {
+        let f = &part.fragment;
+        let mut clash =
+            |list: &'static str, what: &str, name_of: &str, existing: Option<usize>, j| {
+                let Some(k) = existing else {
+                    origins.by_list.entry(list).or_default().push(Some((p, j)));
+                    return true;
+                };
+                diagnostics.push(clash_diagnostic(
+                    (list, what, name_of),
+                    (k, j),
+                    &origins,
+                    spanned,
+                    (&parts, p),
+                ));
+                false
+            };
+        for (j, l) in f.code_lists.iter().enumerate() {
+            let existing = mapping.code_lists.iter().position(|x| x.id == l.id);
+            if clash("code_lists", "code list", &l.id, existing, j) {
+                let mut l = l.clone();
+                // Short system names are the included file's own; the model may not have them.
+                for c in &mut l.codes {
+                    if let Some(url) = f.systems.get(&c.system) {
+                        c.system = url.clone();
+                    }
+                }
+                mapping.code_lists.push(l);
+            }
+        }
+        for (j, x) in f.features.iter().enumerate() {
+            let existing = mapping.features.iter().position(|y| y.id == x.id);
+            if clash("features", "feature", &x.id, existing, j) {
+                mapping.features.push(x.clone());
+            }
+        }
+        for (j, o) in f.overlays.iter().enumerate() {
+            let existing = mapping.overlays.iter().position(|y| y.code == o.code);
+            if clash("overlays", "overlay", &o.code, existing, j) {
+                mapping.overlays.push(o.clone());
+            }
+        }
+        if mapping.prices.is_none()
+            && let Some(cost) = f.features.iter().find(|x| x.cost.is_some())
+        {
+            diagnostics.push(Diagnostic::new(
+                format!("/include/{}", part.index),
+                format!(
+                    "`{}` has the cost feature `{}`, which sums this model's price table, and this model has no `prices`",
+                    part.file.display(),
+                    cost.id
+                ),
+                "add a `prices` table to the model, or do not include the file",
+            ));
+        }
+    }
+    if diagnostics.is_empty() {
+        Ok((mapping, parts, origins))
+    } else {
+        Err(spanned.place(diagnostics))
+    }
+}
+
+/// `diagnostics` of the included `file`.
+fn in_file(diagnostics: Vec<Diagnostic>, file: &Path) -> Vec<Diagnostic> {
+    diagnostics
+        .into_iter()
+        .map(|d| Diagnostic {
+            file: Some(file.to_owned()),
+            ..d
+        })
+        .collect()
+}
+
+/// A name defined by entry `k` of the merged list and again by entry `j` of included file `p`:
+/// reported at the first definition, naming the second with its file and line.
+fn clash_diagnostic(
+    (list, what, name): (&str, &str, &str),
+    (k, j): (usize, usize),
+    origins: &Origins,
+    model: &Spanned,
+    (parts, p): (&[Part], usize),
+) -> Diagnostic {
+    let second = &parts[p];
+    let at = |file: &Path, pos: Option<Pos>| match pos {
+        Some(pos) => format!("{}:{}:{}", file.display(), pos.line, pos.col),
+        None => file.display().to_string(),
+    };
+    let there = at(&second.file, second.spanned.pos(&format!("/{list}/{j}")));
+    let (first, pointer) = origins.locate(&format!("/{list}/{k}"));
+    let mut d = Diagnostic::new(
+        pointer.clone(),
+        format!("{what} `{name}` is also defined in {there}"),
+        format!(
+            "an included file's {what}s become the model's own: keep one definition (drop \
+             this one to use the included one) or rename one of them"
+        ),
+    );
+    match first.map(|f| &parts[f]) {
+        Some(part) => {
+            d.pos = part.spanned.pos(&pointer);
+            d.file = Some(part.file.clone());
+        }
+        None => d.pos = model.pos(&pointer),
+    }
+    d
+}

@@ -76,6 +76,7 @@ pub fn check_fragment(f: &Fragment) -> Vec<Diagnostic> {
         }],
         overlays: f.overlays.clone(),
         cost_feature: None,
+        service_areas: f.service_areas.clone(),
     };
     check(&model)
 }
@@ -127,6 +128,11 @@ fn duplicates(m: &Mapping, out: &mut Vec<Diagnostic>) {
         "overlay",
         "/overlays",
         m.overlays.iter().map(|o| o.code.clone()).collect(),
+    );
+    dup(
+        "service area",
+        "/service_areas",
+        m.service_areas.iter().map(|a| a.code.clone()).collect(),
     );
     for (i, c) in m.criteria.iter().enumerate() {
         dup(

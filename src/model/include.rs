@@ -1,7 +1,7 @@
-//! Files a model includes (`include: [key-client.yaml]`): one definition of an overlay, with
-//! the code lists and features it needs, shared by several models. An included file (a
+//! Files a model includes (`include: [key-client.yaml]`): one definition of an overlay (or of the
+//! service areas), with the code lists and features it needs, shared by several models. An included file (a
 //! [`Fragment`]) is checked on its own first, as if it were a model with no tree, so its problems
-//! name its own lines; its code lists, features and overlays are then appended to the model's,
+//! name its own lines; its code lists, features, overlays and service areas are then appended to the model's,
 //! and a name defined twice is an error naming both files and lines. What the merged model
 //! still gets wrong is reported in the file that wrote it. This module merges and locates; how
 //! files are found is the caller's (a folder for files, the shipped set for the built-in model).
@@ -15,6 +15,10 @@ use super::mapping::{Fragment, Mapping};
 
 /// A mapping file, checked: a model with its includes merged in, or a file to include.
 #[derive(Debug, Clone)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one value per file loaded, moved once; boxing would only add an indirection"
+)]
 pub enum Loaded {
     /// A model.
     Model(Mapping),
@@ -196,6 +200,12 @@ fn merge(
             let existing = mapping.overlays.iter().position(|y| y.code == o.code);
             if clash("overlays", "overlay", &o.code, existing, j) {
                 mapping.overlays.push(o.clone());
+            }
+        }
+        for (j, a) in f.service_areas.iter().enumerate() {
+            let existing = mapping.service_areas.iter().position(|y| y.code == a.code);
+            if clash("service_areas", "service area", &a.code, existing, j) {
+                mapping.service_areas.push(a.clone());
             }
         }
         if mapping.prices.is_none()

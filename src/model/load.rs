@@ -217,10 +217,16 @@ fn read_text(path: &Path) -> std::io::Result<String> {
 
 /// The files models may include that ship in `mappings/`, for models loaded from text (the
 /// built-in default) rather than from a folder.
-const SHIPPED: &[(&str, &str)] = &[(
-    "key-client.yaml",
-    include_str!("../../mappings/key-client.yaml"),
-)];
+const SHIPPED: &[(&str, &str)] = &[
+    (
+        "key-client.yaml",
+        include_str!("../../mappings/key-client.yaml"),
+    ),
+    (
+        "service-areas.yaml",
+        include_str!("../../mappings/service-areas.yaml"),
+    ),
+];
 
 /// Loads and checks a model from its text; `include:` names files shipped in `mappings/`. On
 /// failure, every problem found.

@@ -58,10 +58,26 @@ pub struct Mapping {
     /// Which feature the run summary uses for cost concentration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost_feature: Option<String>,
+    /// Service areas (health, social welfare, oral health) the report breaks segments down by.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_areas: Vec<ServiceArea>,
 }
 
-/// A file that models include (`include: [key-client.yaml]`): code lists, features and overlays
-/// that become the including model's own, as if written there. It has no tree, so it places no
+/// A service area for the report: a client is in it when its feature is above zero (a contact
+/// there), so a client who used several areas is counted in each.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceArea {
+    /// Code of the area (`health`, `social`, `oral`).
+    pub code: String,
+    /// Name of the area.
+    pub display: Text,
+    /// The feature that counts the client's contacts in the area (`health_contacts_12m`).
+    pub feature: String,
+}
+
+/// A file that models include (`include: [key-client.yaml]`): code lists, features, overlays
+/// and service areas that become the including model's own, as if written there. It has no tree, so it places no
 /// one; a `cost` feature in it sums the including model's price table.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -89,6 +105,9 @@ pub struct Fragment {
     /// Overlays, added to the model's.
     #[serde(default)]
     pub overlays: Vec<Overlay>,
+    /// Service areas for the report, added to the model's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_areas: Vec<ServiceArea>,
 }
 
 /// A text in Finnish, Swedish and English.

@@ -148,13 +148,12 @@ fn broken(dir: &tempfile::TempDir, edits: &[(&str, &str)]) -> (PathBuf, String) 
     (write_model(dir, &text), text)
 }
 
-/// Writes `text` as `broken.yaml` beside a copy of the key-client file it includes.
+/// Writes `text` as `broken.yaml` beside copies of the files it includes.
 fn write_model(dir: &tempfile::TempDir, text: &str) -> PathBuf {
-    std::fs::copy(
-        root().join("mappings/key-client.yaml"),
-        dir.path().join("key-client.yaml"),
-    )
-    .expect("copy the included file");
+    for name in ["key-client.yaml", "service-areas.yaml"] {
+        std::fs::copy(root().join("mappings").join(name), dir.path().join(name))
+            .expect("copy the included file");
+    }
     let path = dir.path().join("broken.yaml");
     std::fs::write(&path, text).expect("write");
     path

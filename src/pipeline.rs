@@ -692,7 +692,7 @@ pub fn evaluate_views<S: Sink + Send>(
         m.service_areas
             .iter()
             .map(|area| (area.code.clone(), area.display.en.clone()))
-            .chain([("none".to_owned(), "No contact in these areas".to_owned())])
+            .chain([("none".to_owned(), "None of these areas".to_owned())])
             .zip(areas)
             .map(|((area, display), counts)| AreaCounts {
                 area,

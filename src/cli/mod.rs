@@ -99,7 +99,7 @@ pub enum Command {
         files: Vec<PathBuf>,
     },
     /// Run the cases kept beside each model (`mappings/{model}/cases/*.yaml`); every tree node
-    /// must be reached by at least one case.
+    /// must be reached, and every overlay rule hold, in at least one case.
     TestMapping {
         /// The mapping files.
         #[arg(required = true)]
@@ -834,13 +834,14 @@ fn check_command(files: &[PathBuf]) -> Result<ExitCode> {
                 m.overlays.len()
             ),
             Ok(load::Loaded::Fragment(f)) => println!(
-                "{}: ok (included file {} {}, {} code lists, {} features, {} overlays)",
+                "{}: ok (included file {} {}, {} code lists, {} features, {} overlays, {} service areas)",
                 file.display(),
                 f.fragment,
                 f.version,
                 f.code_lists.len(),
                 f.features.len(),
-                f.overlays.len()
+                f.overlays.len(),
+                f.service_areas.len()
             ),
             Err(e) => {
                 failed += 1;

@@ -1,16 +1,19 @@
-//! Files a model includes (`include: [key-client.yaml]`): one definition of an overlay (or of the
-//! service areas), with the code lists and features it needs, shared by several models. An included file (a
-//! [`Fragment`]) is checked on its own first, as if it were a model with no tree, so its problems
-//! name its own lines; its code lists, features, overlays and service areas are then appended to the model's,
-//! and a name defined twice is an error naming both files and lines. What the merged model
-//! still gets wrong is reported in the file that wrote it. This module merges and locates; how
-//! files are found is the caller's (a folder for files, the shipped set for the built-in model).
+//! Files a model includes (`include: [key-client.yaml]`): one definition of an overlay or of
+//! the service areas, with the code lists and features it needs, shared by several models. An
+//! included file (a [`Fragment`]) is checked on its own first, as if it were a model with no
+//! tree, so its problems name its own lines; its code lists, features, overlays and service
+//! areas are then appended to the model's, and a name defined twice is an error naming both
+//! files and lines. What the merged model still gets wrong is reported in the file that wrote
+//! it. This module merges and locates; how files are found is the caller's (a folder for files,
+//! the shipped set for the built-in model).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::check;
-use super::load::{Diagnostic, Pos, Spanned, typed};
+use serde_json::Value;
+
+use super::load::{Diagnostic, Pos, Spanned, parse_yaml, typed};
 use super::mapping::{Fragment, Mapping};
 
 /// A mapping file, checked: a model with its includes merged in, or a file to include.
@@ -26,7 +29,7 @@ pub enum Loaded {
     Fragment(Fragment),
 }
 
-/// Reads the file a model includes by the name the model gives it: the path to show, and the text.
+/// Reads the file a model includes by the name the model gives it: the path to show, the text.
 pub type Reader<'a> = &'a dyn Fn(&str) -> std::io::Result<(PathBuf, String)>;
 
 /// An included file, read and checked.
@@ -68,15 +71,16 @@ impl Origins {
 
 /// Loads `text`, a model or a file to include; a model's includes are read with `read`.
 pub fn load(text: &str, read: Reader<'_>) -> Result<Loaded, Vec<Diagnostic>> {
-    if is_fragment(text) {
-        let (spanned, fragment) = typed::<Fragment>(text)?;
+    let spanned = parse_yaml(text).map_err(|d| vec![d])?;
+    if names_fragment(&spanned.value) {
+        let (spanned, fragment) = typed::<Fragment>(spanned)?;
         let diagnostics = check::check_fragment(&fragment);
         if diagnostics.is_empty() {
             return Ok(Loaded::Fragment(fragment));
         }
         return Err(spanned.place(diagnostics));
     }
-    let (spanned, mapping) = typed::<Mapping>(text)?;
+    let (spanned, mapping) = typed::<Mapping>(spanned)?;
     let (mapping, parts, origins) = merge(mapping, &spanned, read)?;
     let diagnostics = check::check(&mapping);
     if diagnostics.is_empty() {
@@ -100,7 +104,11 @@ pub fn load(text: &str, read: Reader<'_>) -> Result<Loaded, Vec<Diagnostic>> {
 /// Whether `text` is a file to include: a mapping with a top-level `fragment` key. Text that is
 /// not YAML is taken for a model, whose loading then reports the YAML error.
 pub fn is_fragment(text: &str) -> bool {
-    super::load::parse_yaml(text).is_ok_and(|s| s.value.get("fragment").is_some())
+    parse_yaml(text).is_ok_and(|s| names_fragment(&s.value))
+}
+
+fn names_fragment(document: &Value) -> bool {
+    document.get("fragment").is_some()
 }
 
 /// The model with its included files' entries appended; every problem of the included files
@@ -125,7 +133,14 @@ fn merge(
                 continue;
             }
         };
-        if !is_fragment(&text) {
+        let parsed = match parse_yaml(&text) {
+            Ok(parsed) => parsed,
+            Err(d) => {
+                diagnostics.extend(in_file(vec![d], &file));
+                continue;
+            }
+        };
+        if !names_fragment(&parsed.value) {
             diagnostics.push(Diagnostic::new(
                 pointer,
                 format!("`{include}` is a model; only files with `fragment:` can be included"),
@@ -133,7 +148,7 @@ fn merge(
             ));
             continue;
         }
-        match typed::<Fragment>(&text) {
+        match typed::<Fragment>(parsed) {
             Ok((spanned, fragment)) => {
                 let problems = check::check_fragment(&fragment);
                 if problems.is_empty() {
@@ -151,15 +166,14 @@ fn merge(
         }
     }
     let mut origins = Origins::default();
-    origins
-        .by_list
-        .insert("code_lists", vec![None; mapping.code_lists.len()]);
-    origins
-        .by_list
-        .insert("features", vec![None; mapping.features.len()]);
-    origins
-        .by_list
-        .insert("overlays", vec![None; mapping.overlays.len()]);
+    for (list, own) in [
+        ("code_lists", mapping.code_lists.len()),
+        ("features", mapping.features.len()),
+        ("overlays", mapping.overlays.len()),
+        ("service_areas", mapping.service_areas.len()),
+    ] {
+        origins.by_list.insert(list, vec![None; own]);
+    }
     for (p, part) in parts.iter().enumerate() {
         let f = &part.fragment;
         let mut clash =
@@ -272,4 +286,85 @@ fn clash_diagnostic(
         None => d.pos = model.pos(&pointer),
     }
     d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Loads `model` with `service-areas.yaml` read as `areas` and the shipped key-client file.
+    fn load_with(model: &str, areas: &str) -> Result<Loaded, Vec<Diagnostic>> {
+        let read = |name: &str| {
+            let text = match name {
+                "service-areas.yaml" => areas,
+                "key-client.yaml" => include_str!("../../mappings/key-client.yaml"),
+                other => panic!("unexpected include {other}"),
+            };
+            Ok((PathBuf::from(name), text.to_owned()))
+        };
+        load(model, &read)
+    }
+
+    fn virta() -> String {
+        include_str!("../../mappings/virta.yaml").to_owned()
+    }
+
+    const AREAS: &str = include_str!("../../mappings/service-areas.yaml");
+
+    #[test]
+    fn a_problem_in_an_included_entry_is_placed_in_that_file() {
+        let broken = AREAS.replace("feature: oral_contacts_12m", "feature: oral_visits");
+        let line = broken
+            .lines()
+            .position(|l| l.contains("feature: oral_visits"))
+            .expect("edited")
+            + 1;
+        let Err(d) = load_with(&virta(), &broken) else {
+            panic!("an unknown feature is refused");
+        };
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].file.as_deref(), Some(Path::new("service-areas.yaml")));
+        assert_eq!(d[0].pos.map(|p| p.line), Some(line), "{d:?}");
+        assert!(d[0].message.contains("unknown feature `oral_visits`"));
+    }
+
+    #[test]
+    fn a_model_entry_that_an_included_file_also_defines_names_both_lines() {
+        let model = virta().replace(
+            "features:\n",
+            "service_areas:\n  - {code: oral, display: {fi: S, sv: M, en: Oral}, feature: age}\n\nfeatures:\n",
+        );
+        let Err(d) = load_with(&model, AREAS) else {
+            panic!("a clash is refused");
+        };
+        let there = AREAS
+            .lines()
+            .position(|l| l.contains("- code: oral"))
+            .expect("oral")
+            + 1;
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].file, None, "placed in the model");
+        assert!(
+            d[0].message.contains(&format!(
+                "service area `oral` is also defined in service-areas.yaml:{there}:"
+            )),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn the_merged_model_has_the_included_entries_after_its_own() {
+        let Ok(Loaded::Model(m)) = load_with(&virta(), AREAS) else {
+            panic!("virta loads");
+        };
+        let areas: Vec<&str> = m.service_areas.iter().map(|a| a.code.as_str()).collect();
+        assert_eq!(areas, ["health", "social", "oral"]);
+        let last = m.code_lists.last().expect("lists");
+        assert_eq!(last.id, "oral_services");
+        assert!(
+            last.codes.iter().all(|c| c.system.contains(':')),
+            "the included file's short system names are resolved: {:?}",
+            last.codes
+        );
+    }
 }

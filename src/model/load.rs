@@ -253,12 +253,11 @@ pub fn load_str(text: &str) -> Result<Mapping, Vec<Diagnostic>> {
     }
 }
 
-/// Parses `text`, checks it against the schema and reads it as `T`; problems carry their
-/// position in `text`.
+/// Checks a parsed file against the schema and reads it as `T`; problems carry their position
+/// in the file.
 pub(super) fn typed<T: serde::de::DeserializeOwned>(
-    text: &str,
+    spanned: Spanned,
 ) -> Result<(Spanned, T), Vec<Diagnostic>> {
-    let spanned = parse_yaml(text).map_err(|d| vec![d])?;
     let diagnostics = schema_diagnostics(&spanned.value);
     if !diagnostics.is_empty() {
         return Err(spanned.place(diagnostics));

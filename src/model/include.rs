@@ -353,6 +353,24 @@ mod tests {
     }
 
     #[test]
+    fn a_cost_feature_needs_the_including_models_price_table() {
+        let model = include_str!("../../mappings/helsinki-oral-health.yaml").replacen(
+            "\nsystems:\n",
+            "\ninclude: [key-client.yaml]\nsystems:\n",
+            1,
+        );
+        let Err(d) = load_with(&model, AREAS) else {
+            panic!("a model without prices cannot include a cost feature");
+        };
+        assert!(
+            d.iter().any(|d| d.pointer == "/include/0"
+                && d.message.contains("`cost_12m`")
+                && d.message.contains("no `prices`")),
+            "{d:?}"
+        );
+    }
+
+    #[test]
     fn the_merged_model_has_the_included_entries_after_its_own() {
         let Ok(Loaded::Model(m)) = load_with(&virta(), AREAS) else {
             panic!("virta loads");

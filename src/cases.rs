@@ -125,6 +125,8 @@ pub struct Outcome {
     pub failures: Vec<String>,
     /// The tree node that placed the client, when it was reached.
     pub node: Option<String>,
+    /// The overlay rules that held, as (overlay code, rule id).
+    pub rules: Vec<(String, String)>,
     /// The explanation, for failures.
     pub explanation: Option<String>,
 }
@@ -299,6 +301,7 @@ pub fn run_case(plan: &Plan, file: &Path, case: &Case) -> Result<Outcome, CaseEr
             description: case.description.clone(),
             failures,
             node: None,
+            rules: Vec::new(),
             explanation: None,
         });
     };
@@ -326,22 +329,24 @@ pub fn run_case(plan: &Plan, file: &Path, case: &Case) -> Result<Outcome, CaseEr
             }
         }
     }
-    if let Some(expected) = &case.expect.overlays {
-        let got: BTreeMap<String, Vec<String>> = a
-            .overlays
-            .iter()
-            .enumerate()
-            .filter(|(_, rules)| !rules.is_empty())
-            .map(|(o, rules)| {
+    let rules: Vec<(String, String)> = a
+        .overlays
+        .iter()
+        .enumerate()
+        .flat_map(|(o, held)| {
+            held.iter().map(move |&r| {
                 (
                     m.overlays[o].code.clone(),
-                    rules
-                        .iter()
-                        .map(|&r| m.overlays[o].rules[r].id.clone())
-                        .collect(),
+                    m.overlays[o].rules[r].id.clone(),
                 )
             })
-            .collect();
+        })
+        .collect();
+    if let Some(expected) = &case.expect.overlays {
+        let mut got: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (overlay, rule) in &rules {
+            got.entry(overlay.clone()).or_default().push(rule.clone());
+        }
         if &got != expected {
             failures.push(format!("overlays: expected {expected:?}, got {got:?}"));
         }
@@ -353,6 +358,7 @@ pub fn run_case(plan: &Plan, file: &Path, case: &Case) -> Result<Outcome, CaseEr
         description: case.description.clone(),
         failures,
         node: Some(node),
+        rules,
         explanation,
     })
 }

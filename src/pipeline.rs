@@ -369,6 +369,8 @@ pub struct ModelSummary {
     pub cost_concentration: Option<CostConcentration>,
     /// Clients per age band and segment, when the model has an age feature.
     pub age_bands: Vec<AgeBand>,
+    /// Clients per service area and segment, when the model names service areas.
+    pub service_areas: Vec<AreaCounts>,
     /// Clients whose built resources broke a rule of [`writeback::validate`]: not written.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub invalid: Vec<Invalid>,
@@ -393,6 +395,18 @@ pub struct CostConcentration {
 pub struct AgeBand {
     /// `0–17`, `18–64`, `65–74`, `75+`, or `unknown` (no birth date).
     pub band: String,
+    /// Clients per segment, in the model's segment order.
+    pub counts: Vec<u64>,
+}
+
+/// One service area's clients per segment. A client with contacts in several areas is counted
+/// in each; the last row, `none`, holds the clients with a contact in none of them.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct AreaCounts {
+    /// The area's code (`health`, `social`, `oral`), or `none`.
+    pub area: String,
+    /// The area's name in English.
+    pub display: String,
     /// Clients per segment, in the model's segment order.
     pub counts: Vec<u64>,
 }
@@ -542,6 +556,7 @@ pub fn evaluate_views<S: Sink + Send>(
         .iter()
         .position(|f| matches!(f.aggregate, crate::model::plan::Aggregate::Age));
     let mut bands = vec![vec![0u64; m.segments.len()]; AGE_BANDS.len() + 1];
+    let mut areas = vec![vec![0u64; m.segments.len()]; plan.service_areas.len() + 1];
     let concepts = writeback::Concepts::new(plan)?;
     // Clients are assessed, built and encoded in parallel a chunk at a time, then handed to the
     // sink in id order, so the output does not depend on thread timing. The sink takes one chunk
@@ -584,6 +599,19 @@ pub fn evaluate_views<S: Sink + Send>(
                 per_segment[a.segment].1 += cost;
                 if let Some(f) = age_feature {
                     bands[age_band(a.features[f])][a.segment] += 1;
+                }
+                if !plan.service_areas.is_empty() {
+                    let mut rows = plan
+                        .service_areas
+                        .iter()
+                        .enumerate()
+                        .filter(|&(_, &f)| a.features[f].is_some_and(|v| v > 0.0))
+                        .map(|(row, _)| row)
+                        .peekable();
+                    if rows.peek().is_none() {
+                        areas[plan.service_areas.len()][a.segment] += 1;
+                    }
+                    rows.for_each(|row| areas[row][a.segment] += 1);
                 }
                 for (o, slot) in per_overlay.iter_mut().enumerate() {
                     if a.overlay_holds(o) {
@@ -658,6 +686,21 @@ pub fn evaluate_views<S: Sink + Send>(
             })
             .collect(),
     };
+    let service_areas = if plan.service_areas.is_empty() {
+        Vec::new()
+    } else {
+        m.service_areas
+            .iter()
+            .map(|area| (area.code.clone(), area.display.en.clone()))
+            .chain([("none".to_owned(), "None of these areas".to_owned())])
+            .zip(areas)
+            .map(|((area, display), counts)| AreaCounts {
+                area,
+                display,
+                counts,
+            })
+            .collect()
+    };
     info!(model = %m.id, clients = clients_n, "model evaluated");
     Ok(ModelSummary {
         model: m.id.to_string(),
@@ -681,6 +724,7 @@ pub fn evaluate_views<S: Sink + Send>(
             .collect(),
         cost_concentration,
         age_bands,
+        service_areas,
         invalid: invalid_clients,
     })
 }

@@ -1,5 +1,5 @@
 //! The population report of a run (and, given the run before it, the transitions between them):
-//! segment distribution per model, by age band, cost concentration (Lorenz curve, the top 1, 5
+//! segment distribution per model, by age band and by service area, cost concentration (Lorenz curve, the top 1, 5
 //! and 10 % of clients' share), the key clients' share, and the matrix of moves between
 //! segments. It reads a run's output directory (`summary.json`, `Flag.ndjson`) and writes one
 //! self-contained HTML page with inline SVG charts (nothing loaded from the network, no
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::pipeline::{AgeBand, CostConcentration, Share};
+pub use crate::pipeline::{AgeBand, AreaCounts, CostConcentration, Share};
 
 /// Why a report could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +66,8 @@ pub struct ModelReport {
     pub overlays: Vec<Share>,
     /// Clients per age band and segment.
     pub age_bands: Vec<AgeBand>,
+    /// Clients per service area and segment; one client may be in several areas.
+    pub service_areas: Vec<AreaCounts>,
     /// Cost concentration, when the model has a cost feature.
     pub cost_concentration: Option<CostConcentration>,
     /// Moves since the previous run, when one was given and holds this model.
@@ -107,6 +109,8 @@ struct SummaryModel {
     #[serde(default)]
     age_bands: Vec<AgeBand>,
     #[serde(default)]
+    service_areas: Vec<AreaCounts>,
+    #[serde(default)]
     cost_concentration: Option<CostConcentration>,
 }
 
@@ -143,6 +147,7 @@ pub fn build(run: &Path, previous: Option<&Path>) -> Result<Report, ReportError>
                 segments: m.segments,
                 overlays: m.overlays,
                 age_bands: m.age_bands,
+                service_areas: m.service_areas,
                 cost_concentration: m.cost_concentration,
                 transitions,
             }
@@ -292,6 +297,7 @@ pub fn write(report: &Report, out: &Path) -> Result<Vec<PathBuf>, ReportError> {
         ("report.json", json),
         ("segments.csv", segments_csv(report)),
         ("age_bands.csv", age_bands_csv(report)),
+        ("service_areas.csv", service_areas_csv(report)),
         ("cost.csv", cost_csv(report)),
         ("transitions.csv", transitions_csv(report)),
     ];
@@ -334,15 +340,39 @@ fn segments_csv(r: &Report) -> String {
 }
 
 fn age_bands_csv(r: &Report) -> String {
-    let mut out = String::from("model,age_band,segment,clients\n");
+    breakdown_csv(r, "age_band", |m| {
+        m.age_bands
+            .iter()
+            .map(|b| (b.band.as_str(), b.counts.as_slice()))
+            .collect()
+    })
+}
+
+fn service_areas_csv(r: &Report) -> String {
+    breakdown_csv(r, "service_area", |m| {
+        m.service_areas
+            .iter()
+            .map(|a| (a.area.as_str(), a.counts.as_slice()))
+            .collect()
+    })
+}
+
+/// One line per model, row and segment of a breakdown of clients (`rows`: label, counts in
+/// segment order), under the header `model,{column},segment,clients`.
+fn breakdown_csv(
+    r: &Report,
+    column: &str,
+    rows: impl Fn(&ModelReport) -> Vec<(&str, &[u64])>,
+) -> String {
+    let mut out = format!("model,{column},segment,clients\n");
     for m in &r.models {
-        for b in &m.age_bands {
-            for (s, n) in m.segments.iter().zip(&b.counts) {
+        for (label, counts) in rows(m) {
+            for (s, n) in m.segments.iter().zip(counts) {
                 let _ = writeln!(
                     out,
                     "{},{},{},{n}",
                     csv_field(&m.model),
-                    b.band,
+                    csv_field(label),
                     csv_field(&s.code)
                 );
             }
@@ -428,7 +458,32 @@ th:first-child,td:first-child{text-align:left}</style></head><body>\n<h1>Client 
             );
         }
         if !m.age_bands.is_empty() {
-            out.push_str(&age_svg(m));
+            let rows: Vec<(String, &[u64])> = m
+                .age_bands
+                .iter()
+                .map(|b| (b.band.clone(), b.counts.as_slice()))
+                .collect();
+            out.push_str(&stacked_svg(
+                m,
+                ("age", "segments by age band"),
+                &rows,
+                "Segments within each age band.",
+            ));
+        }
+        if !m.service_areas.is_empty() {
+            let rows: Vec<(String, &[u64])> = m
+                .service_areas
+                .iter()
+                .map(|a| (a.display.clone(), a.counts.as_slice()))
+                .collect();
+            out.push_str(&stacked_svg(
+                m,
+                ("area", "segments by service area"),
+                &rows,
+                "Segments within each service area (a contact there in 12 months); a client who \
+                 used several areas is counted in each.",
+            ));
+            out.push_str(&area_table(m));
         }
         if let Some(c) = &m.cost_concentration {
             out.push_str(&lorenz_svg(&m.model, c));
@@ -468,28 +523,37 @@ fn distribution_svg(m: &ModelReport) -> String {
     svg
 }
 
-fn age_svg(m: &ModelReport) -> String {
+/// One bar per row (label, clients per segment), split by segment, with a legend: the shape of
+/// the segment distribution within each age band or service area. `id` is the figure's id
+/// prefix and its accessible name.
+fn stacked_svg(
+    m: &ModelReport,
+    (id, name): (&str, &str),
+    rows: &[(String, &[u64])],
+    caption: &str,
+) -> String {
     let row = 26;
-    let height = row * m.age_bands.len() + 30;
+    let left = 210.0;
+    let height = row * rows.len() + 30;
     let mut svg = format!(
-        "<figure><svg id=\"age-{}\" width=\"720\" height=\"{height}\" role=\"img\" aria-label=\"segments by age band\">",
+        "<figure><svg id=\"{id}-{}\" width=\"720\" height=\"{height}\" role=\"img\" aria-label=\"{name}\">",
         esc(&m.model)
     );
-    for (i, b) in m.age_bands.iter().enumerate() {
+    for (i, (label, counts)) in rows.iter().enumerate() {
         let y = i * row + 5;
-        let total: u64 = b.counts.iter().sum();
+        let total: u64 = counts.iter().sum();
         let _ = write!(
             svg,
             "<text x=\"0\" y=\"{}\" font-size=\"13\">{} ({total})</text>",
             y + 14,
-            esc(&b.band)
+            esc(label)
         );
-        let mut x = 120.0;
-        for (s, &n) in b.counts.iter().enumerate() {
+        let mut x = left;
+        for (s, &n) in counts.iter().enumerate() {
             let w = if total == 0 {
                 0.0
             } else {
-                560.0 * n as f64 / total as f64
+                (710.0 - left) * n as f64 / total as f64
             };
             let _ = write!(
                 svg,
@@ -500,7 +564,7 @@ fn age_svg(m: &ModelReport) -> String {
             x += w;
         }
     }
-    let y = row * m.age_bands.len() + 20;
+    let y = row * rows.len() + 20;
     let mut x = 0;
     for (s, seg) in m.segments.iter().enumerate() {
         let _ = write!(
@@ -513,8 +577,33 @@ fn age_svg(m: &ModelReport) -> String {
         );
         x += 24 + 8 * seg.code.chars().count();
     }
-    svg.push_str("</svg><figcaption>Segments within each age band.</figcaption></figure>\n");
+    let _ = writeln!(
+        svg,
+        "</svg><figcaption>{}</figcaption></figure>",
+        esc(caption)
+    );
     svg
+}
+
+/// The service-area breakdown as a table: clients per area and segment, with each area's total.
+fn area_table(m: &ModelReport) -> String {
+    let mut t = format!(
+        "<table id=\"area-table-{}\"><tr><th>service area</th>",
+        esc(&m.model)
+    );
+    for s in &m.segments {
+        let _ = write!(t, "<th>{}</th>", esc(&s.code));
+    }
+    t.push_str("<th>clients</th></tr>");
+    for a in &m.service_areas {
+        let _ = write!(t, "<tr><td>{}</td>", esc(&a.display));
+        for n in &a.counts {
+            let _ = write!(t, "<td>{n}</td>");
+        }
+        let _ = write!(t, "<td>{}</td></tr>", a.counts.iter().sum::<u64>());
+    }
+    t.push_str("</table>\n");
+    t
 }
 
 fn lorenz_svg(model: &str, c: &CostConcentration) -> String {

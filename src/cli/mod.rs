@@ -99,7 +99,7 @@ pub enum Command {
         files: Vec<PathBuf>,
     },
     /// Run the cases kept beside each model (`mappings/{model}/cases/*.yaml`); every tree node
-    /// must be reached by at least one case.
+    /// must be reached, and every overlay rule hold, in at least one case.
     TestMapping {
         /// The mapping files.
         #[arg(required = true)]
@@ -821,16 +821,27 @@ fn explain_command(args: ExplainArgs) -> Result<ExitCode> {
 fn check_command(files: &[PathBuf]) -> Result<ExitCode> {
     let mut failed = 0;
     for file in files {
-        match model::load_file(file) {
-            Ok(m) => println!(
-                "{}: ok ({} {}, {} features, {} criteria, {} segments, {} tree nodes)",
+        match load::check_file(file) {
+            Ok(load::Loaded::Model(m)) => println!(
+                "{}: ok ({} {}, {} features, {} criteria, {} segments, {} tree nodes, {} overlays)",
                 file.display(),
                 m.id,
                 m.version,
                 m.features.len(),
                 m.criteria.len(),
                 m.segments.len(),
-                m.tree.len()
+                m.tree.len(),
+                m.overlays.len()
+            ),
+            Ok(load::Loaded::Fragment(f)) => println!(
+                "{}: ok (included file {} {}, {} code lists, {} features, {} overlays, {} service areas)",
+                file.display(),
+                f.fragment,
+                f.version,
+                f.code_lists.len(),
+                f.features.len(),
+                f.overlays.len(),
+                f.service_areas.len()
             ),
             Err(e) => {
                 failed += 1;
@@ -882,6 +893,18 @@ fn test_mapping_command(files: &[PathBuf]) -> Result<ExitCode> {
                     "  FAIL  tree node `{}` is reached by no case\n        hint: add a case that ends there",
                     node.id
                 );
+            }
+        }
+        for overlay in &mapping.overlays {
+            for rule in &overlay.rules {
+                let held = (overlay.code.clone(), rule.id.clone());
+                if !outcomes.iter().any(|o| o.rules.contains(&held)) {
+                    failed += 1;
+                    println!(
+                        "  FAIL  rule `{}` of overlay `{}` holds in no case\n        hint: add a case where it holds",
+                        rule.id, overlay.code
+                    );
+                }
             }
         }
     }

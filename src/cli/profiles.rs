@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
+use segmentti::model::include::is_fragment;
 use segmentti::profiles::Package;
 
 /// What to do with the package.
@@ -74,12 +75,14 @@ pub fn run(command: ProfilesCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The mapping files of `dir`, sorted so the package does not depend on directory order.
+/// The models of `dir`, sorted so the package does not depend on directory order.
 fn mapping_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading the mapping folder {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        // Files that models include are part of the models that include them.
+        .filter(|p| !std::fs::read_to_string(p).is_ok_and(|t| is_fragment(&t)))
         .collect();
     files.sort();
     Ok(files)

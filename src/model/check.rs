@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 
 use super::load::Diagnostic;
-use super::mapping::Mapping;
+use super::mapping::{Fragment, Mapping, PriceTable, Segment, Text, TreeNode};
 use super::plan::Plan;
 use crate::day::Day;
 
@@ -30,6 +30,55 @@ pub fn check(mapping: &Mapping) -> Vec<Diagnostic> {
         Ok(_) => {}
     }
     out
+}
+
+/// Every problem in a file to include, on its own: it must stand alone, naming only its own
+/// code lists and features. It is checked as a model with its entries, one segment and a tree
+/// that places everyone there, and a price table of its own, since a `cost` feature sums the
+/// including model's table; the pointers of its entries are the same in both shapes.
+pub fn check_fragment(f: &Fragment) -> Vec<Diagnostic> {
+    let stand_in = Text {
+        fi: f.fragment.clone(),
+        sv: f.fragment.clone(),
+        en: f.fragment.clone(),
+    };
+    let model = Mapping {
+        id: f.fragment.as_str().into(),
+        canonical: "https://segmentti.fi/fhir/fragment".into(),
+        version: f.version.clone(),
+        title: f.title.clone(),
+        description: None,
+        include: Vec::new(),
+        systems: f.systems.clone(),
+        code_lists: f.code_lists.clone(),
+        prices: Some(PriceTable {
+            currency: "EUR".into(),
+            source: "the including model's".into(),
+            rules: Vec::new(),
+            otherwise: 0.0,
+        }),
+        features: f.features.clone(),
+        criteria: Vec::new(),
+        segments: vec![Segment {
+            code: "-".into(),
+            order: 1,
+            display: stand_in.clone(),
+            definition: None,
+            guidance: stand_in.clone(),
+            parent: None,
+            attributes: Vec::new(),
+        }],
+        tree: vec![TreeNode {
+            id: "-".into(),
+            when: None,
+            segment: "-".into(),
+            because: stand_in,
+        }],
+        overlays: f.overlays.clone(),
+        cost_feature: None,
+        service_areas: f.service_areas.clone(),
+    };
+    check(&model)
 }
 
 fn duplicates(m: &Mapping, out: &mut Vec<Diagnostic>) {
@@ -79,6 +128,11 @@ fn duplicates(m: &Mapping, out: &mut Vec<Diagnostic>) {
         "overlay",
         "/overlays",
         m.overlays.iter().map(|o| o.code.clone()).collect(),
+    );
+    dup(
+        "service area",
+        "/service_areas",
+        m.service_areas.iter().map(|a| a.code.clone()).collect(),
     );
     for (i, c) in m.criteria.iter().enumerate() {
         dup(

@@ -12,7 +12,9 @@ use serde_json::{Map, Number, Value};
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
-use super::mapping::Mapping;
+use super::include;
+pub use super::include::Loaded;
+use super::mapping::{Fragment, Mapping};
 
 /// A line and column in a mapping file, both counted from 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +37,8 @@ impl Pos {
 /// One problem in a mapping file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Diagnostic {
+    /// The included file the problem is in; `None` for the file being loaded itself.
+    pub file: Option<PathBuf>,
     /// Where in the document, as a JSON pointer (`/features/3/count/window`).
     pub pointer: String,
     /// Where in the file, when known.
@@ -53,6 +57,7 @@ impl Diagnostic {
         hint: impl Into<String>,
     ) -> Self {
         Self {
+            file: None,
             pointer: pointer.into(),
             pos: None,
             message: message.into(),
@@ -115,16 +120,17 @@ pub struct DiagnosticAt<'a> {
 impl fmt::Display for DiagnosticAt<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let d = self.diagnostic;
+        let path = d.file.as_deref().unwrap_or(self.path);
         match d.pos {
             Some(pos) => write!(
                 f,
                 "{}:{}:{}: {}",
-                self.path.display(),
+                path.display(),
                 pos.line,
                 pos.col,
                 d.message
             )?,
-            None => write!(f, "{}: {}", self.path.display(), d.message)?,
+            None => write!(f, "{}: {}", path.display(), d.message)?,
         }
         if !d.pointer.is_empty() {
             write!(f, " (at {})", d.pointer)?;
@@ -158,62 +164,157 @@ impl Spanned {
     }
 }
 
-/// Loads, checks and returns a mapping file.
+/// Loads, checks and returns a model, with the files it includes merged in. A file to include
+/// is refused here: it places no one on its own.
 pub fn load_file(path: &Path) -> Result<Mapping, MappingError> {
-    let bytes = std::fs::read(path).map_err(|source| MappingError::Io {
+    match check_file(path)? {
+        Loaded::Model(mapping) => Ok(mapping),
+        Loaded::Fragment(f) => Err(MappingError::Invalid {
+            path: path.to_owned(),
+            diagnostics: vec![Diagnostic::new(
+                "/fragment",
+                format!(
+                    "`{}` is a file for models to include, not a model",
+                    f.fragment
+                ),
+                "run a model that includes it (`include: [key-client.yaml]`); check-mapping \
+                 checks the file on its own",
+            )],
+        }),
+    }
+}
+
+/// Loads and checks a model or a file to include; a model's `include:` files are read relative
+/// to `path`.
+pub fn check_file(path: &Path) -> Result<Loaded, MappingError> {
+    let text = read_text(path).map_err(|source| MappingError::Io {
         path: path.to_owned(),
         source,
     })?;
-    let text = String::from_utf8(bytes).map_err(|e| MappingError::Invalid {
-        path: path.to_owned(),
-        diagnostics: vec![Diagnostic::new(
-            "",
-            format!(
-                "the file is not UTF-8 (invalid byte at offset {})",
-                e.utf8_error().valid_up_to()
-            ),
-            "save the mapping file as UTF-8",
-        )],
-    })?;
-    load_str(&text).map_err(|diagnostics| MappingError::Invalid {
+    let dir = path.parent().unwrap_or(Path::new(""));
+    let read = |name: &str| {
+        let file = dir.join(name);
+        read_text(&file).map(|text| (file, text))
+    };
+    include::load(&text, &read).map_err(|diagnostics| MappingError::Invalid {
         path: path.to_owned(),
         diagnostics,
     })
 }
 
-/// Loads and checks a mapping from its text; on failure, every problem found.
-pub fn load_str(text: &str) -> Result<Mapping, Vec<Diagnostic>> {
-    let spanned = parse_yaml(text).map_err(|d| vec![d])?;
-    let mut diagnostics = schema_diagnostics(&spanned.value);
-    if diagnostics.is_empty() {
-        match serde_json::from_value::<Mapping>(spanned.value.clone()) {
-            Ok(mapping) => diagnostics = super::check::check(&mapping),
-            Err(e) => diagnostics.push(Diagnostic::new(
-                "",
-                e.to_string(),
-                "compare the file with mappings/schema.json",
-            )),
-        }
-        if diagnostics.is_empty() {
-            return serde_json::from_value(spanned.value).map_err(|e| {
-                vec![Diagnostic::new(
-                    "",
-                    e.to_string(),
-                    "compare the file with mappings/schema.json",
-                )]
-            });
-        }
-    }
-    for d in &mut diagnostics {
-        d.pos = d.pos.or_else(|| spanned.pos(&d.pointer));
-    }
-    diagnostics.sort_by_key(|d| d.pos.map(|p| (p.line, p.col)));
-    Err(diagnostics)
+/// A file's text; a file that is not UTF-8 is an `InvalidData` error naming the byte offset.
+fn read_text(path: &Path) -> std::io::Result<String> {
+    String::from_utf8(std::fs::read(path)?).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "not UTF-8 (invalid byte at offset {}); save it as UTF-8",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })
 }
 
-/// The JSON Schema of the mapping format, generated from the Rust types.
+/// The files models may include that ship in `mappings/`, for models loaded from text (the
+/// built-in default) rather than from a folder.
+const SHIPPED: &[(&str, &str)] = &[
+    (
+        "key-client.yaml",
+        include_str!("../../mappings/key-client.yaml"),
+    ),
+    (
+        "service-areas.yaml",
+        include_str!("../../mappings/service-areas.yaml"),
+    ),
+];
+
+/// Loads and checks a model from its text; `include:` names files shipped in `mappings/`. On
+/// failure, every problem found.
+pub fn load_str(text: &str) -> Result<Mapping, Vec<Diagnostic>> {
+    let read = |name: &str| {
+        SHIPPED
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(n, text)| (Path::new("mappings").join(n), (*text).to_owned()))
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such file ships in mappings/",
+                )
+            })
+    };
+    match include::load(text, &read)? {
+        Loaded::Model(mapping) => Ok(mapping),
+        Loaded::Fragment(_) => Err(vec![Diagnostic::new(
+            "/fragment",
+            "this is a file for models to include, not a model",
+            "load a model that includes it",
+        )]),
+    }
+}
+
+/// Checks a parsed file against the schema and reads it as `T`; problems carry their position
+/// in the file.
+pub(super) fn typed<T: serde::de::DeserializeOwned>(
+    spanned: Spanned,
+) -> Result<(Spanned, T), Vec<Diagnostic>> {
+    let diagnostics = schema_diagnostics(&spanned.value);
+    if !diagnostics.is_empty() {
+        return Err(spanned.place(diagnostics));
+    }
+    match serde_json::from_value::<T>(spanned.value.clone()) {
+        Ok(value) => Ok((spanned, value)),
+        Err(e) => Err(vec![Diagnostic::new(
+            "",
+            e.to_string(),
+            "compare the file with mappings/schema.json",
+        )]),
+    }
+}
+
+impl Spanned {
+    /// Gives each diagnostic of this file without a position the position of its pointer, and
+    /// sorts them by file and line.
+    pub fn place(&self, mut diagnostics: Vec<Diagnostic>) -> Vec<Diagnostic> {
+        for d in &mut diagnostics {
+            if d.file.is_none() {
+                d.pos = d.pos.or_else(|| self.pos(&d.pointer));
+            }
+        }
+        diagnostics.sort_by(|a, b| {
+            (&a.file, a.pos.map(|p| (p.line, p.col)))
+                .cmp(&(&b.file, b.pos.map(|p| (p.line, p.col))))
+        });
+        diagnostics
+    }
+}
+
+/// The JSON Schema of mapping files, generated from the Rust types: a file with `fragment:` is
+/// one to include ([`Fragment`]), any other a model ([`Mapping`]). `if`/`then`/`else` rather
+/// than `oneOf`, so a problem is reported against the one shape the file claims to have.
 pub fn schema() -> Value {
-    let mut schema = serde_json::to_value(schemars::schema_for!(Mapping)).unwrap_or(Value::Null);
+    let mut defs = Map::new();
+    let mut root = |name: &str, schema: schemars::Schema| {
+        let mut value = schema.to_value();
+        if let Some(map) = value.as_object_mut() {
+            if let Some(Value::Object(d)) = map.remove("$defs") {
+                defs.extend(d);
+            }
+            map.remove("$schema");
+        }
+        defs.insert(name.to_owned(), value);
+    };
+    root("Mapping", schemars::schema_for!(Mapping));
+    root("Fragment", schemars::schema_for!(Fragment));
+    let mut schema = serde_json::json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "segmentti mapping file",
+        "description": "A segmentation model, or (with `fragment:`) a file of code lists, features and overlays that models include.",
+        "if": {"required": ["fragment"]},
+        "then": {"$ref": "#/$defs/Fragment"},
+        "else": {"$ref": "#/$defs/Mapping"},
+        "$defs": defs,
+    });
     drop_null_alternatives(&mut schema);
     schema
 }
@@ -274,6 +375,7 @@ fn schema_diagnostics(value: &Value) -> Vec<Diagnostic> {
             let message = error.to_string();
             let hint = schema_hint(&message, error.instance());
             Diagnostic {
+                file: None,
                 pointer,
                 pos: None,
                 message,
@@ -303,6 +405,7 @@ pub fn parse_yaml(text: &str) -> Result<Spanned, Diagnostic> {
     let mut parser = Parser::new_from_str(text);
     if let Err(e) = parser.load(&mut builder, false) {
         return Err(Diagnostic {
+            file: None,
             pointer: String::new(),
             pos: Some(Pos::from_marker(*e.marker())),
             message: format!("not valid YAML: {}", e.info()),
@@ -385,6 +488,7 @@ impl Builder {
     fn fail(&mut self, pos: Pos, message: String, hint: &str) {
         if self.error.is_none() {
             self.error = Some(Diagnostic {
+                file: None,
                 pointer: String::new(),
                 pos: Some(pos),
                 message,

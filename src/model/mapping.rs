@@ -30,6 +30,11 @@ pub struct Mapping {
     /// What the model is for and where it comes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<Text>,
+    /// Files whose code lists, features and overlays become part of this model (paths relative
+    /// to this file, such as `key-client.yaml`): one definition of an overlay for several
+    /// models. A name the model and an included file both define is an error.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
     /// Short names for code system URLs, used in code lists (`icd10fi: urn:oid:1.2.246.537.6.1`).
     #[serde(default)]
     pub systems: BTreeMap<String, String>,
@@ -53,6 +58,56 @@ pub struct Mapping {
     /// Which feature the run summary uses for cost concentration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost_feature: Option<String>,
+    /// Service areas (health, social welfare, oral health) the report breaks segments down by.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_areas: Vec<ServiceArea>,
+}
+
+/// A service area for the report: a client is in it when its feature is above zero (a contact
+/// there), so a client who used several areas is counted in each.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceArea {
+    /// Code of the area (`health`, `social`, `oral`).
+    pub code: String,
+    /// Name of the area.
+    pub display: Text,
+    /// The feature that counts the client's contacts in the area (`health_contacts_12m`).
+    pub feature: String,
+}
+
+/// A file that models include (`include: [key-client.yaml]`): code lists, features, overlays
+/// and service areas that become the including model's own, as if written there. It has no tree, so it places no
+/// one; a `cost` feature in it sums the including model's price table.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Fragment {
+    /// Short id of the included file (`key-client`), lowercase letters, digits and dashes. Its
+    /// presence is what marks a file as one to include rather than a model.
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9-]*$"))]
+    pub fragment: String,
+    /// Version of the file; a model that includes it changes with it, so bump the model's too.
+    pub version: String,
+    /// Name in Finnish, Swedish and English.
+    pub title: Text,
+    /// What it is for and where it comes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<Text>,
+    /// Short names for code system URLs, for this file's code lists only.
+    #[serde(default)]
+    pub systems: BTreeMap<String, String>,
+    /// Code lists, added to the model's.
+    #[serde(default)]
+    pub code_lists: Vec<CodeList>,
+    /// Features, added to the model's.
+    #[serde(default)]
+    pub features: Vec<Feature>,
+    /// Overlays, added to the model's.
+    #[serde(default)]
+    pub overlays: Vec<Overlay>,
+    /// Service areas for the report, added to the model's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_areas: Vec<ServiceArea>,
 }
 
 /// A text in Finnish, Swedish and English.

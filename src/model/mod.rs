@@ -3,12 +3,14 @@
 //!
 //! - [`mapping`]: the file format, as serde structs; their doc comments are the JSON Schema.
 //! - [`load`]: YAML with positions, schema check, every problem at once with line and column.
+//! - [`include`]: files a model includes (the key-client overlay), merged with clashes reported.
 //! - [`check`]: what the schema cannot see (references, unreachable tree nodes).
 //! - [`plan`]: a mapping compiled for one as-of date: indexes, code sets, windows.
 //! - [`eval`]: features → criteria → question tree → segment, overlays, explanations.
 
 pub mod check;
 pub mod eval;
+pub mod include;
 pub mod load;
 pub mod mapping;
 pub mod plan;

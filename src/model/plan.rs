@@ -40,6 +40,8 @@ pub struct Plan {
     pub percentiles: Vec<(usize, f64)>,
     /// Index of the feature the summary uses for cost concentration.
     pub cost_feature: Option<usize>,
+    /// Per service area of the mapping, the feature that puts a client in it.
+    pub service_areas: Vec<usize>,
 }
 
 /// A compiled (field, code list) pair: one bit of a resource's match mask.
@@ -818,6 +820,20 @@ impl Plan {
             });
             cost_feature = keep(&mut errors, found);
         }
+        let mut service_areas = Vec::new();
+        for (i, area) in mapping.service_areas.iter().enumerate() {
+            let found = features
+                .iter()
+                .position(|f: &FeaturePlan| f.id == area.feature)
+                .ok_or_else(|| {
+                    err(
+                        format!("/service_areas/{i}/feature"),
+                        format!("unknown feature `{}`", area.feature),
+                        "name a feature that counts the client's contacts in the area",
+                    )
+                });
+            service_areas.extend(keep(&mut errors, found));
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -835,6 +851,7 @@ impl Plan {
             prices,
             percentiles,
             cost_feature,
+            service_areas,
         })
     }
 

@@ -1,5 +1,6 @@
 //! Mapping files: every shipped model checks and passes its cases, the committed JSON Schema is
-//! what the code generates, and broken models are refused with file, line, column and a hint.
+//! what the code generates, broken models are refused with file, line, column and a hint, and
+//! the key-client overlay is one included file whose problems name their own file and line.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,14 @@ fn models() -> Vec<PathBuf> {
     models
 }
 
+/// Whether `path` is a file for models to include rather than a model.
+fn included(path: &Path) -> bool {
+    std::fs::read_to_string(path)
+        .expect("mapping file")
+        .lines()
+        .any(|l| l.starts_with("fragment:"))
+}
+
 #[test]
 fn every_shipped_model_checks_and_passes_its_cases() {
     for model in models() {
@@ -27,6 +36,9 @@ fn every_shipped_model_checks_and_passes_its_cases() {
             "check-mapping {path}: {:?}",
             text(&output)
         );
+        if included(&model) {
+            continue;
+        }
         let output = segmentti(&["test-mapping", path]);
         let (stdout, stderr) = text(&output);
         assert!(
@@ -35,6 +47,78 @@ fn every_shipped_model_checks_and_passes_its_cases() {
         );
         assert!(stdout.contains(" 0 failed"), "{stdout}");
     }
+}
+
+#[test]
+fn the_key_client_overlay_is_one_file_that_models_include() {
+    let key_client = root().join("mappings/key-client.yaml");
+    let output = segmentti(&["check-mapping", key_client.to_str().expect("utf-8")]);
+    assert!(output.status.success(), "{:?}", text(&output));
+    assert!(text(&output).0.contains("included file key-client"));
+    let output = segmentti(&["test-mapping", key_client.to_str().expect("utf-8")]);
+    assert!(!output.status.success());
+    assert!(
+        text(&output)
+            .1
+            .contains("is a file for models to include, not a model")
+    );
+    for model in ["paijat-sote", "nylander", "suuntima", "virta"] {
+        let path = root().join(format!("mappings/{model}.yaml"));
+        let text = std::fs::read_to_string(&path).expect("model");
+        assert!(
+            text.contains("\n  - key-client.yaml\n"),
+            "{model} includes it"
+        );
+        // test-mapping (above) fails a model whose cases leave a key-client rule unheld.
+        let cases = std::fs::read_dir(root().join(format!("mappings/{model}/cases")))
+            .expect("cases")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().contains("-key-"))
+            .count();
+        assert!(cases >= 5, "{model} has a case per key-client rule");
+    }
+}
+
+#[test]
+fn a_name_in_both_a_model_and_its_included_file_names_both_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (path, text) = broken(
+        &dir,
+        &[(
+            "features:\n",
+            "features:\n  - id: cost_12m\n    title: {fi: K, sv: K, en: Cost}\n    cost: {resource: Encounter}\n",
+        )],
+    );
+    let stderr = check(&path);
+    let included = std::fs::read_to_string(root().join("mappings/key-client.yaml")).expect("file");
+    let here = format!("broken.yaml:{}:", line_of(&text, "id: cost_12m"));
+    let there = format!("key-client.yaml:{}:", line_of(&included, "id: cost_12m"));
+    assert!(stderr.contains(&here), "expected {here} in:\n{stderr}");
+    assert!(stderr.contains(&there), "expected {there} in:\n{stderr}");
+    assert!(
+        stderr.contains("feature `cost_12m` is also defined in"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_problem_in_an_included_file_names_that_file_and_its_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (path, _) = broken(&dir, &[]);
+    let included = std::fs::read_to_string(root().join("mappings/key-client.yaml"))
+        .expect("file")
+        .replacen("top_percent: 10", "top_percent: 110", 1);
+    std::fs::write(dir.path().join("key-client.yaml"), &included).expect("write");
+    let stderr = check(&path);
+    let at = format!(
+        "key-client.yaml:{}:",
+        line_of(&included, "top_percent: 110")
+    );
+    assert!(stderr.contains(&at), "expected {at} in:\n{stderr}");
+    assert!(
+        stderr.contains("top_percent 110 is outside 0–100"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -61,9 +145,18 @@ fn broken(dir: &tempfile::TempDir, edits: &[(&str, &str)]) -> (PathBuf, String) 
         );
         text = text.replacen(from, to, 1);
     }
+    (write_model(dir, &text), text)
+}
+
+/// Writes `text` as `broken.yaml` beside copies of the files it includes.
+fn write_model(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+    for name in ["key-client.yaml", "service-areas.yaml"] {
+        std::fs::copy(root().join("mappings").join(name), dir.path().join(name))
+            .expect("copy the included file");
+    }
     let path = dir.path().join("broken.yaml");
-    std::fs::write(&path, &text).expect("write");
-    (path, text)
+    std::fs::write(&path, text).expect("write");
+    path
 }
 
 fn line_of(text: &str, needle: &str) -> usize {
@@ -216,8 +309,7 @@ fn a_sub_segment_of_an_unknown_segment_is_refused() {
     let text = std::fs::read_to_string(root().join("mappings/virta.yaml"))
         .expect("model")
         .replacen("parent: continuous", "parent: continuos", 1);
-    let path = dir.path().join("broken.yaml");
-    std::fs::write(&path, &text).expect("write");
+    let path = write_model(&dir, &text);
     let stderr = check(&path);
     assert!(
         stderr.contains(&format!(

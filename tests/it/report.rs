@@ -1,5 +1,6 @@
 //! `segmentti report` over two real runs of the same population, half a year apart: the
-//! transitions add up to the clients, every chart is in the page, and the page renders in
+//! transitions add up to the clients, every client is in a service-area row, every chart is in
+//! the page, and the page renders in
 //! headless Chromium (Debian's `chromium`, installed by scripts/test.sh) without console
 //! errors and without touching the network.
 
@@ -9,6 +10,16 @@ use std::process::Command;
 use serde_json::Value;
 
 use crate::support::{run_files, segmentti, text};
+
+/// The ids of the built-in model's charts and tables the page must have.
+const CHARTS: [&str; 6] = [
+    "dist-paijat-sote",
+    "age-paijat-sote",
+    "area-paijat-sote",
+    "area-table-paijat-sote",
+    "lorenz-paijat-sote",
+    "transitions-paijat-sote",
+];
 
 fn ok(output: &std::process::Output) {
     let (stdout, stderr) = text(output);
@@ -91,13 +102,41 @@ fn a_report_of_two_runs_shows_every_chart_and_renders_in_chromium() {
         "a header and 6 × 6 cells: {csv}"
     );
 
+    let areas = model["service_areas"].as_array().expect("service areas");
+    let codes: Vec<&str> = areas
+        .iter()
+        .map(|a| a["area"].as_str().expect("code"))
+        .collect();
+    assert_eq!(codes, ["health", "social", "oral", "none"]);
+    let totals: Vec<u64> = areas
+        .iter()
+        .map(|a| {
+            let counts = a["counts"].as_array().expect("counts");
+            assert_eq!(counts.len(), 6, "a count per segment: {a}");
+            counts.iter().map(|n| n.as_u64().expect("count")).sum()
+        })
+        .collect();
+    // A client is in every area they used, or in `none`: no row exceeds the population, and
+    // together the rows hold everyone at least once.
+    assert!(totals.iter().all(|&n| n > 0 && n <= 1500), "{totals:?}");
+    assert!(totals.iter().sum::<u64>() >= 1500, "{totals:?}");
+    assert!(
+        totals[0] > totals[1] && totals[0] > totals[2],
+        "health is the largest: {totals:?}"
+    );
+    let csv = std::fs::read_to_string(out.join("service_areas.csv")).expect("csv");
+    assert!(
+        csv.starts_with("model,service_area,segment,clients\n"),
+        "{csv}"
+    );
+    assert_eq!(
+        csv.lines().count(),
+        1 + 4 * 6,
+        "a header and 4 areas × 6 segments: {csv}"
+    );
+
     let html = std::fs::read_to_string(out.join("report.html")).expect("html");
-    for chart in [
-        "dist-paijat-sote",
-        "age-paijat-sote",
-        "lorenz-paijat-sote",
-        "transitions-paijat-sote",
-    ] {
+    for chart in CHARTS {
         assert!(html.contains(&format!("id=\"{chart}\"")), "{chart} missing");
     }
     assert!(!html.contains("http://") && !html.contains("https://") && !html.contains("<script"));
@@ -114,12 +153,7 @@ fn a_report_of_two_runs_shows_every_chart_and_renders_in_chromium() {
         });
     let (dom, log) = text(&chromium);
     assert!(chromium.status.success(), "{log}");
-    for chart in [
-        "dist-paijat-sote",
-        "age-paijat-sote",
-        "lorenz-paijat-sote",
-        "transitions-paijat-sote",
-    ] {
+    for chart in CHARTS {
         assert!(
             dom.contains(&format!("id=\"{chart}\"")),
             "{chart} not rendered"

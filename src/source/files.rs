@@ -413,7 +413,11 @@ mod tests {
         };
         let whole = read(text.len());
         let pieces = read(7919);
-        assert_eq!(whole.len(), 1, "one push of everything is one block");
+        assert_eq!(
+            whole.len(),
+            2,
+            "one push of everything: its complete lines, then the unfinished last one at the end"
+        );
         assert!(pieces.len() >= 3, "blocks are handed on as bytes arrive");
         let lines = numbered(&pieces);
         assert_eq!(lines, numbered(&whole));

@@ -422,8 +422,8 @@ pub async fn download(
 }
 
 /// Streams the export's data files, one after the other, into `emit` as their bytes arrive:
-/// blocks of complete lines, as [`super::files`] reads a file, named by the file's URL. Only a
-/// block's worth of a file is in memory at a time.
+/// blocks of complete lines, as [`super::files`] reads a file, named by the file's URL. A file
+/// is never in memory whole: the block being filled is, and what `emit`'s bounded channel holds.
 ///
 /// A file that breaks off before any of its lines was handed on is fetched again, as
 /// [`download`] would. Once lines have gone to `emit` they are folded, and a fold cannot take

@@ -114,6 +114,7 @@ pub fn run(options: &JobOptions, plans: &[Plan]) -> Result<JobReport, JobError> 
             clients: vec![Default::default(); plans.len()],
             stats: Default::default(),
             rejected: 0,
+            ignored: Default::default(),
             people: Default::default(),
         }),
         e => Err(e),

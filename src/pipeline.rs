@@ -36,6 +36,8 @@ pub enum Input {
     Synthetic(SynthOptions),
     /// A FHIR server, by paged search.
     Server(Box<ServerInput>),
+    /// A Bulk Data export's files, streamed into the fold as they download.
+    Bulk(Box<BulkInput>),
 }
 
 /// A server to read from.
@@ -45,6 +47,17 @@ pub struct ServerInput {
     pub client: crate::fhir::FhirClient,
     /// What to read.
     pub options: crate::source::search::SearchOptions,
+}
+
+/// An export to stream.
+#[derive(Debug, Clone)]
+pub struct BulkInput {
+    /// The client, with its retry policy and credentials.
+    pub client: crate::fhir::FhirClient,
+    /// The export, complete on the server.
+    pub exported: crate::source::bulk::Exported,
+    /// How long one file may take to arrive (and to be folded, which paces it).
+    pub download_timeout: std::time::Duration,
 }
 
 impl std::fmt::Display for Input {
@@ -57,6 +70,7 @@ impl std::fmt::Display for Input {
                 o.clients, o.seed
             ),
             Self::Server(s) => write!(f, "{}", crate::fhir::redact(s.client.base())),
+            Self::Bulk(b) => write!(f, "{} ($export)", crate::fhir::redact(b.client.base())),
         }
     }
 }
@@ -91,6 +105,9 @@ pub enum PipelineError {
     /// The server could not be read.
     #[error(transparent)]
     Search(#[from] crate::source::search::SearchError),
+    /// The export could not be read.
+    #[error(transparent)]
+    Bulk(#[from] crate::source::bulk::BulkError),
     /// `--on-invalid=fail` and a resource was invalid.
     #[error("invalid input at {}{}: {}\nhint: fix the resource, or run with --on-invalid=skip to record it in rejected.ndjson and go on", .0.origin, .0.resource.as_deref().map(|r| format!(" ({r})")).unwrap_or_default(), .0.reason)]
     Invalid(Rejected),
@@ -126,6 +143,11 @@ pub struct RunOptions {
     pub shard: Option<crate::shard::Shard>,
     /// Keep the Patients' join keys, for a run that joins several sources.
     pub join: Option<std::sync::Arc<crate::record::join::JoinSpec>>,
+    /// Count resources of FHIR types segmentti does not read as ignored instead of rejecting
+    /// them. A Bulk export may hold types it was not asked for, and that is no fault of the
+    /// input; in files given by hand such a resource is a mistake worth a line in
+    /// `rejected.ndjson`. A `resourceType` that is no FHIR type is rejected either way.
+    pub ignore_other_types: bool,
 }
 
 /// Every plan's fold after the read.
@@ -137,6 +159,8 @@ pub struct Folded {
     pub stats: FoldStats,
     /// How many resources were rejected.
     pub rejected: u64,
+    /// Resources ignored per type, with [`RunOptions::ignore_other_types`].
+    pub ignored: BTreeMap<String, u64>,
     /// The Patients' identities by id, with [`RunOptions::join`]; empty otherwise.
     pub people: rustc_hash::FxHashMap<CompactString, Identity>,
 }
@@ -158,6 +182,7 @@ pub fn fold(
     let reader_input = input.clone();
     let mut folds: Vec<Fold<'_>> = plans.iter().map(Fold::new).collect();
     let mut rejected = 0u64;
+    let mut ignored: BTreeMap<String, u64> = BTreeMap::new();
     let mut items = 0u64;
     let mut failure: Option<PipelineError> = None;
     let mut people = rustc_hash::FxHashMap::default();
@@ -209,6 +234,10 @@ pub fn fold(
                     }
                 }
                 let Some(r) = rejection else { continue };
+                if let (true, Some(kind)) = (options.ignore_other_types, &r.other_type) {
+                    *ignored.entry(kind.to_string()).or_default() += 1;
+                    continue;
+                }
                 rejected += 1;
                 let r = Rejected {
                     origin: origin.to_string(),
@@ -277,6 +306,7 @@ pub fn fold(
     info!(
         resources = items,
         rejected,
+        ignored = ignored.values().sum::<u64>(),
         clients = clients.first().map_or(0, |c| c.len()),
         "input folded"
     );
@@ -284,6 +314,7 @@ pub fn fold(
         clients,
         stats,
         rejected,
+        ignored,
         people,
     })
 }
@@ -328,6 +359,16 @@ fn read_input(input: Input, tx: mpsc::SyncSender<Batch>) -> Result<(), PipelineE
                 &mut send,
             ))?)
         }
+        Input::Bulk(bulk) => {
+            let runtime = crate::fhir::runtime()
+                .map_err(|e| SourceError::Stopped(format!("cannot start the HTTP runtime: {e}")))?;
+            Ok(runtime.block_on(crate::source::bulk::stream(
+                &bulk.client,
+                &bulk.exported,
+                bulk.download_timeout,
+                &mut send,
+            ))?)
+        }
     }
 }
 
@@ -336,6 +377,7 @@ fn extract_resource(plan: &Plan, resource: Resource<'_>) -> Result<crate::record
         Resource::Text(text) => extract::extract_str(plan, text),
         Resource::Value(value) => extract::extract_value(plan, value),
         Resource::Unreadable(reason) => Err(Rejection {
+            other_type: None,
             resource: None,
             reason: reason.to_owned(),
         }),

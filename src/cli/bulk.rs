@@ -1,9 +1,11 @@
-//! `run --bulk`: the command line of a Bulk Data export run. A full export is read like any
-//! NDJSON input; with a checkpoint (`--state`), the next run exports only what changed since
-//! the last export's transaction time (`_since`) and reads the clients it touches again, whole,
-//! by search on the same server, with the population thresholds of the last full run. Results
-//! go to `--out` either way.
+//! `run --bulk`: the command line of a Bulk Data export run. A full export's files are
+//! streamed into the fold as they download, or, with `--work-dir`, downloaded there first
+//! (resumably, and kept) and read like any NDJSON input. With a checkpoint (`--state`), the
+//! next run exports only what changed since the last export's transaction time (`_since`) and
+//! reads the clients it touches again, whole, by search on the same server, with the population
+//! thresholds of the last full run. Results go to `--out` either way.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
@@ -11,8 +13,9 @@ use clap::Args;
 
 use segmentti::fhir::FhirClient;
 use segmentti::model::Plan;
-use segmentti::pipeline::{Input, ModelSummary, ServerInput};
+use segmentti::pipeline::{BulkInput, Input, ModelSummary, ServerInput};
 use segmentti::shard::Thresholds;
+use segmentti::source::Batch;
 use segmentti::source::bulk::{self, BulkOptions, Exported, Level};
 use segmentti::source::search::SearchOptions;
 use segmentti::state::State;
@@ -32,8 +35,11 @@ pub struct BulkArgs {
     /// Without --group: `system` (`$export`) or `patient` (`Patient/$export`).
     #[arg(long, value_enum, default_value_t = BulkLevelArg::System, requires = "bulk")]
     bulk_level: BulkLevelArg,
-    /// Where the export's job file and files are kept (default: OUT/.bulk, removed after a
-    /// successful run). A run killed mid-export resumes from here without a new export.
+    /// Download the export's files here first, resumably, and keep them, with the job file;
+    /// a run killed while downloading keeps the files it finished. Without it each file is
+    /// streamed into the run as it downloads, and only the job file is kept, in OUT/.bulk
+    /// until the run succeeds: a run killed mid-export (the same command with the same
+    /// --out) resumes the same job without a new export, and reads its files again.
     #[arg(long, requires = "bulk")]
     pub work_dir: Option<PathBuf>,
     /// Give up waiting for the export after this many seconds (the job is kept for the next run).
@@ -104,10 +110,22 @@ pub fn prepare(args: &RunArgs, base: &url::Url, plans: &[Plan]) -> Result<Option
         max_poll_interval: std::time::Duration::from_secs(args.bulk.bulk_poll_max.max(1)),
         download_timeout: std::time::Duration::from_secs(3600),
     };
-    let exported = segmentti::fhir::runtime()?.block_on(bulk::export(&client, &options))?;
+    let runtime = segmentti::fhir::runtime()?;
+    let exported = runtime.block_on(bulk::export(&client, &options))?;
     print!("{}", render(&exported, since.as_deref()));
+    let downloaded = match args.bulk.work_dir {
+        Some(_) => Some(runtime.block_on(bulk::download(&client, &exported, &options))?),
+        None => None,
+    };
     let mut run = BulkRun {
-        input: Input::Files(exported.dir.clone()),
+        input: match &downloaded {
+            Some(dir) => Input::Files(dir.clone()),
+            None => Input::Bulk(Box::new(BulkInput {
+                client: client.clone(),
+                exported: exported.clone(),
+                download_timeout: options.download_timeout,
+            })),
+        },
         exported,
         client,
         work_dir,
@@ -118,7 +136,20 @@ pub fn prepare(args: &RunArgs, base: &url::Url, plans: &[Plan]) -> Result<Option
     if !run.incremental {
         return Ok(Some(run));
     }
-    let touched = bulk::touched_patients(&run.exported.dir)?;
+    let mut touched = BTreeSet::new();
+    if !run.exported.files.is_empty() {
+        let mut collect =
+            |batch: Batch| bulk::touched(&batch, &mut touched).map_err(|e| e.to_string());
+        match &downloaded {
+            Some(dir) => segmentti::source::files::read(dir, collect)?,
+            None => runtime.block_on(bulk::stream(
+                &run.client,
+                &run.exported,
+                options.download_timeout,
+                &mut collect,
+            ))?,
+        }
+    }
     println!("Changed clients: {}", touched.len());
     if touched.is_empty() {
         run.finish(args, &[])?;
@@ -154,6 +185,11 @@ pub fn prepare(args: &RunArgs, base: &url::Url, plans: &[Plan]) -> Result<Option
 }
 
 impl BulkRun {
+    /// Files of types not asked for, per type: neither downloaded nor read.
+    pub fn ignored_files(&self) -> &BTreeMap<String, usize> {
+        &self.exported.ignored
+    }
+
     /// After the run: deletes the job, removes a default work directory, and moves the
     /// checkpoint to the export's transaction time (keeping a full run's thresholds).
     pub fn finish(self, args: &RunArgs, models: &[ModelSummary]) -> Result<()> {
@@ -184,7 +220,7 @@ impl BulkRun {
 fn render(e: &Exported, since: Option<&str>) -> String {
     let mut out = format!(
         "Export: {} file(s) as of {}{}{}\n",
-        e.files,
+        e.files.len(),
         e.transaction_time,
         since
             .map(|s| format!(", changes since {s}"))

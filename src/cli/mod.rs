@@ -501,6 +501,7 @@ fn run_command(args: RunArgs) -> Result<ExitCode> {
     let options = RunOptions {
         on_invalid: args.on_invalid,
         shard: args.shard,
+        ignore_other_types: bulk.is_some(),
         ..RunOptions::default()
     };
     let folded = pipeline::fold(&input, &plans, &options, &mut |r| sink.rejected(r))?;
@@ -523,6 +524,11 @@ fn run_command(args: RunArgs) -> Result<ExitCode> {
             .collect(),
         after_as_of: folded.stats.after_as_of,
         rejected: folded.rejected,
+        ignored: folded.ignored,
+        ignored_files: bulk
+            .as_ref()
+            .map(|b| b.ignored_files().clone())
+            .unwrap_or_default(),
         models,
         out: args.out.display().to_string(),
     };
@@ -564,6 +570,13 @@ struct RunSummary {
     resources: std::collections::BTreeMap<String, u64>,
     after_as_of: u64,
     rejected: u64,
+    /// Resources of FHIR types not asked for, per type, that a Bulk export held: left aside,
+    /// not rejected.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    ignored: std::collections::BTreeMap<String, u64>,
+    /// Files of an export's manifest of types not asked for, per type: not even downloaded.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    ignored_files: std::collections::BTreeMap<String, usize>,
     models: Vec<ModelSummary>,
     /// Kept out of `summary.json`, which lives in that directory anyway and must not differ
     /// between two runs into different directories.
@@ -612,6 +625,22 @@ impl RunSummary {
         out.push_str(&format!("\nRejected inputs: {}", self.rejected));
         if self.rejected > 0 {
             out.push_str(&format!(" (see {}/rejected.ndjson)", self.out));
+        }
+        let ignored: Vec<String> = self
+            .ignored
+            .iter()
+            .map(|(t, n)| format!("{n} {t}"))
+            .chain(
+                self.ignored_files
+                    .iter()
+                    .map(|(t, n)| format!("{n} file(s) of {t}, not downloaded")),
+            )
+            .collect();
+        if !ignored.is_empty() {
+            out.push_str(&format!(
+                "\nIgnored, of types not asked for: {}",
+                ignored.join(", ")
+            ));
         }
         if self.after_as_of > 0 {
             out.push_str(&format!(

@@ -60,6 +60,10 @@ pub struct Rejection {
     pub resource: Option<String>,
     /// What is wrong and what to do.
     pub reason: String,
+    /// The resource's type when it is a FHIR R4 type segmentti does not read, such as
+    /// `Observation`: no broken resource, only one not asked for, which a Bulk export may
+    /// hold (the run counts those as ignored); `None` for anything else, `Foo` included.
+    pub other_type: Option<CompactString>,
 }
 
 /// What a resource's JSON is scanned for: the strings the fold needs, borrowed where the JSON
@@ -411,6 +415,7 @@ fn explain_parse_error(head: Option<JustType<'_>>, e: &serde_json::Error) -> Rej
             match ResourceKind::parse(&t) {
                 None => unknown_type(&t, resource),
                 Some(_) => Rejection {
+                    other_type: None,
                     resource,
                     reason: format!(
                         "{t} does not follow FHIR R4: {e}; fix the resource at its source"
@@ -422,14 +427,17 @@ fn explain_parse_error(head: Option<JustType<'_>>, e: &serde_json::Error) -> Rej
             resource_type: None,
             ..
         }) => Rejection {
+            other_type: None,
             resource: None,
             reason: "JSON object without resourceType; each line must be one FHIR resource".into(),
         },
         None if e.is_eof() => Rejection {
+            other_type: None,
             resource: None,
             reason: format!("truncated JSON ({e}); the file may be cut short, export it again"),
         },
         None => Rejection {
+            other_type: None,
             resource: None,
             reason: format!("malformed JSON ({e}); each line must be one FHIR resource"),
         },
@@ -438,6 +446,7 @@ fn explain_parse_error(head: Option<JustType<'_>>, e: &serde_json::Error) -> Rej
 
 fn unknown_type(t: &str, resource: Option<String>) -> Rejection {
     Rejection {
+        other_type: crate::types::is_r4_resource_type(t).then(|| CompactString::new(t)),
         resource,
         reason: format!(
             "resourceType `{t}` is not read by segmentti (it reads Patient, Encounter and Condition); leave it out of the input"
@@ -448,6 +457,7 @@ fn unknown_type(t: &str, resource: Option<String>) -> Rejection {
 fn extract(plan: &Plan, scan: Scan<'_>) -> Result<Fact, Rejection> {
     let Some(resource_type) = scan.resource_type.as_deref() else {
         return Err(Rejection {
+            other_type: None,
             resource: None,
             reason: "JSON object without resourceType; each line must be one FHIR resource".into(),
         });
@@ -460,6 +470,7 @@ fn extract(plan: &Plan, scan: Scan<'_>) -> Result<Fact, Rejection> {
     };
     let Some(id) = scan.id.as_deref().filter(|id| !id.is_empty()) else {
         return Err(Rejection {
+            other_type: None,
             resource: None,
             reason: format!("{kind} without id; every resource needs its logical id"),
         });
@@ -469,6 +480,7 @@ fn extract(plan: &Plan, scan: Scan<'_>) -> Result<Fact, Rejection> {
         match s.as_deref() {
             None => Ok(None),
             Some(text) => Day::parse_fhir(text).map(Some).ok_or_else(|| Rejection {
+                other_type: None,
                 resource: resource(),
                 reason: format!("{what} `{text}` is not a FHIR date"),
             }),
@@ -493,12 +505,14 @@ fn extract(plan: &Plan, scan: Scan<'_>) -> Result<Fact, Rejection> {
     }
     let Some(reference) = scan.subject.as_deref() else {
         return Err(Rejection {
+            other_type: None,
             resource: resource(),
             reason: format!("{kind} without subject; it cannot be tied to a client"),
         });
     };
     let Some(patient) = patient_id(reference) else {
         return Err(Rejection {
+            other_type: None,
             resource: resource(),
             reason: format!("subject `{reference}` is not a Patient reference"),
         });

@@ -228,6 +228,7 @@ impl<'p> Fold<'p> {
         if fact.kind == ResourceKind::Patient {
             if record.has_patient {
                 return Err(Rejection {
+                    other_type: None,
                     resource: Some(format!("Patient/{}", fact.id)),
                     reason: "the same Patient appears twice in the input; keep one copy".into(),
                 });

@@ -1,19 +1,24 @@
-//! A FHIR Bulk Data Access 2.0 client: kick off an `$export`, poll its status, download its
-//! NDJSON files into a work directory, and delete the job. The run then reads the directory
-//! like any Bulk output ([`super::files`]).
+//! A FHIR Bulk Data Access 2.0 client: kick off an `$export` and poll its status
+//! ([`export`]), then hand its NDJSON files on in one of two ways: streamed straight into the
+//! fold as they download ([`stream`], cut into lines by [`super::files::LineBlocks`] like any
+//! file), or downloaded into a work directory first ([`download`]) that the run then reads like
+//! any Bulk output ([`super::files`]). At the end the job is deleted ([`finish`]).
 //!
 //! Everything needed to resume lives in `{work_dir}/job.json`, written after every step: a run
-//! killed while the server exports resumes polling the same status URL, and one killed while
-//! downloading keeps the files it finished (each is written to `.part` and renamed when
-//! complete). A new export is kicked off only when the job file asks for a different export.
+//! killed while the server exports resumes polling the same status URL. One killed while
+//! streaming streams the same job's files again from their start, which counts nothing twice
+//! because a run writes nothing before its whole input is folded; one killed while downloading
+//! keeps the files it finished (each is written to `.part` and renamed when complete). A new
+//! export is kicked off only when the job file asks for a different export.
 //!
 //! What it trusts: the token goes only to the FHIR base's origin; an output file elsewhere is
 //! fetched without it, and refused when the manifest says it needs one. This module reads no
-//! resource beyond counting lines; it does not fold or write results.
+//! resource beyond the client it belongs to ([`touched`]); it does not fold or write results.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -22,6 +27,8 @@ use reqwest::{Method, StatusCode, Url};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use super::files::LineBlocks;
+use super::{Batch, Resource};
 use crate::fhir::client::retry_after;
 use crate::fhir::{FhirClient, FhirError, OperationOutcomeSummary, redact};
 
@@ -45,7 +52,7 @@ pub struct BulkOptions {
     pub types: Vec<String>,
     /// `_since`: only resources changed at or after this instant.
     pub since: Option<String>,
-    /// Where the job file and the downloaded files live.
+    /// Where the job file lives, and the files when they are downloaded first ([`download`]).
     pub work_dir: PathBuf,
     /// Give up waiting for the export after this long (the job stays, to be resumed).
     pub timeout: Duration,
@@ -101,23 +108,26 @@ struct Job {
     downloaded: BTreeSet<String>,
 }
 
-/// A finished export, downloaded.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A finished export, its files not yet read.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Exported {
-    /// The directory of NDJSON files to read.
-    pub dir: PathBuf,
     /// The manifest's transaction time: the `_since` of the next incremental run.
     pub transaction_time: String,
     /// The status URL (to delete the job once the run is done).
     pub status: String,
-    /// Data files downloaded.
-    pub files: usize,
-    /// Files of types not asked for, per type: not downloaded.
+    /// The data files of the types asked for, in the manifest's order.
+    pub files: Vec<OutputFile>,
+    /// Whether the files need the token.
+    pub requires_access_token: bool,
+    /// Files of types not asked for, per type: neither downloaded nor read.
     pub ignored: BTreeMap<String, usize>,
     /// What the error files said, one line per issue.
     pub errors: Vec<String>,
     /// Whether this run resumed an export a previous run started.
     pub resumed: bool,
+    /// The job as last written, and where: [`download`] records its files in it.
+    job: Job,
+    job_path: PathBuf,
 }
 
 /// Why an export failed.
@@ -209,15 +219,30 @@ pub enum BulkError {
         /// What to do.
         hint: &'static str,
     },
-    /// A downloaded file holds a line that is not a resource.
+    /// A streamed file broke off after some of its lines had gone into the run.
     #[error(
-        "{file}:{line} is not a FHIR resource: {cause}\nhint: the export is damaged; delete the work directory and run again"
+        "the {resource_type} file {url} broke off after {lines} line(s) had gone into the run: {cause}\nhint: those lines are counted and reading the file again would count them twice, so the run stops with nothing written; run the same command again to read this export again from the start (the job is resumed, not exported anew), or give --work-dir DIR to download the files first, resumably"
+    )]
+    BrokeOff {
+        /// The file's type.
+        resource_type: String,
+        /// The file's URL (redacted).
+        url: String,
+        /// The lines already handed on.
+        lines: u64,
+        /// What went wrong.
+        cause: String,
+    },
+    /// The consumer of a streamed file stopped the read.
+    #[error("{0}")]
+    Stopped(String),
+    /// An export's line is not a resource.
+    #[error(
+        "{origin} is not a FHIR resource: {cause}\nhint: the export is damaged; delete job.json in the work directory (--work-dir, or OUT/.bulk) and run again for a new export"
     )]
     Unreadable {
-        /// The downloaded file.
-        file: PathBuf,
-        /// The line, from 1.
-        line: usize,
+        /// The file and line.
+        origin: String,
         /// What is wrong.
         cause: String,
     },
@@ -262,14 +287,14 @@ pub fn kick_off_url(client: &FhirClient, options: &BulkOptions) -> Result<Url, F
     Ok(url)
 }
 
-/// Runs (or resumes) the export and downloads its files into `{work_dir}/files`.
+/// Runs (or resumes) the export until its manifest, and reads its error files. The data files
+/// are then read by [`stream`] or [`download`].
 pub async fn export(client: &FhirClient, options: &BulkOptions) -> Result<Exported, BulkError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| BulkError::Io { path, source }
     };
-    let files_dir = options.work_dir.join("files");
-    std::fs::create_dir_all(&files_dir).map_err(io(&files_dir))?;
+    std::fs::create_dir_all(&options.work_dir).map_err(io(&options.work_dir))?;
     let job_path = options.work_dir.join("job.json");
     let kick_off = kick_off_url(client, options)?;
     let mut job = read_job(&job_path)
@@ -279,7 +304,10 @@ pub async fn export(client: &FhirClient, options: &BulkOptions) -> Result<Export
     if resumed {
         info!(status = %job.status, "resuming the export a previous run started");
     } else {
-        clear_dir(&files_dir)?;
+        let files_dir = options.work_dir.join("files");
+        if files_dir.exists() {
+            clear_dir(&files_dir)?;
+        }
         job = Job {
             kick_off: kick_off.to_string(),
             status: start(client, &kick_off).await?.to_string(),
@@ -311,27 +339,13 @@ pub async fn export(client: &FhirClient, options: &BulkOptions) -> Result<Export
     };
     let wanted: BTreeSet<&str> = options.types.iter().map(String::as_str).collect();
     let mut ignored: BTreeMap<String, usize> = BTreeMap::new();
-    let mut files = 0;
-    for (i, file) in manifest.output.iter().enumerate() {
-        if !wanted.is_empty() && !wanted.contains(file.resource_type.as_str()) {
+    let mut files = Vec::new();
+    for file in &manifest.output {
+        if wanted.is_empty() || wanted.contains(file.resource_type.as_str()) {
+            files.push(file.clone());
+        } else {
             *ignored.entry(file.resource_type.clone()).or_default() += 1;
-            continue;
         }
-        files += 1;
-        if job.downloaded.contains(&file.url) {
-            continue;
-        }
-        let target = files_dir.join(format!("{i:05}-{}.ndjson", safe_name(&file.resource_type)));
-        download(
-            client,
-            file,
-            manifest.requires_access_token,
-            &target,
-            options,
-        )
-        .await?;
-        job.downloaded.insert(file.url.clone());
-        write_job(&job_path, &job)?;
     }
     if !ignored.is_empty() {
         warn!(
@@ -342,12 +356,12 @@ pub async fn export(client: &FhirClient, options: &BulkOptions) -> Result<Export
     let mut errors = Vec::new();
     for file in &manifest.error {
         let target = options.work_dir.join("errors.ndjson.part");
-        download(
+        fetch(
             client,
             file,
             manifest.requires_access_token,
-            &target,
-            options,
+            Target::Disk(&target),
+            options.download_timeout,
         )
         .await?;
         let text = std::fs::read_to_string(&target).map_err(io(&target))?;
@@ -363,20 +377,84 @@ pub async fn export(client: &FhirClient, options: &BulkOptions) -> Result<Export
         let _ = std::fs::remove_file(&target);
     }
     Ok(Exported {
-        dir: files_dir,
         transaction_time: manifest.transaction_time,
-        status: job.status,
+        status: job.status.clone(),
         files,
+        requires_access_token: manifest.requires_access_token,
         ignored,
         errors,
         resumed,
+        job,
+        job_path,
     })
 }
 
-/// The clients an export touches: its Patients' ids and the patients its other resources refer
-/// to (`subject` or `patient`). An incremental export (`_since`) holds only what changed, so these
-/// are the clients whose whole history must be read again.
-pub fn touched_patients(dir: &Path) -> Result<BTreeSet<String>, BulkError> {
+/// Downloads the export's data files into `{work_dir}/files` and returns that directory. It
+/// resumes: a file an earlier run of the same job finished is not fetched again.
+pub async fn download(
+    client: &FhirClient,
+    exported: &Exported,
+    options: &BulkOptions,
+) -> Result<PathBuf, BulkError> {
+    let dir = options.work_dir.join("files");
+    std::fs::create_dir_all(&dir).map_err(|source| BulkError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let mut job = exported.job.clone();
+    for (i, file) in exported.files.iter().enumerate() {
+        if job.downloaded.contains(&file.url) {
+            continue;
+        }
+        let target = dir.join(format!("{i:05}-{}.ndjson", safe_name(&file.resource_type)));
+        fetch(
+            client,
+            file,
+            exported.requires_access_token,
+            Target::Disk(&target),
+            options.download_timeout,
+        )
+        .await?;
+        job.downloaded.insert(file.url.clone());
+        write_job(&exported.job_path, &job)?;
+    }
+    Ok(dir)
+}
+
+/// Streams the export's data files, one after the other, into `emit` as their bytes arrive:
+/// blocks of complete lines, as [`super::files`] reads a file, named by the file's URL. A file
+/// is never in memory whole: the block being filled is, and what `emit`'s bounded channel holds.
+///
+/// A file that breaks off before any of its lines was handed on is fetched again, as
+/// [`download`] would. Once lines have gone to `emit` they are folded, and a fold cannot take
+/// them back; the file fetched again need not even be the same bytes (compressed differently,
+/// regenerated), so skipping what was read could lose or double lines. The run then fails
+/// ([`BulkError::BrokeOff`]) with the file named: nothing is written, and the next run streams
+/// the same job again from the start. Buffering every file on disk first is what `--work-dir`
+/// ([`download`]) is for.
+pub async fn stream(
+    client: &FhirClient,
+    exported: &Exported,
+    timeout: Duration,
+    emit: &mut (dyn FnMut(Batch) -> Result<(), String> + Send),
+) -> Result<(), BulkError> {
+    for file in &exported.files {
+        fetch(
+            client,
+            file,
+            exported.requires_access_token,
+            Target::Fold(&mut *emit),
+            timeout,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Adds the clients a batch of an export touches to `into`: its Patients' ids and the patients
+/// its other resources refer to (`subject` or `patient`). An incremental export (`_since`)
+/// holds only what changed, so these are the clients whose whole history must be read again.
+pub fn touched(batch: &Batch, into: &mut BTreeSet<String>) -> Result<(), BulkError> {
     #[derive(Deserialize)]
     struct Reference {
         reference: Option<String>,
@@ -389,44 +467,28 @@ pub fn touched_patients(dir: &Path) -> Result<BTreeSet<String>, BulkError> {
         subject: Option<Reference>,
         patient: Option<Reference>,
     }
-    let mut out = BTreeSet::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|source| BulkError::Io {
-            path: dir.to_owned(),
-            source,
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "ndjson"))
-        .collect();
-    files.sort();
-    for file in files {
-        let text = std::fs::read_to_string(&file).map_err(|source| BulkError::Io {
-            path: file.clone(),
-            source,
-        })?;
-        for (n, line) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
-            let touch: Touch = serde_json::from_str(line).map_err(|e| BulkError::Unreadable {
-                file: file.clone(),
-                line: n + 1,
-                cause: e.to_string(),
-            })?;
-            let id = if touch.resource_type == "Patient" {
-                touch.id
-            } else {
-                touch
-                    .subject
-                    .or(touch.patient)
-                    .and_then(|r| r.reference)
-                    .and_then(|r| r.strip_prefix("Patient/").map(str::to_owned))
-            };
-            out.extend(id);
+    for (origin, resource) in batch.resources() {
+        let touch = match resource {
+            Resource::Text(text) => serde_json::from_str::<Touch>(text).map_err(|e| e.to_string()),
+            Resource::Value(value) => Touch::deserialize(value).map_err(|e| e.to_string()),
+            Resource::Unreadable(reason) => Err(reason.to_owned()),
         }
+        .map_err(|cause| BulkError::Unreadable {
+            origin: origin.to_string(),
+            cause,
+        })?;
+        let id = if touch.resource_type == "Patient" {
+            touch.id
+        } else {
+            touch
+                .subject
+                .or(touch.patient)
+                .and_then(|r| r.reference)
+                .and_then(|r| r.strip_prefix("Patient/").map(str::to_owned))
+        };
+        into.extend(id);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Deletes the job on the server (it may then drop the files) and the local job file, after
@@ -579,18 +641,29 @@ async fn poll(
     }
 }
 
-/// Downloads one file to `target` (through `target.part`), trying again on transport errors,
-/// truncated bodies and bad gzip, as the client's retry policy allows.
-async fn download(
+/// Where a fetched file goes.
+enum Target<'a> {
+    /// To this file (through `.part`, renamed when complete).
+    Disk(&'a Path),
+    /// Into the fold, a block of lines at a time.
+    Fold(&'a mut (dyn FnMut(Batch) -> Result<(), String> + Send)),
+}
+
+/// Fetches one file into `target`, trying again on transport errors, truncated bodies and bad
+/// gzip, as the client's retry policy allows, but never once lines have gone into the fold
+/// (see [`stream`]).
+async fn fetch(
     client: &FhirClient,
     file: &OutputFile,
     requires_token: bool,
-    target: &Path,
-    options: &BulkOptions,
+    mut target: Target<'_>,
+    timeout: Duration,
 ) -> Result<(), BulkError> {
+    let shown =
+        || Url::parse(&file.url).map_or_else(|_| file.url.clone(), |u| redact(&u).to_string());
     let failed = |cause: String, hint: &'static str| BulkError::Download {
         resource_type: file.resource_type.clone(),
-        url: Url::parse(&file.url).map_or_else(|_| file.url.clone(), |u| redact(&u).to_string()),
+        url: shown(),
         cause,
         hint,
     };
@@ -602,6 +675,7 @@ async fn download(
             url: redact(&url).to_string(),
         });
     }
+    let name: Arc<str> = Arc::from(redact(&url).to_string());
     let mut headers = HeaderMap::new();
     headers.insert(
         header::ACCEPT,
@@ -611,30 +685,32 @@ async fn download(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match fetch_to(
-            client,
-            &url,
-            headers.clone(),
-            target,
-            options.download_timeout,
-        )
-        .await
-        {
+        let mut handed = 0;
+        let request = (client, &url, headers.clone(), timeout);
+        let fetched = match &mut target {
+            Target::Disk(path) => fetch_to(request, path).await,
+            Target::Fold(emit) => fetch_lines(request, &name, &mut **emit, &mut handed).await,
+        };
+        match fetched {
             Ok(()) => return Ok(()),
+            Err(Fetch::Stopped(why)) => return Err(BulkError::Stopped(why)),
+            Err(e) if handed > 0 => {
+                return Err(BulkError::BrokeOff {
+                    resource_type: file.resource_type.clone(),
+                    url: shown(),
+                    lines: handed,
+                    cause: e.describe(),
+                });
+            }
             Err(Fetch::Status(status))
                 if status == StatusCode::NOT_FOUND || status == StatusCode::GONE =>
             {
                 return Err(failed(
                     format!("the server answered {status}"),
-                    "the export's files have expired; delete the job file in the work directory and run again to start a new export",
+                    "the export's files have expired; delete job.json in the work directory (--work-dir, or OUT/.bulk) and run again to start a new export",
                 ));
             }
-            Err(Fetch::Io(e)) => {
-                return Err(BulkError::Io {
-                    path: target.to_owned(),
-                    source: e,
-                });
-            }
+            Err(Fetch::Io(path, source)) => return Err(BulkError::Io { path, source }),
             Err(e) if attempt < policy.max_attempts && e.retryable() => {
                 warn!(attempt, file = %file.resource_type, cause = %e.describe(), "download failed; trying again");
                 tokio::time::sleep(policy.delay(attempt, None)).await;
@@ -642,19 +718,20 @@ async fn download(
             Err(e) => {
                 return Err(failed(
                     format!("{} (after {attempt} attempt(s))", e.describe()),
-                    "check the server's log for this file; the run resumes with the files already downloaded",
+                    "check the server's log for this file; the next run resumes the same export (with --work-dir, keeping the files already downloaded)",
                 ));
             }
         }
     }
 }
 
-/// Why one download attempt failed.
+/// Why one fetch attempt failed.
 enum Fetch {
     Status(StatusCode),
     Transport(String),
     Body(String),
-    Io(std::io::Error),
+    Io(PathBuf, std::io::Error),
+    Stopped(String),
 }
 
 impl Fetch {
@@ -662,27 +739,25 @@ impl Fetch {
         match self {
             Self::Status(s) => crate::fhir::error::retryable_status(*s),
             Self::Transport(_) | Self::Body(_) => true,
-            Self::Io(_) => false,
+            Self::Io(..) | Self::Stopped(_) => false,
         }
     }
 
     fn describe(&self) -> String {
         match self {
             Self::Status(s) => format!("the server answered {s}"),
-            Self::Transport(e) => e.clone(),
+            Self::Transport(e) | Self::Stopped(e) => e.clone(),
             Self::Body(e) => format!("the body broke off or is corrupt: {e}"),
-            Self::Io(e) => e.to_string(),
+            Self::Io(path, e) => format!("{}: {e}", path.display()),
         }
     }
 }
 
-async fn fetch_to(
-    client: &FhirClient,
-    url: &Url,
-    headers: HeaderMap,
-    target: &Path,
-    timeout: Duration,
-) -> Result<(), Fetch> {
+/// The `GET` of a file: client, URL, headers and timeout.
+type Request<'a> = (&'a FhirClient, &'a Url, HeaderMap, Duration);
+
+/// The body of a file, once the server said it is there.
+async fn open((client, url, headers, timeout): Request<'_>) -> Result<reqwest::Response, Fetch> {
     let response = client
         .exchange(Method::GET, url, headers, Some(timeout))
         .await
@@ -690,18 +765,47 @@ async fn fetch_to(
     if !response.status().is_success() {
         return Err(Fetch::Status(response.status()));
     }
+    Ok(response)
+}
+
+/// Downloads a file to `target`, through `target.part`.
+async fn fetch_to(request: Request<'_>, target: &Path) -> Result<(), Fetch> {
+    let response = open(request).await?;
     let part = target.with_extension("part");
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&part).map_err(Fetch::Io)?);
+    let io = |e| Fetch::Io(part.clone(), e);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&part).map_err(io)?);
     let mut body = response.bytes_stream();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| Fetch::Body(e.without_url().to_string()))?;
-        out.write_all(&chunk).map_err(Fetch::Io)?;
+        out.write_all(&chunk).map_err(io)?;
     }
     out.into_inner()
-        .map_err(|e| Fetch::Io(e.into_error()))?
+        .map_err(|e| io(e.into_error()))?
         .sync_all()
-        .map_err(Fetch::Io)?;
-    std::fs::rename(&part, target).map_err(Fetch::Io)
+        .map_err(io)?;
+    std::fs::rename(&part, target).map_err(|e| Fetch::Io(target.to_owned(), e))
+}
+
+/// Streams a file's lines into `emit`; `handed` tells how many have gone there.
+async fn fetch_lines(
+    request: Request<'_>,
+    name: &Arc<str>,
+    emit: &mut (dyn FnMut(Batch) -> Result<(), String> + Send),
+    handed: &mut u64,
+) -> Result<(), Fetch> {
+    let mut body = open(request).await?.bytes_stream();
+    let mut lines = LineBlocks::new(name.clone());
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| Fetch::Body(e.without_url().to_string()))?;
+        if let Some(batch) = lines.push(&chunk) {
+            emit(batch).map_err(Fetch::Stopped)?;
+            *handed = lines.lines();
+        }
+    }
+    if let Some(batch) = lines.finish() {
+        emit(batch).map_err(Fetch::Stopped)?;
+    }
+    Ok(())
 }
 
 fn read_job(path: &Path) -> Option<Job> {

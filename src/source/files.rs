@@ -1,6 +1,7 @@
 //! Files on disk: a single file or a directory (searched recursively, in name order so runs
-//! are reproducible) of `*.ndjson`, `*.ndjson.gz` and `*.json`. NDJSON is read line by line
-//! through a buffered (and, for `.gz`, decompressing) reader; a `.json` file holds one resource
+//! are reproducible) of `*.ndjson`, `*.ndjson.gz` and `*.json`. NDJSON is read (for `.gz`,
+//! decompressed) and cut into blocks of complete lines by [`LineBlocks`], which Bulk Data
+//! downloads streamed into the fold share; a `.json` file holds one resource
 //! or a Bundle (collection, transaction, batch, searchset), whose `urn:uuid:` references are
 //! resolved to `Type/id` before its entries go on. A line that is not UTF-8 becomes an
 //! unreadable item, not an error, so the rest of the file is still read.
@@ -117,6 +118,9 @@ pub fn read(
 /// How many bytes of NDJSON a [`Batch::Lines`] holds, about.
 const CHUNK: usize = 4 << 20;
 
+/// How much is read from a file at a time.
+const READ: usize = 256 << 10;
+
 fn read_ndjson(
     file: &Path,
     name: &Arc<str>,
@@ -132,44 +136,86 @@ fn read_ndjson(
     } else {
         Box::new(raw)
     };
-    let mut carry = Vec::new();
-    let mut first_line = 1u64;
+    let mut lines = LineBlocks::new(name.clone());
+    let mut buffer = vec![0; READ];
     loop {
-        let mut block = Vec::with_capacity(CHUNK + carry.len() + 64 * 1024);
-        block.append(&mut carry);
-        let want = (CHUNK - block.len().min(CHUNK / 2)) as u64;
-        let read = (&mut reader)
-            .take(want)
-            .read_to_end(&mut block)
-            .map_err(io)?;
-        let eof = read == 0 || (read as u64) < want;
-        if block.is_empty() {
-            return Ok(());
-        }
-        // Hand on complete lines only; the rest starts the next block.
-        let cut = if eof {
-            block.len()
-        } else {
-            memchr::memrchr(b'\n', &block).map_or(0, |i| i + 1)
+        let read = match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io(e)),
         };
-        carry = block.split_off(cut);
-        if block.is_empty() {
-            continue;
+        if let Some(batch) = lines.push(&buffer[..read]) {
+            emit(batch).map_err(SourceError::Stopped)?;
         }
-        let lines =
+    }
+    match lines.finish() {
+        Some(batch) => emit(batch).map_err(SourceError::Stopped),
+        None => Ok(()),
+    }
+}
+
+/// NDJSON cut, as its bytes arrive, into blocks of complete lines of about [`CHUNK`] bytes:
+/// the one line reader of files on disk and of Bulk Data downloads streamed into the fold
+/// ([`super::bulk`]), so both number lines and treat bytes that are not UTF-8 alike.
+#[derive(Debug)]
+pub struct LineBlocks {
+    name: Arc<str>,
+    block: Vec<u8>,
+    first_line: u64,
+}
+
+impl LineBlocks {
+    /// An empty reader of the file called `name` (the origin its lines are given).
+    pub fn new(name: Arc<str>) -> Self {
+        Self {
+            name,
+            block: Vec::new(),
+            first_line: 1,
+        }
+    }
+
+    /// Takes the next bytes; once a block's worth has arrived, its complete lines are handed
+    /// back and the unfinished last line starts the next block.
+    pub fn push(&mut self, bytes: &[u8]) -> Option<Batch> {
+        if self.block.capacity() == 0 {
+            self.block.reserve(CHUNK + READ);
+        }
+        self.block.extend_from_slice(bytes);
+        if self.block.len() < CHUNK {
+            return None;
+        }
+        // A line longer than a block waits for its end.
+        let cut = memchr::memrchr(b'\n', &self.block)? + 1;
+        let mut next = Vec::with_capacity(CHUNK + READ);
+        next.extend_from_slice(&self.block[cut..]);
+        self.block.truncate(cut);
+        let block = std::mem::replace(&mut self.block, next);
+        Some(self.batch(block))
+    }
+
+    /// The rest, at the end of the input: its last line need not end in a newline.
+    pub fn finish(mut self) -> Option<Batch> {
+        let block = std::mem::take(&mut self.block);
+        (!block.is_empty()).then(|| self.batch(block))
+    }
+
+    /// The lines read so far (handed back in blocks), for messages.
+    pub fn lines(&self) -> u64 {
+        self.first_line - 1
+    }
+
+    fn batch(&mut self, block: Vec<u8>) -> Batch {
+        let first_line = self.first_line;
+        self.first_line +=
             memchr::memchr_iter(b'\n', &block).count() as u64 + u64::from(!block.ends_with(b"\n"));
-        let batch = match String::from_utf8(block) {
+        match String::from_utf8(block) {
             Ok(text) => Batch::Lines {
-                file: name.clone(),
+                file: self.name.clone(),
                 first_line,
                 text,
             },
-            Err(e) => Batch::Items(split_lines(name, first_line, &e.into_bytes())),
-        };
-        emit(batch).map_err(SourceError::Stopped)?;
-        first_line += lines;
-        if eof {
-            return Ok(());
+            Err(e) => Batch::Items(split_lines(&self.name, first_line, &e.into_bytes())),
         }
     }
 }
@@ -334,6 +380,49 @@ mod tests {
             entries[1].1["subject"]["reference"],
             "Patient/11111111-1111-1111-1111-111111111111"
         );
+    }
+
+    /// The lines of every batch, with their numbers, as a reader would see them.
+    fn numbered(batches: &[Batch]) -> Vec<(u64, String)> {
+        batches
+            .iter()
+            .flat_map(Batch::resources)
+            .map(|(origin, r)| match r {
+                crate::source::Resource::Text(t) => (origin.line, t.to_owned()),
+                other => (origin.line, format!("{other:?}")),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn line_blocks_number_lines_alike_however_the_bytes_arrive() {
+        let line = format!(
+            "{{\"resourceType\":\"Patient\",\"id\":\"{}\"}}\n",
+            "x".repeat(200)
+        );
+        let text = line.repeat(3 * CHUNK / line.len()) + "{\"last\":1}";
+        let read = |piece: usize| {
+            let mut blocks = LineBlocks::new(Arc::from("f"));
+            let mut out: Vec<Batch> = text
+                .as_bytes()
+                .chunks(piece)
+                .filter_map(|bytes| blocks.push(bytes))
+                .collect();
+            out.extend(blocks.finish());
+            out
+        };
+        let whole = read(text.len());
+        let pieces = read(7919);
+        assert_eq!(
+            whole.len(),
+            2,
+            "one push of everything: its complete lines, then the unfinished last one at the end"
+        );
+        assert!(pieces.len() >= 3, "blocks are handed on as bytes arrive");
+        let lines = numbered(&pieces);
+        assert_eq!(lines, numbered(&whole));
+        assert_eq!(lines.len(), 3 * CHUNK / line.len() + 1);
+        assert_eq!(lines.last().map(|(n, _)| *n), Some(lines.len() as u64));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! - [`files`]: a file or directory of NDJSON (Bulk Data output, `.ndjson.gz` too) or Bundles.
 //! - [`synthetic`]: the built-in synthetic population, generated on the fly.
 //! - [`search`]: a live FHIR server, by paged search.
-//! - [`bulk`]: a Bulk Data `$export`, downloaded into a work directory that [`files`] reads.
+//! - [`bulk`]: a Bulk Data `$export`, its files streamed as they download (cut into lines as
+//!   [`files`] cuts a file), or downloaded into a work directory that [`files`] reads.
 
 pub mod bulk;
 pub mod files;

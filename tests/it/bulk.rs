@@ -42,35 +42,50 @@ async fn an_export_from_the_test_server_segments_like_the_same_files() {
     let ran = run_files(&files, &offline, &["--progress", "off"]);
     assert!(ran.status.success(), "{:?}", text(&ran));
 
-    let exported = dir.path().join("bulk");
-    let output = segmentti(&[
-        "run",
-        "--bulk",
-        &base,
-        "--as-of",
-        "2026-01-01",
-        "--out",
-        exported.to_str().expect("utf-8"),
-        "--progress",
-        "off",
-        "--bulk-poll-max",
-        "1",
-    ]);
-    let (stdout, stderr) = text(&output);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("Export: "), "{stdout}");
-    assert!(stdout.contains("40 clients"), "{stdout}");
-    for file in ["Observation.ndjson", "Flag.ndjson"] {
-        assert_eq!(
-            lines(&exported.join(file)),
-            lines(&offline.join(file)),
-            "{file} of the export differs from the run on the same files"
+    // Streamed into the fold (the default), and downloaded into a work directory first.
+    let streamed = dir.path().join("streamed");
+    let downloaded = dir.path().join("downloaded");
+    let work = dir.path().join("work");
+    for (out, extra) in [
+        (&streamed, None),
+        (&downloaded, Some(work.to_str().expect("utf-8"))),
+    ] {
+        let mut args = vec![
+            "run",
+            "--bulk",
+            &base,
+            "--as-of",
+            "2026-01-01",
+            "--out",
+            out.to_str().expect("utf-8"),
+            "--progress",
+            "off",
+            "--bulk-poll-max",
+            "1",
+        ];
+        args.extend(extra.iter().flat_map(|w| ["--work-dir", w]));
+        let output = segmentti(&args);
+        let (stdout, stderr) = text(&output);
+        assert!(output.status.success(), "{stdout}\n{stderr}");
+        assert!(stdout.contains("Export: "), "{stdout}");
+        assert!(stdout.contains("40 clients"), "{stdout}");
+        assert!(stdout.contains("Rejected inputs: 0"), "{stdout}");
+        for file in ["Observation.ndjson", "Flag.ndjson"] {
+            assert_eq!(
+                lines(&out.join(file)),
+                lines(&offline.join(file)),
+                "{file} of the export ({extra:?}) differs from the run on the same files"
+            );
+        }
+        assert!(
+            !out.join(".bulk").exists(),
+            "the default place of the job file is removed after a successful run"
         );
     }
-    assert!(
-        !exported.join(".bulk").exists(),
-        "the default work directory is removed after a successful run"
-    );
+    let kept = std::fs::read_dir(work.join("files"))
+        .expect("--work-dir keeps the files")
+        .count();
+    assert!(kept >= 3, "one file per type at least, {kept} kept");
 }
 
 fn lines(path: &Path) -> Vec<String> {
@@ -211,7 +226,7 @@ async fn a_slow_job_is_polled_through_progress_and_a_429_then_downloaded_and_del
         5,
         "4 pending polls (one a 429), then the manifest"
     );
-    assert_eq!(exported.files, 1);
+    assert_eq!(exported.files.len(), 1);
     assert_eq!(exported.ignored.get("MedicationRequest"), Some(&1));
     assert_eq!(exported.errors.len(), 1);
     assert!(
@@ -219,8 +234,11 @@ async fn a_slow_job_is_polled_through_progress_and_a_429_then_downloaded_and_del
         "{:?}",
         exported.errors
     );
-    let downloaded =
-        std::fs::read_to_string(exported.dir.join("00000-Patient.ndjson")).expect("file");
+    let options = options(work.path(), Duration::from_secs(10));
+    let dir = bulk::download(&client, &exported, &options)
+        .await
+        .expect("the files download");
+    let downloaded = std::fs::read_to_string(dir.join("00000-Patient.ndjson")).expect("file");
     assert_eq!(downloaded.trim(), PATIENT);
     let requests = server.received_requests().await.expect("recorded");
     let file_request = requests
@@ -277,7 +295,7 @@ async fn a_job_given_up_is_resumed_by_the_next_run_without_a_new_kick_off() {
         .await
         .expect("the resumed export completes");
     assert!(second.resumed);
-    assert_eq!(second.files, 1);
+    assert_eq!(second.files.len(), 1);
 }
 
 #[tokio::test]
@@ -313,6 +331,7 @@ async fn expired_corrupt_and_cross_origin_files_are_reported_by_name() {
         let mut m = manifest(&server, &[], token);
         m["output"] =
             json!([{"type": "Encounter", "url": format!("{}/files/e.ndjson", files_on.uri())}]);
+        m["error"] = json!([]);
         Mock::given(method("GET"))
             .and(path("/status/1"))
             .respond_with(ResponseTemplate::new(200).set_body_json(m))
@@ -324,18 +343,26 @@ async fn expired_corrupt_and_cross_origin_files_are_reported_by_name() {
             .mount(files_on)
             .await;
         let work = tempfile::tempdir().expect("temp dir");
-        let e = bulk::export(
-            &client(&server, token),
-            &options(work.path(), Duration::from_secs(5)),
-        )
-        .await
-        .expect_err(case)
-        .to_string();
-        assert!(e.contains(expect), "{case}: {e}");
-        assert!(
-            e.contains("Encounter file"),
-            "{case}: the message names the file: {e}"
-        );
+        let client = client(&server, token);
+        let options = options(work.path(), Duration::from_secs(5));
+        let exported = bulk::export(&client, &options)
+            .await
+            .expect("the export completes");
+        let downloaded = bulk::download(&client, &exported, &options).await;
+        let streamed = bulk::stream(&client, &exported, options.download_timeout, &mut |_| {
+            panic!("{case}: nothing is handed on")
+        })
+        .await;
+        for (how, result) in [("download", downloaded.err()), ("stream", streamed.err())] {
+            let e = result
+                .unwrap_or_else(|| panic!("{case}: the {how} fails"))
+                .to_string();
+            assert!(e.contains(expect), "{case}, {how}: {e}");
+            assert!(
+                e.contains("Encounter file"),
+                "{case}, {how}: the message names the file: {e}"
+            );
+        }
         assert!(
             other
                 .received_requests()
@@ -441,4 +468,260 @@ async fn with_a_checkpoint_the_next_export_reads_only_the_changed_clients_again(
 
     let (unchanged, _) = run("unchanged");
     assert!(unchanged.contains("Changed clients: 0"), "{unchanged}");
+}
+
+/// `count` Patients of about a kilobyte each, one per line: enough lines that a file of them
+/// is handed on in several blocks.
+fn padded_patients(count: usize) -> Arc<Vec<u8>> {
+    let div = format!("<div>{}</div>", "x".repeat(1000));
+    let text: String = (0..count)
+        .map(|i| {
+            format!(
+                "{}\n",
+                json!({"resourceType": "Patient", "id": format!("p{i:05}"), "birthDate": "1950-01-01",
+                    "text": {"status": "generated", "div": div}})
+            )
+        })
+        .collect();
+    Arc::new(text.into_bytes())
+}
+
+/// A raw HTTP server for a file whose body can break off, which wiremock cannot do: the n-th
+/// connection gets the n-th of `cuts` (the last one after that): `Some(k)` announces the whole
+/// body but sends its first k bytes and closes; `None` sends it all. Returns the file's URL and
+/// a connection counter.
+async fn cutting_server(
+    body: Arc<Vec<u8>>,
+    cuts: Vec<Option<usize>>,
+) -> (String, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port can be bound");
+    let address = listener.local_addr().expect("an address");
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&count);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            let cut = cuts[n.min(cuts.len() - 1)].unwrap_or(body.len());
+            let body = Arc::clone(&body);
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                // Enough to have the request; its content does not matter here.
+                let _ = socket.read(&mut request).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/fhir+ndjson\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.write_all(&body[..cut]).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    (format!("http://{address}/files/p.ndjson"), count)
+}
+
+/// A scripted export (Group `county`) whose manifest lists `output` (type, absolute URL) and no
+/// error files, deleted once at the end.
+async fn scripted_export(output: &[(&str, String)]) -> MockServer {
+    let server = MockServer::start().await;
+    kick_off(&server, 1).await;
+    let manifest = json!({
+        "transactionTime": "2026-01-01T00:00:00Z",
+        "request": format!("{}/Group/county/$export", server.uri()),
+        "requiresAccessToken": false,
+        "output": output.iter().map(|(t, url)| json!({"type": t, "url": url})).collect::<Vec<_>>(),
+        "error": [],
+    });
+    Mock::given(method("GET"))
+        .and(path("/status/1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(manifest))
+        .mount(&server)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path("/status/1"))
+        .respond_with(ResponseTemplate::new(202))
+        .mount(&server)
+        .await;
+    server
+}
+
+/// Streams the export of `server` into a counter of the lines handed on.
+async fn stream_lines(server: &MockServer) -> (Result<(), BulkError>, usize) {
+    let work = tempfile::tempdir().expect("temp dir");
+    let client = client(server, false);
+    let options = options(work.path(), Duration::from_secs(10));
+    let exported = bulk::export(&client, &options)
+        .await
+        .expect("the export completes");
+    let mut lines = 0;
+    let streamed = bulk::stream(&client, &exported, options.download_timeout, &mut |batch| {
+        lines += batch.resources().len();
+        Ok(())
+    })
+    .await;
+    (streamed, lines)
+}
+
+#[tokio::test]
+async fn a_file_that_breaks_off_before_a_line_is_read_is_fetched_again_and_read_once() {
+    let body = padded_patients(50);
+    let (url, connections) = cutting_server(Arc::clone(&body), vec![Some(3000), None]).await;
+    let server = scripted_export(&[("Patient", url)]).await;
+    let (streamed, lines) = stream_lines(&server).await;
+    streamed.expect("the second attempt completes");
+    assert_eq!(connections.load(Ordering::SeqCst), 2, "fetched again once");
+    assert_eq!(lines, 50, "every line handed on once");
+}
+
+#[tokio::test]
+async fn a_file_that_breaks_off_mid_stream_stops_the_run_naming_it_and_is_not_read_twice() {
+    let body = padded_patients(6000);
+    let cut = body.len() - 5000;
+    let (url, connections) = cutting_server(Arc::clone(&body), vec![Some(cut)]).await;
+    let server = scripted_export(&[("Patient", url.clone())]).await;
+    let (streamed, lines) = stream_lines(&server).await;
+    let e = streamed.expect_err("the file broke off");
+    let BulkError::BrokeOff { lines: handed, .. } = &e else {
+        panic!("expected BrokeOff, got {e:?}");
+    };
+    assert!(
+        lines > 0 && lines < 6000,
+        "{lines} lines went into the fold"
+    );
+    assert_eq!(*handed as usize, lines, "the error says how many");
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "not fetched again once lines were handed on"
+    );
+    let message = e.to_string();
+    for part in ["Patient file", url.as_str(), "broke off", "--work-dir"] {
+        assert!(message.contains(part), "{part}: {message}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_run_broken_off_fails_with_nothing_written_and_the_next_run_resumes_the_job() {
+    let body = padded_patients(6000);
+    let cut = body.len() - 5000;
+    let (url, connections) = cutting_server(Arc::clone(&body), vec![Some(cut), None]).await;
+    let server = scripted_export(&[("Patient", url)]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("out");
+    let run = || {
+        segmentti(&[
+            "run",
+            "--bulk",
+            &server.uri(),
+            "--group",
+            "county",
+            "--as-of",
+            "2026-01-01",
+            "--out",
+            out.to_str().expect("utf-8"),
+            "--progress",
+            "off",
+        ])
+    };
+    let failed = run();
+    let (stdout, stderr) = text(&failed);
+    assert!(!failed.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("broke off") && stderr.contains("--work-dir"),
+        "{stderr}"
+    );
+    assert!(!out.join("Observation.ndjson").exists(), "nothing written");
+    assert!(out.join(".bulk/job.json").exists(), "the job is kept");
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+
+    let resumed = run();
+    let (stdout, stderr) = text(&resumed);
+    assert!(resumed.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("(resumed)"), "{stdout}");
+    assert!(
+        stdout.contains("(6000 resources") && stdout.contains("6000 clients"),
+        "every line folded once: {stdout}"
+    );
+    assert!(!out.join(".bulk").exists());
+    // The kick-off mock expects one call: the second run resumed the job.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_of_types_not_asked_for_are_ignored_and_counted_not_rejected() {
+    const OBSERVATION: &str = r#"{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/p1"}}"#;
+    const ENCOUNTER: &str = r#"{"resourceType":"Encounter","id":"e1","status":"finished","subject":{"reference":"Patient/p1"},"period":{"start":"2025-06-01"}}"#;
+    const FOO: &str = r#"{"resourceType":"Foo","id":"f1"}"#;
+    for (case, extra, code) in [("ignored only", "", 0), ("with an unknown type", FOO, 3)] {
+        let server = MockServer::start().await;
+        let uri = server.uri();
+        file(
+            &server,
+            "/files/p.ndjson",
+            &format!("{PATIENT}\n{OBSERVATION}\n{extra}\n"),
+        )
+        .await;
+        file(&server, "/files/e.ndjson", &format!("{ENCOUNTER}\n")).await;
+        Mock::given(method("GET"))
+            .and(path("/files/m.ndjson"))
+            .respond_with(ResponseTemplate::new(200))
+            .expect(0)
+            .mount(&server)
+            .await;
+        let exported = scripted_export(&[
+            ("Patient", format!("{uri}/files/p.ndjson")),
+            ("Encounter", format!("{uri}/files/e.ndjson")),
+            ("MedicationRequest", format!("{uri}/files/m.ndjson")),
+        ])
+        .await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = dir.path().join("out");
+        let output = segmentti(&[
+            "run",
+            "--bulk",
+            &exported.uri(),
+            "--group",
+            "county",
+            "--as-of",
+            "2026-01-01",
+            "--out",
+            out.to_str().expect("utf-8"),
+            "--progress",
+            "off",
+        ]);
+        let (stdout, stderr) = text(&output);
+        assert_eq!(
+            output.status.code(),
+            Some(code),
+            "{case}: {stdout}\n{stderr}"
+        );
+        assert!(
+            stdout.contains(
+                "Ignored, of types not asked for: 1 Observation, 1 file(s) of MedicationRequest, not downloaded"
+            ),
+            "{case}: {stdout}"
+        );
+        let summary: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("summary.json")).expect("summary"),
+        )
+        .expect("json");
+        assert_eq!(summary["ignored"], json!({"Observation": 1}), "{case}");
+        assert_eq!(
+            summary["ignored_files"],
+            json!({"MedicationRequest": 1}),
+            "{case}"
+        );
+        let rejected = std::fs::read_to_string(out.join("rejected.ndjson")).expect("rejected");
+        assert_eq!(summary["rejected"], json!(code / 3), "{case}: {rejected}");
+        assert!(!rejected.contains("Observation"), "{case}: {rejected}");
+        if code == 3 {
+            assert!(
+                rejected.contains("resourceType `Foo`") && rejected.contains("/files/p.ndjson:3"),
+                "{case}: the unknown type is rejected with its file and line: {rejected}"
+            );
+        }
+    }
 }

@@ -137,16 +137,13 @@ fn read_ndjson(
         Box::new(raw)
     };
     let mut lines = LineBlocks::new(name.clone());
-    let mut buffer = vec![0; READ];
     loop {
-        let read = match reader.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io(e)),
-        };
-        if let Some(batch) = lines.push(&buffer[..read]) {
+        let (read, batch) = lines.fill(&mut reader).map_err(io)?;
+        if let Some(batch) = batch {
             emit(batch).map_err(SourceError::Stopped)?;
+        }
+        if read == 0 {
+            break;
         }
     }
     match lines.finish() {
@@ -178,10 +175,28 @@ impl LineBlocks {
     /// Takes the next bytes; once a block's worth has arrived, its complete lines are handed
     /// back and the unfinished last line starts the next block.
     pub fn push(&mut self, bytes: &[u8]) -> Option<Batch> {
+        self.reserve();
+        self.block.extend_from_slice(bytes);
+        self.cut()
+    }
+
+    /// [`Self::push`] for a reader at hand (a file): reads straight into the block, sparing a
+    /// copy of every byte; the bytes read (0 at the end) and a block when one is complete.
+    pub fn fill(&mut self, reader: &mut impl Read) -> std::io::Result<(usize, Option<Batch>)> {
+        self.reserve();
+        let want = CHUNK.saturating_sub(self.block.len()).max(READ);
+        let read = reader.take(want as u64).read_to_end(&mut self.block)?;
+        Ok((read, self.cut()))
+    }
+
+    fn reserve(&mut self) {
         if self.block.capacity() == 0 {
             self.block.reserve(CHUNK + READ);
         }
-        self.block.extend_from_slice(bytes);
+    }
+
+    /// The complete lines of a full block; the unfinished last line starts the next.
+    fn cut(&mut self) -> Option<Batch> {
         if self.block.len() < CHUNK {
             return None;
         }

@@ -50,6 +50,10 @@ pub struct JobReport {
     pub models: Vec<(ModelSummary, WriteReport)>,
     /// Whether the checkpoint was saved.
     pub checkpoint_saved: bool,
+    /// Seconds spent reading and folding.
+    pub read_seconds: f64,
+    /// Seconds spent assessing and writing back (the Flag searches before writing included).
+    pub write_seconds: f64,
 }
 
 impl JobReport {
@@ -80,6 +84,7 @@ pub enum JobError {
 /// (`tokio::task::spawn_blocking`).
 pub fn run(options: &JobOptions, plans: &[Plan]) -> Result<JobReport, JobError> {
     let started = time::OffsetDateTime::now_utc();
+    let clock = std::time::Instant::now();
     let base = options.server.as_str();
     let state = match &options.state {
         Some(path) => State::read(path)?,
@@ -119,6 +124,7 @@ pub fn run(options: &JobOptions, plans: &[Plan]) -> Result<JobReport, JobError> 
         }),
         e => Err(e),
     })?;
+    let read_seconds = clock.elapsed().as_secs_f64();
     let mut models = Vec::new();
     for (plan, clients) in plans.iter().zip(&folded.clients) {
         let fixed = since
@@ -139,6 +145,8 @@ pub fn run(options: &JobOptions, plans: &[Plan]) -> Result<JobReport, JobError> 
         rejected_count: folded.rejected,
         models,
         checkpoint_saved: false,
+        read_seconds,
+        write_seconds: clock.elapsed().as_secs_f64() - read_seconds,
     };
     if !options.dry_run
         && report.refused() == 0

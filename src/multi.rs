@@ -4,11 +4,12 @@
 //! hold the client ([`WriteTo::Each`]) or to one server ([`WriteTo::One`]), each write with
 //! that server's own Patient id and citing only that server's resources.
 //!
-//! Every source is read before anything is written: a source that cannot be read stops the run
-//! with nothing written, unless it may be missing (`--allow-partial`); then the run goes on
-//! without it and says so. A target that fails while writing fails alone ([`FanOut`]). Like
-//! [`crate::job`], it prints nothing and returns a [`MultiReport`]; incremental runs
-//! (checkpoints) are not supported here yet.
+//! Every source is read before anything is written, all of them at once (a thread each, so a
+//! run waits for its slowest source rather than for their sum): a source that cannot be read
+//! stops the run, once the others are read, with nothing written, unless it may be missing
+//! (`--allow-partial`); then the run goes on without it and says so. A target that fails while
+//! writing fails alone ([`FanOut`]). Like [`crate::job`], it prints nothing and returns a
+//! [`MultiReport`]; incremental runs (checkpoints) are not supported here yet.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -124,6 +125,9 @@ pub struct MultiReport {
     pub models: Vec<ModelWrites>,
     /// Resources not used, and why.
     pub rejected: Vec<Rejected>,
+    /// This process's resident memory right after the join (Linux; `None` elsewhere): the
+    /// joined clients and where they are held, before anything is assessed or written.
+    pub rss_after_join_bytes: Option<u64>,
 }
 
 impl MultiReport {
@@ -189,18 +193,31 @@ pub fn run(options: &MultiOptions, plans: &[Plan]) -> Result<MultiReport, MultiE
         join: Some(options.join.clone()),
         ..RunOptions::default()
     };
+    // Sources are read at once, each on its own thread: a run waits for its slowest source,
+    // not for the sum of them (servers answer at their own pace, mostly waiting on their
+    // databases). Results are taken in source order, so reports do not depend on timing.
+    let read: Vec<(
+        Result<pipeline::Folded, pipeline::PipelineError>,
+        Vec<Rejected>,
+        f64,
+    )> = std::thread::scope(|scope| {
+        let readers: Vec<_> = options
+            .sources
+            .iter()
+            .map(|source| scope.spawn(|| read_source(source, plans, &run_options)))
+            .collect();
+        readers
+            .into_iter()
+            .map(|r| {
+                r.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
     let mut folds = Vec::with_capacity(options.sources.len());
     let mut reads = Vec::with_capacity(options.sources.len());
     let mut rejected = Vec::new();
-    for source in &options.sources {
-        let started = Instant::now();
-        let mut theirs = Vec::new();
-        let folded = pipeline::fold(&source.input, plans, &run_options, &mut |r| {
-            warn!(source = %source.name, origin = %r.origin, resource = r.resource.as_deref().unwrap_or("-"), reason = %r.reason, "resource rejected");
-            theirs.push(r.clone());
-            Ok(())
-        });
-        let seconds = started.elapsed().as_secs_f64();
+    for (source, (folded, theirs, seconds)) in options.sources.iter().zip(read) {
         match folded {
             Ok(folded) => {
                 let resources: u64 = folded.stats.resources.values().sum();
@@ -244,9 +261,11 @@ pub fn run(options: &MultiOptions, plans: &[Plan]) -> Result<MultiReport, MultiE
         return Err(MultiError::NothingRead);
     }
     let joined = join::join(folds, plans);
+    let rss_after_join_bytes = crate::bench::rss_bytes();
     info!(
         clients = joined.report.clients,
         in_several = joined.report.in_several,
+        rss_after_join_bytes,
         "sources joined"
     );
     // Source number → target number, for the servers written to.
@@ -272,16 +291,19 @@ pub fn run(options: &MultiOptions, plans: &[Plan]) -> Result<MultiReport, MultiE
                 Ok((name.clone(), sink))
             })
             .collect::<Result<_, FhirSinkError>>()?;
-        let mut fan = FanOut::new(sinks);
         let views = JoinedViews {
             plan: p,
             holders: &joined.holders,
             target_of: &target_of,
             names: options.sources.iter().map(|s| s.name.as_str()).collect(),
         };
-        let summary = pipeline::evaluate_views(plan, &joined.clients[p], &views, &mut fan, None)?;
-        let targets = fan
-            .finish(plan)
+        let (summary, written) = std::thread::scope(|scope| {
+            let mut fan = FanOut::start(scope, plan, sinks);
+            let summary =
+                pipeline::evaluate_views(plan, &joined.clients[p], &views, &mut fan, None);
+            (summary, fan.finish())
+        });
+        let targets = written
             .into_iter()
             .map(|(target, seconds, outcome)| TargetWrites {
                 target,
@@ -289,7 +311,10 @@ pub fn run(options: &MultiOptions, plans: &[Plan]) -> Result<MultiReport, MultiE
                 outcome,
             })
             .collect();
-        models.push(ModelWrites { summary, targets });
+        models.push(ModelWrites {
+            summary: summary?,
+            targets,
+        });
     }
     Ok(MultiReport {
         sources: reads,
@@ -297,7 +322,29 @@ pub fn run(options: &MultiOptions, plans: &[Plan]) -> Result<MultiReport, MultiE
         unwritten,
         models,
         rejected,
+        rss_after_join_bytes,
     })
+}
+
+/// Reads and folds one source: the fold or why not, its rejected resources, and the seconds
+/// it took.
+fn read_source(
+    source: &Source,
+    plans: &[Plan],
+    options: &RunOptions,
+) -> (
+    Result<pipeline::Folded, pipeline::PipelineError>,
+    Vec<Rejected>,
+    f64,
+) {
+    let started = Instant::now();
+    let mut theirs = Vec::new();
+    let folded = pipeline::fold(&source.input, plans, options, &mut |r| {
+        warn!(source = %source.name, origin = %r.origin, resource = r.resource.as_deref().unwrap_or("-"), reason = %r.reason, "resource rejected");
+        theirs.push(r.clone());
+        Ok(())
+    });
+    (folded, theirs, started.elapsed().as_secs_f64())
 }
 
 /// The clients no target holds.

@@ -472,6 +472,7 @@ fn run_command(args: RunArgs) -> Result<ExitCode> {
             json: args.json,
             state: args.state.clone(),
             on_invalid: args.on_invalid,
+            stats: args.stats,
         };
         return server::run(&args.models.server, url, &plans, &write);
     }

@@ -161,9 +161,7 @@ pub fn run(args: &RunArgs, plans: &[Plan]) -> Result<ExitCode> {
         print!("{}", render(&report, args.dry_run));
     }
     if args.stats {
-        let clients = report.models.first().map_or(0, |m| m.summary.clients);
-        let rss = segmentti::bench::peak_rss_bytes().unwrap_or(0);
-        println!("stats: clients={clients} peak_rss_bytes={rss}");
+        print!("{}", stats(&report));
     }
     let failed = report.failed_targets();
     for (target, message) in &failed {
@@ -200,6 +198,56 @@ fn join_key(join: &JoinArgs) -> Result<Vec<u8>> {
         "no join key given: a random one for this run, so join keys in its report match no other run's"
     );
     Ok(rand::random::<[u8; 32]>().to_vec())
+}
+
+/// Per source its read rate, per target its write rate (over all models), and the memory of
+/// the join; each also as a `stats:` line of `key=value` for tools (benchmarks) to parse.
+fn stats(report: &MultiReport) -> String {
+    let mut out = String::from("\nStats:\n");
+    let rate = |n: u64, s: f64| n as f64 / s.max(1e-9);
+    for s in report.sources.iter().filter(|s| s.missing.is_none()) {
+        out.push_str(&format!(
+            "  read  {}: {} resources in {:.2} s ({:.0}/s)\nstats: source={} read={} read_seconds={:.3}\n",
+            s.source,
+            s.resources,
+            s.seconds,
+            rate(s.resources, s.seconds),
+            s.source,
+            s.resources,
+            s.seconds
+        ));
+    }
+    let mut targets: Vec<(&str, u64, u64, f64)> = Vec::new();
+    for t in report.models.iter().flat_map(|m| &m.targets) {
+        let (entries, transactions) = match &t.outcome {
+            TargetOutcome::Written(r) => (r.entries, r.transactions),
+            TargetOutcome::Failed(_) => (0, 0),
+        };
+        match targets.iter_mut().find(|(name, ..)| *name == t.target) {
+            Some(sum) => {
+                sum.1 += entries;
+                sum.2 += transactions;
+                sum.3 += t.seconds;
+            }
+            None => targets.push((&t.target, entries, transactions, t.seconds)),
+        }
+    }
+    for (target, entries, transactions, seconds) in targets {
+        out.push_str(&format!(
+            "  write {target}: {entries} resources in {transactions} transaction(s) in {seconds:.2} s ({:.0}/s)\nstats: target={target} written={entries} transactions={transactions} write_seconds={seconds:.3}\n",
+            rate(entries, seconds)
+        ));
+    }
+    let clients = report.join.clients;
+    let after_join = report.rss_after_join_bytes.unwrap_or(0);
+    let peak = segmentti::bench::peak_rss_bytes().unwrap_or(0);
+    out.push_str(&format!(
+        "  join  {clients} clients: resident {:.1} MiB right after the join ({:.0} bytes per client), peak {:.1} MiB\nstats: clients={clients} rss_after_join_bytes={after_join} peak_rss_bytes={peak}\n",
+        after_join as f64 / 1048576.0,
+        rate(after_join, clients as f64),
+        peak as f64 / 1048576.0
+    ));
+    out
 }
 
 fn render(report: &MultiReport, dry_run: bool) -> String {

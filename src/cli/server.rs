@@ -208,6 +208,8 @@ pub struct WriteArgs {
     pub state: Option<PathBuf>,
     /// What to do with invalid resources.
     pub on_invalid: OnInvalid,
+    /// Print read and write rates and peak memory (and a `stats:` line for tools).
+    pub stats: bool,
 }
 
 /// `run --server`: read, segment, write back, checkpoint.
@@ -247,6 +249,9 @@ pub fn run(
             )
         );
     }
+    if write.stats {
+        print!("{}", stats(&report));
+    }
     let summaries: Vec<ModelSummary> = report.models.iter().map(|(s, _)| s.clone()).collect();
     Ok(if super::report_invalid(&summaries) {
         ExitCode::from(super::EXIT_INVALID)
@@ -257,6 +262,22 @@ pub fn run(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Read and write rates of a server run; the `stats:` line is for tools (benchmarks) to parse.
+fn stats(report: &segmentti::job::JobReport) -> String {
+    let written: u64 = report.models.iter().map(|(_, w)| w.entries).sum();
+    let transactions: u64 = report.models.iter().map(|(_, w)| w.transactions).sum();
+    let rss = segmentti::bench::peak_rss_bytes().unwrap_or(0);
+    let (read_s, write_s) = (report.read_seconds, report.write_seconds);
+    format!(
+        "\nStats: read {} resources in {read_s:.2} s ({:.0}/s); wrote {written} resources in {transactions} transaction(s) in {write_s:.2} s ({:.0}/s); peak RSS {:.0} MiB\nstats: read={} read_seconds={read_s:.3} written={written} transactions={transactions} write_seconds={write_s:.3} peak_rss_bytes={rss}\n",
+        report.read,
+        report.read as f64 / read_s.max(1e-9),
+        written as f64 / write_s.max(1e-9),
+        rss as f64 / 1048576.0,
+        report.read,
+    )
 }
 
 fn render(

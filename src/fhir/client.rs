@@ -24,6 +24,24 @@ use super::bundle::{bundle_type, next_link, resource_type, search_outcomes};
 use super::error::{BodyError, FhirError, OperationOutcomeSummary, redact};
 use super::retry::RetryPolicy;
 
+/// The value of a `patient` search parameter for `ids`: `Patient/a,Patient/b`. The typed form
+/// matters for speed, not meaning: a bare id may name a Patient on any server, so a server
+/// matches it by suffix, which hfs 0.2.7 does with `LIKE '%/id'` over every stored reference
+/// (no index), while `Patient/id` is an exact, indexed match. Measured on hfs with 1 000
+/// clients, 100 Patients' 3 254 Encounters: 38.5 s bare, 1.3 s typed, and the bare cost
+/// grows with everything the server holds.
+pub fn patient_references<'a>(ids: impl IntoIterator<Item = &'a str>) -> String {
+    let mut joined = String::new();
+    for id in ids {
+        if !joined.is_empty() {
+            joined.push(',');
+        }
+        joined.push_str("Patient/");
+        joined.push_str(id);
+    }
+    joined
+}
+
 /// The media type of FHIR JSON, sent as `Accept` and, with a body, as `Content-Type`.
 pub const FHIR_JSON: &str = "application/fhir+json";
 
@@ -617,6 +635,12 @@ mod tests {
 
     fn client(base: &str) -> Result<FhirClient, FhirError> {
         FhirClient::new(url(base), ClientOptions::new("test-run"))
+    }
+
+    #[test]
+    fn patient_references_are_typed_and_comma_separated() {
+        assert_eq!(patient_references(["a", "b-1"]), "Patient/a,Patient/b-1");
+        assert_eq!(patient_references([]), "");
     }
 
     #[test]

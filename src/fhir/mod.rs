@@ -29,6 +29,7 @@ pub use auth::{AssertionClaims, BearerToken, Credentials, SmartConfig};
 pub use bundle::{EntryOutcome, entry_outcomes, matches, next_link};
 pub use client::{
     CORRELATION_HEADER, ClientOptions, FHIR_JSON, FhirClient, Pages, Written, new_correlation_id,
+    patient_references,
 };
 pub use error::{BodyError, FhirError, OperationOutcomeSummary, OutcomeIssue, redact};
 pub use retry::{RetryPolicy, Retryable};

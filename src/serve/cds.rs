@@ -344,9 +344,10 @@ async fn fetch(state: &AppState, request: &Value, patient: &str) -> Result<Vec<V
             )
         })?;
     let mut resources = vec![client.get(&url).await.map_err(failed)?];
+    let reference = crate::fhir::patient_references([patient]);
     for kind in ["Encounter", "Condition"] {
         let mut pages = client
-            .pages(kind, &[("patient", patient), ("_count", "200")])
+            .pages(kind, &[("patient", reference.as_str()), ("_count", "200")])
             .map_err(failed)?;
         while let Some(page) = pages.next_page().await {
             resources.extend(crate::fhir::matches(&page.map_err(failed)?).cloned());

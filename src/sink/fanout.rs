@@ -1,10 +1,14 @@
 //! Results of a joined run written to several FHIR servers: each client's resources go to the
 //! [`FhirSink`] of the target they were built for ([`ClientResources::target`]), so every
-//! server keeps its own batches, idempotence and Flag lifecycle. A target that fails (down
-//! after retries) fails alone: its writes stop, the error is kept for the report and the exit
-//! code, and the other targets go on; the next run completes it, since nothing written
-//! is written again. It decides nothing about what to write.
+//! server keeps its own batches, idempotence and Flag lifecycle. Each target is written from
+//! its own thread, fed through a bounded channel: the servers work at once, and a slow one
+//! holds the others back only when its queue is full. A target that fails (down after
+//! retries) fails alone: its writes stop, the error is kept for the report and the exit
+//! code, and the other targets go on; the next run completes it, since nothing written is
+//! written again. It decides nothing about what to write.
 
+use std::sync::mpsc;
+use std::thread::{Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -14,6 +18,9 @@ use super::fhir::{FhirSink, WriteReport};
 use super::{ClientResources, Sink, SinkError};
 use crate::model::plan::Plan;
 use crate::pipeline::Rejected;
+
+/// Clients queued per target before the assessment waits for that target.
+const QUEUE: usize = 1024;
 
 /// One target's outcome.
 #[derive(Debug, Clone, Serialize)]
@@ -25,93 +32,121 @@ pub enum TargetOutcome {
     Failed(String),
 }
 
-/// Several FHIR servers, by target number.
+/// Several FHIR servers, by target number, each written from its own thread of `scope`.
 #[derive(Debug)]
-pub struct FanOut {
-    targets: Vec<Target>,
+pub struct FanOut<'scope> {
+    targets: Vec<Target<'scope>>,
 }
 
 #[derive(Debug)]
-struct Target {
+struct Target<'scope> {
     label: String,
-    sink: Option<FhirSink>,
-    failure: Option<String>,
-    spent: Duration,
+    queue: mpsc::SyncSender<ClientResources>,
+    writer: ScopedJoinHandle<'scope, (Duration, TargetOutcome)>,
 }
 
-impl Target {
-    fn fail(&mut self, message: String) {
-        error!(target_server = %self.label, error = %message, "writing to this target failed; its remaining writes are skipped");
-        self.sink = None;
-        self.failure = Some(message);
-    }
-}
-
-impl FanOut {
-    /// One sink per target, with the target's name for logs and reports.
-    pub fn new(targets: Vec<(String, FhirSink)>) -> Self {
-        Self {
-            targets: targets
-                .into_iter()
-                .map(|(label, sink)| Target {
+impl<'scope> FanOut<'scope> {
+    /// One writer per target (with the target's name for logs and reports), writing `plan`'s
+    /// results until [`FanOut::finish`].
+    pub fn start<'env>(
+        scope: &'scope Scope<'scope, 'env>,
+        plan: &'scope Plan,
+        targets: Vec<(String, FhirSink)>,
+    ) -> Self {
+        let targets = targets
+            .into_iter()
+            .map(|(label, sink)| {
+                let (queue, clients) = mpsc::sync_channel(QUEUE);
+                let name = label.clone();
+                let writer = scope.spawn(move || write(&name, plan, sink, clients));
+                Target {
                     label,
-                    sink: Some(sink),
-                    failure: None,
-                    spent: Duration::ZERO,
-                })
-                .collect(),
-        }
+                    queue,
+                    writer,
+                }
+            })
+            .collect();
+        Self { targets }
     }
 
     /// Writes what is pending at every target; per target, its name, the seconds spent
     /// writing to it, and the outcome.
-    pub fn finish(self, plan: &Plan) -> Vec<(String, f64, TargetOutcome)> {
+    pub fn finish(self) -> Vec<(String, f64, TargetOutcome)> {
         self.targets
             .into_iter()
-            .map(|mut t| {
-                let started = Instant::now();
-                let finished = t.sink.take().map(|sink| sink.finish(plan));
-                t.spent += started.elapsed();
-                let outcome = match (finished, t.failure.take()) {
-                    (Some(finished), _) => match finished {
-                        Ok(report) => TargetOutcome::Written(report),
-                        Err(e) => {
-                            let message = e.to_string();
-                            t.fail(message.clone());
-                            TargetOutcome::Failed(message)
-                        }
-                    },
-                    (None, failure) => TargetOutcome::Failed(failure.unwrap_or_default()),
-                };
-                (t.label, t.spent.as_secs_f64(), outcome)
+            .map(|t| {
+                drop(t.queue);
+                let (spent, outcome) = t
+                    .writer
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (t.label, spent.as_secs_f64(), outcome)
             })
             .collect()
     }
 }
 
-impl Sink for FanOut {
+/// One target's writer: every client from `clients` into `sink` until the queue closes, then
+/// what is pending; the time spent writing and the outcome. After a failure the rest of the
+/// queue is drained unwritten, so the assessment never waits on a dead target.
+fn write(
+    label: &str,
+    plan: &Plan,
+    sink: FhirSink,
+    clients: mpsc::Receiver<ClientResources>,
+) -> (Duration, TargetOutcome) {
+    let mut spent = Duration::ZERO;
+    let mut sink = Some(sink);
+    let mut failure = None;
+    let fail = |message: String| {
+        error!(target_server = %label, error = %message, "writing to this target failed; its remaining writes are skipped");
+        message
+    };
+    for resources in clients {
+        let Some(s) = &mut sink else { continue };
+        let started = Instant::now();
+        let sent = s.client(plan, resources);
+        spent += started.elapsed();
+        if let Err(e) = sent {
+            sink = None;
+            failure = Some(fail(e.to_string()));
+        }
+    }
+    let Some(sink) = sink else {
+        return (spent, TargetOutcome::Failed(failure.unwrap_or_default()));
+    };
+    let started = Instant::now();
+    let finished = sink.finish(plan);
+    spent += started.elapsed();
+    let outcome = match finished {
+        Ok(report) => TargetOutcome::Written(report),
+        Err(e) => TargetOutcome::Failed(fail(e.to_string())),
+    };
+    (spent, outcome)
+}
+
+impl Sink for FanOut<'_> {
     type Encoded = ClientResources;
 
     fn encode(_plan: &Plan, resources: ClientResources) -> Result<ClientResources, SinkError> {
         Ok(resources)
     }
 
-    fn client(&mut self, plan: &Plan, resources: ClientResources) -> Result<(), SinkError> {
-        let Some(target) = self.targets.get_mut(resources.target) else {
+    fn client(&mut self, _plan: &Plan, resources: ClientResources) -> Result<(), SinkError> {
+        let Some(target) = self.targets.get(resources.target) else {
             return Err(SinkError::Remote(format!(
                 "no write target {} (a bug in segmentti)",
                 resources.target
             )));
         };
-        if let Some(sink) = &mut target.sink {
-            let started = Instant::now();
-            let sent = sink.client(plan, resources);
-            target.spent += started.elapsed();
-            if let Err(e) = sent {
-                target.fail(e.to_string());
-            }
-        }
-        Ok(())
+        // The writer drains its queue to the end, failed or not, so a send fails only when
+        // its thread is gone.
+        target.queue.send(resources).map_err(|_| {
+            SinkError::Remote(format!(
+                "the writer of {} stopped (a bug in segmentti)",
+                target.label
+            ))
+        })
     }
 
     fn rejected(&mut self, _rejected: &Rejected) -> Result<(), SinkError> {

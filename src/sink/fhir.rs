@@ -1,5 +1,5 @@
 //! Results written back to a FHIR server, idempotently. Clients are handled in batches: the
-//! batch's active Flags are read (`Flag?patient=a,b,c`; R4 has no Flag `status` search
+//! batch's active Flags are read (`Flag?patient=Patient/a,Patient/b`; R4 has no Flag `status` search
 //! parameter, so status is checked here), [`lifecycle::decide`] says what changed, and one
 //! transaction per batch carries every change with conditional updates on the deterministic
 //! identifiers (`PUT Observation?identifier=system|value`), the old Flags ended and a
@@ -15,7 +15,7 @@ use tokio::runtime::Runtime;
 use tracing::{info, warn};
 
 use super::{ClientResources, Sink, SinkError};
-use crate::fhir::{FhirClient, FhirError, matches};
+use crate::fhir::{FhirClient, FhirError, matches, patient_references};
 use crate::model::plan::Plan;
 use crate::pipeline::Rejected;
 use crate::record::extract::patient_id;
@@ -36,6 +36,8 @@ pub struct WriteReport {
     pub flags_ended: u64,
     /// Transactions posted.
     pub transactions: u64,
+    /// Entries in those transactions (resources written, Provenances included).
+    pub entries: u64,
     /// Clients the server refused, with its message.
     pub refused: Vec<Refused>,
     /// Per client, what a dry run would do (only with `--dry-run`).
@@ -161,12 +163,11 @@ impl FhirSink {
                 )
             })
             .clone();
-        match self
-            .runtime
-            .block_on(self.client.transaction(&transaction(&decided, &model)))
-        {
+        let bundle = transaction(&decided, &model);
+        match self.runtime.block_on(self.client.transaction(&bundle)) {
             Ok(_) => {
                 self.report.transactions += 1;
+                self.report.entries += entry_count(&bundle);
                 decided
                     .iter()
                     .for_each(|(_, c)| written(c, &mut self.report));
@@ -176,12 +177,11 @@ impl FhirSink {
                 warn!(clients = decided.len(), status = ?e.status(), "transaction refused; writing its clients one by one");
                 for one in decided {
                     let single = [one];
-                    match self
-                        .runtime
-                        .block_on(self.client.transaction(&transaction(&single, &model)))
-                    {
+                    let bundle = transaction(&single, &model);
+                    match self.runtime.block_on(self.client.transaction(&bundle)) {
                         Ok(_) => {
                             self.report.transactions += 1;
+                            self.report.entries += entry_count(&bundle);
                             written(&single[0].1, &mut self.report);
                         }
                         Err(e) if !e.is_retryable() => self.refuse(&single[0].0, &e),
@@ -232,8 +232,7 @@ async fn active_flags(
     plan: &Plan,
     batch: &[(ClientResources, String)],
 ) -> Result<HashMap<String, Vec<Existing>>, FhirError> {
-    let ids: Vec<&str> = batch.iter().map(|(r, _)| r.patient.as_str()).collect();
-    let joined = ids.join(",");
+    let joined = patient_references(batch.iter().map(|(r, _)| r.patient.as_str()));
     let mut pages = client.pages("Flag", &[("patient", joined.as_str()), ("_count", "200")])?;
     let mut out: HashMap<String, Vec<Existing>> = HashMap::new();
     while let Some(page) = pages.next_page().await {
@@ -252,6 +251,14 @@ async fn active_flags(
         }
     }
     Ok(out)
+}
+
+/// How many entries a Bundle has.
+fn entry_count(bundle: &Value) -> u64 {
+    bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .map_or(0, |e| e.len() as u64)
 }
 
 fn diff(patient: &str, c: &Changes) -> ClientDiff {

@@ -1,6 +1,7 @@
 //! A live FHIR server through paged search: Patients page by page (`_count`, following `next`
 //! links on the same origin only), then for each page of Patients their Encounters and
-//! Conditions (`patient=a,b,c`), several pages of Patients at once (`--concurrency`). Each page
+//! Conditions (`patient=Patient/a,Patient/b`, typed for an indexed match: see
+//! [`patient_references`]), several pages of Patients at once (`--concurrency`). Each page
 //! is handed on as soon as it has arrived, so memory holds a few pages, not the server.
 //!
 //! An incremental run (`since`) first asks which clients have anything newer (`_lastUpdated`
@@ -15,7 +16,7 @@ use serde_json::Value;
 use tracing::{debug, info};
 
 use super::{Batch, Item, Origin, Payload};
-use crate::fhir::{FhirClient, FhirError, matches};
+use crate::fhir::{FhirClient, FhirError, matches, patient_references};
 use crate::record::extract::patient_id;
 
 /// How to read.
@@ -42,6 +43,15 @@ impl Default for SearchOptions {
     }
 }
 
+/// The `_count` of a page of Patients' Encounters or Conditions: ten times `page_size`, since a
+/// page of clients has many more of them than Patients (25 each in the synthetic population).
+/// Every page costs a server the search itself, so fewer, larger pages read faster: on hfs
+/// with 1 000 clients, 100 Patients' 3 254 Encounters take 1.27 s in pages of 100 and 0.68 s
+/// in pages of 1 000. A server that allows fewer per page says so by paging (its own maximum).
+pub fn related_page_size(page_size: u32) -> u32 {
+    page_size.saturating_mul(10)
+}
+
 /// Why reading a server failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
@@ -60,6 +70,7 @@ pub async fn read(
     emit: &mut (dyn FnMut(Batch) -> Result<(), String> + Send),
 ) -> Result<(), SearchError> {
     let size = options.page_size.to_string();
+    let related = related_page_size(options.page_size).to_string();
     let chosen: Option<Vec<String>> = match &options.since {
         Some(since) => Some(changed_since(client, since, &size).await?),
         None if !options.patients.is_empty() => Some(options.patients.clone()),
@@ -81,7 +92,7 @@ pub async fn read(
                     || (page.is_none() && !patient_pages.is_empty())
                 {
                     let group = std::mem::take(&mut patient_pages);
-                    emit_group(client, group, &size, options.concurrency, &origin, emit).await?;
+                    emit_group(client, group, &related, options.concurrency, &origin, emit).await?;
                 }
                 if page.is_none() {
                     break;
@@ -101,14 +112,23 @@ pub async fn read(
                     let params = [("_id", joined.as_str()), ("_count", size.as_str())];
                     fetched.push(all_matches(client, "Patient", &params).await?);
                 }
-                emit_group(client, fetched, &size, options.concurrency, &origin, emit).await?;
+                emit_group(
+                    client,
+                    fetched,
+                    &related,
+                    options.concurrency,
+                    &origin,
+                    emit,
+                )
+                .await?;
             }
         }
     }
     Ok(())
 }
 
-/// Emits a group of Patient pages and, fetched concurrently, their Encounters and Conditions.
+/// Emits a group of Patient pages and, fetched concurrently, their Encounters and Conditions
+/// (`size` of them per page).
 async fn emit_group(
     client: &FhirClient,
     pages: Vec<Vec<Value>>,
@@ -119,14 +139,10 @@ async fn emit_group(
 ) -> Result<(), SearchError> {
     let related: Vec<(Vec<Value>, Vec<Value>)> = stream::iter(pages.iter())
         .map(|patients| async move {
-            let ids: Vec<&str> = patients
-                .iter()
-                .filter_map(|p| p.get("id").and_then(Value::as_str))
-                .collect();
-            if ids.is_empty() {
+            let joined = patient_references(patients.iter().filter_map(|p| p.get("id")?.as_str()));
+            if joined.is_empty() {
                 return Ok::<_, FhirError>((Vec::new(), Vec::new()));
             }
-            let joined = ids.join(",");
             let params = [("patient", joined.as_str()), ("_count", size)];
             let encounters = all_matches(client, "Encounter", &params).await?;
             let conditions = all_matches(client, "Condition", &params).await?;

@@ -18,4 +18,5 @@ mod shards;
 mod smart;
 mod support;
 mod synthetic;
+mod throughput;
 mod tls;

@@ -488,14 +488,35 @@ async fn a_target_down_for_writes_fails_alone_and_the_exit_code_says_so() {
     assert_eq!(all(&health, "Observation").await.len(), 20);
 }
 
-/// The benchmark of issue 9: three servers, one population spread over them (10 000 clients,
-/// or `SEGMENTTI_MULTI_CLIENTS`); prints each source's read rate, each target's write time and
-/// the run's peak memory, for a first run and an idempotent rerun. Minutes of loading, so:
-/// `cargo test --test it multi::benchmark -- --ignored --nocapture`.
+/// The benchmark of issue 9: three servers, one population spread over them; prints each
+/// source's read rate, each target's write rate and the process's memory right after the join,
+/// for a first run and an idempotent rerun, at each size of `SEGMENTTI_MULTI_CLIENTS` (a comma
+/// list, default `10000`; fresh servers for each size). Memory per client at two sizes shows
+/// whether the join stays O(clients). Minutes of loading, so:
+/// `SEGMENTTI_MULTI_CLIENTS=1000,3000 cargo test --test it multi::benchmark -- --ignored --nocapture`.
 #[tokio::test]
 #[ignore = "a benchmark: loading the servers takes minutes"]
 async fn benchmark_three_servers() {
-    let clients = std::env::var("SEGMENTTI_MULTI_CLIENTS").unwrap_or_else(|_| "10000".into());
+    let sizes = std::env::var("SEGMENTTI_MULTI_CLIENTS").unwrap_or_else(|_| "10000".into());
+    let mut memory = Vec::new();
+    for clients in sizes.split(',').map(str::trim) {
+        memory.push((clients.to_owned(), benchmark_size(clients).await));
+    }
+    // Resident memory holds what the allocator kept of freed pages too, so the slope between
+    // two sizes says more than either figure alone.
+    println!("== the join's memory (first run; resident right after the join, and peak)");
+    for (clients, (after_join, peak)) in memory {
+        println!(
+            "  {clients} clients: {:.1} MiB after the join, peak {:.1} MiB",
+            after_join / 1048576.0,
+            peak / 1048576.0
+        );
+    }
+}
+
+/// One size of [`benchmark_three_servers`]; the first run's resident bytes right after the join
+/// and at its peak.
+async fn benchmark_size(clients: &str) -> (f64, f64) {
     // One at a time: three starting at once on a loaded 2-core machine can miss the harness's
     // 60 s readiness limit.
     let (health, social, oral) = (
@@ -507,7 +528,6 @@ async fn benchmark_three_servers() {
     let started = std::time::Instant::now();
     std::thread::scope(|scope| {
         for (server, area) in servers {
-            let clients = clients.as_str();
             scope.spawn(move || load(server, area, clients));
         }
     });
@@ -519,6 +539,7 @@ async fn benchmark_three_servers() {
         .iter()
         .map(|(s, _)| s.base_url().to_string())
         .collect();
+    let mut memory = (0.0, 0.0);
     for pass in ["first run", "rerun"] {
         let mut args: Vec<String> = vec!["run".into()];
         for u in &urls {
@@ -527,11 +548,32 @@ async fn benchmark_three_servers() {
         args.extend(["--write-to", "each", "--as-of", "2026-01-01", "--stats"].map(String::from));
         let started = std::time::Instant::now();
         let output = cli(args).await;
-        assert!(output.status.success(), "{:?}", text(&output));
+        let (stdout, stderr) = text(&output);
+        assert!(output.status.success(), "{stdout}\n{stderr}");
         println!(
-            "== {pass}: {:.1} s\n{}",
-            started.elapsed().as_secs_f64(),
-            text(&output).0
+            "== {clients} clients, {pass}: {:.1} s\n{stdout}",
+            started.elapsed().as_secs_f64()
         );
+        if pass == "rerun" {
+            let targets = stdout.lines().filter(|l| l.starts_with("stats: target="));
+            assert!(
+                targets.clone().count() == 3 && targets.clone().all(|l| l.contains(" written=0 ")),
+                "a rerun writes nothing:\n{stdout}"
+            );
+        } else {
+            let stats = stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("stats: clients="))
+                .expect("a stats: line with the join's memory");
+            let field = |name: &str| -> f64 {
+                stats
+                    .split_whitespace()
+                    .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("{name} in {stats}"))
+            };
+            memory = (field("rss_after_join_bytes"), field("peak_rss_bytes"));
+        }
     }
+    memory
 }

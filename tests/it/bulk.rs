@@ -332,11 +332,7 @@ async fn expired_corrupt_and_cross_origin_files_are_reported_by_name() {
         m["output"] =
             json!([{"type": "Encounter", "url": format!("{}/files/e.ndjson", files_on.uri())}]);
         m["error"] = json!([]);
-        Mock::given(method("GET"))
-            .and(path("/status/1"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(m))
-            .mount(&server)
-            .await;
+        finished(&server, m).await;
         Mock::given(method("GET"))
             .and(path("/files/e.ndjson"))
             .respond_with(response)
@@ -536,11 +532,7 @@ async fn scripted_export(output: &[(&str, String)]) -> MockServer {
         "output": output.iter().map(|(t, url)| json!({"type": t, "url": url})).collect::<Vec<_>>(),
         "error": [],
     });
-    Mock::given(method("GET"))
-        .and(path("/status/1"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(manifest))
-        .mount(&server)
-        .await;
+    finished(&server, manifest).await;
     Mock::given(method("DELETE"))
         .and(path("/status/1"))
         .respond_with(ResponseTemplate::new(202))
@@ -604,6 +596,32 @@ async fn a_file_that_breaks_off_mid_stream_stops_the_run_naming_it_and_is_not_re
     }
 }
 
+/// The export job's status answers that it is done, with `manifest`.
+async fn finished(server: &MockServer, manifest: serde_json::Value) {
+    Mock::given(method("GET"))
+        .and(path("/status/1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(manifest))
+        .mount(server)
+        .await;
+}
+
+/// `run --bulk` of the Group `county` at `base`, streamed, into `out`.
+fn group_run(base: &str, out: &Path) -> std::process::Output {
+    segmentti(&[
+        "run",
+        "--bulk",
+        base,
+        "--group",
+        "county",
+        "--as-of",
+        "2026-01-01",
+        "--out",
+        out.to_str().expect("utf-8"),
+        "--progress",
+        "off",
+    ])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_run_broken_off_fails_with_nothing_written_and_the_next_run_resumes_the_job() {
     let body = padded_patients(6000);
@@ -612,21 +630,7 @@ async fn a_streamed_run_broken_off_fails_with_nothing_written_and_the_next_run_r
     let server = scripted_export(&[("Patient", url)]).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("out");
-    let run = || {
-        segmentti(&[
-            "run",
-            "--bulk",
-            &server.uri(),
-            "--group",
-            "county",
-            "--as-of",
-            "2026-01-01",
-            "--out",
-            out.to_str().expect("utf-8"),
-            "--progress",
-            "off",
-        ])
-    };
+    let run = || group_run(&server.uri(), &out);
     let failed = run();
     let (stdout, stderr) = text(&failed);
     assert!(!failed.status.success(), "{stdout}\n{stderr}");
@@ -679,19 +683,7 @@ async fn resources_of_types_not_asked_for_are_ignored_and_counted_not_rejected()
         .await;
         let dir = tempfile::tempdir().expect("temp dir");
         let out = dir.path().join("out");
-        let output = segmentti(&[
-            "run",
-            "--bulk",
-            &exported.uri(),
-            "--group",
-            "county",
-            "--as-of",
-            "2026-01-01",
-            "--out",
-            out.to_str().expect("utf-8"),
-            "--progress",
-            "off",
-        ]);
+        let output = group_run(&exported.uri(), &out);
         let (stdout, stderr) = text(&output);
         assert_eq!(
             output.status.code(),

@@ -172,15 +172,7 @@ async fn a_server_run_matches_the_offline_run_and_a_rerun_writes_nothing() {
     let before = server_state(&server).await;
     let again = run(&server, &["--as-of", "2026-01-01"]);
     let w = writes(&again);
-    assert_eq!(
-        (
-            w["observations"].as_u64(),
-            w["flags_written"].as_u64(),
-            w["transactions"].as_u64()
-        ),
-        (Some(0), Some(0), Some(0)),
-        "{again:#}"
-    );
+    assert_wrote_nothing(w, &again);
     assert_eq!(w["unchanged"], 120);
     assert_eq!(server_state(&server).await, before);
 }
@@ -417,5 +409,18 @@ async fn explain_on_a_server_takes_the_population_thresholds_from_the_checkpoint
     assert!(
         warning.contains("without --state or --thresholds"),
         "{warning}"
+    );
+}
+
+/// A write report `w` (of the run `run`, shown when it fails) without a single write.
+pub fn assert_wrote_nothing(w: &Value, run: &Value) {
+    assert_eq!(
+        (
+            w["observations"].as_u64(),
+            w["flags_written"].as_u64(),
+            w["transactions"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0)),
+        "{run:#}"
     );
 }

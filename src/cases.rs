@@ -351,8 +351,8 @@ pub fn run_case(plan: &Plan, file: &Path, case: &Case) -> Result<Outcome, CaseEr
             failures.push(format!("overlays: expected {expected:?}, got {got:?}"));
         }
     }
-    let explanation =
-        (!failures.is_empty()).then(|| eval::explain(plan, "case", record, &a, Lang::En).render());
+    let explanation = (!failures.is_empty())
+        .then(|| eval::explain(plan, "case", record, &a, Lang::En, &[]).render());
     Ok(Outcome {
         file: file.to_owned(),
         description: case.description.clone(),

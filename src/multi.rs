@@ -186,11 +186,28 @@ pub enum MultiError {
     Sink(#[from] FhirSinkError),
 }
 
-/// Runs once. Blocking, like [`crate::job::run`].
-pub fn run(options: &MultiOptions, plans: &[Plan]) -> Result<MultiReport, MultiError> {
+/// The sources read and joined, before anything is assessed.
+#[derive(Debug)]
+pub struct ReadJoined {
+    /// Per source, what was read.
+    pub reads: Vec<SourceRead>,
+    /// Resources not used, and why.
+    pub rejected: Vec<Rejected>,
+    /// The whole clients.
+    pub joined: join::Joined,
+}
+
+/// Reads every source (at once, a thread each) and joins them into whole clients: what a
+/// joined run assesses, and what `explain` looks a joined client up in.
+pub fn read_joined(
+    sources: &[Source],
+    join: &Arc<JoinSpec>,
+    on_invalid: OnInvalid,
+    plans: &[Plan],
+) -> Result<ReadJoined, MultiError> {
     let run_options = RunOptions {
-        on_invalid: options.on_invalid,
-        join: Some(options.join.clone()),
+        on_invalid,
+        join: Some(join.clone()),
         ..RunOptions::default()
     };
     // Sources are read at once, each on its own thread: a run waits for its slowest source,
@@ -201,8 +218,7 @@ pub fn run(options: &MultiOptions, plans: &[Plan]) -> Result<MultiReport, MultiE
         Vec<Rejected>,
         f64,
     )> = std::thread::scope(|scope| {
-        let readers: Vec<_> = options
-            .sources
+        let readers: Vec<_> = sources
             .iter()
             .map(|source| scope.spawn(|| read_source(source, plans, &run_options)))
             .collect();
@@ -214,10 +230,10 @@ pub fn run(options: &MultiOptions, plans: &[Plan]) -> Result<MultiReport, MultiE
             })
             .collect()
     });
-    let mut folds = Vec::with_capacity(options.sources.len());
-    let mut reads = Vec::with_capacity(options.sources.len());
+    let mut folds = Vec::with_capacity(sources.len());
+    let mut reads = Vec::with_capacity(sources.len());
     let mut rejected = Vec::new();
-    for (source, (folded, theirs, seconds)) in options.sources.iter().zip(read) {
+    for (source, (folded, theirs, seconds)) in sources.iter().zip(read) {
         match folded {
             Ok(folded) => {
                 let resources: u64 = folded.stats.resources.values().sum();
@@ -261,13 +277,26 @@ pub fn run(options: &MultiOptions, plans: &[Plan]) -> Result<MultiReport, MultiE
         return Err(MultiError::NothingRead);
     }
     let joined = join::join(folds, plans);
-    let rss_after_join_bytes = crate::bench::rss_bytes();
     info!(
         clients = joined.report.clients,
         in_several = joined.report.in_several,
-        rss_after_join_bytes,
         "sources joined"
     );
+    Ok(ReadJoined {
+        reads,
+        rejected,
+        joined,
+    })
+}
+
+/// Runs once. Blocking, like [`crate::job::run`].
+pub fn run(options: &MultiOptions, plans: &[Plan]) -> Result<MultiReport, MultiError> {
+    let ReadJoined {
+        reads,
+        rejected,
+        joined,
+    } = read_joined(&options.sources, &options.join, options.on_invalid, plans)?;
+    let rss_after_join_bytes = crate::bench::rss_bytes();
     // Source number → target number, for the servers written to.
     let mut target_of = vec![None; options.sources.len()];
     let mut targets = Vec::new();

@@ -198,6 +198,8 @@ pub struct RunArgs {
     bulk: bulk::BulkArgs,
     #[command(flatten)]
     join: multi::JoinArgs,
+    #[command(flatten)]
+    write_to: multi::WriteToArg,
 }
 
 /// `--progress`.
@@ -344,6 +346,8 @@ pub struct ExplainArgs {
     /// Population thresholds from `segmentti thresholds`.
     #[arg(long)]
     thresholds: Option<PathBuf>,
+    #[command(flatten)]
+    join: multi::JoinArgs,
 }
 
 /// Runs the parsed command line.
@@ -792,6 +796,11 @@ fn explain_command(args: ExplainArgs) -> Result<ExitCode> {
     let [patient] = args.models.server.patients.as_slice() else {
         bail!("explain takes exactly one --patient ID");
     };
+    if multi::several(&args.models, &args.join) {
+        let plans = args.models.plans(args.models.as_of()?)?;
+        let explanations = multi::explain(&args, &plans, patient)?;
+        return print_explanations(&explanations, args.json);
+    }
     let as_of = args.models.as_of()?;
     let plans = args.models.plans(as_of)?;
     let input = args.models.input(as_of)?;
@@ -837,10 +846,14 @@ fn explain_command(args: ExplainArgs) -> Result<ExitCode> {
             None => pipeline::population_thresholds(plan, clients),
         };
         let a = pipeline::assess(plan, patient, record, &thresholds)?;
-        explanations.push(eval::explain(plan, patient, record, &a, args.lang));
+        explanations.push(eval::explain(plan, patient, record, &a, args.lang, &[]));
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&explanations)?);
+    print_explanations(&explanations, args.json)
+}
+
+fn print_explanations(explanations: &[eval::Explanation], json: bool) -> Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(explanations)?);
     } else {
         let texts: Vec<String> = explanations.iter().map(eval::Explanation::render).collect();
         print!("{}", texts.join("\n"));

@@ -1,6 +1,6 @@
 //! `run` over several sources: repeatable `--server` and `--input`, joined into whole clients
-//! and written back with `--write-to each|URL` (see [`segmentti::multi`]). This module turns
-//! flags into [`MultiOptions`] and the report into text or JSON; the join key comes from a
+//! and written back with `--write-to each|URL` (see [`segmentti::multi`]), and `explain` of one
+//! such client. This module turns flags into [`MultiOptions`] and the report into text or JSON; the join key comes from a
 //! file or the environment, never from the command line, and is never printed.
 //!
 //! | variable | meaning |
@@ -14,26 +14,33 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
+use compact_str::CompactString;
 use segmentti::fhir::FhirClient;
 use segmentti::model::Plan;
+use segmentti::model::eval::{self, Explanation, HeldBy};
 use segmentti::multi::{self, MultiOptions, MultiReport, Source, WriteTo};
-use segmentti::pipeline::ModelSummary;
-use segmentti::record::join::{IDENTITY_CODE, JoinSpec};
+use segmentti::pipeline::{self, Input, ModelSummary, OnInvalid};
+use segmentti::record::join::{Holder, IDENTITY_CODE, JoinSpec};
 use segmentti::sink::fanout::TargetOutcome;
 
-use super::RunArgs;
+use super::{ExplainArgs, ModelArgs, RunArgs};
 
 /// Exit code: done, but some write targets could not be written (named on stderr).
 pub const EXIT_TARGET_FAILED: u8 = 7;
 
-/// How several sources are joined and written back.
+/// Where a joined run writes.
 #[derive(Debug, Clone, Args)]
-pub struct JoinArgs {
+pub struct WriteToArg {
     /// Several sources: where results go, `each` (every server that holds the client, with its
     /// own Patient id) or one server's URL (one of the --server sources; clients it does not
     /// hold are reported).
     #[arg(long)]
     write_to: Option<String>,
+}
+
+/// How several sources are joined.
+#[derive(Debug, Clone, Args)]
+pub struct JoinArgs {
     /// Identifier systems to join clients on, most preferred first (repeatable); default: the
     /// personal identity code.
     #[arg(long = "join-system", default_value = IDENTITY_CODE)]
@@ -60,15 +67,93 @@ pub struct JoinArgs {
 
 /// Whether `run` reads several sources (or asks for a joined write-back).
 pub fn wanted(args: &RunArgs) -> bool {
-    args.models.input.len() + args.models.server.server.len() > 1
-        || args.join.write_to.is_some()
-        || args.join.servers.is_some()
+    several(&args.models, &args.join) || args.write_to.write_to.is_some()
+}
+
+/// Whether the flags name several sources to join.
+pub fn several(models: &ModelArgs, join: &JoinArgs) -> bool {
+    models.input.len() + models.server.server.len() > 1 || join.servers.is_some()
+}
+
+/// The sources the flags name: servers first (those of the servers file, then the other
+/// --server ones), then inputs.
+struct Sources {
+    sources: Vec<Source>,
+    /// Each source as flags name it (a URL or a path), to match --allow-partial and --write-to.
+    given: Vec<String>,
+    /// How many of them are servers.
+    servers: usize,
+}
+
+impl Sources {
+    fn from_flags(models: &ModelArgs, join: &JoinArgs) -> Result<Self> {
+        // The servers: those of the servers file with their own credentials, then the --server
+        // ones it does not list, with the command line's.
+        let mut servers: Vec<(url::Url, FhirClient)> = Vec::new();
+        if let Some(path) = &join.servers {
+            for connection in segmentti::fhir::connection::servers_file(path)? {
+                let client = models.server.client_for(&connection)?;
+                servers.push((connection.url, client));
+            }
+        }
+        for url in &models.server.server {
+            if !servers.iter().any(|(u, _)| u == url) {
+                servers.push((url.clone(), models.server.client(url)?));
+            }
+        }
+        let given: Vec<String> = (servers.iter())
+            .map(|(u, _)| u.as_str().to_owned())
+            .chain(models.input.iter().map(|p| p.display().to_string()))
+            .collect();
+        let mut this = Self {
+            sources: Vec::new(),
+            given,
+            servers: servers.len(),
+        };
+        for a in &join.allow_partial {
+            if this.find(a).is_none() {
+                bail!(
+                    "--allow-partial {a} names no source\nhint: give it as the --server URL or --input path"
+                );
+            }
+        }
+        let allowed = |s: usize| join.allow_partial.iter().any(|a| this.names(a, s));
+        let mut sources = Vec::new();
+        for (url, client) in servers {
+            sources.push(Source {
+                input: models.server_input(client.clone()),
+                name: segmentti::fhir::redact(&url).to_string(),
+                server: Some(client),
+                may_be_missing: allowed(sources.len()),
+            });
+        }
+        for path in &models.input {
+            sources.push(Source {
+                input: segmentti::pipeline::Input::Files(path.clone()),
+                name: path.display().to_string(),
+                server: None,
+                may_be_missing: allowed(sources.len()),
+            });
+        }
+        this.sources = sources;
+        Ok(this)
+    }
+
+    /// Whether `flag` names source `s`.
+    fn names(&self, flag: &str, s: usize) -> bool {
+        self.given[s] == flag || url::Url::parse(flag).is_ok_and(|u| u.as_str() == self.given[s])
+    }
+
+    /// The source `flag` names.
+    fn find(&self, flag: &str) -> Option<usize> {
+        (0..self.given.len()).find(|&s| self.names(flag, s))
+    }
 }
 
 /// `run` over several sources.
 pub fn run(args: &RunArgs, plans: &[Plan]) -> Result<ExitCode> {
     let join = &args.join;
-    let Some(write_to) = &join.write_to else {
+    let Some(write_to) = &args.write_to.write_to else {
         bail!(
             "several sources are joined into whole clients and need --write-to\nhint: --write-to each writes to every server that holds the client, --write-to URL to one of them"
         );
@@ -84,75 +169,23 @@ pub fn run(args: &RunArgs, plans: &[Plan]) -> Result<ExitCode> {
             "--shard, --thresholds, --state, --bulk, --since and --patient do not go with several sources yet\nhint: run the joined sources in full"
         );
     }
-    // The servers: those of the servers file with their own credentials, then the --server
-    // ones it does not list, with the command line's.
-    let mut servers: Vec<(url::Url, FhirClient)> = Vec::new();
-    if let Some(path) = &join.servers {
-        for connection in segmentti::fhir::connection::servers_file(path)? {
-            let client = args.models.server.client_for(&connection)?;
-            servers.push((connection.url, client));
-        }
-    }
-    for url in &args.models.server.server {
-        if !servers.iter().any(|(u, _)| u == url) {
-            servers.push((url.clone(), args.models.server.client(url)?));
-        }
-    }
-    // Each source as flags name it (a URL or a path), to match --allow-partial and --write-to.
-    let given: Vec<String> = (servers.iter())
-        .map(|(u, _)| u.as_str().to_owned())
-        .chain(args.models.input.iter().map(|p| p.display().to_string()))
-        .collect();
-    let names = |flag: &str, source: usize| {
-        given[source] == flag || url::Url::parse(flag).is_ok_and(|u| u.as_str() == given[source])
-    };
-    for a in &join.allow_partial {
-        if !(0..given.len()).any(|s| names(a, s)) {
-            bail!(
-                "--allow-partial {a} names no source\nhint: give it as the --server URL or --input path"
-            );
-        }
-    }
-    let allowed = |s: usize| join.allow_partial.iter().any(|a| names(a, s));
-    let server_count = servers.len();
-    let mut sources = Vec::new();
-    for (url, client) in servers {
-        sources.push(Source {
-            input: args.models.server_input(client.clone()),
-            name: segmentti::fhir::redact(&url).to_string(),
-            server: Some(client),
-            may_be_missing: allowed(sources.len()),
-        });
-    }
-    for path in &args.models.input {
-        sources.push(Source {
-            input: segmentti::pipeline::Input::Files(path.clone()),
-            name: path.display().to_string(),
-            server: None,
-            may_be_missing: allowed(sources.len()),
-        });
-    }
+    let named = Sources::from_flags(&args.models, join)?;
     let write_to = match write_to.as_str() {
         "each" => WriteTo::Each,
-        url => match (0..server_count).find(|&s| names(url, s)) {
+        url => match named.find(url).filter(|&s| s < named.servers) {
             Some(t) => WriteTo::One(t),
             None => bail!(
                 "--write-to {url} is neither `each` nor one of the --server sources\nhint: a target must also be read, to know which clients it holds"
             ),
         },
     };
-    let spec = JoinSpec::new(
-        join_key(join)?,
-        join.join_systems.clone(),
-        join.show_identifiers,
-    )?;
     let options = MultiOptions {
-        sources,
+        sources: named.sources,
         write_to,
         batch: args.batch,
         dry_run: args.dry_run,
         on_invalid: args.on_invalid,
-        join: Arc::new(spec),
+        join: spec(join)?,
     };
     let report = multi::run(&options, plans)?;
     if args.json {
@@ -182,6 +215,15 @@ pub fn run(args: &RunArgs, plans: &[Plan]) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// How clients are joined, from the flags.
+fn spec(join: &JoinArgs) -> Result<Arc<JoinSpec>> {
+    Ok(Arc::new(JoinSpec::new(
+        join_key(join)?,
+        join.join_systems.clone(),
+        join.show_identifiers,
+    )?))
 }
 
 /// The join key: `--join-key-file`, `SEGMENTTI_JOIN_KEY`, or a fresh random one.
@@ -333,4 +375,69 @@ fn render(report: &MultiReport, dry_run: bool) -> String {
     }
     out.push_str(&format!("Rejected inputs: {}\n", report.rejected_count()));
     out
+}
+
+/// `explain` of a client joined from several sources. `patient` is the client's Patient id on
+/// one of them, or `SOURCE/Patient/ID` (SOURCE as its --server URL or --input path) where the
+/// id alone names different clients on different sources.
+pub fn explain(args: &ExplainArgs, plans: &[Plan], patient: &str) -> Result<Vec<Explanation>> {
+    if args.state.is_some() || args.thresholds.is_some() || args.models.server.since.is_some() {
+        bail!(
+            "--state, --thresholds and --since do not go with several sources yet\nhint: explain reads the joined sources in full and takes percentiles over them"
+        );
+    }
+    let mut named = Sources::from_flags(&args.models, &args.join)?;
+    // The person's Patients on the other sources have other ids: every source is read in full.
+    for source in &mut named.sources {
+        if let Input::Server(server) = &mut source.input {
+            server.options.patients.clear();
+        }
+    }
+    let (within, id) = match patient.rsplit_once("/Patient/") {
+        Some((flag, id)) => match named.find(flag) {
+            Some(s) => (Some(s), id),
+            None => bail!(
+                "--patient {patient}: {flag} names no source\nhint: give the source as its --server URL or --input path"
+            ),
+        },
+        None => (None, patient),
+    };
+    let read = multi::read_joined(&named.sources, &spec(&args.join)?, OnInvalid::Skip, plans)?;
+    let holds = |h: &Holder| h.patient == id && within.is_none_or(|s| s == h.source);
+    let found: Vec<(&CompactString, &Vec<Holder>)> = (read.joined.holders.iter())
+        .filter(|(_, holders)| holders.iter().any(holds))
+        .collect();
+    let names: Vec<String> = named.sources.iter().map(|s| s.name.clone()).collect();
+    let (client, holders) = match found.as_slice() {
+        [one] => *one,
+        [] => bail!(
+            "Patient/{id} is in none of the sources\nhint: check the id; explain takes a Patient's logical id on one source, not an identity code"
+        ),
+        several => {
+            let on: Vec<&str> = (several.iter())
+                .flat_map(|(_, hs)| hs.iter().filter(|h| holds(h)))
+                .map(|h| names[h.source].as_str())
+                .collect();
+            bail!(
+                "Patient/{id} is a different client on each of {}\nhint: name the source: --patient SOURCE/Patient/{id}",
+                on.join(", ")
+            )
+        }
+    };
+    let held_by: Vec<HeldBy> = (holders.iter())
+        .map(|h| HeldBy {
+            source: names[h.source].clone(),
+            patient: h.patient.to_string(),
+        })
+        .collect();
+    let mut explanations = Vec::new();
+    for (plan, clients) in plans.iter().zip(&read.joined.clients) {
+        let record = &clients[client];
+        let thresholds = pipeline::population_thresholds(plan, clients);
+        let a = pipeline::assess(plan, id, record, &thresholds)?;
+        let mut explanation = eval::explain(plan, id, record, &a, args.lang, &names);
+        explanation.held_by = held_by.clone();
+        explanations.push(explanation);
+    }
+    Ok(explanations)
 }

@@ -174,6 +174,10 @@ pub struct Explanation {
     pub evidence: Vec<EvidenceLine>,
     /// How many resources counted in all.
     pub evidence_total: u32,
+    /// For a client joined from several sources: each source that holds the client, with the
+    /// client's Patient there; empty for one source.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub held_by: Vec<HeldBy>,
 }
 
 /// One tree node tried.
@@ -224,24 +228,38 @@ pub struct OverlayResult {
     pub rules: Vec<String>,
 }
 
+/// A source holding a joined client.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeldBy {
+    /// The source, as the command line named it (a server URL or an input path).
+    pub source: String,
+    /// The client's Patient id on that source.
+    pub patient: String,
+}
+
 /// One resource behind the result.
 #[derive(Debug, Clone, Serialize)]
 pub struct EvidenceLine {
     /// `Type/id`.
     pub resource: String,
+    /// The source it was read from, for a joined client; ids are only unique per source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// Its day.
     pub day: Option<Day>,
     /// The features it counted for.
     pub features: Vec<String>,
 }
 
-/// Builds the explanation of `assessment` in `lang`.
+/// Builds the explanation of `assessment` in `lang`. `sources` names the sources by number for
+/// a joined client, so that each resource says where it was read; empty for one source.
 pub fn explain(
     plan: &Plan,
     patient: &str,
     record: &ClientRecord,
     a: &Assessment,
     lang: Lang,
+    sources: &[String],
 ) -> Explanation {
     let m = &plan.mapping;
     let feature_value = |i: usize| FeatureValue {
@@ -290,6 +308,7 @@ pub fn explain(
         .iter()
         .map(|e| EvidenceLine {
             resource: e.reference().to_string(),
+            source: sources.get(usize::from(e.source)).cloned(),
             day: e.day,
             features: (0..m.features.len())
                 .filter(|i| e.features & (1 << i) != 0)
@@ -311,6 +330,7 @@ pub fn explain(
         overlays,
         evidence,
         evidence_total: record.evidence_total,
+        held_by: Vec::new(),
     }
 }
 
@@ -318,9 +338,16 @@ impl Explanation {
     /// The explanation as text for a professional.
     pub fn render(&self) -> String {
         let mut out = format!(
-            "Patient/{}  ·  {}  ·  as of {}\nSegment {}: {}\n  {}\n\nQuestion tree:\n",
+            "Patient/{}  ·  {}  ·  as of {}\nSegment {}: {}\n  {}\n",
             self.patient, self.model, self.as_of, self.segment, self.segment_display, self.guidance
         );
+        if !self.held_by.is_empty() {
+            out.push_str("\nHeld by:\n");
+            for h in &self.held_by {
+                out.push_str(&format!("  {}  Patient/{}\n", h.source, h.patient));
+            }
+        }
+        out.push_str("\nQuestion tree:\n");
         for step in &self.path {
             let mark = if step.held { "→ yes" } else { "  no " };
             out.push_str(&format!("  {mark}  {}: {}\n", step.node, step.because));
@@ -351,8 +378,12 @@ impl Explanation {
             let day = e
                 .day
                 .map_or_else(|| "undated".to_owned(), |d| d.to_string());
+            let at = e
+                .source
+                .as_ref()
+                .map_or_else(String::new, |s| format!(" at {s}"));
             out.push_str(&format!(
-                "  {}  {}  [{}]\n",
+                "  {}  {}{at}  [{}]\n",
                 day,
                 e.resource,
                 e.features.join(", ")

@@ -255,7 +255,7 @@ async fn answer(
         );
         let a = pipeline::assess(plan, &patient, &record, &limits)
             .map_err(|e| Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        let explanation = eval::explain(plan, &patient, &record, &a, lang);
+        let explanation = eval::explain(plan, &patient, &record, &a, lang, &[]);
         let link = state.explanations.put(explanation.render());
         let no_thresholds = fixed.is_none() && !plan.percentiles.is_empty();
         cards.push(card(

@@ -568,3 +568,119 @@ async fn benchmark_size(clients: &str) -> (f64, f64) {
     }
     memory
 }
+
+/// Per identity code, the person's local Patient id in one area's synthetic files.
+fn local_ids(dir: &Path) -> BTreeMap<String, String> {
+    ndjson(&dir.join("Patient.ndjson"))
+        .iter()
+        .map(|p| {
+            let code = p["identifier"][0]["value"].as_str().expect("code");
+            (code.to_owned(), p["id"].as_str().expect("id").to_owned())
+        })
+        .collect()
+}
+
+/// How many Encounters of one area's files refer to `patient`.
+fn contacts(dir: &Path, patient: &str) -> usize {
+    let subject = format!("Patient/{patient}");
+    ndjson(&dir.join("Encounter.ndjson"))
+        .iter()
+        .filter(|e| e["subject"]["reference"] == subject.as_str())
+        .count()
+}
+
+#[test]
+fn explain_shows_a_joined_client_with_the_sources_that_hold_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let areas = ["health", "social", "oral"];
+    let mut inputs = Vec::new();
+    for area in areas {
+        let out = dir.path().join(area);
+        let generated = segmentti(&[
+            "synth",
+            "--clients",
+            CLIENTS,
+            "--seed",
+            "3",
+            "--service-area",
+            area,
+            "--out",
+            out.to_str().expect("utf-8"),
+        ]);
+        assert!(generated.status.success(), "{:?}", text(&generated));
+        inputs.push(out);
+    }
+    let whole = offline(&dir.path().join("whole"));
+    let ids: Vec<BTreeMap<String, String>> = inputs.iter().map(|d| local_ids(d)).collect();
+    // A person with contacts in the health and the social-welfare files: light in each, maybe.
+    let (code, health_id) = (ids[0].iter())
+        .find(|(code, id)| {
+            contacts(&inputs[0], id) > 0
+                && ids[1]
+                    .get(*code)
+                    .is_some_and(|social| contacts(&inputs[1], social) > 0)
+        })
+        .expect("a person with health and social-welfare contacts");
+    let names: Vec<String> = inputs.iter().map(|d| d.display().to_string()).collect();
+    let explain = |patient: &str, json: bool| {
+        let mut args = vec!["explain", "--as-of", "2026-01-01", "--patient", patient];
+        for name in &names {
+            args.extend(["--input", name.as_str()]);
+        }
+        if json {
+            args.push("--json");
+        }
+        segmentti(&args)
+    };
+
+    let output = explain(health_id, true);
+    assert!(output.status.success(), "{:?}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(!stdout.contains(code.as_str()), "an identity code leaked");
+    let explained: Value = serde_json::from_str(&stdout).expect("JSON");
+    let first = &explained[0];
+    let segment = first["segment"].as_str().expect("segment");
+    assert!(
+        whole[code].contains(segment),
+        "joined explain says {segment}, the whole population's run {:?}",
+        whole[code]
+    );
+    let held: Vec<(String, String)> = (first["held_by"].as_array().expect("held_by"))
+        .iter()
+        .map(|h| {
+            let field = |k: &str| h[k].as_str().expect("string").to_owned();
+            (field("source"), field("patient"))
+        })
+        .collect();
+    let expected: Vec<(String, String)> = (0..areas.len())
+        .filter_map(|a| Some((names[a].clone(), ids[a].get(code)?.clone())))
+        .collect();
+    assert_eq!(held, expected);
+    let cited: BTreeSet<&str> = (first["evidence"].as_array().expect("evidence"))
+        .iter()
+        .map(|e| e["source"].as_str().expect("every line names its source"))
+        .collect();
+    assert!(
+        cited.contains(names[0].as_str()) && cited.contains(names[1].as_str()),
+        "evidence from both sources: {cited:?}"
+    );
+
+    let social = format!("{}/Patient/{}", names[1], ids[1][code]);
+    let text_form = explain(&social, false);
+    assert!(text_form.status.success(), "{:?}", text(&text_form));
+    let shown = String::from_utf8_lossy(&text_form.stdout);
+    assert!(
+        shown.contains("Held by:")
+            && shown.contains(&format!("{}  Patient/{}", names[0], health_id))
+    );
+    assert!(shown.contains(&format!("Segment {segment}:")), "{shown}");
+    assert!(!shown.contains(code.as_str()), "an identity code leaked");
+
+    let missing = explain("nobody", false);
+    assert!(!missing.status.success());
+    let (_, stderr) = text(&missing);
+    assert!(
+        stderr.contains("Patient/nobody is in none of the sources"),
+        "{stderr}"
+    );
+}

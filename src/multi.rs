@@ -249,6 +249,7 @@ pub fn read_joined(
                 folds.push(SourceFold {
                     clients: folded.clients,
                     people: folded.people,
+                    base: source.server.as_ref().map(|c| c.base().to_string()),
                 });
             }
             Err(cause) if source.may_be_missing => {
@@ -262,7 +263,7 @@ pub fn read_joined(
                 });
                 folds.push(SourceFold {
                     clients: vec![FxHashMap::default(); plans.len()],
-                    people: FxHashMap::default(),
+                    ..SourceFold::default()
                 });
             }
             Err(cause) => {

@@ -46,7 +46,8 @@ pub struct Fact {
 pub struct Person {
     /// `identifier`: system and value.
     pub identifiers: Vec<(CompactString, CompactString)>,
-    /// `link`: the other Patient's id and the link type (`replaced-by`, `seealso`, ...).
+    /// `link`: the reference to the other Patient as written (`Patient/id`, or an absolute URL
+    /// when it is on another server) and the link type (`replaced-by`, `seealso`, ...).
     pub links: Vec<(CompactString, CompactString)>,
     /// `meta.lastUpdated`.
     pub last_updated: Option<CompactString>,
@@ -549,8 +550,9 @@ fn person(scan: Scan<'_>) -> Option<Box<Person>> {
             .links
             .into_iter()
             .filter_map(|l| {
-                let other = CompactString::new(patient_id(&l.other?.reference?.0)?);
-                Some((other, text(l.kind)?))
+                let other = l.other?.reference?.0;
+                patient_id(&other)?;
+                Some((CompactString::new(other), text(l.kind)?))
             })
             .collect(),
         last_updated: scan.last_updated.map(CompactString::new),

@@ -15,12 +15,13 @@
 //! | Patients of several sources with the same join key | one client: records merged, each source keeps its own Patient for write-back |
 //! | a Patient without an identifier in any join system | a client of its own source only; counted |
 //! | `link` of type `replaced-by` or `seealso` to a Patient of the same source | one client: the linking Patient's data are merged into the target's, and only the target is written to |
+//! | such a link to a Patient of another source (an absolute URL under that server's base) | one client: the two clients are merged and each source keeps its own Patient for write-back, unless the target's client already has a Patient on the linking source (then the link is logged and not followed) |
 //! | two Patients of one source with the same join key and no link between them | the one updated last (`meta.lastUpdated`, then the greater id) is kept; the others are skipped, neither read nor written, and reported with their ids |
 //!
 //! A Patient is one person's only when its identifier says so: the join key covers the first
 //! join system a Patient has, so a client known by the identity code in one system and only
 //! by a county client number in another is two clients (give the systems in an order every
-//! source can meet). Links to Patients of other sources are not followed.
+//! source can meet). A link to a server that is not one of the sources is not followed.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -31,7 +32,7 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use super::ClientRecord;
-use super::extract::Person;
+use super::extract::{Person, patient_id};
 use crate::model::plan::Plan;
 
 /// The Finnish personal identity code, the default join system.
@@ -144,7 +145,8 @@ pub struct Identity {
     pub key: Option<JoinKey>,
     /// `system|value` of that identifier, only with `show_identifiers`.
     pub shown: Option<CompactString>,
-    /// The Patients it names as the same person (`replaced-by`, `seealso`).
+    /// The Patients it names as the same person (`replaced-by`, `seealso`), as referenced:
+    /// `Patient/id`, or an absolute URL.
     pub links: Vec<CompactString>,
     /// `meta.lastUpdated`.
     pub last_updated: Option<CompactString>,
@@ -157,6 +159,16 @@ pub struct SourceFold {
     pub clients: Vec<FxHashMap<CompactString, ClientRecord>>,
     /// The identities of its Patients, by local id.
     pub people: FxHashMap<CompactString, Identity>,
+    /// The server's base URL, for links from other sources to its Patients; `None` for files.
+    pub base: Option<String>,
+}
+
+impl SourceFold {
+    /// The local Patient id `reference` names when it points into this source: relative, or
+    /// absolute under its base.
+    fn local<'r>(&self, reference: &'r str) -> Option<&'r str> {
+        points_into(self.base.as_deref(), reference)
+    }
 }
 
 /// Where one client is held: a source, its Patient there, and how many of the source's
@@ -193,6 +205,8 @@ pub struct JoinReport {
     pub clients: u64,
     /// Clients held by more than one source.
     pub in_several: u64,
+    /// Clients merged because a Patient links to a Patient of another source.
+    pub linked_across: u64,
 }
 
 /// What the join did with one source's Patients.
@@ -231,9 +245,24 @@ pub fn join(sources: Vec<SourceFold>, plans: &[Plan]) -> Joined {
         clients: vec![FxHashMap::default(); plans.len()],
         ..Joined::default()
     };
+    let bases: Vec<Option<String>> = sources.iter().map(|s| s.base.clone()).collect();
+    // Per source, the client of each of its Patients; and the links that leave their source,
+    // followed once every source's clients are known.
+    let mut client_of: Vec<FxHashMap<CompactString, CompactString>> = Vec::new();
+    let mut leaving: Vec<(usize, CompactString, CompactString)> = Vec::new();
     for (s, mut source) in sources.into_iter().enumerate() {
         let (clients, report) = groups(s, &source);
+        let mut theirs = FxHashMap::default();
         for (client, members) in clients {
+            for member in &members {
+                theirs.insert(member.clone(), client.clone());
+                let links = source.people.get(member).map(|i| i.links.as_slice());
+                for link in links.unwrap_or_default() {
+                    if source.local(link).is_none() {
+                        leaving.push((s, client.clone(), link.clone()));
+                    }
+                }
+            }
             let mut evidence = Vec::with_capacity(plans.len());
             for (p, plan) in plans.iter().enumerate() {
                 let mut record: Option<ClientRecord> = None;
@@ -263,11 +292,83 @@ pub fn join(sources: Vec<SourceFold>, plans: &[Plan]) -> Joined {
                 evidence,
             });
         }
+        client_of.push(theirs);
         joined.report.sources.push(report);
     }
+    follow_links(&mut joined, plans, &bases, &client_of, leaving);
     joined.report.clients = joined.holders.len() as u64;
     joined.report.in_several = joined.holders.values().filter(|h| h.len() > 1).count() as u64;
     joined
+}
+
+/// Merges the clients that `leaving` links (source, client, reference) join to a Patient of
+/// another source, in link order; a client merged away is followed to where it went.
+fn follow_links(
+    joined: &mut Joined,
+    plans: &[Plan],
+    bases: &[Option<String>],
+    client_of: &[FxHashMap<CompactString, CompactString>],
+    leaving: Vec<(usize, CompactString, CompactString)>,
+) {
+    let mut moved: FxHashMap<CompactString, CompactString> = FxHashMap::default();
+    let resolve = |moved: &FxHashMap<CompactString, CompactString>, mut client: CompactString| {
+        while let Some(next) = moved.get(&client) {
+            client = next.clone();
+        }
+        client
+    };
+    for (s, from, reference) in leaving {
+        let target = (0..bases.len()).filter(|&t| t != s).find_map(|t| {
+            let id = points_into(bases[t].as_deref(), &reference)?;
+            client_of[t].get(id)
+        });
+        let Some(to) = target else { continue };
+        let (from, to) = (resolve(&moved, from), resolve(&moved, to.clone()));
+        let (Some(theirs), Some(ours)) = (joined.holders.get(&from), joined.holders.get(&to))
+        else {
+            continue;
+        };
+        if from == to {
+            continue;
+        }
+        if theirs
+            .iter()
+            .any(|h| ours.iter().any(|o| o.source == h.source))
+        {
+            tracing::warn!(source = s, client = %from, "a Patient links to a client that already has a Patient on its source; the link is not followed");
+            continue;
+        }
+        let theirs = joined.holders.remove(&from).unwrap_or_default();
+        let into = joined.holders.entry(to.clone()).or_default();
+        into.extend(theirs);
+        into.sort_by_key(|h| h.source);
+        for (p, plan) in plans.iter().enumerate() {
+            let Some(record) = joined.clients[p].remove(&from) else {
+                continue;
+            };
+            match joined.clients[p].get_mut(&to) {
+                Some(into) => into.merge(plan, record),
+                None => {
+                    joined.clients[p].insert(to.clone(), record);
+                }
+            }
+        }
+        moved.insert(from, to);
+        joined.report.linked_across += 1;
+    }
+}
+
+/// The Patient id `reference` names when it points into a source with `base`: relative
+/// references point into every source (their own), absolute ones into the one whose base
+/// they start with.
+fn points_into<'r>(base: Option<&str>, reference: &'r str) -> Option<&'r str> {
+    let id = patient_id(reference)?;
+    if !reference.contains("://") {
+        return Some(id);
+    }
+    let base = base?.trim_end_matches('/');
+    let rest = reference.strip_prefix(base)?;
+    rest.starts_with('/').then_some(id)
 }
 
 /// One source's clients: client id → its local Patients, the one written to first, in a
@@ -285,10 +386,10 @@ fn groups(
     // A link to a Patient of this source makes the linking one a member of the target's
     // group; chains are followed, and a cycle ends at its smallest id.
     let parent = |id: &CompactString| -> Option<&CompactString> {
-        identity(id)?
-            .links
-            .iter()
-            .find(|other| *other != id && first.contains_key(*other))
+        (identity(id)?.links.iter())
+            .filter_map(|link| source.local(link))
+            .filter(|other| *other != id.as_str())
+            .find_map(|other| first.get_key_value(other).map(|(key, _)| key))
     };
     let root = |id: &CompactString| -> CompactString {
         let mut path = vec![id];
@@ -392,6 +493,7 @@ mod tests {
         SourceFold {
             clients: vec![clients],
             people: ids,
+            base: None,
         }
     }
 
@@ -420,7 +522,7 @@ mod tests {
                 ("h3", person(Some("B"), &[], "2025-06-01")),
                 ("h4", person(None, &[], "2025-01-01")),
                 // Replaced by h1: merged into it.
-                ("h5", person(None, &["h1"], "2025-01-01")),
+                ("h5", person(None, &["Patient/h1"], "2025-01-01")),
             ],
         );
         let social = source(&plan, &[("s1", person(Some("A"), &[], "2025-01-01"))]);
@@ -450,5 +552,71 @@ mod tests {
         assert_eq!(report.duplicates[0].skipped, ["h2"]);
         assert_eq!(report.duplicates[0].identifier, None);
         assert_eq!(joined.report.in_several, 1);
+    }
+
+    #[test]
+    fn links_to_patients_of_other_servers_merge_their_clients() {
+        let plan = plan();
+        let base = |s: &str| Some(format!("http://{s}.example/fhir/"));
+        let mut health = source(
+            &plan,
+            &[
+                ("h1", person(None, &[], "2025-01-01")),
+                ("h2", person(Some("B"), &[], "2025-01-01")),
+            ],
+        );
+        health.base = base("health");
+        let mut social = source(
+            &plan,
+            &[
+                // No identity code, but the same person as h1 on the health server.
+                (
+                    "s1",
+                    person(
+                        None,
+                        &["http://health.example/fhir/Patient/h1"],
+                        "2025-01-01",
+                    ),
+                ),
+                // Links to a server that is not a source: not followed.
+                (
+                    "s2",
+                    person(
+                        None,
+                        &["http://elsewhere.example/fhir/Patient/h1"],
+                        "2025-01-01",
+                    ),
+                ),
+                // B here too, and linked to h2, which is B already: nothing more to merge.
+                (
+                    "s3",
+                    person(
+                        Some("B"),
+                        &["http://health.example/fhir/Patient/h2"],
+                        "2025-01-01",
+                    ),
+                ),
+            ],
+        );
+        social.base = base("social");
+        let joined = join(vec![health, social], std::slice::from_ref(&plan));
+        let holders = |k: &str| {
+            joined.holders[k]
+                .iter()
+                .map(|h| (h.source, h.patient.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let at = |s: usize, id: &str| (s, id.to_owned());
+        assert_eq!(holders("0:h1"), [at(0, "h1"), at(1, "s1")]);
+        assert_eq!(joined.clients[0]["0:h1"].resources, 2, "h1 and s1");
+        assert!(!joined.clients[0].contains_key("1:s1"));
+        assert_eq!(holders("1:s2"), [at(1, "s2")]);
+        let key_b = spec().key_of(IDENTITY_CODE, "B").to_string();
+        assert_eq!(holders(&key_b), [at(0, "h2"), at(1, "s3")]);
+        assert_eq!(
+            joined.report.linked_across, 1,
+            "s3's link is already met by its key"
+        );
+        assert_eq!(joined.holders.len(), 3);
     }
 }

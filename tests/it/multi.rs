@@ -2,7 +2,8 @@
 //! over a health-care, a social-welfare and an oral-health server (`synth --service-area`),
 //! joined on the identity code. The joined segments equal an offline run over the whole
 //! population; each server's Flags and Observations refer to its own resources only; a rerun
-//! writes nothing; duplicate and linked Patients follow the documented rules; a source down
+//! writes nothing; duplicate and linked Patients (on one server and across two) follow the
+//! documented rules; `explain` shows a joined client with the sources that hold it; a source down
 //! for reads stops the run before anything is written (unless `--allow-partial`), and a target
 //! down for writes (a scripted mock) fails alone with exit code 7.
 
@@ -317,11 +318,16 @@ async fn duplicates_are_reported_links_honoured_and_one_system_clients_written()
         ],
     )
     .await;
+    // On B: two of A's people by identity code, and A's `anon` again, known to B only by a link
+    // to A's Patient.
+    let mut b3 = patient("b3", None, None);
+    b3["link"] = json!([{"other": {"reference": format!("{}Patient/anon", a.base_url())}, "type": "seealso"}]);
     put(
         &b,
         &[
             patient("b1", Some("010150-901H"), None),
             patient("b2", Some("020250-9021"), None),
+            b3,
         ],
     )
     .await;
@@ -344,7 +350,11 @@ async fn duplicates_are_reported_links_honoured_and_one_system_clients_written()
         duplicates[0].get("identifier").is_none(),
         "no identity code without --show-identifiers"
     );
-    assert_eq!(run["join"]["clients"], 4, "010150, 020250, anon, only-a");
+    assert_eq!(
+        run["join"]["clients"], 4,
+        "010150, 020250, anon (with b3), only-a"
+    );
+    assert_eq!(run["join"]["linked_across"], 1, "b3 to A's anon");
     let (stdout, stderr) = text(&output);
     assert!(!stdout.contains("010150-901H") && !stderr.contains("010150-901H"));
 
@@ -357,7 +367,12 @@ async fn duplicates_are_reported_links_honoured_and_one_system_clients_written()
         "no Flag for the skipped duplicate d1 nor the replaced r1"
     );
     let on_b = flag_subjects(&b).await;
-    assert_eq!(on_b, ["Patient/b1", "Patient/b2"].map(String::from).into());
+    assert_eq!(
+        on_b,
+        ["Patient/b1", "Patient/b2", "Patient/b3"]
+            .map(String::from)
+            .into()
+    );
     // r1's emergency visit counted for r2's client, and B's Observation says it was elsewhere.
     let b2 = all(&b, "Observation")
         .await

@@ -497,6 +497,17 @@ mod tests {
         }
     }
 
+    /// Where client `k` is held: (source, Patient id).
+    fn holders(joined: &Joined, k: &str) -> Vec<(usize, String)> {
+        (joined.holders[k].iter())
+            .map(|h| (h.source, h.patient.to_string()))
+            .collect()
+    }
+
+    fn at(s: usize, id: &str) -> (usize, String) {
+        (s, id.to_owned())
+    }
+
     #[test]
     fn keys_are_keyed_and_never_the_code() {
         let a = spec().key_of(IDENTITY_CODE, "010101-9001");
@@ -529,13 +540,7 @@ mod tests {
         let joined = join(vec![health, social], std::slice::from_ref(&plan));
         let key_a = spec().key_of(IDENTITY_CODE, "A").to_string();
         let key_b = spec().key_of(IDENTITY_CODE, "B").to_string();
-        let holders = |k: &str| {
-            joined.holders[k]
-                .iter()
-                .map(|h| (h.source, h.patient.to_string()))
-                .collect::<Vec<_>>()
-        };
-        let at = |s: usize, id: &str| (s, id.to_owned());
+        let holders = |k: &str| holders(&joined, k);
         assert_eq!(holders(&key_a), [at(0, "h1"), at(1, "s1")]);
         assert_eq!(holders(&key_b), [at(0, "h3")]);
         assert_eq!(holders("0:h4"), [at(0, "h4")]);
@@ -600,13 +605,7 @@ mod tests {
         );
         social.base = base("social");
         let joined = join(vec![health, social], std::slice::from_ref(&plan));
-        let holders = |k: &str| {
-            joined.holders[k]
-                .iter()
-                .map(|h| (h.source, h.patient.to_string()))
-                .collect::<Vec<_>>()
-        };
-        let at = |s: usize, id: &str| (s, id.to_owned());
+        let holders = |k: &str| holders(&joined, k);
         assert_eq!(holders("0:h1"), [at(0, "h1"), at(1, "s1")]);
         assert_eq!(joined.clients[0]["0:h1"].resources, 2, "h1 and s1");
         assert!(!joined.clients[0].contains_key("1:s1"));

@@ -158,20 +158,22 @@ async fn cites_only_its_own(server: &TestServer) {
     assert!(cited > 0, "{} cites nothing", server.base_url());
 }
 
+/// The test population (or one service area's view of it) as files in `out`.
+fn synth_files(out: &Path, area: Option<&str>) {
+    let mut args = vec!["synth", "--clients", CLIENTS, "--seed", "3"];
+    if let Some(area) = area {
+        args.extend(["--service-area", area]);
+    }
+    args.extend(["--out", out.to_str().expect("utf-8")]);
+    let generated = segmentti(&args);
+    assert!(generated.status.success(), "{:?}", text(&generated));
+}
+
 /// Per identity code, the codes of the offline run's Flags over the whole population.
 fn offline(dir: &Path) -> BTreeMap<String, BTreeSet<String>> {
     let input = dir.join("input");
     let out = dir.join("out");
-    let generated = segmentti(&[
-        "synth",
-        "--clients",
-        CLIENTS,
-        "--seed",
-        "3",
-        "--out",
-        input.to_str().expect("utf-8"),
-    ]);
-    assert!(generated.status.success(), "{:?}", text(&generated));
+    synth_files(&input, None);
     let run = crate::support::run_files(&input, &out, &[]);
     assert!(run.status.success(), "{:?}", text(&run));
     let codes: BTreeMap<String, String> = ndjson(&input.join("Patient.ndjson"))
@@ -611,18 +613,7 @@ fn explain_shows_a_joined_client_with_the_sources_that_hold_it() {
     let mut inputs = Vec::new();
     for area in areas {
         let out = dir.path().join(area);
-        let generated = segmentti(&[
-            "synth",
-            "--clients",
-            CLIENTS,
-            "--seed",
-            "3",
-            "--service-area",
-            area,
-            "--out",
-            out.to_str().expect("utf-8"),
-        ]);
-        assert!(generated.status.success(), "{:?}", text(&generated));
+        synth_files(&out, Some(area));
         inputs.push(out);
     }
     let whole = offline(&dir.path().join("whole"));

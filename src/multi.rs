@@ -21,9 +21,12 @@ use tracing::{info, warn};
 
 use crate::fhir::FhirClient;
 use crate::model::Plan;
-use crate::pipeline::{self, Input, ModelSummary, OnInvalid, Rejected, RunOptions, View, Views};
+use crate::pipeline::{
+    self, Input, ModelSummary, OnInvalid, Rejected, RunOptions, Threshold, View, Views,
+};
 use crate::record::ClientRecord;
 use crate::record::join::{self, Holder, JoinReport, JoinSpec, SourceFold};
+use crate::shard::Shard;
 use crate::sink::fanout::{FanOut, TargetOutcome};
 use crate::sink::fhir::{FhirSink, FhirSinkError};
 use crate::writeback::Elsewhere;
@@ -65,6 +68,11 @@ pub struct MultiOptions {
     pub on_invalid: OnInvalid,
     /// How clients are joined.
     pub join: Arc<JoinSpec>,
+    /// Only the clients of this shard are assessed and written, by a hash of their client id
+    /// (the join key, so the join key must be the same in every shard). Every shard reads and
+    /// joins every source, so their population thresholds agree without a first pass; what
+    /// shards divide is the writing, which is what takes a joined run its time.
+    pub shard: Option<Shard>,
 }
 
 /// What was read from one source.
@@ -295,9 +303,21 @@ pub fn run(options: &MultiOptions, plans: &[Plan]) -> Result<MultiReport, MultiE
     let ReadJoined {
         reads,
         rejected,
-        joined,
+        mut joined,
     } = read_joined(&options.sources, &options.join, options.on_invalid, plans)?;
     let rss_after_join_bytes = crate::bench::rss_bytes();
+    // With a shard, the thresholds are the whole population's, taken before the other shards'
+    // clients are dropped.
+    let mut fixed: Vec<Option<Vec<Threshold>>> = vec![None; plans.len()];
+    if let Some(shard) = options.shard {
+        for (p, plan) in plans.iter().enumerate() {
+            let values = pipeline::population_thresholds(plan, &joined.clients[p]);
+            fixed[p] = Some(pipeline::threshold_list(plan, &values));
+            joined.clients[p].retain(|client, _| shard.holds(client));
+        }
+        joined.holders.retain(|client, _| shard.holds(client));
+        info!(%shard, clients = joined.holders.len(), "the shard's clients");
+    }
     // Source number → target number, for the servers written to.
     let mut target_of = vec![None; options.sources.len()];
     let mut targets = Vec::new();
@@ -329,8 +349,13 @@ pub fn run(options: &MultiOptions, plans: &[Plan]) -> Result<MultiReport, MultiE
         };
         let (summary, written) = std::thread::scope(|scope| {
             let mut fan = FanOut::start(scope, plan, sinks);
-            let summary =
-                pipeline::evaluate_views(plan, &joined.clients[p], &views, &mut fan, None);
+            let summary = pipeline::evaluate_views(
+                plan,
+                &joined.clients[p],
+                &views,
+                &mut fan,
+                fixed[p].as_deref(),
+            );
             (summary, fan.finish())
         });
         let targets = written

@@ -754,16 +754,7 @@ pub fn evaluate_views<S: Sink + Send>(
         total_cost: plan.cost_feature.map(|_| total_cost),
         top_decile_cost_share,
         written,
-        thresholds: plan
-            .percentiles
-            .iter()
-            .zip(&thresholds)
-            .map(|(&(f, percent), &value)| Threshold {
-                feature: plan.features[f].id.clone(),
-                percent,
-                value,
-            })
-            .collect(),
+        thresholds: threshold_list(plan, &thresholds),
         cost_concentration,
         age_bands,
         service_areas,
@@ -823,6 +814,18 @@ pub fn population_thresholds(
         return Vec::new();
     }
     eval::thresholds(plan, clients.values().map(|r| r.values(plan)))
+}
+
+/// `plan`'s `top_percent` thresholds as kept between runs and shards, from their values in
+/// the plan's order.
+pub fn threshold_list(plan: &Plan, values: &[Option<f64>]) -> Vec<Threshold> {
+    (plan.percentiles.iter().zip(values))
+        .map(|(&(f, percent), &value)| Threshold {
+            feature: plan.features[f].id.clone(),
+            percent,
+            value,
+        })
+        .collect()
 }
 
 /// `plan`'s `top_percent` thresholds, in its order, from thresholds kept elsewhere (a checkpoint,

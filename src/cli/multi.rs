@@ -25,6 +25,9 @@ use segmentti::sink::fanout::TargetOutcome;
 
 use super::{ExplainArgs, ModelArgs, RunArgs};
 
+/// The environment variable holding the join key.
+const JOIN_KEY_VAR: &str = "SEGMENTTI_JOIN_KEY";
+
 /// Exit code: done, but some write targets could not be written (named on stderr).
 pub const EXIT_TARGET_FAILED: u8 = 7;
 
@@ -158,15 +161,22 @@ pub fn run(args: &RunArgs, plans: &[Plan]) -> Result<ExitCode> {
             "several sources are joined into whole clients and need --write-to\nhint: --write-to each writes to every server that holds the client, --write-to URL to one of them"
         );
     };
-    if args.shard.is_some()
-        || args.thresholds.is_some()
+    if args.thresholds.is_some()
         || args.state.is_some()
         || args.bulk.bulk.is_some()
         || args.models.server.since.is_some()
         || !args.models.server.patients.is_empty()
     {
         bail!(
-            "--shard, --thresholds, --state, --bulk, --since and --patient do not go with several sources yet\nhint: run the joined sources in full"
+            "--thresholds, --state, --bulk, --since and --patient do not go with several sources yet\nhint: run the joined sources in full (--shard divides the writing)"
+        );
+    }
+    if args.shard.is_some()
+        && join.join_key_file.is_none()
+        && std::env::var_os(JOIN_KEY_VAR).is_none()
+    {
+        bail!(
+            "--shard with several sources needs the join key: shards are chosen by it, and a random key per process would give each shard other clients\nhint: give every shard the same --join-key-file or {JOIN_KEY_VAR}"
         );
     }
     let named = Sources::from_flags(&args.models, join)?;
@@ -186,6 +196,7 @@ pub fn run(args: &RunArgs, plans: &[Plan]) -> Result<ExitCode> {
         dry_run: args.dry_run,
         on_invalid: args.on_invalid,
         join: spec(join)?,
+        shard: args.shard,
     };
     let report = multi::run(&options, plans)?;
     if args.json {
@@ -233,7 +244,7 @@ fn join_key(join: &JoinArgs) -> Result<Vec<u8>> {
             .with_context(|| format!("cannot read the join key file {}", path.display()))?;
         return Ok(key.trim_ascii().to_vec());
     }
-    if let Ok(key) = std::env::var("SEGMENTTI_JOIN_KEY") {
+    if let Ok(key) = std::env::var(JOIN_KEY_VAR) {
         return Ok(key.trim().as_bytes().to_vec());
     }
     tracing::info!(

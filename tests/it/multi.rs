@@ -407,6 +407,55 @@ async fn duplicates_are_reported_links_honoured_and_one_system_clients_written()
 }
 
 #[tokio::test]
+async fn shards_of_a_joined_run_write_what_one_run_writes() {
+    let (health, social) = tokio::join!(TestServer::start(), TestServer::start());
+    load(&health, "health", CLIENTS);
+    load(&social, "social", CLIENTS);
+    let urls = [health.base_url(), social.base_url()].map(|u| u.to_string());
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+
+    // Without a join key each shard process would draw its own, and choose other clients.
+    let mut keyless = vec!["run", "--write-to", "each", "--shard", "0/2"];
+    for url in &urls {
+        keyless.extend(["--server", url]);
+    }
+    let refused = segmentti(&keyless);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).1.contains("needs the join key"),
+        "{:?}",
+        text(&refused)
+    );
+
+    let mut segments: BTreeMap<String, u64> = BTreeMap::new();
+    let mut clients = Vec::new();
+    for shard in ["0/2", "1/2"] {
+        let (output, run) = joined(&urls, &["--shard", shard]).await;
+        assert!(output.status.success(), "{:?}", text(&output));
+        let summary = &run["models"][0]["summary"];
+        clients.push(summary["clients"].as_u64().expect("clients"));
+        for s in summary["segments"].as_array().expect("segments") {
+            *segments.entry(s["code"].to_string()).or_default() += s["count"].as_u64().expect("n");
+        }
+    }
+    assert_eq!(clients.iter().sum::<u64>(), 90, "{clients:?}");
+    assert!(clients.iter().all(|&n| n > 0), "{clients:?}");
+
+    // One unsharded run finds everything written, and the same segments.
+    let (output, whole) = joined(&urls, &[]).await;
+    assert!(output.status.success(), "{:?}", text(&output));
+    for t in targets(&whole) {
+        assert_wrote_nothing(&t["outcome"]["written"], &whole);
+    }
+    let unsharded: BTreeMap<String, u64> = (whole["models"][0]["summary"]["segments"].as_array())
+        .expect("segments")
+        .iter()
+        .map(|s| (s["code"].to_string(), s["count"].as_u64().expect("n")))
+        .collect();
+    assert_eq!(segments, unsharded);
+}
+
+#[tokio::test]
 async fn a_source_down_for_reads_stops_the_run_unless_it_may_be_missing() {
     let (health, social) = tokio::join!(TestServer::start(), TestServer::start());
     load(&health, "health", "30");

@@ -1,11 +1,15 @@
 //! Results as files in an output directory: `Observation.ndjson` and `Flag.ndjson` (one
 //! resource per line, ready for Bulk Data import), `rejected.ndjson` and `summary.json`. Files
-//! are written under temporary names and renamed at [`FileSink::finish`], so a directory never
-//! holds a half-written result next to a complete one.
+//! are written under temporary names, made durable and renamed at [`FileSink::finish`], so a
+//! directory never holds a half-written result next to a complete one. A thread of its own
+//! asks the disk to write what has been written so far every [`SYNC_EVERY`] bytes, so the
+//! disk works while the run computes and the final sync has little left to do.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 
 use serde::Serialize;
 
@@ -15,11 +19,21 @@ use crate::pipeline::Rejected;
 
 const FILES: [&str; 3] = ["Observation.ndjson", "Flag.ndjson", "rejected.ndjson"];
 
+/// Bytes written to one file between two requests to sync it.
+pub const SYNC_EVERY: u64 = 64 << 20;
+
 /// The output directory being written.
 #[derive(Debug)]
 pub struct FileSink {
     dir: PathBuf,
     writers: Vec<BufWriter<File>>,
+    /// Per file, bytes written since the last sync request.
+    unsynced: [u64; 3],
+    /// Sync requests (file numbers) to the thread that makes them; it gives back the first
+    /// failure, which the final sync might not see again (a failed writeback is reported once
+    /// per open file, and that thread holds the same one).
+    syncs: mpsc::Sender<usize>,
+    syncer: JoinHandle<Result<(), (usize, std::io::Error)>>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SinkError + '_ {
@@ -37,19 +51,46 @@ impl FileSink {
     /// Creates `dir` if needed and opens the temporary files.
     pub fn create(dir: &Path) -> Result<Self, SinkError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let writers = FILES
-            .iter()
-            .map(|name| {
-                let path = partial(dir, name);
-                File::create(&path)
-                    .map(|f| BufWriter::with_capacity(1 << 20, f))
-                    .map_err(io(&path))
-            })
-            .collect::<Result<_, _>>()?;
+        let mut writers = Vec::new();
+        let mut clones = Vec::new();
+        for name in FILES {
+            let path = partial(dir, name);
+            let file = File::create(&path).map_err(io(&path))?;
+            clones.push(file.try_clone().map_err(io(&path))?);
+            writers.push(BufWriter::with_capacity(1 << 20, file));
+        }
+        let (syncs, requests) = mpsc::channel::<usize>();
+        let syncer = std::thread::spawn(move || {
+            for file in requests {
+                clones[file].sync_data().map_err(|e| (file, e))?;
+            }
+            Ok(())
+        });
         Ok(Self {
             dir: dir.to_owned(),
             writers,
+            unsynced: [0; 3],
+            syncs,
+            syncer,
         })
+    }
+
+    /// Writes `bytes` to file `file`, asking for a sync every [`SYNC_EVERY`] bytes.
+    fn write(&mut self, file: usize, bytes: &[u8]) -> Result<(), SinkError> {
+        self.writers[file]
+            .write_all(bytes)
+            .map_err(|source| SinkError::Io {
+                path: partial(&self.dir, FILES[file]),
+                source,
+            })?;
+        self.unsynced[file] += bytes.len() as u64;
+        if self.unsynced[file] >= SYNC_EVERY {
+            self.unsynced[file] = 0;
+            // Only what reached the file is synced; the buffer's rest waits for the next one.
+            // A syncer gone has failed, and finish reports why.
+            let _ = self.syncs.send(file);
+        }
+        Ok(())
     }
 
     fn line(
@@ -69,6 +110,19 @@ impl FileSink {
 
     /// Writes `summary.json`, flushes everything and moves the files into place.
     pub fn finish(self, summary: &impl Serialize) -> Result<(), SinkError> {
+        drop(self.syncs);
+        let synced = self.syncer.join().unwrap_or_else(|_| {
+            Err((
+                0,
+                std::io::Error::other("the thread syncing the output panicked"),
+            ))
+        });
+        if let Err((file, source)) = synced {
+            return Err(SinkError::Io {
+                path: partial(&self.dir, FILES[file]),
+                source,
+            });
+        }
         for (writer, name) in self.writers.into_iter().zip(FILES) {
             let path = partial(&self.dir, name);
             let file = writer.into_inner().map_err(|e| SinkError::Io {
@@ -117,11 +171,8 @@ impl Sink for FileSink {
     }
 
     fn client(&mut self, _plan: &Plan, lines: Lines) -> Result<(), SinkError> {
-        for (file, bytes) in [(0, &lines.observation), (1, &lines.flags)] {
-            let path = partial(&self.dir, FILES[file]);
-            self.writers[file].write_all(bytes).map_err(io(&path))?;
-        }
-        Ok(())
+        self.write(0, &lines.observation)?;
+        self.write(1, &lines.flags)
     }
 
     fn rejected(&mut self, rejected: &Rejected) -> Result<(), SinkError> {

@@ -214,7 +214,7 @@ pub fn fold(
             COUNTERS.read.fetch_add(batch.origins.len() as u64, Relaxed);
             let mut results = batch.results.into_iter();
             for origin in batch.origins {
-                let mut rejection = None;
+                let (mut rejection, mut folded) = (None, false);
                 for (p, fold) in folds.iter_mut().enumerate() {
                     let outcome = results.next().map(|fact| {
                         fact.and_then(|f| {
@@ -229,11 +229,17 @@ pub fn fold(
                             })
                         })
                     });
-                    if let Some(Err(r)) = outcome {
-                        rejection.get_or_insert(r);
+                    match outcome {
+                        Some(Err(r)) => _ = rejection.get_or_insert(r),
+                        Some(Ok(())) => folded = true,
+                        None => {}
                     }
                 }
                 let Some(r) = rejection else { continue };
+                // An Observation that one model reads and another does not is no fault.
+                if folded && r.other_type.is_some() {
+                    continue;
+                }
                 if let (true, Some(kind)) = (options.ignore_other_types, &r.other_type) {
                     *ignored.entry(kind.to_string()).or_default() += 1;
                     continue;

@@ -852,27 +852,33 @@ fn check_command(files: &[PathBuf]) -> Result<ExitCode> {
     let mut failed = 0;
     for file in files {
         match load::check_file(file) {
-            Ok(load::Loaded::Model(m)) => println!(
-                "{}: ok ({} {}, {} features, {} criteria, {} segments, {} tree nodes, {} overlays)",
-                file.display(),
-                m.id,
-                m.version,
-                m.features.len(),
-                m.criteria.len(),
-                m.segments.len(),
-                m.tree.len(),
-                m.overlays.len()
-            ),
-            Ok(load::Loaded::Fragment(f)) => println!(
-                "{}: ok (included file {} {}, {} code lists, {} features, {} overlays, {} service areas)",
-                file.display(),
-                f.fragment,
-                f.version,
-                f.code_lists.len(),
-                f.features.len(),
-                f.overlays.len(),
-                f.service_areas.len()
-            ),
+            Ok(load::Loaded::Model(m)) => {
+                println!(
+                    "{}: ok ({} {}, {} features, {} criteria, {} segments, {} tree nodes, {} overlays)",
+                    file.display(),
+                    m.id,
+                    m.version,
+                    m.features.len(),
+                    m.criteria.len(),
+                    m.segments.len(),
+                    m.tree.len(),
+                    m.overlays.len()
+                );
+                print_data_notes(&m.features);
+            }
+            Ok(load::Loaded::Fragment(f)) => {
+                println!(
+                    "{}: ok (included file {} {}, {} code lists, {} features, {} overlays, {} service areas)",
+                    file.display(),
+                    f.fragment,
+                    f.version,
+                    f.code_lists.len(),
+                    f.features.len(),
+                    f.overlays.len(),
+                    f.service_areas.len()
+                );
+                print_data_notes(&f.features);
+            }
             Err(e) => {
                 failed += 1;
                 eprintln!("{e}");
@@ -883,6 +889,13 @@ fn check_command(files: &[PathBuf]) -> Result<ExitCode> {
         bail!("{failed} of {} mapping file(s) have problems", files.len());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a checked model reads beyond Patient, Encounter and Condition, indented under its line.
+fn print_data_notes(features: &[segmentti::model::mapping::Feature]) {
+    for note in segmentti::model::check::data_notes(features) {
+        println!("  {note}");
+    }
 }
 
 fn test_mapping_command(files: &[PathBuf]) -> Result<ExitCode> {

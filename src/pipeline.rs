@@ -187,7 +187,8 @@ pub fn fold(
     let mut failure: Option<PipelineError> = None;
     let mut people = rustc_hash::FxHashMap::default();
     let read = std::thread::scope(|scope| {
-        let reader = scope.spawn(move || read_input(reader_input, raw_tx));
+        let kinds = crate::model::plan::kinds_read(plans);
+        let reader = scope.spawn(move || read_input(reader_input, &kinds, raw_tx));
         // The extraction loop runs on a rayon worker, so the thread that splits a batch also
         // takes part in extracting it instead of waiting for the other workers.
         scope.spawn(move || {
@@ -348,8 +349,13 @@ fn in_shard(
     }
 }
 
-/// The reader stage: the whole input, batch by batch, into `tx`.
-fn read_input(input: Input, tx: mpsc::SyncSender<Batch>) -> Result<(), PipelineError> {
+/// The reader stage: the whole input, batch by batch, into `tx`; from a server, the resources
+/// of `kinds` only (the types the models read).
+fn read_input(
+    input: Input,
+    kinds: &[crate::types::ResourceKind],
+    tx: mpsc::SyncSender<Batch>,
+) -> Result<(), PipelineError> {
     let mut send = |batch: Batch| tx.send(batch).map_err(|_| "the run stopped".to_owned());
     match input {
         Input::Files(path) => Ok(crate::source::files::read(&path, send)?),
@@ -362,6 +368,7 @@ fn read_input(input: Input, tx: mpsc::SyncSender<Batch>) -> Result<(), PipelineE
             Ok(runtime.block_on(crate::source::search::read(
                 &server.client,
                 &server.options,
+                kinds,
                 &mut send,
             ))?)
         }

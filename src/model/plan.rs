@@ -929,6 +929,15 @@ impl Plan {
     }
 }
 
+/// Every resource type any of `plans` reads, in [`ResourceKind::ALL`]'s order: what a source
+/// asks a server for.
+pub fn kinds_read(plans: &[Plan]) -> Vec<ResourceKind> {
+    ResourceKind::ALL
+        .into_iter()
+        .filter(|k| plans.iter().any(|p| p.reads_kind(*k)))
+        .collect()
+}
+
 /// The value of `result`, or `None` with its error recorded.
 fn keep<T>(errors: &mut Vec<CompileError>, result: Result<T, CompileError>) -> Option<T> {
     result.map_err(|e| errors.push(e)).ok()

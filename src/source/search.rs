@@ -1,11 +1,14 @@
 //! A live FHIR server through paged search: Patients page by page (`_count`, following `next`
-//! links on the same origin only), then for each page of Patients their Encounters and
-//! Conditions (`patient=Patient/a,Patient/b`, typed for an indexed match: see
-//! [`patient_references`]), several pages of Patients at once (`--concurrency`). Each page
-//! is handed on as soon as it has arrived, so memory holds a few pages, not the server.
+//! links on the same origin only), then for each page of Patients their resources of every type
+//! the models read (`patient=Patient/a,Patient/b`, typed for an indexed match: see
+//! [`patient_references`]): Encounters and Conditions always, Observations, EpisodeOfCares,
+//! Claims and ExplanationOfBenefits only for a model that names them, so a model without such
+//! features makes no request more. Several pages of Patients are read at once
+//! (`--concurrency`). Each page is handed on as soon as it has arrived, so memory holds a few
+//! pages, not the server.
 //!
 //! An incremental run (`since`) first asks which clients have anything newer (`_lastUpdated`
-//! on Patient, Encounter and Condition) and then reads those clients' whole history: a segment
+//! on Patient and on every type read) and then reads those clients' whole history: a segment
 //! depends on all of it, not on the changes alone.
 
 use std::collections::BTreeSet;
@@ -18,6 +21,7 @@ use tracing::{debug, info};
 use super::{Batch, Item, Origin, Payload};
 use crate::fhir::{FhirClient, FhirError, matches, patient_references};
 use crate::record::extract::patient_id;
+use crate::types::ResourceKind;
 
 /// How to read.
 #[derive(Debug, Clone)]
@@ -63,16 +67,25 @@ pub enum SearchError {
     Stopped(String),
 }
 
-/// Reads the clients of `client` per `options`, handing batches of items to `emit`.
+/// Reads the clients of `client` per `options` with their resources of `kinds` (the types the
+/// models read; Patient is read in any case), handing batches of items to `emit`.
 pub async fn read(
     client: &FhirClient,
     options: &SearchOptions,
+    kinds: &[ResourceKind],
     emit: &mut (dyn FnMut(Batch) -> Result<(), String> + Send),
 ) -> Result<(), SearchError> {
     let size = options.page_size.to_string();
-    let related = related_page_size(options.page_size).to_string();
+    let related = Related {
+        kinds: kinds
+            .iter()
+            .copied()
+            .filter(|k| *k != ResourceKind::Patient)
+            .collect(),
+        size: related_page_size(options.page_size).to_string(),
+    };
     let chosen: Option<Vec<String>> = match &options.since {
-        Some(since) => Some(changed_since(client, since, &size).await?),
+        Some(since) => Some(changed_since(client, since, kinds, &size).await?),
         None if !options.patients.is_empty() => Some(options.patients.clone()),
         None => None,
     };
@@ -127,41 +140,51 @@ pub async fn read(
     Ok(())
 }
 
-/// Emits a group of Patient pages and, fetched concurrently, their Encounters and Conditions
-/// (`size` of them per page).
+/// What is read for each page of Patients: resources of these types, `size` per page.
+struct Related {
+    kinds: Vec<ResourceKind>,
+    size: String,
+}
+
+/// Emits a group of Patient pages and, fetched concurrently, their related resources.
 async fn emit_group(
     client: &FhirClient,
     pages: Vec<Vec<Value>>,
-    size: &str,
+    related: &Related,
     concurrency: usize,
     origin: &Arc<str>,
     emit: &mut (dyn FnMut(Batch) -> Result<(), String> + Send),
 ) -> Result<(), SearchError> {
-    let related: Vec<(Vec<Value>, Vec<Value>)> = stream::iter(pages.iter())
+    let fetched: Vec<Vec<Value>> = stream::iter(pages.iter())
         .map(|patients| async move {
             let joined = patient_references(patients.iter().filter_map(|p| p.get("id")?.as_str()));
+            let mut out = Vec::new();
             if joined.is_empty() {
-                return Ok::<_, FhirError>((Vec::new(), Vec::new()));
+                return Ok::<_, FhirError>(out);
             }
-            let params = [("patient", joined.as_str()), ("_count", size)];
-            let encounters = all_matches(client, "Encounter", &params).await?;
-            let conditions = all_matches(client, "Condition", &params).await?;
-            Ok((encounters, conditions))
+            // Every type read has a `patient` search parameter (R4), whether its element is
+            // `subject` or `patient`.
+            let params = [
+                ("patient", joined.as_str()),
+                ("_count", related.size.as_str()),
+            ];
+            for kind in &related.kinds {
+                out.extend(all_matches(client, kind.as_str(), &params).await?);
+            }
+            Ok(out)
         })
         .buffered(concurrency.max(1))
         .try_collect()
         .await?;
-    for (patients, (encounters, conditions)) in pages.into_iter().zip(related) {
+    for (patients, related) in pages.into_iter().zip(fetched) {
         debug!(
             patients = patients.len(),
-            encounters = encounters.len(),
-            conditions = conditions.len(),
+            related = related.len(),
             "page read"
         );
         let items = patients
             .into_iter()
-            .chain(encounters)
-            .chain(conditions)
+            .chain(related)
             .enumerate()
             .map(|(i, value)| Item {
                 origin: Origin {
@@ -195,21 +218,24 @@ async fn all_matches(
     Ok(out)
 }
 
-/// The ids of clients with a Patient, Encounter or Condition updated at or after `since`.
+/// The ids of clients with a Patient or a resource of `kinds` updated at or after `since`.
 pub async fn changed_since(
     client: &FhirClient,
     since: &str,
+    kinds: &[ResourceKind],
     size: &str,
 ) -> Result<Vec<String>, FhirError> {
     let filter = format!("ge{since}");
     let mut ids = BTreeSet::new();
-    for resource_type in ["Patient", "Encounter", "Condition"] {
+    let others = kinds.iter().filter(|k| **k != ResourceKind::Patient);
+    for kind in std::iter::once(&ResourceKind::Patient).chain(others) {
         let params = [("_lastUpdated", filter.as_str()), ("_count", size)];
-        for r in all_matches(client, resource_type, &params).await? {
-            let id = if resource_type == "Patient" {
+        for r in all_matches(client, kind.as_str(), &params).await? {
+            let id = if *kind == ResourceKind::Patient {
                 r.get("id").and_then(Value::as_str)
             } else {
-                r.pointer("/subject/reference")
+                r.get(kind.client_element())
+                    .and_then(|c| c.get("reference"))
                     .and_then(Value::as_str)
                     .and_then(patient_id)
             };

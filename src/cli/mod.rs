@@ -271,6 +271,14 @@ pub struct SynthArgs {
     /// of its own; the same people (same identity codes) as without it.
     #[arg(long, value_enum)]
     service_area: Option<ServiceAreaArg>,
+    /// Also write a Claim per Encounter, its total the Encounter's price (EUR), so that a model
+    /// whose cost is billed from Claims is costed by them.
+    #[arg(long)]
+    claims: bool,
+    /// With --claims: also an ExplanationOfBenefit per Claim restating its total, as Synthea
+    /// writes them.
+    #[arg(long, requires = "claims")]
+    explanations: bool,
 }
 
 /// `--service-area`.
@@ -386,6 +394,7 @@ impl ModelArgs {
                     flavor: CodeFlavor::Finnish,
                     as_of,
                     area: None,
+                    bills: synth::Bills::None,
                 }),
                 _ => bail!(
                     "this command reads one source: give --input or --server once\nhint: `run --write-to each` (or a server's URL) joins several sources into whole clients"
@@ -763,6 +772,11 @@ fn synth_command(args: SynthArgs) -> Result<ExitCode> {
         flavor,
         as_of: args.as_of,
         area: args.service_area.map(ServiceAreaArg::area),
+        bills: match (args.claims, args.explanations) {
+            (false, _) => synth::Bills::None,
+            (true, false) => synth::Bills::Claims,
+            (true, true) => synth::Bills::ClaimsAndExplanations,
+        },
     };
     match args.server.server.as_slice() {
         [] => {}
@@ -775,8 +789,15 @@ fn synth_command(args: SynthArgs) -> Result<ExitCode> {
         bail!("synth needs --out DIR or --server URL");
     };
     let report = synth::write_dir(&opts, format, out)?;
+    let bills = match opts.bills {
+        synth::Bills::None => String::new(),
+        synth::Bills::Claims => format!(", {} Claim", report.bills),
+        synth::Bills::ClaimsAndExplanations => {
+            format!(", {} Claim and ExplanationOfBenefit", report.bills)
+        }
+    };
     println!(
-        "Wrote {} clients ({} Patient, {} Encounter, {} Condition) to {}\nThe 10 % most costly clients hold {:.1} % of the cost ({:.0} EUR in all).",
+        "Wrote {} clients ({} Patient, {} Encounter, {} Condition{bills}) to {}\nThe 10 % most costly clients hold {:.1} % of the cost ({:.0} EUR in all).",
         report.clients,
         report.patients,
         report.encounters,
@@ -987,6 +1008,7 @@ fn bench_command(args: BenchArgs) -> Result<ExitCode> {
                 flavor: CodeFlavor::Finnish,
                 as_of: DEFAULT_AS_OF.parse().map_err(anyhow::Error::msg)?,
                 area: None,
+                bills: synth::Bills::None,
             };
             synth::write_dir(&opts, SynthFormat::Ndjson, &dir)?;
             std::fs::write(&marker, "")?;

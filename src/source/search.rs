@@ -7,16 +7,21 @@
 //! (`--concurrency`). Each page is handed on as soon as it has arrived, so memory holds a few
 //! pages, not the server.
 //!
+//! A server that does not search one of the optional types (it answers 404 or 400, as a server
+//! without Claims or with no `patient` parameter on them does) is warned about once, by type and
+//! status, and its clients are assessed as having none of that type: what a mapping's
+//! `if_absent` (or, for bills, the price table) says. Encounter and Condition stay required.
+//!
 //! An incremental run (`since`) first asks which clients have anything newer (`_lastUpdated`
 //! on Patient and on every type read) and then reads those clients' whole history: a segment
 //! depends on all of it, not on the changes alone.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryStreamExt, stream};
 use serde_json::Value;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{Batch, Item, Origin, Payload};
 use crate::fhir::{FhirClient, FhirError, matches, patient_references};
@@ -83,6 +88,7 @@ pub async fn read(
             .filter(|k| *k != ResourceKind::Patient)
             .collect(),
         size: related_page_size(options.page_size).to_string(),
+        unsearchable: Mutex::new(Vec::new()),
     };
     let chosen: Option<Vec<String>> = match &options.since {
         Some(since) => Some(changed_since(client, since, kinds, &size).await?),
@@ -144,6 +150,33 @@ pub async fn read(
 struct Related {
     kinds: Vec<ResourceKind>,
     size: String,
+    /// Optional types the server refused to search; asked for no more.
+    unsearchable: Mutex<Vec<ResourceKind>>,
+}
+
+impl Related {
+    fn searchable(&self, kind: ResourceKind) -> bool {
+        !self
+            .unsearchable
+            .lock()
+            .is_ok_and(|refused| refused.contains(&kind))
+    }
+
+    /// Whether `e`, the answer to a search of `kind`, means the server holds none to search:
+    /// 404 or 400 on a type beside Patient, Encounter and Condition. Warns the first time.
+    fn refused(&self, kind: ResourceKind, e: &FhirError) -> bool {
+        let status = e.status().map(|s| s.as_u16());
+        if ResourceKind::CORE.contains(&kind) || !matches!(status, Some(400 | 404)) {
+            return false;
+        }
+        if let Ok(mut refused) = self.unsearchable.lock()
+            && !refused.contains(&kind)
+        {
+            refused.push(kind);
+            warn!(resource_type = %kind, status, "the server does not search this type by patient; its clients are assessed as having none");
+        }
+        true
+    }
 }
 
 /// Emits a group of Patient pages and, fetched concurrently, their related resources.
@@ -168,8 +201,12 @@ async fn emit_group(
                 ("patient", joined.as_str()),
                 ("_count", related.size.as_str()),
             ];
-            for kind in &related.kinds {
-                out.extend(all_matches(client, kind.as_str(), &params).await?);
+            for kind in related.kinds.iter().filter(|k| related.searchable(**k)) {
+                match all_matches(client, kind.as_str(), &params).await {
+                    Ok(found) => out.extend(found),
+                    Err(e) if related.refused(*kind, &e) => {}
+                    Err(e) => return Err(e),
+                }
             }
             Ok(out)
         })

@@ -1,10 +1,17 @@
 //! Costs from bills (issue 5): Claim and ExplanationOfBenefit totals decide a `billed` cost
 //! feature per the rule in `mappings/README.md`, read from NDJSON, Bundles and a real FHIR
-//! server alike, and a model that bills nothing reads none of them.
+//! server alike, and a model that bills nothing reads none of them; a server without one of the
+//! optional types is read as holding none of it.
 
 use std::path::Path;
 
+use segmentti::fhir::{ClientOptions, FhirClient};
+use segmentti::source::search::{self, SearchOptions};
+use segmentti::source::{Batch, Resource};
+use segmentti::types::ResourceKind;
 use serde_json::{Value, json};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::harness::TestServer;
 use crate::support::{ndjson, run_files, segmentti, text};
@@ -262,4 +269,107 @@ async fn a_server_holding_claims_is_read_and_they_give_the_cost() {
         .expect("claims updated");
     let billed = cost();
     assert!(close(billed, 2.0 * priced), "{billed} vs 2 × {priced}");
+}
+
+/// A searchset of `resources`.
+fn searchset(resources: &[Value]) -> ResponseTemplate {
+    let bundle = json!({"resourceType": "Bundle", "type": "searchset",
+        "entry": resources.iter().map(|r| json!({"resource": r, "search": {"mode": "match"}})).collect::<Vec<_>>()});
+    ResponseTemplate::new(200).set_body_raw(bundle.to_string(), "application/fhir+json")
+}
+
+/// What `search::read` hands on from `server`, for a model reading `kinds`.
+async fn read(server: &MockServer, kinds: &[ResourceKind]) -> Result<Vec<String>, String> {
+    let mut options = ClientOptions::new("it-bills");
+    options.retry.max_attempts = 1;
+    let client = FhirClient::new(server.uri().parse().expect("url"), options).expect("client");
+    let mut seen = Vec::new();
+    let mut emit = |batch: Batch| {
+        for (_, r) in batch.resources() {
+            if let Resource::Value(v) = r {
+                seen.push(format!(
+                    "{}/{}",
+                    v["resourceType"].as_str().unwrap_or("?"),
+                    v["id"].as_str().unwrap_or("?")
+                ));
+            }
+        }
+        Ok(())
+    };
+    search::read(&client, &SearchOptions::default(), kinds, &mut emit)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(seen)
+}
+
+#[tokio::test]
+async fn a_server_without_claims_is_read_as_holding_none_and_a_model_without_bills_never_asks() {
+    let server = MockServer::start().await;
+    let patient = json!({"resourceType": "Patient", "id": "a"});
+    let claim = json!({"resourceType": "Claim", "id": "c", "patient": {"reference": "Patient/a"}});
+    let unknown = json!({"resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "not-supported", "diagnostics": "Unknown resource type"}]});
+    for (at, answer) in [
+        ("/Patient", searchset(&[patient])),
+        ("/Encounter", searchset(&[])),
+        ("/Condition", searchset(&[])),
+        ("/Claim", searchset(&[claim])),
+        (
+            "/ExplanationOfBenefit",
+            ResponseTemplate::new(404).set_body_json(&unknown),
+        ),
+    ] {
+        Mock::given(method("GET"))
+            .and(path(at))
+            .respond_with(answer)
+            .mount(&server)
+            .await;
+    }
+    let core = ResourceKind::CORE;
+    assert_eq!(read(&server, &core).await.expect("read"), ["Patient/a"]);
+    let asked = |kind: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .received_requests()
+                .await
+                .expect("recorded")
+                .iter()
+                .filter(|r| r.url.path() == format!("/{kind}"))
+                .count()
+        }
+    };
+    assert_eq!(
+        asked("Claim").await,
+        0,
+        "a model that bills nothing asks for no Claim"
+    );
+    let billed = [
+        core.as_slice(),
+        &[ResourceKind::Claim, ResourceKind::ExplanationOfBenefit],
+    ]
+    .concat();
+    assert_eq!(
+        read(&server, &billed)
+            .await
+            .expect("a 404 on ExplanationOfBenefit is no failure"),
+        ["Patient/a", "Claim/c"]
+    );
+    assert_eq!(asked("ExplanationOfBenefit").await, 1);
+    // Encounters stay required: a server that cannot search them fails the read.
+    server.reset().await;
+    Mock::given(method("GET"))
+        .and(path("/Patient"))
+        .respond_with(searchset(&[json!({"resourceType": "Patient", "id": "a"})]))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/Encounter"))
+        .respond_with(ResponseTemplate::new(404).set_body_json(&unknown))
+        .mount(&server)
+        .await;
+    let failed = read(&server, &core)
+        .await
+        .expect_err("Encounter is required");
+    assert!(failed.contains("404"), "{failed}");
 }

@@ -1219,6 +1219,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_model_reads_the_types_its_features_name_and_no_other() {
+        use crate::model::load::load_str;
+        use ResourceKind::*;
+        let kinds = |text: &str| {
+            let plan = Plan::compile(load_str(text).expect("model"), Day::EPOCH).expect("plan");
+            kinds_read(std::slice::from_ref(&plan))
+        };
+        let oral = kinds(include_str!("../../mappings/helsinki-oral-health.yaml"));
+        assert_eq!(oral, [Patient, Encounter, Condition, Observation]);
+        let virta = kinds(include_str!("../../mappings/virta.yaml"));
+        assert_eq!(
+            virta,
+            [
+                Patient,
+                Encounter,
+                Condition,
+                EpisodeOfCare,
+                Claim,
+                ExplanationOfBenefit
+            ]
+        );
+        let suuntima = kinds(include_str!("../../mappings/suuntima.yaml"));
+        assert_eq!(
+            suuntima,
+            [Patient, Encounter, Condition, Claim, ExplanationOfBenefit]
+        );
+    }
+
+    #[test]
     fn windows_parse_as_iso_durations() {
         assert_eq!(parse_window("P12M"), Some((12, 0)));
         assert_eq!(parse_window("P1Y6M"), Some((18, 0)));

@@ -373,3 +373,151 @@ async fn a_server_without_claims_is_read_as_holding_none_and_a_model_without_bil
         .expect_err("Encounter is required");
     assert!(failed.contains("404"), "{failed}");
 }
+
+/// Segment codes per Patient in a run's `Observation.ndjson`.
+fn segments_of(out: &Path) -> Vec<(String, String)> {
+    let mut found: Vec<(String, String)> = ndjson(&out.join("Observation.ndjson"))
+        .iter()
+        .map(|o| {
+            (
+                o["subject"]["reference"]
+                    .as_str()
+                    .expect("subject")
+                    .to_owned(),
+                o["valueCodeableConcept"]["coding"][0]["code"]
+                    .as_str()
+                    .expect("code")
+                    .to_owned(),
+            )
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Two clients with the same oral-health visit; `a` also has an oral-status finding, and two
+/// with no contact at all; `c` has a home-care decision in effect.
+fn observation_and_episode_clients() -> Vec<Value> {
+    let of = |id: &str| json!({"reference": format!("Patient/{id}")});
+    let mut out: Vec<Value> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|id| json!({"resourceType": "Patient", "id": id, "birthDate": "1940-01-01"}))
+        .collect();
+    for p in ["a", "b"] {
+        out.push(json!({"resourceType": "Encounter", "id": format!("e-{p}"), "status": "finished", "subject": of(p),
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "serviceType": {"coding": [{"system": "urn:oid:1.2.246.537.6.2015", "code": "T60"}]},
+            "period": {"start": "2025-04-01", "end": "2025-04-01"}}));
+    }
+    out.push(
+        json!({"resourceType": "Observation", "id": "o-a", "status": "final", "subject": of("a"),
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "109629007"}]},
+        "effectiveDateTime": "2025-04-01"}),
+    );
+    out.push(json!({"resourceType": "EpisodeOfCare", "id": "ep-c", "status": "active", "patient": of("c"),
+        "type": [{"coding": [{"system": "urn:oid:1.2.246.537.6.2015", "code": "T72"}]}],
+        "period": {"start": "2023-03-01"}}));
+    out
+}
+
+#[test]
+fn observations_and_episodes_in_ndjson_and_bundles_decide_where_the_models_read_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let resources = observation_and_episode_clients();
+    let (nd, bu) = (dir.path().join("nd"), dir.path().join("bu"));
+    std::fs::create_dir_all(&nd).expect("dir");
+    std::fs::create_dir_all(&bu).expect("dir");
+    let lines: Vec<String> = resources.iter().map(Value::to_string).collect();
+    std::fs::write(nd.join("all.ndjson"), lines.join("\n") + "\n").expect("write");
+    let entries: Vec<Value> = resources
+        .iter()
+        .map(|r| json!({"fullUrl": format!("https://example.org/{}/{}", r["resourceType"].as_str().expect("type"), r["id"].as_str().expect("id")), "resource": r}))
+        .collect();
+    std::fs::write(
+        bu.join("bundle.json"),
+        json!({"resourceType": "Bundle", "type": "collection", "entry": entries}).to_string(),
+    )
+    .expect("write");
+    let pair = |a: &str, b: &str| (format!("Patient/{a}"), b.to_owned());
+    for (i, input) in [&nd, &bu].into_iter().enumerate() {
+        let out = dir.path().join(format!("out-oral-{i}"));
+        let output = run_files(
+            input,
+            &out,
+            &["--model", "mappings/helsinki-oral-health.yaml"],
+        );
+        // The EpisodeOfCare is not the oral-health model's: rejected as not asked for.
+        assert_eq!(output.status.code(), Some(3), "{:?}", text(&output));
+        let rejected = ndjson(&out.join("rejected.ndjson"));
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert_eq!(rejected[0]["resource"], "EpisodeOfCare/ep-c");
+        assert_eq!(
+            segments_of(&out),
+            [
+                pair("a", "moderate"),
+                pair("b", "light"),
+                pair("c", "no-record"),
+                pair("d", "no-record")
+            ],
+            "{}",
+            input.display()
+        );
+        let out = dir.path().join(format!("out-virta-{i}"));
+        let output = run_files(input, &out, &["--model", "mappings/virta.yaml"]);
+        assert_eq!(output.status.code(), Some(3), "{:?}", text(&output));
+        let rejected = ndjson(&out.join("rejected.ndjson"));
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert_eq!(rejected[0]["resource"], "Observation/o-a");
+        let virta = segments_of(&out);
+        assert_eq!(virta[2], pair("c", "heavy"), "the home-care decision");
+        assert_eq!(
+            virta[3],
+            pair("d", "early-support"),
+            "no decision, no contact"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_server_holding_episodes_of_care_is_read_for_the_model_that_needs_them() {
+    let server = TestServer::start().await;
+    let entries: Vec<Value> = observation_and_episode_clients()
+        .into_iter()
+        .map(|r| {
+            let url = format!(
+                "{}/{}",
+                r["resourceType"].as_str().expect("type"),
+                r["id"].as_str().expect("id")
+            );
+            json!({"resource": r, "request": {"method": "PUT", "url": url}})
+        })
+        .collect();
+    server
+        .client()
+        .transaction(&json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}))
+        .await
+        .expect("loaded");
+    let base = server.base_url().as_str().to_owned();
+    let output = segmentti(&[
+        "run",
+        "--server",
+        &base,
+        "--model",
+        "mappings/virta.yaml",
+        "--as-of",
+        "2026-01-01",
+        "--dry-run",
+        "--json",
+    ]);
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(&stdout).expect("json");
+    let heavy = report["models"][0]["summary"]["segments"]
+        .as_array()
+        .expect("segments")
+        .iter()
+        .find(|s| s["code"] == "heavy")
+        .expect("heavy")["count"]
+        .clone();
+    assert_eq!(heavy, 1, "{stdout}");
+}

@@ -35,6 +35,18 @@ pub struct Case {
     /// Diagnoses.
     #[serde(default)]
     pub conditions: Vec<CaseCondition>,
+    /// Findings (functional ability, oral status).
+    #[serde(default)]
+    pub observations: Vec<CaseObservation>,
+    /// Periods of service (social-welfare service decisions).
+    #[serde(default)]
+    pub episodes: Vec<CaseEpisode>,
+    /// Claims, each with its total in the model's currency.
+    #[serde(default)]
+    pub claims: Vec<CaseBill>,
+    /// ExplanationOfBenefits, each with its `submitted` total in the model's currency.
+    #[serde(default)]
+    pub explanations: Vec<CaseBill>,
     /// Population thresholds of `top_percent` tests, by feature; without one such a test never holds.
     #[serde(default)]
     pub thresholds: BTreeMap<String, f64>,
@@ -99,6 +111,49 @@ fn active() -> String {
     "active".into()
 }
 
+/// One finding.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseObservation {
+    /// `system|code`.
+    pub code: String,
+    /// The day it was made.
+    pub effective: Day,
+    /// Status (default `final`).
+    #[serde(default = "final_status")]
+    pub status: String,
+}
+
+fn final_status() -> String {
+    "final".into()
+}
+
+/// One period of service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseEpisode {
+    /// The service as `system|code`.
+    #[serde(rename = "type")]
+    pub service: String,
+    /// First day.
+    pub start: Day,
+    /// Last day; open without one.
+    pub end: Option<Day>,
+}
+
+/// One Claim or ExplanationOfBenefit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseBill {
+    /// `billablePeriod.start`.
+    pub start: Day,
+    /// The total.
+    pub total: f64,
+    /// Status (default `active`).
+    #[serde(default = "active")]
+    pub status: String,
+}
+
 /// What a case expects.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -112,6 +167,9 @@ pub struct Expect {
     pub levels: BTreeMap<String, String>,
     /// Overlays that hold, with the rules that hold; an overlay not listed must not hold.
     pub overlays: Option<BTreeMap<String, Vec<String>>>,
+    /// Feature values (only those listed are checked), such as the cost a Claim gives.
+    #[serde(default)]
+    pub features: BTreeMap<String, f64>,
 }
 
 /// One case's outcome.
@@ -266,6 +324,44 @@ pub fn resources(plan: &Plan, case: &Case, file: &Path) -> Result<Vec<Value>, Ca
         }
         out.push(cond);
     }
+    for (i, o) in case.observations.iter().enumerate() {
+        let (system, code) = coding(plan, &o.code, file)?;
+        out.push(json!({
+            "resourceType": "Observation", "id": format!("o{i}"), "status": o.status,
+            "subject": subject, "code": {"coding": [{"system": system, "code": code}]},
+            "effectiveDateTime": o.effective.to_string(),
+        }));
+    }
+    let patient = json!({"reference": "Patient/case"});
+    for (i, e) in case.episodes.iter().enumerate() {
+        let (system, code) = coding(plan, &e.service, file)?;
+        let mut period = json!({"start": e.start.to_string()});
+        if let Some(end) = e.end {
+            period["end"] = json!(end.to_string());
+        }
+        out.push(json!({
+            "resourceType": "EpisodeOfCare", "id": format!("ep{i}"), "status": if e.end.is_some() { "finished" } else { "active" },
+            "patient": patient, "type": [{"coding": [{"system": system, "code": code}]}], "period": period,
+        }));
+    }
+    let currency = plan.mapping.prices.as_ref().map(|p| p.currency.clone());
+    for (i, c) in case.claims.iter().enumerate() {
+        out.push(json!({
+            "resourceType": "Claim", "id": format!("cl{i}"), "status": c.status, "patient": patient,
+            "billablePeriod": {"start": c.start.to_string()}, "created": c.start.to_string(),
+            "total": {"value": c.total, "currency": currency},
+        }));
+    }
+    for (i, x) in case.explanations.iter().enumerate() {
+        out.push(json!({
+            "resourceType": "ExplanationOfBenefit", "id": format!("x{i}"), "status": x.status, "patient": patient,
+            "billablePeriod": {"start": x.start.to_string()}, "created": x.start.to_string(),
+            "total": [{
+                "category": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/adjudication", "code": "submitted"}]},
+                "amount": {"value": x.total, "currency": currency},
+            }],
+        }));
+    }
     Ok(out)
 }
 
@@ -311,6 +407,15 @@ pub fn run_case(plan: &Plan, file: &Path, case: &Case) -> Result<Outcome, CaseEr
             "segment: expected {}, got {segment}",
             case.expect.segment
         ));
+    }
+    for (name, expected) in &case.expect.features {
+        match plan.features.iter().position(|f| &f.id == name) {
+            None => failures.push(format!("features: unknown feature `{name}`")),
+            Some(f) => match a.features[f] {
+                Some(got) if (got - expected).abs() < 1e-6 => {}
+                got => failures.push(format!("{name}: expected {expected}, got {got:?}")),
+            },
+        }
     }
     let node = m.tree[a.node].id.clone();
     if let Some(expected) = &case.expect.node

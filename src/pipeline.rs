@@ -187,7 +187,8 @@ pub fn fold(
     let mut failure: Option<PipelineError> = None;
     let mut people = rustc_hash::FxHashMap::default();
     let read = std::thread::scope(|scope| {
-        let reader = scope.spawn(move || read_input(reader_input, raw_tx));
+        let kinds = crate::model::plan::kinds_read(plans);
+        let reader = scope.spawn(move || read_input(reader_input, &kinds, raw_tx));
         // The extraction loop runs on a rayon worker, so the thread that splits a batch also
         // takes part in extracting it instead of waiting for the other workers.
         scope.spawn(move || {
@@ -214,7 +215,7 @@ pub fn fold(
             COUNTERS.read.fetch_add(batch.origins.len() as u64, Relaxed);
             let mut results = batch.results.into_iter();
             for origin in batch.origins {
-                let mut rejection = None;
+                let (mut rejection, mut folded) = (None, false);
                 for (p, fold) in folds.iter_mut().enumerate() {
                     let outcome = results.next().map(|fact| {
                         fact.and_then(|f| {
@@ -229,11 +230,17 @@ pub fn fold(
                             })
                         })
                     });
-                    if let Some(Err(r)) = outcome {
-                        rejection.get_or_insert(r);
+                    match outcome {
+                        Some(Err(r)) => _ = rejection.get_or_insert(r),
+                        Some(Ok(())) => folded = true,
+                        None => {}
                     }
                 }
                 let Some(r) = rejection else { continue };
+                // An Observation that one model reads and another does not is no fault.
+                if folded && r.other_type.is_some() {
+                    continue;
+                }
                 if let (true, Some(kind)) = (options.ignore_other_types, &r.other_type) {
                     *ignored.entry(kind.to_string()).or_default() += 1;
                     continue;
@@ -342,8 +349,13 @@ fn in_shard(
     }
 }
 
-/// The reader stage: the whole input, batch by batch, into `tx`.
-fn read_input(input: Input, tx: mpsc::SyncSender<Batch>) -> Result<(), PipelineError> {
+/// The reader stage: the whole input, batch by batch, into `tx`; from a server, the resources
+/// of `kinds` only (the types the models read).
+fn read_input(
+    input: Input,
+    kinds: &[crate::types::ResourceKind],
+    tx: mpsc::SyncSender<Batch>,
+) -> Result<(), PipelineError> {
     let mut send = |batch: Batch| tx.send(batch).map_err(|_| "the run stopped".to_owned());
     match input {
         Input::Files(path) => Ok(crate::source::files::read(&path, send)?),
@@ -356,6 +368,7 @@ fn read_input(input: Input, tx: mpsc::SyncSender<Batch>) -> Result<(), PipelineE
             Ok(runtime.block_on(crate::source::search::read(
                 &server.client,
                 &server.options,
+                kinds,
                 &mut send,
             ))?)
         }

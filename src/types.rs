@@ -85,11 +85,34 @@ pub enum ResourceKind {
     Encounter,
     /// A diagnosis or problem.
     Condition,
+    /// A finding: functional ability, oral status (DMF index, pocket depth). Read only by a
+    /// model with a feature over it.
+    Observation,
+    /// A period of care or service: social-welfare service decisions (home care, housing
+    /// services). Read only by a model with a feature over it.
+    EpisodeOfCare,
+    /// A bill for care, whose `total` is what the care cost. Read only by a model whose cost
+    /// feature is `billed` from it.
+    Claim,
+    /// A payer's adjudicated claim, whose `submitted` total is what the care cost. Read only by
+    /// a model whose cost feature is `billed` from it.
+    ExplanationOfBenefit,
 }
 
 impl ResourceKind {
     /// Every kind, in the order Bulk Data output lists them.
-    pub const ALL: [ResourceKind; 3] = [Self::Patient, Self::Encounter, Self::Condition];
+    pub const ALL: [ResourceKind; 7] = [
+        Self::Patient,
+        Self::Encounter,
+        Self::Condition,
+        Self::Observation,
+        Self::EpisodeOfCare,
+        Self::Claim,
+        Self::ExplanationOfBenefit,
+    ];
+
+    /// The kinds every model reads; the others are read only by a model that names them.
+    pub const CORE: [ResourceKind; 3] = [Self::Patient, Self::Encounter, Self::Condition];
 
     /// The FHIR resourceType string.
     pub fn as_str(self) -> &'static str {
@@ -97,6 +120,20 @@ impl ResourceKind {
             Self::Patient => "Patient",
             Self::Encounter => "Encounter",
             Self::Condition => "Condition",
+            Self::Observation => "Observation",
+            Self::EpisodeOfCare => "EpisodeOfCare",
+            Self::Claim => "Claim",
+            Self::ExplanationOfBenefit => "ExplanationOfBenefit",
+        }
+    }
+
+    /// The element that names the client: `subject`, or `patient` on EpisodeOfCare, Claim and
+    /// ExplanationOfBenefit (which have no `subject`); also the name of the search parameter
+    /// is `patient` for every one of them.
+    pub fn client_element(self) -> &'static str {
+        match self {
+            Self::EpisodeOfCare | Self::Claim | Self::ExplanationOfBenefit => "patient",
+            _ => "subject",
         }
     }
 
@@ -292,7 +329,7 @@ mod tests {
         for kind in ResourceKind::ALL {
             assert_eq!(ResourceKind::parse(kind.as_str()), Some(kind));
         }
-        assert_eq!(ResourceKind::parse("Observation"), None);
+        assert_eq!(ResourceKind::parse("MedicationRequest"), None);
         assert_eq!(ResourceKind::parse("patient"), None);
     }
 

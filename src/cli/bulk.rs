@@ -101,9 +101,10 @@ pub fn prepare(args: &RunArgs, base: &url::Url, plans: &[Plan]) -> Result<Option
             (None, BulkLevelArg::System) => Level::System,
             (None, BulkLevelArg::Patient) => Level::Patient,
         },
-        types: ["Patient", "Encounter", "Condition"]
-            .map(String::from)
-            .to_vec(),
+        types: segmentti::model::plan::kinds_read(plans)
+            .into_iter()
+            .map(|k| k.as_str().to_owned())
+            .collect(),
         since: since.clone(),
         work_dir: work_dir.clone(),
         timeout: std::time::Duration::from_secs(args.bulk.bulk_timeout),

@@ -273,6 +273,14 @@ pub struct SynthArgs {
     /// of its own; the same people (same identity codes) as without it.
     #[arg(long, value_enum)]
     service_area: Option<ServiceAreaArg>,
+    /// Also write a Claim per Encounter, its total the Encounter's price (EUR), so that a model
+    /// whose cost is billed from Claims is costed by them.
+    #[arg(long)]
+    claims: bool,
+    /// With --claims: also an ExplanationOfBenefit per Claim restating its total, as Synthea
+    /// writes them.
+    #[arg(long, requires = "claims")]
+    explanations: bool,
 }
 
 /// `--service-area`.
@@ -390,6 +398,7 @@ impl ModelArgs {
                     flavor: CodeFlavor::Finnish,
                     as_of,
                     area: None,
+                    bills: synth::Bills::None,
                 }),
                 _ => bail!(
                     "this command reads one source: give --input or --server once\nhint: `run --write-to each` (or a server's URL) joins several sources into whole clients"
@@ -767,6 +776,11 @@ fn synth_command(args: SynthArgs) -> Result<ExitCode> {
         flavor,
         as_of: args.as_of,
         area: args.service_area.map(ServiceAreaArg::area),
+        bills: match (args.claims, args.explanations) {
+            (false, _) => synth::Bills::None,
+            (true, false) => synth::Bills::Claims,
+            (true, true) => synth::Bills::ClaimsAndExplanations,
+        },
     };
     match args.server.server.as_slice() {
         [] => {}
@@ -779,8 +793,15 @@ fn synth_command(args: SynthArgs) -> Result<ExitCode> {
         bail!("synth needs --out DIR or --server URL");
     };
     let report = synth::write_dir(&opts, format, out)?;
+    let bills = match opts.bills {
+        synth::Bills::None => String::new(),
+        synth::Bills::Claims => format!(", {} Claim", report.bills),
+        synth::Bills::ClaimsAndExplanations => {
+            format!(", {} Claim and ExplanationOfBenefit", report.bills)
+        }
+    };
     println!(
-        "Wrote {} clients ({} Patient, {} Encounter, {} Condition) to {}\nThe 10 % most costly clients hold {:.1} % of the cost ({:.0} EUR in all).",
+        "Wrote {} clients ({} Patient, {} Encounter, {} Condition{bills}) to {}\nThe 10 % most costly clients hold {:.1} % of the cost ({:.0} EUR in all).",
         report.clients,
         report.patients,
         report.encounters,
@@ -865,27 +886,33 @@ fn check_command(files: &[PathBuf]) -> Result<ExitCode> {
     let mut failed = 0;
     for file in files {
         match load::check_file(file) {
-            Ok(load::Loaded::Model(m)) => println!(
-                "{}: ok ({} {}, {} features, {} criteria, {} segments, {} tree nodes, {} overlays)",
-                file.display(),
-                m.id,
-                m.version,
-                m.features.len(),
-                m.criteria.len(),
-                m.segments.len(),
-                m.tree.len(),
-                m.overlays.len()
-            ),
-            Ok(load::Loaded::Fragment(f)) => println!(
-                "{}: ok (included file {} {}, {} code lists, {} features, {} overlays, {} service areas)",
-                file.display(),
-                f.fragment,
-                f.version,
-                f.code_lists.len(),
-                f.features.len(),
-                f.overlays.len(),
-                f.service_areas.len()
-            ),
+            Ok(load::Loaded::Model(m)) => {
+                println!(
+                    "{}: ok ({} {}, {} features, {} criteria, {} segments, {} tree nodes, {} overlays)",
+                    file.display(),
+                    m.id,
+                    m.version,
+                    m.features.len(),
+                    m.criteria.len(),
+                    m.segments.len(),
+                    m.tree.len(),
+                    m.overlays.len()
+                );
+                print_data_notes(&m.features);
+            }
+            Ok(load::Loaded::Fragment(f)) => {
+                println!(
+                    "{}: ok (included file {} {}, {} code lists, {} features, {} overlays, {} service areas)",
+                    file.display(),
+                    f.fragment,
+                    f.version,
+                    f.code_lists.len(),
+                    f.features.len(),
+                    f.overlays.len(),
+                    f.service_areas.len()
+                );
+                print_data_notes(&f.features);
+            }
             Err(e) => {
                 failed += 1;
                 eprintln!("{e}");
@@ -896,6 +923,13 @@ fn check_command(files: &[PathBuf]) -> Result<ExitCode> {
         bail!("{failed} of {} mapping file(s) have problems", files.len());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a checked model reads beyond Patient, Encounter and Condition, indented under its line.
+fn print_data_notes(features: &[segmentti::model::mapping::Feature]) {
+    for note in segmentti::model::check::data_notes(features) {
+        println!("  {note}");
+    }
 }
 
 fn test_mapping_command(files: &[PathBuf]) -> Result<ExitCode> {
@@ -987,6 +1021,7 @@ fn bench_command(args: BenchArgs) -> Result<ExitCode> {
                 flavor: CodeFlavor::Finnish,
                 as_of: DEFAULT_AS_OF.parse().map_err(anyhow::Error::msg)?,
                 area: None,
+                bills: synth::Bills::None,
             };
             synth::write_dir(&opts, SynthFormat::Ndjson, &dir)?;
             std::fs::write(&marker, "")?;

@@ -329,9 +329,11 @@ pub fn load(
     let mut all = synth::clients(opts).peekable();
     while let Some((_, c)) = all.next() {
         clients += 1;
+        let bills = synth::bills(opts, &c);
         for r in std::iter::once(c.patient)
             .chain(c.encounters)
             .chain(c.conditions)
+            .chain(bills)
         {
             let url = format!(
                 "{}/{}",

@@ -1,17 +1,55 @@
 //! What a JSON Schema cannot see in a mapping: duplicate ids and codes, code system URLs that
 //! are not URLs, references to unknown features, criteria, levels, lists and segments, question
 //! tree nodes that no client can reach, and segments that no node gives. Reports every
-//! problem it finds as a [`Diagnostic`]; never changes the mapping.
+//! problem it finds as a [`Diagnostic`]; never changes the mapping. Also words, for
+//! `check-mapping`, what a model reads beyond Patient, Encounter and Condition and what a
+//! client without it gets ([`data_notes`]).
 
 use std::collections::HashSet;
 
 use super::load::Diagnostic;
-use super::mapping::{Fragment, Mapping, PriceTable, Segment, Text, TreeNode};
+use super::mapping::{Feature, Fragment, Mapping, PriceTable, Segment, Text, TreeNode};
 use super::plan::Plan;
 use crate::day::Day;
+use crate::types::ResourceKind;
 
 /// The most criterion-level combinations the tree check walks; more is reported, not walked.
 const MAX_COMBINATIONS: usize = 1_000_000;
+
+/// Per feature that reads Observation, EpisodeOfCare, Claim or ExplanationOfBenefit, a line
+/// saying what it reads and what a client (or a system) without it gets, so that a county sees
+/// every data dependency beyond Patient, Encounter and Condition when it checks a model.
+pub fn data_notes(features: &[Feature]) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in features {
+        let selections = [
+            &f.count,
+            &f.distinct,
+            &f.lists_hit,
+            &f.cost,
+            &f.span_days,
+            &f.days_since_last,
+        ];
+        for sel in selections.into_iter().flatten() {
+            if let Some(billed) = sel.billed.as_deref().filter(|b| !b.is_empty()) {
+                let names: Vec<&str> = billed.iter().map(|k| k.as_str()).collect();
+                out.push(format!(
+                    "{}: the cost is the totals of the first of {} the client has in the window; without any, the price table over Encounters",
+                    f.id,
+                    names.join(", then ")
+                ));
+            }
+            if !ResourceKind::CORE.contains(&sel.resource) {
+                let absent = sel.if_absent.as_deref().unwrap_or("(not said)");
+                out.push(format!(
+                    "{}: reads {}; without one: {absent}",
+                    f.id, sel.resource
+                ));
+            }
+        }
+    }
+    out
+}
 
 /// Every problem in `mapping` that its schema does not catch.
 pub fn check(mapping: &Mapping) -> Vec<Diagnostic> {

@@ -292,12 +292,13 @@ fn clash_diagnostic(
 mod tests {
     use super::*;
 
-    /// Loads `model` with `service-areas.yaml` read as `areas` and the shipped key-client file.
+    /// Loads `model` with `service-areas.yaml` read as `areas` and the other shipped files.
     fn load_with(model: &str, areas: &str) -> Result<Loaded, Vec<Diagnostic>> {
         let read = |name: &str| {
             let text = match name {
                 "service-areas.yaml" => areas,
                 "key-client.yaml" => include_str!("../../mappings/key-client.yaml"),
+                "social-services.yaml" => include_str!("../../mappings/social-services.yaml"),
                 other => panic!("unexpected include {other}"),
             };
             Ok((PathBuf::from(name), text.to_owned()))
@@ -377,8 +378,9 @@ mod tests {
         };
         let areas: Vec<&str> = m.service_areas.iter().map(|a| a.code.as_str()).collect();
         assert_eq!(areas, ["health", "social", "oral"]);
+        // social-services.yaml is virta's last include.
         let last = m.code_lists.last().expect("lists");
-        assert_eq!(last.id, "oral_services");
+        assert_eq!(last.id, "heavy_service_decisions");
         assert!(
             last.codes.iter().all(|c| c.system.contains(':')),
             "the included file's short system names are resolved: {:?}",

@@ -226,6 +226,10 @@ const SHIPPED: &[(&str, &str)] = &[
         "service-areas.yaml",
         include_str!("../../mappings/service-areas.yaml"),
     ),
+    (
+        "social-services.yaml",
+        include_str!("../../mappings/social-services.yaml"),
+    ),
 ];
 
 /// Loads and checks a model from its text; `include:` names files shipped in `mappings/`. On

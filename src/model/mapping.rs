@@ -206,7 +206,9 @@ pub struct Filter {
     pub not_in: Option<String>,
 }
 
-/// A coded field of Encounter or Condition.
+/// A coded field of the resources segmentti reads. `code`, `type` and `category` are the same
+/// element name on several resource types; a filter or feature tests the field of the resource
+/// it selects.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
 )]
@@ -214,29 +216,42 @@ pub struct Filter {
 pub enum Field {
     /// Encounter.class (HL7 v3 ActCode: AMB, HH, VR, EMER, IMP).
     Class,
-    /// Encounter.type (contact type: AvoHILMO yhteystapa, SNOMED CT).
+    /// Encounter.type (contact type: AvoHILMO yhteystapa, SNOMED CT) or EpisodeOfCare.type
+    /// (the service decided: home care, housing service, child welfare).
     Type,
     /// Encounter.serviceType (service type: AvoHILMO palvelumuoto, SNOMED CT).
     ServiceType,
     /// Encounter.reasonCode.
     ReasonCode,
-    /// Encounter.diagnosis is not read; Condition.code is (ICD-10, ICPC-2, SNOMED CT).
+    /// Condition.code (ICD-10, ICPC-2, SNOMED CT) or Observation.code (LOINC, SNOMED CT: a
+    /// functional-ability score, an oral-status finding). Encounter.diagnosis is not read.
     Code,
-    /// Condition.category.
+    /// Condition.category or Observation.category.
     Category,
     /// Condition.clinicalStatus.
     ClinicalStatus,
 }
 
 impl Field {
-    /// The resource type that has this field.
-    pub fn resource(self) -> ResourceKind {
+    /// The resource types that have this field.
+    pub fn resources(self) -> &'static [ResourceKind] {
         match self {
-            Self::Class | Self::Type | Self::ServiceType | Self::ReasonCode => {
-                ResourceKind::Encounter
-            }
-            Self::Code | Self::Category | Self::ClinicalStatus => ResourceKind::Condition,
+            Self::Class | Self::ServiceType | Self::ReasonCode => &[ResourceKind::Encounter],
+            Self::Type => &[ResourceKind::Encounter, ResourceKind::EpisodeOfCare],
+            Self::Code | Self::Category => &[ResourceKind::Condition, ResourceKind::Observation],
+            Self::ClinicalStatus => &[ResourceKind::Condition],
         }
+    }
+
+    /// Whether a resource of `kind` has this field.
+    pub fn belongs_to(self, kind: ResourceKind) -> bool {
+        self.resources().contains(&kind)
+    }
+
+    /// The resource types that have this field, for messages (`Condition or Observation`).
+    pub fn resources_text(self) -> String {
+        let names: Vec<&str> = self.resources().iter().map(|k| k.as_str()).collect();
+        names.join(" or ")
     }
 
     /// The FHIR element name.
@@ -273,7 +288,8 @@ pub struct Feature {
     /// Number of the given code lists that at least one matching resource hits in `field`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lists_hit: Option<Selection>,
-    /// Sum of the price table over matching Encounters.
+    /// Sum of the price table over matching Encounters, or, with `billed`, of the client's
+    /// Claim or ExplanationOfBenefit totals when the client has any in the window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<Selection>,
     /// Days from the first to the last matching resource (long-term need).
@@ -293,7 +309,8 @@ pub struct AgeSpec {}
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Selection {
-    /// Encounter or Condition.
+    /// Encounter, Condition, Observation or EpisodeOfCare (`cost` takes Encounter, and names
+    /// Claim and ExplanationOfBenefit under `billed`).
     pub resource: ResourceKind,
     /// Look-back window before the as-of date as an ISO 8601 duration (`P12M`, `P2Y`, `P90D`);
     /// without it the whole history counts.
@@ -308,6 +325,23 @@ pub struct Selection {
     /// For `lists_hit`: the code lists counted (for example one per service area).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lists: Option<Vec<String>>,
+    /// For `cost`: where billed costs come from, in order of preference (`[Claim,
+    /// ExplanationOfBenefit]`). Per client, the first of these the client has in the window
+    /// gives the cost (the sum of its totals); a client with none of them is priced by the price
+    /// table over its Encounters. Only one source counts per client, since a payer's
+    /// ExplanationOfBenefit restates the Claim it answers (Synthea writes both for every
+    /// Encounter). A Claim or ExplanationOfBenefit falls in the window by `billablePeriod.start`,
+    /// else `created`; its amounts must be in the price table's currency (an amount without a
+    /// currency is taken to be in it), and one in another currency is rejected. Cancelled and
+    /// entered-in-error ones count for nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billed: Option<Vec<ResourceKind>>,
+    /// What the feature's value is for a client who has none of the selected resources, in
+    /// words a county reads (`no Observation: the oral status is unknown, the need comes from
+    /// diagnoses alone`). Required for Observation and EpisodeOfCare, which many systems do not
+    /// hold; `check-mapping` prints it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_absent: Option<String>,
 }
 
 /// A criterion of the assessment: ordered levels, the highest whose condition holds wins.

@@ -42,6 +42,12 @@ pub struct Plan {
     pub cost_feature: Option<usize>,
     /// Per service area of the mapping, the feature that puts a client in it.
     pub service_areas: Vec<usize>,
+    /// The resource types the model reads: Patient, Encounter and Condition always, and
+    /// Observation, EpisodeOfCare, Claim and ExplanationOfBenefit when a feature names them.
+    /// Sources ask for these only, so a model without such features costs no extra request.
+    pub kinds: Vec<ResourceKind>,
+    /// How many cost features are `billed` (each keeps per-source sums per client).
+    pub billed_features: usize,
 }
 
 /// A compiled (field, code list) pair: one bit of a resource's match mask.
@@ -96,8 +102,12 @@ pub enum Aggregate {
         /// Matcher indexes, one per list.
         matchers: Vec<usize>,
     },
-    /// Sum of prices.
-    Cost,
+    /// Sum of prices, or of billed totals.
+    Cost {
+        /// For a `billed` cost: its index among the model's billed cost features, where a client
+        /// keeps the sum per billing source; `None` for a price-table cost.
+        billed: Option<usize>,
+    },
     /// Days from first to last.
     SpanDays,
     /// Days from last to as-of.
@@ -115,15 +125,23 @@ pub struct FeaturePlan {
     pub resource: ResourceKind,
     /// Resources on or before this day are outside the window.
     pub after: Option<Day>,
-    /// The filters.
+    /// The filters, on resources of `resource`.
     pub test: MaskTest,
+    /// For a `billed` cost: Claim and ExplanationOfBenefit in order of preference.
+    pub billed: Vec<ResourceKind>,
 }
 
 impl FeaturePlan {
-    /// Whether a resource of `kind` on `day` with match `mask` counts for this feature.
+    /// Whether a resource of `kind` on `day` with match `mask` counts for this feature: one of
+    /// `resource` that passes the filters, or a billing resource of a `billed` cost (the
+    /// filters test Encounter codes, which a Claim has not), inside the window.
     pub fn selects(&self, kind: ResourceKind, day: Option<Day>, mask: u128) -> bool {
-        kind == self.resource
-            && self.test.holds(mask)
+        let chosen = if kind == self.resource {
+            self.test.holds(mask)
+        } else {
+            self.billed.contains(&kind)
+        };
+        chosen
             && match (self.after, day) {
                 (None, _) => true,
                 (Some(after), Some(day)) => day > after,
@@ -415,6 +433,7 @@ struct Compiler<'m> {
     index: FxHashMap<Field, FieldIndex>,
     matcher_index: FxHashMap<(Field, String), usize>,
     percentiles: Vec<(usize, f64)>,
+    billed_features: usize,
 }
 
 impl<'m> Compiler<'m> {
@@ -480,13 +499,13 @@ impl<'m> Compiler<'m> {
         let mut test = MaskTest::default();
         for (i, f) in filters.iter().enumerate() {
             let p = format!("{pointer}/{i}");
-            if f.field.resource() != resource {
+            if !f.field.belongs_to(resource) {
                 return Err(err(
                     format!("{p}/field"),
                     format!(
                         "field `{}` belongs to {}, not {resource}",
                         f.field.as_str(),
-                        f.field.resource()
+                        f.field.resources_text()
                     ),
                     "filter on a field of the resource the feature reads",
                 ));
@@ -716,6 +735,7 @@ impl Plan {
             index: FxHashMap::default(),
             matcher_index: FxHashMap::default(),
             percentiles: Vec::new(),
+            billed_features: 0,
         };
         let mut errors = Vec::new();
         let mut distinct_fields = Vec::new();
@@ -808,9 +828,9 @@ impl Plan {
         }
         let mut cost_feature = None;
         if let Some(id) = &mapping.cost_feature {
-            let found = features
-                .iter()
-                .position(|f: &FeaturePlan| &f.id == id && f.aggregate == Aggregate::Cost);
+            let found = features.iter().position(|f: &FeaturePlan| {
+                &f.id == id && matches!(f.aggregate, Aggregate::Cost { .. })
+            });
             let found = found.ok_or_else(|| {
                 err(
                     "/cost_feature",
@@ -837,6 +857,15 @@ impl Plan {
         if !errors.is_empty() {
             return Err(errors);
         }
+        let mut kinds = ResourceKind::CORE.to_vec();
+        for f in &features {
+            for kind in std::iter::once(&f.resource).chain(&f.billed) {
+                if !kinds.contains(kind) {
+                    kinds.push(*kind);
+                }
+            }
+        }
+        let billed_features = c.billed_features;
         let (matchers, index, percentiles) = (c.matchers, c.index, c.percentiles);
         Ok(Plan {
             mapping,
@@ -852,7 +881,14 @@ impl Plan {
             percentiles,
             cost_feature,
             service_areas,
+            kinds,
+            billed_features,
         })
+    }
+
+    /// Whether the model reads resources of `kind`.
+    pub fn reads_kind(&self, kind: ResourceKind) -> bool {
+        self.kinds.contains(&kind)
     }
 
     /// Whether any filter reads `field`.
@@ -891,6 +927,15 @@ impl Plan {
             .iter()
             .position(|n| n.when.as_ref().is_none_or(|w| w.holds(facts)))
     }
+}
+
+/// Every resource type any of `plans` reads, in [`ResourceKind::ALL`]'s order: what a source
+/// asks a server for.
+pub fn kinds_read(plans: &[Plan]) -> Vec<ResourceKind> {
+    ResourceKind::ALL
+        .into_iter()
+        .filter(|k| plans.iter().any(|p| p.reads_kind(*k)))
+        .collect()
 }
 
 /// The value of `result`, or `None` with its error recorded.
@@ -980,6 +1025,7 @@ fn compile_feature(
             resource: ResourceKind::Patient,
             after: None,
             test: MaskTest::default(),
+            billed: Vec::new(),
         });
     }
     let key = named[0];
@@ -996,12 +1042,32 @@ fn compile_feature(
     .next()
     .ok_or_else(|| err(p, "feature without aggregation", "report this as a bug"))?;
     let sp = format!("{p}/{key}");
-    if sel.resource == ResourceKind::Patient {
-        return Err(err(
-            format!("{sp}/resource"),
-            "features over Patient are written `age: {}`",
-            "select Encounter or Condition resources",
-        ));
+    match sel.resource {
+        ResourceKind::Patient => {
+            return Err(err(
+                format!("{sp}/resource"),
+                "features over Patient are written `age: {}`",
+                "select Encounter, Condition, Observation or EpisodeOfCare resources",
+            ));
+        }
+        ResourceKind::Claim | ResourceKind::ExplanationOfBenefit => {
+            return Err(err(
+                format!("{sp}/resource"),
+                format!("{} is read for costs only", sel.resource),
+                "write `cost: {resource: Encounter, billed: [Claim, ExplanationOfBenefit]}`",
+            ));
+        }
+        ResourceKind::Observation | ResourceKind::EpisodeOfCare if sel.if_absent.is_none() => {
+            return Err(err(
+                sp,
+                format!(
+                    "feature `{}` reads {} but does not say what happens without one",
+                    f.id, sel.resource
+                ),
+                "add `if_absent: <what the value means for a client with none>`; many systems hold none",
+            ));
+        }
+        _ => {}
     }
     let after = match &sel.window {
         None => None,
@@ -1027,14 +1093,19 @@ fn compile_feature(
         return Err(err(sp, format!("`{key}` has the wrong settings"), hint));
     }
     if let Some(field) = sel.field
-        && field.resource() != sel.resource
+        && !field.belongs_to(sel.resource)
     {
         return Err(err(
             format!("{sp}/field"),
-            format!("field `{}` belongs to {}", field.as_str(), field.resource()),
+            format!(
+                "field `{}` belongs to {}",
+                field.as_str(),
+                field.resources_text()
+            ),
             "count a field of the selected resource",
         ));
     }
+    let billed = billed_sources(sel, key, &sp)?;
     let aggregate = match key {
         "count" => Aggregate::Count,
         "cost" => {
@@ -1045,7 +1116,11 @@ fn compile_feature(
                     "select Encounter and define `prices`",
                 ));
             }
-            Aggregate::Cost
+            let slot = (!billed.is_empty()).then(|| {
+                c.billed_features += 1;
+                c.billed_features - 1
+            });
+            Aggregate::Cost { billed: slot }
         }
         "span_days" => Aggregate::SpanDays,
         "days_since_last" => Aggregate::DaysSinceLast,
@@ -1084,12 +1159,93 @@ fn compile_feature(
         resource: sel.resource,
         after,
         test,
+        billed,
     })
+}
+
+/// The billing sources of a `cost` selection, checked: Claim and ExplanationOfBenefit at most
+/// once each, no Encounter filters beside them (a Claim has no Encounter codes to filter on,
+/// so the two would price different sets of care), and on `cost` only.
+fn billed_sources(
+    sel: &mapping::Selection,
+    key: &str,
+    sp: &str,
+) -> Result<Vec<ResourceKind>, CompileError> {
+    let Some(billed) = &sel.billed else {
+        return Ok(Vec::new());
+    };
+    let pointer = format!("{sp}/billed");
+    if key != "cost" {
+        return Err(err(
+            pointer,
+            "only `cost` takes `billed`",
+            "remove `billed`, or make the feature a `cost`",
+        ));
+    }
+    if billed.is_empty() {
+        return Err(err(
+            pointer,
+            "`billed` is empty",
+            "name Claim, ExplanationOfBenefit or both, or remove `billed` to use the price table alone",
+        ));
+    }
+    if !sel.filters.is_empty() {
+        return Err(err(
+            format!("{sp}/where"),
+            "a billed cost cannot filter on Encounter codes",
+            "remove `where` to cost all of the client's care, or remove `billed` to price the filtered Encounters",
+        ));
+    }
+    let mut out = Vec::new();
+    for (i, kind) in billed.iter().enumerate() {
+        if !matches!(
+            kind,
+            ResourceKind::Claim | ResourceKind::ExplanationOfBenefit
+        ) || out.contains(kind)
+        {
+            return Err(err(
+                format!("{pointer}/{i}"),
+                format!("`{kind}` cannot be billed here"),
+                "name Claim and ExplanationOfBenefit, each at most once, in order of preference",
+            ));
+        }
+        out.push(*kind);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_model_reads_the_types_its_features_name_and_no_other() {
+        use crate::model::load::load_str;
+        use ResourceKind::*;
+        let kinds = |text: &str| {
+            let plan = Plan::compile(load_str(text).expect("model"), Day::EPOCH).expect("plan");
+            kinds_read(std::slice::from_ref(&plan))
+        };
+        let oral = kinds(include_str!("../../mappings/helsinki-oral-health.yaml"));
+        assert_eq!(oral, [Patient, Encounter, Condition, Observation]);
+        let virta = kinds(include_str!("../../mappings/virta.yaml"));
+        assert_eq!(
+            virta,
+            [
+                Patient,
+                Encounter,
+                Condition,
+                EpisodeOfCare,
+                Claim,
+                ExplanationOfBenefit
+            ]
+        );
+        let suuntima = kinds(include_str!("../../mappings/suuntima.yaml"));
+        assert_eq!(
+            suuntima,
+            [Patient, Encounter, Condition, Claim, ExplanationOfBenefit]
+        );
+    }
 
     #[test]
     fn windows_parse_as_iso_durations() {

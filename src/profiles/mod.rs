@@ -341,6 +341,7 @@ fn examples(plans: &[Plan], as_of: Day) -> Result<Vec<Value>, ProfileError> {
         flavor: CodeFlavor::Finnish,
         as_of,
         area: None,
+        bills: crate::synth::Bills::None,
     };
     let folded = pipeline::fold(
         &Input::Synthetic(opts),

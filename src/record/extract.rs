@@ -1,7 +1,19 @@
 //! One resource's JSON to one [`Fact`]: only the fields a model can read are deserialised
-//! (borrowed where the JSON has no escapes), codes are matched against the plan's code lists
-//! and Encounters are priced, so the fold that follows touches no JSON and no strings but ids.
+//! (borrowed where the JSON has no escapes), codes are matched against the plan's code lists,
+//! Encounters are priced and Claims' and ExplanationOfBenefits' totals taken, so the fold that
+//! follows touches no JSON and no strings but ids. A resource type the plan does not read
+//! (an Observation for a model without Observation features) is rejected as not asked for.
 //! Runs on any thread; holds no state between resources.
+//!
+//! The day that places a resource in a feature's window:
+//!
+//! | resource | day |
+//! |---|---|
+//! | Encounter | `period.start`, else `period.end` |
+//! | Condition | `onsetDateTime` or `onsetPeriod.start`, else `recordedDate` |
+//! | Observation | `effectiveDateTime`, `effectivePeriod.start` or `effectiveInstant`, else `issued` |
+//! | EpisodeOfCare | the last day it was active up to the as-of date: `period.end`, or the as-of date while open (an episode that starts after the as-of date keeps its start, and is left out) |
+//! | Claim, ExplanationOfBenefit | `billablePeriod.start`, else `created` |
 
 use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
@@ -31,8 +43,13 @@ pub struct Fact {
     pub end: Option<Day>,
     /// Which of the plan's matchers the resource hits.
     pub mask: u128,
-    /// The Encounter's price; 0 for other resources.
+    /// The Encounter's price, the Claim's total or the ExplanationOfBenefit's `submitted`
+    /// total, in the price table's currency; 0 for other resources.
     pub cost: f64,
+    /// Read and counted, but selected by no feature: an Observation, EpisodeOfCare, Claim or
+    /// ExplanationOfBenefit whose status is `cancelled` or `entered-in-error`, or a Claim or
+    /// ExplanationOfBenefit without a total to cost it by.
+    pub void: bool,
     /// Hashes of the codes `distinct` features count, with the distinct-field index.
     pub codes: Vec<(u8, u64)>,
     /// A Patient's identifiers, links and last update, for joining several sources
@@ -75,12 +92,19 @@ struct Scan<'a> {
     resource_type: Option<Cow<'a, str>>,
     id: Option<Cow<'a, str>>,
     subject: Option<Cow<'a, str>>,
+    patient: Option<Cow<'a, str>>,
     start: Option<Cow<'a, str>>,
     end: Option<Cow<'a, str>>,
     onset: Option<Cow<'a, str>>,
     onset_start: Option<Cow<'a, str>>,
     recorded: Option<Cow<'a, str>>,
     birth_date: Option<Cow<'a, str>>,
+    effective: Option<Cow<'a, str>>,
+    issued: Option<Cow<'a, str>>,
+    billable_start: Option<Cow<'a, str>>,
+    created: Option<Cow<'a, str>>,
+    status: Option<Cow<'a, str>>,
+    total: Option<Totals<'a>>,
     identifiers: Vec<LiteIdentifier<'a>>,
     links: Vec<LiteLink<'a>>,
     last_updated: Option<Cow<'a, str>>,
@@ -113,7 +137,16 @@ enum Key {
     ResourceType,
     Id,
     Subject,
+    Patient,
     Period,
+    EffectiveDateTime,
+    EffectiveInstant,
+    EffectivePeriod,
+    Issued,
+    BillablePeriod,
+    Created,
+    Status,
+    Total,
     OnsetDateTime,
     OnsetPeriod,
     RecordedDate,
@@ -179,6 +212,45 @@ struct LitePeriod<'a> {
     #[serde(borrow)]
     end: Option<Text<'a>>,
 }
+
+/// An amount: Claim.total, or an ExplanationOfBenefit total's `amount`.
+#[derive(Deserialize)]
+struct LiteMoney<'a> {
+    value: Option<f64>,
+    #[serde(borrow)]
+    currency: Option<Text<'a>>,
+}
+
+/// One of an ExplanationOfBenefit's totals: the adjudication category and its amount.
+#[derive(Deserialize)]
+struct LiteTotal<'a> {
+    #[serde(borrow)]
+    category: Option<LiteConcept<'a>>,
+    #[serde(borrow)]
+    amount: Option<LiteMoney<'a>>,
+}
+
+#[derive(Deserialize)]
+struct LiteConcept<'a> {
+    #[serde(borrow, default)]
+    coding: Vec<LiteCoding<'a>>,
+}
+
+/// `total`: one amount on a Claim, a list by category on an ExplanationOfBenefit.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Totals<'a> {
+    One(#[serde(borrow)] LiteMoney<'a>),
+    ByCategory(#[serde(borrow)] Vec<LiteTotal<'a>>),
+}
+
+/// The adjudication category of the ExplanationOfBenefit total that is the cost: what was
+/// charged for the care (Synthea's `Submitted Amount`), the amount a Claim's total states, and
+/// not the payer's share (`benefit`), which leaves out what the client paid.
+const SUBMITTED: (&str, &str) = (
+    "http://terminology.hl7.org/CodeSystem/adjudication",
+    "submitted",
+);
 
 /// Reads an array of Codings into [`Codes`] one by one, keeping none of them.
 struct Codings<'p, 'c> {
@@ -251,6 +323,20 @@ impl<'de> Visitor<'de> for ResourceSeed<'_> {
                 Key::ResourceType => scan.resource_type = Some(map.next_value::<Text<'de>>()?.0),
                 Key::Id => scan.id = Some(map.next_value::<Text<'de>>()?.0),
                 Key::Subject => scan.subject = text(map.next_value::<LiteRef<'de>>()?.reference),
+                Key::Patient => scan.patient = text(map.next_value::<LiteRef<'de>>()?.reference),
+                Key::EffectiveDateTime | Key::EffectiveInstant => {
+                    scan.effective = Some(map.next_value::<Text<'de>>()?.0)
+                }
+                Key::EffectivePeriod => {
+                    scan.effective = text(map.next_value::<LitePeriod<'de>>()?.start)
+                }
+                Key::Issued => scan.issued = Some(map.next_value::<Text<'de>>()?.0),
+                Key::BillablePeriod => {
+                    scan.billable_start = text(map.next_value::<LitePeriod<'de>>()?.start)
+                }
+                Key::Created => scan.created = Some(map.next_value::<Text<'de>>()?.0),
+                Key::Status => scan.status = Some(map.next_value::<Text<'de>>()?.0),
+                Key::Total => scan.total = Some(map.next_value()?),
                 Key::Period => {
                     let p = map.next_value::<LitePeriod<'de>>()?;
                     (scan.start, scan.end) = (text(p.start), text(p.end));
@@ -321,8 +407,10 @@ impl<'de> DeserializeSeed<'de> for Concepts<'_, '_> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        // `type` is an array on Encounter and EpisodeOfCare but one concept on Claim and
+        // ExplanationOfBenefit, and `resourceType` need not come first: take either shape.
         if self.seed.many {
-            d.deserialize_seq(self)
+            d.deserialize_any(self)
         } else {
             d.deserialize_map(self)
         }
@@ -392,6 +480,7 @@ pub fn extract_str(plan: &Plan, text: &str) -> Result<Fact, Rejection> {
     match scanned {
         Ok(scan) => extract(plan, scan),
         Err(e) => Err(explain_parse_error(
+            plan,
             serde_json::from_str::<JustType<'_>>(text).ok(),
             &e,
         )),
@@ -402,19 +491,27 @@ pub fn extract_str(plan: &Plan, text: &str) -> Result<Fact, Rejection> {
 pub fn extract_value(plan: &Plan, value: &serde_json::Value) -> Result<Fact, Rejection> {
     match (ResourceSeed { plan }).deserialize(value) {
         Ok(scan) => extract(plan, scan),
-        Err(e) => Err(explain_parse_error(JustType::deserialize(value).ok(), &e)),
+        Err(e) => Err(explain_parse_error(
+            plan,
+            JustType::deserialize(value).ok(),
+            &e,
+        )),
     }
 }
 
-fn explain_parse_error(head: Option<JustType<'_>>, e: &serde_json::Error) -> Rejection {
+fn explain_parse_error(
+    plan: &Plan,
+    head: Option<JustType<'_>>,
+    e: &serde_json::Error,
+) -> Rejection {
     match head {
         Some(JustType {
             resource_type: Some(t),
             id,
         }) => {
             let resource = id.map(|id| format!("{t}/{id}"));
-            match ResourceKind::parse(&t) {
-                None => unknown_type(&t, resource),
+            match ResourceKind::parse(&t).filter(|k| plan.reads_kind(*k)) {
+                None => unknown_type(plan, &t, resource),
                 Some(_) => Rejection {
                     other_type: None,
                     resource,
@@ -445,13 +542,23 @@ fn explain_parse_error(head: Option<JustType<'_>>, e: &serde_json::Error) -> Rej
     }
 }
 
-fn unknown_type(t: &str, resource: Option<String>) -> Rejection {
+/// A resource of a type this plan does not read: no FHIR type at all, one segmentti never
+/// reads, or one only a model with features over it reads.
+fn unknown_type(plan: &Plan, t: &str, resource: Option<String>) -> Rejection {
+    let reason = if ResourceKind::parse(t).is_some() {
+        format!(
+            "resourceType `{t}` is not read by model {} (no feature of it names {t}); leave it out of the input, or add a feature over it to the model",
+            plan.mapping.id
+        )
+    } else {
+        format!(
+            "resourceType `{t}` is not read by segmentti (it reads Patient, Encounter and Condition, and Observation, EpisodeOfCare, Claim and ExplanationOfBenefit for models that name them); leave it out of the input"
+        )
+    };
     Rejection {
         other_type: crate::types::is_r4_resource_type(t).then(|| CompactString::new(t)),
         resource,
-        reason: format!(
-            "resourceType `{t}` is not read by segmentti (it reads Patient, Encounter and Condition); leave it out of the input"
-        ),
+        reason,
     }
 }
 
@@ -463,8 +570,9 @@ fn extract(plan: &Plan, scan: Scan<'_>) -> Result<Fact, Rejection> {
             reason: "JSON object without resourceType; each line must be one FHIR resource".into(),
         });
     };
-    let Some(kind) = ResourceKind::parse(resource_type) else {
+    let Some(kind) = ResourceKind::parse(resource_type).filter(|k| plan.reads_kind(*k)) else {
         return Err(unknown_type(
+            plan,
             resource_type,
             scan.id.map(|id| format!("{resource_type}/{id}")),
         ));
@@ -495,6 +603,7 @@ fn extract(plan: &Plan, scan: Scan<'_>) -> Result<Fact, Rejection> {
         end: None,
         mask: 0,
         cost: 0.0,
+        void: false,
         codes: Vec::new(),
         person: None,
     };
@@ -504,28 +613,73 @@ fn extract(plan: &Plan, scan: Scan<'_>) -> Result<Fact, Rejection> {
         fact.person = person(scan);
         return Ok(fact);
     }
-    let Some(reference) = scan.subject.as_deref() else {
+    let element = kind.client_element();
+    let client = match element {
+        "patient" => scan.patient.as_deref(),
+        _ => scan.subject.as_deref(),
+    };
+    let Some(reference) = client else {
         return Err(Rejection {
             other_type: None,
             resource: resource(),
-            reason: format!("{kind} without subject; it cannot be tied to a client"),
+            reason: format!("{kind} without {element}; it cannot be tied to a client"),
         });
     };
     let Some(patient) = patient_id(reference) else {
         return Err(Rejection {
             other_type: None,
             resource: resource(),
-            reason: format!("subject `{reference}` is not a Patient reference"),
+            reason: format!("{element} `{reference}` is not a Patient reference"),
         });
     };
     fact.patient = CompactString::new(patient);
-    if kind == ResourceKind::Encounter {
-        fact.day = day(&scan.start, "period.start")?;
-        fact.end = day(&scan.end, "period.end")?;
-        fact.day = fact.day.or(fact.end);
-    } else {
-        let onset = scan.onset.clone().or_else(|| scan.onset_start.clone());
-        fact.day = day(&onset, "onset")?.or(day(&scan.recorded, "recordedDate")?);
+    match kind {
+        // Its birth date was taken above.
+        ResourceKind::Patient => {}
+        ResourceKind::Encounter => {
+            fact.day = day(&scan.start, "period.start")?;
+            fact.end = day(&scan.end, "period.end")?;
+            fact.day = fact.day.or(fact.end);
+        }
+        ResourceKind::Condition => {
+            let onset = scan.onset.clone().or_else(|| scan.onset_start.clone());
+            fact.day = day(&onset, "onset")?.or(day(&scan.recorded, "recordedDate")?);
+        }
+        ResourceKind::Observation => {
+            fact.day = day(&scan.effective, "effective")?.or(day(&scan.issued, "issued")?);
+        }
+        ResourceKind::EpisodeOfCare => {
+            let start = day(&scan.start, "period.start")?;
+            fact.end = day(&scan.end, "period.end")?;
+            fact.day = match (start, fact.end) {
+                (Some(s), _) if s > plan.as_of => Some(s),
+                (None, None) => None,
+                (_, end) => Some(end.map_or(plan.as_of, |e| e.min(plan.as_of))),
+            };
+        }
+        ResourceKind::Claim | ResourceKind::ExplanationOfBenefit => {
+            fact.day = day(&scan.billable_start, "billablePeriod.start")?
+                .or(day(&scan.created, "created")?);
+            match billed_total(plan, kind, scan.total.as_ref()) {
+                Ok(Some(total)) => fact.cost = total,
+                Ok(None) => fact.void = true,
+                Err(reason) => {
+                    return Err(Rejection {
+                        other_type: None,
+                        resource: resource(),
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+    if !matches!(kind, ResourceKind::Encounter | ResourceKind::Condition)
+        && matches!(
+            scan.status.as_deref(),
+            Some("cancelled" | "entered-in-error")
+        )
+    {
+        fact.void = true;
     }
     fact.mask = scan.codes.mask;
     fact.codes = scan.codes.distinct;
@@ -535,6 +689,50 @@ fn extract(plan: &Plan, scan: Scan<'_>) -> Result<Fact, Rejection> {
         fact.cost = prices.price(fact.mask, fact.day, fact.end);
     }
     Ok(fact)
+}
+
+/// The cost a Claim (`total`) or ExplanationOfBenefit (the `submitted` total) states, in the
+/// price table's currency; `None` when it states none, an error for an amount in another
+/// currency or a total of the wrong shape.
+fn billed_total(
+    plan: &Plan,
+    kind: ResourceKind,
+    total: Option<&Totals<'_>>,
+) -> Result<Option<f64>, String> {
+    let money = match (kind, total) {
+        (_, None) => return Ok(None),
+        (ResourceKind::Claim, Some(Totals::One(money))) => money,
+        (ResourceKind::ExplanationOfBenefit, Some(Totals::ByCategory(totals))) => {
+            let submitted = totals.iter().find(|t| {
+                t.category.as_ref().is_some_and(|c| {
+                    c.coding.iter().any(|coding| {
+                        coding.system.as_ref().is_some_and(|s| s.0 == SUBMITTED.0)
+                            && coding.code.as_ref().is_some_and(|c| c.0 == SUBMITTED.1)
+                    })
+                })
+            });
+            match submitted.and_then(|t| t.amount.as_ref()) {
+                Some(money) => money,
+                None => return Ok(None),
+            }
+        }
+        _ => {
+            return Err(format!(
+                "{kind}.total does not follow FHIR R4 (an amount on Claim, a list of category and amount on ExplanationOfBenefit); fix the resource at its source"
+            ));
+        }
+    };
+    let Some(value) = money.value else {
+        return Ok(None);
+    };
+    let expected = plan.mapping.prices.as_ref().map(|p| p.currency.as_str());
+    match (money.currency.as_ref().map(|c| c.0.as_ref()), expected) {
+        (Some(found), Some(expected)) if found != expected => Err(format!(
+            "{kind} total is in {found}, but model {} costs in {expected}; convert the amounts at the source, or give the model's price table the data's currency",
+            plan.mapping.id
+        )),
+        _ => Ok(Some(value)),
+    }
 }
 
 /// The identity facts of a Patient's scan, when it has any.

@@ -4,6 +4,14 @@
 //! the number of clients, never with the number of resources. This module reads no files and
 //! knows nothing of segments: it turns [`Fact`]s into [`ClientRecord`]s, and ([`join`]) the
 //! records of several sources into whole clients.
+//!
+//! A `billed` cost keeps, per client, one sum per billing source (Claim, ExplanationOfBenefit)
+//! beside the price table's sum over Encounters, and a bit per source seen: three numbers per
+//! client whatever the number of bills. The cost is the sum of the first source in the model's
+//! order that the client has in the window, else the priced Encounters. Only one source counts,
+//! since a payer's ExplanationOfBenefit restates the Claim it answers; the choice is per client
+//! (not per Encounter, which would need every bill kept until the end), so a client with one
+//! Claim in the window is costed by its Claims alone.
 
 pub mod extract;
 pub mod join;
@@ -58,6 +66,7 @@ pub struct ClientRecord {
     /// Patient.birthDate.
     pub birth: Option<Day>,
     slots: Box<[u64]>,
+    bills: Box<[Bills]>,
     distinct: Vec<u64>,
     /// The most recent contributing resources, at most [`EVIDENCE_CAP`] of each type.
     pub evidence: Vec<Evidence>,
@@ -83,7 +92,7 @@ impl ClientRecord {
             .map(|f| match f.aggregate {
                 Aggregate::SpanDays => pack(NO_DAY_LOW, NO_DAY_HIGH),
                 Aggregate::DaysSinceLast => pack(0, NO_DAY_HIGH),
-                Aggregate::Cost => 0f64.to_bits(),
+                Aggregate::Cost { .. } => 0f64.to_bits(),
                 _ => 0,
             })
             .collect();
@@ -91,6 +100,7 @@ impl ClientRecord {
             has_patient: false,
             birth: None,
             slots,
+            bills: vec![Bills::default(); plan.billed_features].into_boxed_slice(),
             distinct: Vec::new(),
             evidence: Vec::new(),
             evidence_total: 0,
@@ -109,7 +119,10 @@ impl ClientRecord {
                 match &f.aggregate {
                     Aggregate::Age => self.birth.map(|b| f64::from(b.years_until(plan.as_of))),
                     Aggregate::Count => Some(slot as f64),
-                    Aggregate::Cost => Some(f64::from_bits(slot)),
+                    Aggregate::Cost { billed: None } => Some(f64::from_bits(slot)),
+                    Aggregate::Cost { billed: Some(b) } => {
+                        Some(self.bills[*b].cost().unwrap_or(f64::from_bits(slot)))
+                    }
                     Aggregate::ListsHit { .. } => Some(f64::from(u64::count_ones(slot))),
                     Aggregate::Distinct { .. } => {
                         let tag = feature_tag(i);
@@ -132,6 +145,36 @@ impl ClientRecord {
                 }
             })
             .collect()
+    }
+}
+
+/// A client's billed totals for one `billed` cost feature, per source in the feature's order
+/// of preference.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Bills {
+    sums: [f64; 2],
+    /// Bit `i`: the client has a bill of source `i` in the window.
+    seen: u8,
+}
+
+impl Bills {
+    fn add(&mut self, source: usize, amount: f64) {
+        self.sums[source] += amount;
+        self.seen |= 1 << source;
+    }
+
+    /// The sum of the first source seen; `None` when the client has no bill.
+    fn cost(&self) -> Option<f64> {
+        (0..self.sums.len())
+            .find(|i| self.seen & (1 << i) != 0)
+            .map(|i| self.sums[i])
+    }
+
+    fn merge(&mut self, other: Bills) {
+        for (mine, theirs) in self.sums.iter_mut().zip(other.sums) {
+            *mine += theirs;
+        }
+        self.seen |= other.seen;
     }
 }
 
@@ -167,8 +210,11 @@ impl ClientRecord {
             match feature.aggregate {
                 Aggregate::Age | Aggregate::Distinct { .. } => {}
                 Aggregate::Count => *slot += theirs,
-                Aggregate::Cost => {
+                Aggregate::Cost { billed } => {
                     *slot = (f64::from_bits(*slot) + f64::from_bits(theirs)).to_bits();
+                    if let Some(b) = billed {
+                        self.bills[b].merge(other.bills[b]);
+                    }
                 }
                 Aggregate::ListsHit { .. } => *slot |= theirs,
                 Aggregate::SpanDays | Aggregate::DaysSinceLast => {
@@ -245,6 +291,9 @@ impl<'p> Fold<'p> {
             self.stats.after_as_of += 1;
             return Ok(());
         }
+        if fact.void {
+            return Ok(());
+        }
         let mut used = 0u64;
         for (i, feature) in plan.features.iter().enumerate() {
             if !feature.selects(fact.kind, fact.day, fact.mask) {
@@ -255,7 +304,12 @@ impl<'p> Fold<'p> {
             match &feature.aggregate {
                 Aggregate::Age => {}
                 Aggregate::Count => *slot += 1,
-                Aggregate::Cost => *slot = (f64::from_bits(*slot) + fact.cost).to_bits(),
+                Aggregate::Cost { billed } => {
+                    match billed.zip(feature.billed.iter().position(|k| *k == fact.kind)) {
+                        Some((b, source)) => record.bills[b].add(source, fact.cost),
+                        None => *slot = (f64::from_bits(*slot) + fact.cost).to_bits(),
+                    }
+                }
                 Aggregate::ListsHit { matchers } => {
                     for (bit, m) in matchers.iter().enumerate() {
                         if fact.mask & (1 << m) != 0 {
@@ -331,7 +385,173 @@ fn keep_recent(list: &mut Vec<Evidence>, new: Evidence) {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+
     use super::*;
+    use crate::model::load::load_str;
+
+    /// A model whose one feature is a billed cost over 12 months, with every Encounter at 100.
+    fn billed_plan(billed: &str) -> Plan {
+        let yaml = format!(
+            r#"
+id: t
+canonical: https://example.org/t
+version: "1"
+title: {{fi: t, sv: t, en: t}}
+prices: {{currency: EUR, source: test, rules: [], otherwise: 100}}
+features:
+  - id: cost_12m
+    title: {{fi: k, sv: k, en: c}}
+    cost: {{resource: Encounter, window: P12M{billed}}}
+criteria:
+  - id: c
+    title: {{fi: c, sv: c, en: c}}
+    levels: [{{code: low, display: {{fi: l, sv: l, en: l}}}}]
+segments:
+  - {{code: "1", order: 1, display: {{fi: s, sv: s, en: s}}, guidance: {{fi: g, sv: g, en: g}}}}
+tree:
+  - {{id: all, segment: "1", because: {{fi: b, sv: b, en: b}}}}
+"#
+        );
+        let mapping = load_str(&yaml).expect("model");
+        Plan::compile(mapping, "2026-01-01".parse().expect("day")).expect("plan")
+    }
+
+    fn encounter(id: &str, start: &str) -> Value {
+        json!({"resourceType": "Encounter", "id": id, "subject": {"reference": "Patient/p"},
+            "class": {"code": "AMB"}, "period": {"start": start}})
+    }
+
+    fn claim(id: &str, start: &str, value: f64) -> Value {
+        json!({"resourceType": "Claim", "id": id, "status": "active", "patient": {"reference": "Patient/p"},
+            "type": {"coding": [{"code": "professional"}]},
+            "billablePeriod": {"start": start}, "created": "2026-01-01",
+            "total": {"value": value, "currency": "EUR"}})
+    }
+
+    fn eob(id: &str, start: &str, value: f64) -> Value {
+        let submitted = json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/adjudication", "code": "submitted"}]});
+        let benefit = json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/adjudication", "code": "benefit"}]});
+        json!({"resourceType": "ExplanationOfBenefit", "id": id, "status": "active",
+            "patient": {"reference": "Patient/p"}, "billablePeriod": {"start": start},
+            "total": [{"category": benefit, "amount": {"value": value / 2.0, "currency": "EUR"}},
+                      {"category": submitted, "amount": {"value": value, "currency": "EUR"}}]})
+    }
+
+    /// The client's cost after folding `resources` (a Patient is added).
+    fn cost(plan: &Plan, resources: &[Value]) -> f64 {
+        let mut fold = Fold::new(plan);
+        let patient = json!({"resourceType": "Patient", "id": "p"});
+        for r in std::iter::once(&patient).chain(resources) {
+            fold.apply(extract::extract_value(plan, r).expect("fact"))
+                .expect("folded");
+        }
+        let (clients, _) = fold.into_clients();
+        clients["p"].values(plan)[0].expect("a cost")
+    }
+
+    const BOTH: &str = ", billed: [Claim, ExplanationOfBenefit]";
+
+    #[test]
+    fn claims_are_the_cost_when_the_client_has_any_else_explanations_else_prices() {
+        let plan = billed_plan(BOTH);
+        let e = encounter("e", "2025-06-01");
+        let (c, x) = (
+            claim("c", "2025-06-01", 250.0),
+            eob("x", "2025-06-01", 240.0),
+        );
+        assert_eq!(cost(&plan, &[e.clone(), c.clone(), x.clone()]), 250.0);
+        assert_eq!(
+            cost(&plan, &[e.clone(), x, eob("y", "2025-07-01", 10.0)]),
+            250.0
+        );
+        assert_eq!(cost(&plan, std::slice::from_ref(&e)), 100.0);
+        assert_eq!(cost(&plan, &[]), 0.0);
+        let explanations_first = billed_plan(", billed: [ExplanationOfBenefit, Claim]");
+        let x = eob("x", "2025-06-01", 240.0);
+        assert_eq!(cost(&explanations_first, &[e, c, x]), 240.0);
+    }
+
+    #[test]
+    fn a_bill_falls_in_the_window_by_its_billable_period_else_its_creation() {
+        let plan = billed_plan(BOTH);
+        let e = encounter("e", "2025-06-01");
+        // P12M before 2026-01-01 leaves out 2025-01-01 itself, as for Encounters.
+        assert_eq!(
+            cost(&plan, &[e.clone(), claim("c", "2025-01-01", 250.0)]),
+            100.0
+        );
+        assert_eq!(
+            cost(&plan, &[e.clone(), claim("c", "2025-01-02", 250.0)]),
+            250.0
+        );
+        let mut created = claim("c", "2025-06-01", 250.0);
+        created
+            .as_object_mut()
+            .expect("object")
+            .remove("billablePeriod");
+        created["created"] = json!("2024-12-01T10:00:00Z");
+        assert_eq!(cost(&plan, &[e, created]), 100.0);
+    }
+
+    #[test]
+    fn cancelled_bills_and_bills_without_a_total_count_for_nothing() {
+        let plan = billed_plan(BOTH);
+        let e = encounter("e", "2025-06-01");
+        let mut cancelled = claim("c", "2025-06-01", 250.0);
+        cancelled["status"] = json!("cancelled");
+        let mut no_total = claim("d", "2025-06-01", 250.0);
+        no_total.as_object_mut().expect("object").remove("total");
+        let mut no_submitted = eob("x", "2025-06-01", 240.0);
+        no_submitted["total"].as_array_mut().expect("totals").pop();
+        assert_eq!(cost(&plan, &[e, cancelled, no_total, no_submitted]), 100.0);
+    }
+
+    #[test]
+    fn an_amount_in_another_currency_is_rejected_and_one_without_a_currency_is_taken() {
+        let plan = billed_plan(BOTH);
+        let mut dollars = claim("c", "2025-06-01", 250.0);
+        dollars["total"]["currency"] = json!("USD");
+        let r = extract::extract_value(&plan, &dollars).expect_err("rejected");
+        assert_eq!(r.resource.as_deref(), Some("Claim/c"));
+        assert!(
+            r.reason.contains("USD") && r.reason.contains("EUR"),
+            "{}",
+            r.reason
+        );
+        let mut bare = claim("c", "2025-06-01", 250.0);
+        bare["total"]
+            .as_object_mut()
+            .expect("money")
+            .remove("currency");
+        assert_eq!(cost(&plan, &[bare]), 250.0);
+    }
+
+    #[test]
+    fn a_model_that_bills_nothing_does_not_read_claims() {
+        let plan = billed_plan("");
+        let r =
+            extract::extract_value(&plan, &claim("c", "2025-06-01", 250.0)).expect_err("not read");
+        assert_eq!(r.other_type.as_deref(), Some("Claim"));
+        assert!(r.reason.contains("not read by model t"), "{}", r.reason);
+    }
+
+    #[test]
+    fn joined_records_choose_the_source_over_the_whole_client() {
+        let plan = billed_plan(BOTH);
+        let record = |resources: &[Value]| {
+            let mut fold = Fold::new(&plan);
+            let patient = json!({"resourceType": "Patient", "id": "p"});
+            for r in std::iter::once(&patient).chain(resources) {
+                fold.apply(extract::extract_value(&plan, r).expect("fact"))
+                    .expect("folded");
+            }
+            fold.into_clients().0.remove("p").expect("client")
+        };
+        let mut health = record(&[encounter("e", "2025-06-01"), eob("x", "2025-06-01", 240.0)]);
+        health.merge(&plan, record(&[claim("c", "2025-06-01", 250.0)]));
+        assert_eq!(health.values(&plan)[0], Some(250.0));
+    }
 
     #[test]
     fn packs_two_days_into_one_slot() {

@@ -1,23 +1,32 @@
 //! A live FHIR server through paged search: Patients page by page (`_count`, following `next`
-//! links on the same origin only), then for each page of Patients their Encounters and
-//! Conditions (`patient=Patient/a,Patient/b`, typed for an indexed match: see
-//! [`patient_references`]), several pages of Patients at once (`--concurrency`). Each page
-//! is handed on as soon as it has arrived, so memory holds a few pages, not the server.
+//! links on the same origin only), then for each page of Patients their resources of every type
+//! the models read (`patient=Patient/a,Patient/b`, typed for an indexed match: see
+//! [`patient_references`]): Encounters and Conditions always, Observations, EpisodeOfCares,
+//! Claims and ExplanationOfBenefits only for a model that names them, so a model without such
+//! features makes no request more. Several pages of Patients are read at once
+//! (`--concurrency`). Each page is handed on as soon as it has arrived, so memory holds a few
+//! pages, not the server.
+//!
+//! A server that does not search one of the optional types (it answers 404 or 400, as a server
+//! without Claims or with no `patient` parameter on them does) is warned about once, by type and
+//! status, and its clients are assessed as having none of that type: what a mapping's
+//! `if_absent` (or, for bills, the price table) says. Encounter and Condition stay required.
 //!
 //! An incremental run (`since`) first asks which clients have anything newer (`_lastUpdated`
-//! on Patient, Encounter and Condition) and then reads those clients' whole history: a segment
+//! on Patient and on every type read) and then reads those clients' whole history: a segment
 //! depends on all of it, not on the changes alone.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryStreamExt, stream};
 use serde_json::Value;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{Batch, Item, Origin, Payload};
 use crate::fhir::{FhirClient, FhirError, matches, patient_references};
 use crate::record::extract::patient_id;
+use crate::types::ResourceKind;
 
 /// How to read.
 #[derive(Debug, Clone)]
@@ -63,16 +72,26 @@ pub enum SearchError {
     Stopped(String),
 }
 
-/// Reads the clients of `client` per `options`, handing batches of items to `emit`.
+/// Reads the clients of `client` per `options` with their resources of `kinds` (the types the
+/// models read; Patient is read in any case), handing batches of items to `emit`.
 pub async fn read(
     client: &FhirClient,
     options: &SearchOptions,
+    kinds: &[ResourceKind],
     emit: &mut (dyn FnMut(Batch) -> Result<(), String> + Send),
 ) -> Result<(), SearchError> {
     let size = options.page_size.to_string();
-    let related = related_page_size(options.page_size).to_string();
+    let related = Related {
+        kinds: kinds
+            .iter()
+            .copied()
+            .filter(|k| *k != ResourceKind::Patient)
+            .collect(),
+        size: related_page_size(options.page_size).to_string(),
+        unsearchable: Mutex::new(Vec::new()),
+    };
     let chosen: Option<Vec<String>> = match &options.since {
-        Some(since) => Some(changed_since(client, since, &size).await?),
+        Some(since) => Some(changed_since(client, since, kinds, &size).await?),
         None if !options.patients.is_empty() => Some(options.patients.clone()),
         None => None,
     };
@@ -127,41 +146,82 @@ pub async fn read(
     Ok(())
 }
 
-/// Emits a group of Patient pages and, fetched concurrently, their Encounters and Conditions
-/// (`size` of them per page).
+/// What is read for each page of Patients: resources of these types, `size` per page.
+struct Related {
+    kinds: Vec<ResourceKind>,
+    size: String,
+    /// Optional types the server refused to search; asked for no more.
+    unsearchable: Mutex<Vec<ResourceKind>>,
+}
+
+impl Related {
+    fn searchable(&self, kind: ResourceKind) -> bool {
+        !self
+            .unsearchable
+            .lock()
+            .is_ok_and(|refused| refused.contains(&kind))
+    }
+
+    /// Whether `e`, the answer to a search of `kind`, means the server holds none to search:
+    /// 404 or 400 on a type beside Patient, Encounter and Condition. Warns the first time.
+    fn refused(&self, kind: ResourceKind, e: &FhirError) -> bool {
+        let status = e.status().map(|s| s.as_u16());
+        if ResourceKind::CORE.contains(&kind) || !matches!(status, Some(400 | 404)) {
+            return false;
+        }
+        if let Ok(mut refused) = self.unsearchable.lock()
+            && !refused.contains(&kind)
+        {
+            refused.push(kind);
+            warn!(resource_type = %kind, status, "the server does not search this type by patient; its clients are assessed as having none");
+        }
+        true
+    }
+}
+
+/// Emits a group of Patient pages and, fetched concurrently, their related resources.
 async fn emit_group(
     client: &FhirClient,
     pages: Vec<Vec<Value>>,
-    size: &str,
+    related: &Related,
     concurrency: usize,
     origin: &Arc<str>,
     emit: &mut (dyn FnMut(Batch) -> Result<(), String> + Send),
 ) -> Result<(), SearchError> {
-    let related: Vec<(Vec<Value>, Vec<Value>)> = stream::iter(pages.iter())
+    let fetched: Vec<Vec<Value>> = stream::iter(pages.iter())
         .map(|patients| async move {
             let joined = patient_references(patients.iter().filter_map(|p| p.get("id")?.as_str()));
+            let mut out = Vec::new();
             if joined.is_empty() {
-                return Ok::<_, FhirError>((Vec::new(), Vec::new()));
+                return Ok::<_, FhirError>(out);
             }
-            let params = [("patient", joined.as_str()), ("_count", size)];
-            let encounters = all_matches(client, "Encounter", &params).await?;
-            let conditions = all_matches(client, "Condition", &params).await?;
-            Ok((encounters, conditions))
+            // Every type read has a `patient` search parameter (R4), whether its element is
+            // `subject` or `patient`.
+            let params = [
+                ("patient", joined.as_str()),
+                ("_count", related.size.as_str()),
+            ];
+            for kind in related.kinds.iter().filter(|k| related.searchable(**k)) {
+                match all_matches(client, kind.as_str(), &params).await {
+                    Ok(found) => out.extend(found),
+                    Err(e) if related.refused(*kind, &e) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(out)
         })
         .buffered(concurrency.max(1))
         .try_collect()
         .await?;
-    for (patients, (encounters, conditions)) in pages.into_iter().zip(related) {
+    for (patients, related) in pages.into_iter().zip(fetched) {
         debug!(
             patients = patients.len(),
-            encounters = encounters.len(),
-            conditions = conditions.len(),
+            related = related.len(),
             "page read"
         );
         let items = patients
             .into_iter()
-            .chain(encounters)
-            .chain(conditions)
+            .chain(related)
             .enumerate()
             .map(|(i, value)| Item {
                 origin: Origin {
@@ -195,21 +255,24 @@ async fn all_matches(
     Ok(out)
 }
 
-/// The ids of clients with a Patient, Encounter or Condition updated at or after `since`.
+/// The ids of clients with a Patient or a resource of `kinds` updated at or after `since`.
 pub async fn changed_since(
     client: &FhirClient,
     since: &str,
+    kinds: &[ResourceKind],
     size: &str,
 ) -> Result<Vec<String>, FhirError> {
     let filter = format!("ge{since}");
     let mut ids = BTreeSet::new();
-    for resource_type in ["Patient", "Encounter", "Condition"] {
+    let others = kinds.iter().filter(|k| **k != ResourceKind::Patient);
+    for kind in std::iter::once(&ResourceKind::Patient).chain(others) {
         let params = [("_lastUpdated", filter.as_str()), ("_count", size)];
-        for r in all_matches(client, resource_type, &params).await? {
-            let id = if resource_type == "Patient" {
+        for r in all_matches(client, kind.as_str(), &params).await? {
+            let id = if *kind == ResourceKind::Patient {
                 r.get("id").and_then(Value::as_str)
             } else {
-                r.pointer("/subject/reference")
+                r.get(kind.client_element())
+                    .and_then(|c| c.get("reference"))
                     .and_then(Value::as_str)
                     .and_then(patient_id)
             };

@@ -7,8 +7,11 @@
 //! (`--service-area`) the same people are spread over the county's systems: each system holds
 //! only its own area's contacts and diagnoses under local Patient ids of its own, while the
 //! identity codes stay the same, so the systems can be joined again on them. Identity codes are
-//! in the official test range (individual numbers 900–999), names are made up. This module writes files only
-//! in [`write_dir`]; it knows nothing of models.
+//! in the official test range (individual numbers 900–999), names are made up. With
+//! [`Bills::Claims`] (`--claims`) every Encounter also gets a Claim whose total is its price
+//! ([`cost_eur`]), and with [`Bills::ClaimsAndExplanations`] a payer's ExplanationOfBenefit
+//! restating it, as Synthea writes them; without bills the output is what it always was. This
+//! module writes files only in [`write_dir`]; it knows nothing of models.
 
 pub mod codes;
 
@@ -56,6 +59,20 @@ pub struct SynthOptions {
     pub as_of: Day,
     /// Only what this area's system holds (see [`clients`]); `None`: every area in one.
     pub area: Option<Area>,
+    /// Which bills go with each Encounter.
+    pub bills: Bills,
+}
+
+/// Which bills [`bills`] writes for each Encounter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Bills {
+    /// None: the population as it always was.
+    #[default]
+    None,
+    /// A Claim.
+    Claims,
+    /// A Claim and the ExplanationOfBenefit that answers it.
+    ClaimsAndExplanations,
 }
 
 /// One client's resources.
@@ -82,6 +99,8 @@ pub struct SynthReport {
     pub encounters: u64,
     /// Condition resources.
     pub conditions: u64,
+    /// Claim and ExplanationOfBenefit resources.
+    pub bills: u64,
     /// Cost of all contacts, EUR.
     pub total_cost_eur: f64,
     /// Share of the cost held by the 10 % most costly clients.
@@ -500,6 +519,54 @@ fn in_area(seed: u64, index: u64, area: Area, mut c: SynthClient) -> Option<Synt
     Some(c)
 }
 
+/// The Claims (and ExplanationOfBenefits) of `c`'s Encounters per `opts.bills`: one per
+/// Encounter, billed for its period, with its price by [`cost_eur`] as the total, so a run
+/// costed by bills gives the same cost as the price table. Made from the client as its system
+/// holds it, so the bills refer to that system's Patient and Encounters.
+pub fn bills(opts: &SynthOptions, c: &SynthClient) -> Vec<Value> {
+    if opts.bills == Bills::None {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for e in &c.encounters {
+        let id = e["id"].as_str().unwrap_or_default();
+        let total = json!({"value": cost_eur(e), "currency": "EUR"});
+        let created = e.pointer("/period/end").unwrap_or(&e["period"]["start"]);
+        let common = json!({
+            "status": "active",
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/claim-type", "code": "professional"}]},
+            "use": "claim",
+            "patient": e["subject"],
+            "billablePeriod": e["period"],
+            "created": created,
+            "provider": {"display": "Hyvinvointialue"},
+            "insurance": [{"sequence": 1, "focal": true, "coverage": {"display": "Julkinen sosiaali- ja terveydenhuolto"}}],
+            "item": [{"sequence": 1, "encounter": [{"reference": format!("Encounter/{id}")}],
+                      "productOrService": e["serviceType"], "net": total}],
+        });
+        let mut claim = common.clone();
+        claim["resourceType"] = json!("Claim");
+        claim["id"] = json!(format!("c{id}"));
+        claim["priority"] = json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/processpriority", "code": "normal"}]});
+        claim["total"] = total.clone();
+        out.push(claim);
+        if opts.bills == Bills::ClaimsAndExplanations {
+            let mut eob = common;
+            eob["resourceType"] = json!("ExplanationOfBenefit");
+            eob["id"] = json!(format!("x{id}"));
+            eob["insurer"] = json!({"display": "Hyvinvointialue"});
+            eob["outcome"] = json!("complete");
+            eob["claim"] = json!({"reference": format!("Claim/c{id}")});
+            eob["total"] = json!([{
+                "category": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/adjudication", "code": "submitted"}]},
+                "amount": total,
+            }]);
+            out.push(eob);
+        }
+    }
+    out
+}
+
 /// The service area of a generated Encounter (by its service type) or Condition (oral and
 /// social diagnoses; the rest are health care's).
 pub fn area_of(resource: &Value) -> Area {
@@ -537,12 +604,20 @@ pub fn area_of(resource: &Value) -> Area {
 /// streaming straight into a run.
 pub fn lines(opts: &SynthOptions) -> impl Iterator<Item = (ResourceKind, String)> + '_ {
     clients(opts).flat_map(move |(_, c)| {
+        let bills = bills(opts, &c);
         std::iter::once((ResourceKind::Patient, c.patient.to_string()))
             .chain(
                 c.encounters
                     .into_iter()
                     .map(|e| (ResourceKind::Encounter, e.to_string())),
             )
+            .chain(bills.into_iter().map(|b| {
+                let kind = match b["resourceType"].as_str() {
+                    Some("Claim") => ResourceKind::Claim,
+                    _ => ResourceKind::ExplanationOfBenefit,
+                };
+                (kind, b.to_string())
+            }))
             .chain(
                 c.conditions
                     .into_iter()
@@ -574,11 +649,20 @@ pub fn write_dir(
         Ok((path, BufWriter::with_capacity(1 << 20, file)))
     };
     let mut ndjson = match format {
-        SynthFormat::Ndjson => Some([
-            open("Patient.ndjson")?,
-            open("Encounter.ndjson")?,
-            open("Condition.ndjson")?,
-        ]),
+        SynthFormat::Ndjson => {
+            let mut files = vec![
+                open("Patient.ndjson")?,
+                open("Encounter.ndjson")?,
+                open("Condition.ndjson")?,
+            ];
+            if opts.bills != Bills::None {
+                files.push(open("Claim.ndjson")?);
+            }
+            if opts.bills == Bills::ClaimsAndExplanations {
+                files.push(open("ExplanationOfBenefit.ndjson")?);
+            }
+            Some(files)
+        }
         SynthFormat::Bundles => None,
     };
     for (i, c) in clients(opts) {
@@ -587,9 +671,20 @@ pub fn write_dir(
         report.encounters += c.encounters.len() as u64;
         report.conditions += c.conditions.len() as u64;
         costs.push(c.cost_eur);
+        let bills = bills(opts, &c);
+        report.bills += bills.len() as u64;
         match &mut ndjson {
             Some(files) => {
-                let groups = [vec![c.patient], c.encounters, c.conditions];
+                let (claims, explanations): (Vec<Value>, Vec<Value>) = bills
+                    .into_iter()
+                    .partition(|b| b["resourceType"] == "Claim");
+                let groups = [
+                    vec![c.patient],
+                    c.encounters,
+                    c.conditions,
+                    claims,
+                    explanations,
+                ];
                 for ((path, writer), group) in files.iter_mut().zip(groups) {
                     for resource in group {
                         serde_json::to_writer(&mut *writer, &resource).map_err(|e| SynthError {
@@ -605,7 +700,7 @@ pub fn write_dir(
                     "{}.json",
                     c.patient["id"].as_str().unwrap_or_default()
                 ));
-                std::fs::write(&path, bundle(opts, i, c).to_string()).map_err(io(&path))?;
+                std::fs::write(&path, bundle(opts, i, c, bills).to_string()).map_err(io(&path))?;
             }
         }
     }
@@ -621,7 +716,7 @@ pub fn write_dir(
 
 /// A client as a collection Bundle with `urn:uuid:` references between its entries, as
 /// Synthea writes them.
-fn bundle(opts: &SynthOptions, index: u64, c: SynthClient) -> Value {
+fn bundle(opts: &SynthOptions, index: u64, c: SynthClient, bills: Vec<Value>) -> Value {
     let urn = |id: &str| {
         format!(
             "urn:uuid:{}",
@@ -633,8 +728,13 @@ fn bundle(opts: &SynthOptions, index: u64, c: SynthClient) -> Value {
     };
     let patient_urn = urn(c.patient["id"].as_str().unwrap_or_default());
     let mut entries = vec![json!({"fullUrl": patient_urn, "resource": c.patient})];
-    for mut r in c.encounters.into_iter().chain(c.conditions) {
-        r["subject"] = json!({"reference": patient_urn});
+    for mut r in c.encounters.into_iter().chain(c.conditions).chain(bills) {
+        let client = if r.get("patient").is_some() {
+            "patient"
+        } else {
+            "subject"
+        };
+        r[client] = json!({"reference": patient_urn});
         if let Some(enc) = r
             .pointer("/encounter/reference")
             .and_then(Value::as_str)
@@ -660,6 +760,7 @@ mod tests {
             flavor: CodeFlavor::Finnish,
             as_of: "2026-01-01".parse().expect("day"),
             area: None,
+            bills: Bills::None,
         }
     }
 
@@ -731,10 +832,41 @@ mod tests {
     }
 
     #[test]
+    fn bills_price_each_encounter_for_the_client_as_its_system_holds_it() {
+        let mut o = opts(50);
+        assert!(clients(&o).all(|(_, c)| bills(&o, &c).is_empty()));
+        o.bills = Bills::ClaimsAndExplanations;
+        o.area = Some(Area::Social);
+        for (_, c) in clients(&o) {
+            let bills = bills(&o, &c);
+            assert_eq!(bills.len(), 2 * c.encounters.len());
+            let (claims, explanations): (Vec<&Value>, Vec<&Value>) =
+                bills.iter().partition(|b| b["resourceType"] == "Claim");
+            for ((claim, eob), e) in claims.iter().zip(&explanations).zip(&c.encounters) {
+                assert_eq!(
+                    claim["patient"], e["subject"],
+                    "the system's own Patient id"
+                );
+                assert_eq!(claim["total"]["value"], json!(cost_eur(e)));
+                assert_eq!(eob["total"][0]["amount"], claim["total"]);
+                assert_eq!(claim["billablePeriod"], e["period"]);
+            }
+            let total: f64 = claims
+                .iter()
+                .filter_map(|c| c["total"]["value"].as_f64())
+                .sum();
+            assert!((total - c.cost_eur).abs() < 1e-6);
+        }
+    }
+
+    #[test]
     fn bundles_reference_their_own_entries() {
-        let o = opts(20);
+        let mut o = opts(20);
+        o.bills = Bills::Claims;
         for i in 0..o.clients {
-            let b = bundle(&o, i, client(&o, i));
+            let c = client(&o, i);
+            let bills = bills(&o, &c);
+            let b = bundle(&o, i, c, bills);
             let urls: Vec<&str> = b["entry"]
                 .as_array()
                 .expect("entries")
@@ -742,9 +874,11 @@ mod tests {
                 .map(|e| e["fullUrl"].as_str().expect("fullUrl"))
                 .collect();
             for e in b["entry"].as_array().expect("entries").iter().skip(1) {
-                let subject = e["resource"]["subject"]["reference"]
+                let r = &e["resource"];
+                let subject = r["subject"]["reference"]
                     .as_str()
-                    .expect("subject");
+                    .or(r["patient"]["reference"].as_str())
+                    .expect("subject or patient");
                 assert!(urls.contains(&subject));
             }
         }

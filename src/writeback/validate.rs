@@ -3,7 +3,7 @@
 //!
 //! | resource | rule |
 //! |---|---|
-//! | Observation | `status` final; `meta.profile` is `segment-assessment`; `code` carries segmentti's `segment-assessment`; exactly one identifier, the business identifier (model, client, date); `subject` is the client's Patient; `effectiveDateTime` is the as-of date; the value is one of the model's segments; `method` names the model; every component has a code and exactly one value; no `derivedFrom` (R4 allows no Encounter or Condition there); `workflow-supportingInfo` extensions point at Encounters and Conditions only, at most the cap, with the full count once |
+//! | Observation | `status` final; `meta.profile` is `segment-assessment`; `code` carries segmentti's `segment-assessment`; exactly one identifier, the business identifier (model, client, date); `subject` is the client's Patient; `effectiveDateTime` is the as-of date; the value is one of the model's segments; `method` names the model; every component has a code and exactly one value; no `derivedFrom` (R4 allows no Encounter or Condition there); `workflow-supportingInfo` extensions point at the client's resources of the types segmentti reads (Encounter, Condition, Observation, EpisodeOfCare, Claim, ExplanationOfBenefit) only, at most the cap, with the full count once |
 //! | Flag | `status` active; `meta.profile` is `segment-flag`, `key-client-flag` or `overlay-flag`; exactly one identifier, the business identifier (model, overlay, client, date); `code` is a segment (the first Flag) or an overlay (the others) of the model; `subject` is the client's Patient; `period.start` is the as-of date and there is no end; `flag-detail` points at this client's Observation; the fingerprint extension is there |
 //!
 //! It reads the typed resources the builders made, so it costs no serialisation. A failure
@@ -20,6 +20,7 @@ use super::{
 };
 use crate::model::plan::Plan;
 use crate::sink::ClientResources;
+use crate::types::ResourceKind;
 
 /// A built resource that breaks a rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize)]
@@ -166,13 +167,14 @@ fn check_observation(plan: &Plan, patient: &str, obs: &Observation) -> Rule {
     )?;
     rule(
         supporting.iter().all(|e| match &e.value {
-            Some(ExtensionValue::Reference(r)) => r
-                .reference
-                .as_deref()
-                .is_some_and(|t| t.starts_with("Encounter/") || t.starts_with("Condition/")),
+            Some(ExtensionValue::Reference(r)) => r.reference.as_deref().is_some_and(|t| {
+                t.split_once('/')
+                    .and_then(|(kind, _)| ResourceKind::parse(kind))
+                    .is_some_and(|k| k != ResourceKind::Patient)
+            }),
             _ => false,
         }),
-        "supporting information points at Encounters and Conditions only",
+        "supporting information points at the client's resources of the types segmentti reads",
     )?;
     rule(
         obs.extension

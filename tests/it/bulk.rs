@@ -14,7 +14,7 @@ use reqwest::Url;
 use segmentti::fhir::{BearerToken, ClientOptions, FhirClient, RetryPolicy};
 use segmentti::source::bulk::{self, BulkError, BulkOptions, Level};
 use serde_json::json;
-use wiremock::matchers::{method, path};
+use wiremock::matchers::{method, path, query_param};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::harness::TestServer;
@@ -708,12 +708,78 @@ async fn resources_of_types_not_asked_for_are_ignored_and_counted_not_rejected()
         );
         let rejected = std::fs::read_to_string(out.join("rejected.ndjson")).expect("rejected");
         assert_eq!(summary["rejected"], json!(code / 3), "{case}: {rejected}");
-        assert!(!rejected.contains("Observation"), "{case}: {rejected}");
+        assert!(
+            !rejected.contains(r#""resource":"Observation"#),
+            "{case}: {rejected}"
+        );
         if code == 3 {
             assert!(
                 rejected.contains("resourceType `Foo`") && rejected.contains("/files/p.ndjson:3"),
                 "{case}: the unknown type is rejected with its file and line: {rejected}"
             );
         }
+    }
+}
+
+/// Issue 5: the export asks for the types the models read, and no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_export_asks_for_the_types_the_models_read() {
+    for (model, types) in [
+        (
+            "mappings/helsinki-oral-health.yaml",
+            "Patient,Encounter,Condition,Observation",
+        ),
+        (
+            "mappings/virta.yaml",
+            "Patient,Encounter,Condition,EpisodeOfCare,Claim,ExplanationOfBenefit",
+        ),
+    ] {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/Group/county/$export"))
+            .and(query_param("_type", types))
+            .respond_with(ResponseTemplate::new(202).insert_header(
+                "Content-Location",
+                format!("{}/status/1", server.uri()).as_str(),
+            ))
+            .expect(1)
+            .mount(&server)
+            .await;
+        file(&server, "/files/p.ndjson", &format!("{PATIENT}\n")).await;
+        finished(
+            &server,
+            json!({
+                "transactionTime": "2026-01-01T00:00:00Z",
+                "request": format!("{}/Group/county/$export", server.uri()),
+                "requiresAccessToken": false,
+                "output": [{"type": "Patient", "url": format!("{}/files/p.ndjson", server.uri())}],
+                "error": [],
+            }),
+        )
+        .await;
+        Mock::given(method("DELETE"))
+            .and(path("/status/1"))
+            .respond_with(ResponseTemplate::new(202))
+            .mount(&server)
+            .await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = dir.path().join("out");
+        let output = segmentti(&[
+            "run",
+            "--bulk",
+            &server.uri(),
+            "--group",
+            "county",
+            "--model",
+            model,
+            "--as-of",
+            "2026-01-01",
+            "--out",
+            out.to_str().expect("utf-8"),
+            "--progress",
+            "off",
+        ]);
+        let (stdout, stderr) = text(&output);
+        assert!(output.status.success(), "{model}: {stdout}\n{stderr}");
     }
 }

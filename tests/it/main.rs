@@ -1,5 +1,6 @@
 //! The integration tests, one binary with a module per theme.
 
+mod bills;
 mod bulk;
 mod conformance;
 mod faults;

@@ -150,7 +150,11 @@ fn broken(dir: &tempfile::TempDir, edits: &[(&str, &str)]) -> (PathBuf, String) 
 
 /// Writes `text` as `broken.yaml` beside copies of the files it includes.
 fn write_model(dir: &tempfile::TempDir, text: &str) -> PathBuf {
-    for name in ["key-client.yaml", "service-areas.yaml"] {
+    for name in [
+        "key-client.yaml",
+        "service-areas.yaml",
+        "social-services.yaml",
+    ] {
         std::fs::copy(root().join("mappings").join(name), dir.path().join(name))
             .expect("copy the included file");
     }

@@ -26,7 +26,7 @@ fn run_segments_the_fixture_and_writes_schema_valid_resources() {
     let output = run_files(&fixture("offline/basic"), out.path(), &[]);
     let (stdout, stderr) = text(&output);
     assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
-    assert!(stdout.contains("Model paijat-sote 1.1.0"), "{stdout}");
+    assert!(stdout.contains("Model paijat-sote 1.2.0"), "{stdout}");
     let observations = ndjson(&out.path().join("Observation.ndjson"));
     let flags = ndjson(&out.path().join("Flag.ndjson"));
     assert_eq!(observations.len(), 3);

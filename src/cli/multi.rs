@@ -1,7 +1,8 @@
 //! `run` over several sources: repeatable `--server` and `--input`, joined into whole clients
 //! and written back with `--write-to each|URL` (see [`segmentti::multi`]), and `explain` of one
-//! such client. This module turns flags into [`MultiOptions`] and the report into text or JSON; the join key comes from a
-//! file or the environment, never from the command line, and is never printed.
+//! such client. This module turns flags into [`MultiOptions`] and the report into text or
+//! JSON; the join key comes from a file or the environment, never from the command line, and
+//! is never printed.
 //!
 //! | variable | meaning |
 //! |---|---|
@@ -132,7 +133,7 @@ impl Sources {
         }
         for path in &models.input {
             sources.push(Source {
-                input: segmentti::pipeline::Input::Files(path.clone()),
+                input: Input::Files(path.clone()),
                 name: path.display().to_string(),
                 server: None,
                 may_be_missing: allowed(sources.len()),

@@ -3,9 +3,11 @@
 //! `run --server` runs in full and again, and the full run is set against the floor of a bare
 //! HTTP client (plain reqwest) making the same requests without segmenting anything:
 //!
-//! - reading, before the run: the Patient pages, each page's Encounters and Conditions (in
-//!   pages of the run's size, as many Patient pages at once as its `--concurrency`), and the Flags of each write batch of
-//!   clients (`Flag?patient=…`, nothing yet, as in the run);
+//! - reading, before the run: the Patient pages, each page's resources of the other types the
+//!   model reads (Encounters, Conditions, Claims and ExplanationOfBenefits for the default
+//!   model; in pages of the run's size, as many Patient pages at once as its `--concurrency`),
+//!   and the Flags of each write batch of clients (`Flag?patient=…`, nothing yet, as in the
+//!   run);
 //! - writing, after the rerun: the run's transactions again, rebuilt from what it wrote (the
 //!   same Observations and Flags, batch by batch in client order, conditional `PUT`s on their
 //!   identifiers, a Provenance each). The server then updates instead of creating; the floor
@@ -88,9 +90,11 @@ impl Bare {
         (out, requests)
     }
 
-    /// The run's reads, with no fold: Patient pages; per group of `CONCURRENCY` pages their
-    /// Encounters and Conditions, pages at once; then each write batch's Flags.
+    /// The run's reads, with no fold: Patient pages; per group of `CONCURRENCY` pages the
+    /// resources of every other type the model reads, pages at once; then each write batch's
+    /// Flags.
     async fn read(&self) -> Floor {
+        let kinds = related_kinds();
         let started = Instant::now();
         let mut floor = Floor::default();
         let size = PAGE.to_string();
@@ -121,9 +125,13 @@ impl Bare {
                         ("patient", refs.as_str()),
                         ("_count", related_size.as_str()),
                     ];
-                    let (encounters, a) = self.all("Encounter", &params).await;
-                    let (conditions, b) = self.all("Condition", &params).await;
-                    Ok::<_, ()>(((encounters.len() + conditions.len()) as u64, a + b))
+                    let (mut resources, mut requests) = (0, 0);
+                    for kind in &kinds {
+                        let (found, asked) = self.all(kind, &params).await;
+                        resources += found.len() as u64;
+                        requests += asked;
+                    }
+                    Ok::<_, ()>((resources, requests))
                 })
                 .buffered(CONCURRENCY)
                 .try_collect()
@@ -212,6 +220,19 @@ async fn rebuilt_transactions(bare: &Bare) -> Vec<Value> {
             }));
             json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
         })
+        .collect()
+}
+
+/// The types the run reads beside Patient: those the default model names.
+fn related_kinds() -> Vec<&'static str> {
+    let path = crate::support::root().join("mappings/paijat-sote.yaml");
+    let mapping = segmentti::model::load::load_file(&path).expect("the default model");
+    let plan = segmentti::model::Plan::compile(mapping, "2026-01-01".parse().expect("a day"))
+        .expect("the default model compiles");
+    segmentti::model::plan::kinds_read(&[plan])
+        .into_iter()
+        .filter(|k| *k != segmentti::types::ResourceKind::Patient)
+        .map(|k| k.as_str())
         .collect()
 }
 

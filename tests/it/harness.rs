@@ -244,8 +244,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The `hfs` binary, looked up once per test process (an install runs at most once).
-fn hfs_binary() -> &'static Path {
+/// The `hfs` binary, looked up once per test process (an install runs at most once); the
+/// benchmarks print it, since a debug and a release build differ several times in speed.
+pub fn hfs_binary() -> &'static Path {
     static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     match BINARY.get_or_init(find_hfs) {
         Ok(path) => path,

@@ -590,8 +590,9 @@ async fn benchmark_size(clients: &str) -> (f64, f64) {
         }
     });
     println!(
-        "loaded {clients} clients over 3 servers in {:.1} s",
-        started.elapsed().as_secs_f64()
+        "loaded {clients} clients over 3 servers in {:.1} s ({})",
+        started.elapsed().as_secs_f64(),
+        crate::harness::hfs_binary().display()
     );
     let urls: Vec<String> = servers
         .iter()

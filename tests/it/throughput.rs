@@ -305,7 +305,10 @@ async fn benchmark_one_server_against_a_bare_client() {
 
     let rate = |n: f64, s: f64| n / s.max(1e-9);
     let floor = floor_read.elapsed.as_secs_f64() + floor_write.elapsed.as_secs_f64();
-    println!("== figures ({clients} clients, one hfs 0.2.7 debug build on loopback)");
+    println!(
+        "== figures ({clients} clients, one hfs on loopback: {})",
+        crate::harness::hfs_binary().display()
+    );
     println!(
         "full run: {full:.1} s; read {} resources in {:.1} s ({:.0}/s); wrote {} resources in {} transactions in {:.1} s ({:.0}/s)",
         first["read"],

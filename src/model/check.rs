@@ -22,15 +22,7 @@ const MAX_COMBINATIONS: usize = 1_000_000;
 pub fn data_notes(features: &[Feature]) -> Vec<String> {
     let mut out = Vec::new();
     for f in features {
-        let selections = [
-            &f.count,
-            &f.distinct,
-            &f.lists_hit,
-            &f.cost,
-            &f.span_days,
-            &f.days_since_last,
-        ];
-        for sel in selections.into_iter().flatten() {
+        for sel in f.selections() {
             if let Some(billed) = sel.billed.as_deref().filter(|b| !b.is_empty()) {
                 let names: Vec<&str> = billed.iter().map(|k| k.as_str()).collect();
                 out.push(format!(

@@ -300,6 +300,22 @@ pub struct Feature {
     pub days_since_last: Option<Selection>,
 }
 
+impl Feature {
+    /// The selections the feature aggregates over (one, once the model is checked).
+    pub fn selections(&self) -> impl Iterator<Item = &Selection> {
+        [
+            &self.count,
+            &self.distinct,
+            &self.lists_hit,
+            &self.cost,
+            &self.span_days,
+            &self.days_since_last,
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
 /// Age needs no settings; written `age: {}`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -1029,18 +1029,10 @@ fn compile_feature(
         });
     }
     let key = named[0];
-    let sel = [
-        &f.count,
-        &f.distinct,
-        &f.lists_hit,
-        &f.cost,
-        &f.span_days,
-        &f.days_since_last,
-    ]
-    .into_iter()
-    .flatten()
-    .next()
-    .ok_or_else(|| err(p, "feature without aggregation", "report this as a bug"))?;
+    let sel = f
+        .selections()
+        .next()
+        .ok_or_else(|| err(p, "feature without aggregation", "report this as a bug"))?;
     let sp = format!("{p}/{key}");
     match sel.resource {
         ResourceKind::Patient => {

@@ -183,22 +183,7 @@ async fn the_test_server_finds_every_type_segmentti_reads_by_patient() {
             "created": "2025-01-01", "insurer": {"display": "x"}, "provider": {"display": "x"}, "outcome": "complete",
             "insurance": [{"focal": true, "coverage": {"display": "x"}}]}));
     }
-    let entries: Vec<Value> = resources
-        .into_iter()
-        .map(|r| {
-            let url = format!(
-                "{}/{}",
-                r["resourceType"].as_str().expect("type"),
-                r["id"].as_str().expect("id")
-            );
-            json!({"resource": r, "request": {"method": "PUT", "url": url}})
-        })
-        .collect();
-    server
-        .client()
-        .transaction(&json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}))
-        .await
-        .expect("the test server takes the transaction");
+    server.put(&resources).await;
     for (kind, prefix) in [
         ("Observation", "o"),
         ("EpisodeOfCare", "ep"),
@@ -481,22 +466,7 @@ fn observations_and_episodes_in_ndjson_and_bundles_decide_where_the_models_read_
 #[tokio::test]
 async fn a_server_holding_episodes_of_care_is_read_for_the_model_that_needs_them() {
     let server = TestServer::start().await;
-    let entries: Vec<Value> = observation_and_episode_clients()
-        .into_iter()
-        .map(|r| {
-            let url = format!(
-                "{}/{}",
-                r["resourceType"].as_str().expect("type"),
-                r["id"].as_str().expect("id")
-            );
-            json!({"resource": r, "request": {"method": "PUT", "url": url}})
-        })
-        .collect();
-    server
-        .client()
-        .transaction(&json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}))
-        .await
-        .expect("loaded");
+    server.put(&observation_and_episode_clients()).await;
     let base = server.base_url().as_str().to_owned();
     let output = segmentti(&[
         "run",

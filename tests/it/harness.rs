@@ -97,6 +97,27 @@ impl TestServer {
         self.started_in
     }
 
+    /// Stores `resources` as they are (ids included), in one transaction of PUTs.
+    pub async fn put(&self, resources: &[serde_json::Value]) {
+        let entries: Vec<serde_json::Value> = resources
+            .iter()
+            .map(|r| {
+                let url = format!(
+                    "{}/{}",
+                    r["resourceType"].as_str().expect("type"),
+                    r["id"].as_str().expect("id")
+                );
+                serde_json::json!({"resource": r, "request": {"method": "PUT", "url": url}})
+            })
+            .collect();
+        let bundle =
+            serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+        self.client()
+            .transaction(&bundle)
+            .await
+            .expect("the test server takes the transaction");
+    }
+
     /// A client for this server with a short retry policy and a 30 s timeout.
     pub fn client(&self) -> FhirClient {
         let mut options = ClientOptions::new(format!("it-{}", self.base.port().unwrap_or(0)));

@@ -260,22 +260,6 @@ async fn joined_servers_give_the_whole_populations_segments_and_a_rerun_writes_n
     }
 }
 
-/// A transaction of PUTs, one per resource.
-async fn put(server: &TestServer, resources: &[Value]) {
-    let entries: Vec<Value> = resources
-        .iter()
-        .map(|r| {
-            json!({"resource": r, "request": {"method": "PUT",
-                "url": format!("{}/{}", r["resourceType"].as_str().expect("type"), r["id"].as_str().expect("id"))}})
-        })
-        .collect();
-    server
-        .client()
-        .transaction(&json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}))
-        .await
-        .expect("the test data load");
-}
-
 fn patient(id: &str, code: Option<&str>, replaced_by: Option<&str>) -> Value {
     let mut p = json!({"resourceType": "Patient", "id": id, "birthDate": "1950-03-01"});
     if let Some(code) = code {
@@ -300,38 +284,29 @@ async fn duplicates_are_reported_links_honoured_and_one_system_clients_written()
     let (a, b) = tokio::join!(TestServer::start(), TestServer::start());
     // On A: the same person twice (d2 updated last wins), a Patient replaced by another, a
     // Patient without an identity code, and one only A holds.
-    put(
-        &a,
-        &[
-            patient("d1", Some("010150-901H"), None),
-            visit("e-d1", "d1"),
-        ],
-    )
+    a.put(&[
+        patient("d1", Some("010150-901H"), None),
+        visit("e-d1", "d1"),
+    ])
     .await;
-    put(&a, &[patient("d2", Some("010150-901H"), None)]).await;
-    put(
-        &a,
-        &[
-            patient("r2", Some("020250-9021"), None),
-            patient("r1", None, Some("r2")),
-            visit("e-r1", "r1"),
-            patient("anon", None, None),
-            patient("only-a", Some("030350-903L"), None),
-        ],
-    )
+    a.put(&[patient("d2", Some("010150-901H"), None)]).await;
+    a.put(&[
+        patient("r2", Some("020250-9021"), None),
+        patient("r1", None, Some("r2")),
+        visit("e-r1", "r1"),
+        patient("anon", None, None),
+        patient("only-a", Some("030350-903L"), None),
+    ])
     .await;
     // On B: two of A's people by identity code, and A's `anon` again, known to B only by a link
     // to A's Patient.
     let mut b3 = patient("b3", None, None);
     b3["link"] = json!([{"other": {"reference": format!("{}Patient/anon", a.base_url())}, "type": "seealso"}]);
-    put(
-        &b,
-        &[
-            patient("b1", Some("010150-901H"), None),
-            patient("b2", Some("020250-9021"), None),
-            b3,
-        ],
-    )
+    b.put(&[
+        patient("b1", Some("010150-901H"), None),
+        patient("b2", Some("020250-9021"), None),
+        b3,
+    ])
     .await;
     let urls = [a.base_url().to_string(), b.base_url().to_string()];
     let urls: Vec<&str> = urls.iter().map(String::as_str).collect();

@@ -363,18 +363,7 @@ async fn a_server_without_claims_is_read_as_holding_none_and_a_model_without_bil
 fn segments_of(out: &Path) -> Vec<(String, String)> {
     let mut found: Vec<(String, String)> = ndjson(&out.join("Observation.ndjson"))
         .iter()
-        .map(|o| {
-            (
-                o["subject"]["reference"]
-                    .as_str()
-                    .expect("subject")
-                    .to_owned(),
-                o["valueCodeableConcept"]["coding"][0]["code"]
-                    .as_str()
-                    .expect("code")
-                    .to_owned(),
-            )
-        })
+        .map(crate::support::subject_and_segment)
         .collect();
     found.sort();
     found

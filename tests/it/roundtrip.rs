@@ -132,18 +132,7 @@ async fn a_server_run_matches_the_offline_run_and_a_rerun_writes_nothing() {
     assert!(output.status.success(), "{:?}", text(&output));
     let expected: BTreeMap<String, String> = ndjson(&out.join("Observation.ndjson"))
         .iter()
-        .map(|o| {
-            (
-                o["subject"]["reference"]
-                    .as_str()
-                    .expect("subject")
-                    .to_owned(),
-                o["valueCodeableConcept"]["coding"][0]["code"]
-                    .as_str()
-                    .expect("code")
-                    .to_owned(),
-            )
-        })
+        .map(crate::support::subject_and_segment)
         .collect();
     let observations = all(&server, "Observation").await;
     assert_eq!(observations.len(), 120);

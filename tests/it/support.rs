@@ -50,6 +50,18 @@ pub fn text(output: &Output) -> (String, String) {
     )
 }
 
+/// An assessment Observation's subject reference and segment code.
+pub fn subject_and_segment(observation: &Value) -> (String, String) {
+    let text = |v: &Value, what: &str| v.as_str().expect(what).to_owned();
+    (
+        text(&observation["subject"]["reference"], "subject"),
+        text(
+            &observation["valueCodeableConcept"]["coding"][0]["code"],
+            "segment code",
+        ),
+    )
+}
+
 /// Every line of an NDJSON file as JSON.
 pub fn ndjson(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)

@@ -214,19 +214,7 @@ async fn a_server_holding_claims_is_read_and_they_give_the_cost() {
     ]);
     assert!(output.status.success(), "{:?}", text(&output));
     let cost = || {
-        let output = segmentti(&[
-            "run",
-            "--server",
-            &base,
-            "--as-of",
-            "2026-01-01",
-            "--dry-run",
-            "--json",
-        ]);
-        let (stdout, stderr) = text(&output);
-        assert!(output.status.success(), "{stdout}\n{stderr}");
-        let report: Value = serde_json::from_str(&stdout).expect("json");
-        report["models"][0]["summary"]["total_cost"]
+        dry_run(&base, &[])["models"][0]["summary"]["total_cost"]
             .as_f64()
             .expect("cost")
     };
@@ -359,6 +347,24 @@ async fn a_server_without_claims_is_read_as_holding_none_and_a_model_without_bil
     assert!(failed.contains("404"), "{failed}");
 }
 
+/// The JSON report of `run --server BASE --dry-run` plus `extra`, which must succeed.
+fn dry_run(base: &str, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "run",
+        "--server",
+        base,
+        "--as-of",
+        "2026-01-01",
+        "--dry-run",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let output = segmentti(&args);
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    serde_json::from_str(&stdout).expect("json")
+}
+
 /// Segment codes per Patient in a run's `Observation.ndjson`.
 fn segments_of(out: &Path) -> Vec<(String, String)> {
     let mut found: Vec<(String, String)> = ndjson(&out.join("Observation.ndjson"))
@@ -457,20 +463,7 @@ async fn a_server_holding_episodes_of_care_is_read_for_the_model_that_needs_them
     let server = TestServer::start().await;
     server.put(&observation_and_episode_clients()).await;
     let base = server.base_url().as_str().to_owned();
-    let output = segmentti(&[
-        "run",
-        "--server",
-        &base,
-        "--model",
-        "mappings/virta.yaml",
-        "--as-of",
-        "2026-01-01",
-        "--dry-run",
-        "--json",
-    ]);
-    let (stdout, stderr) = text(&output);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
-    let report: Value = serde_json::from_str(&stdout).expect("json");
+    let report = dry_run(&base, &["--model", "mappings/virta.yaml"]);
     let heavy = report["models"][0]["summary"]["segments"]
         .as_array()
         .expect("segments")
@@ -478,5 +471,5 @@ async fn a_server_holding_episodes_of_care_is_read_for_the_model_that_needs_them
         .find(|s| s["code"] == "heavy")
         .expect("heavy")["count"]
         .clone();
-    assert_eq!(heavy, 1, "{stdout}");
+    assert_eq!(heavy, 1, "{report:#}");
 }

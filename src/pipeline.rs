@@ -628,7 +628,11 @@ pub fn evaluate_views<S: Sink + Send>(
                     if let Err(invalid) = writeback::validate::check(plan, &resources) {
                         return Ok((a, Err(invalid)));
                     }
-                    writes.push((resources.flags.len(), S::encode(plan, resources)?));
+                    let built = crate::sink::Built {
+                        concepts: &concepts,
+                        assessment: &a,
+                    };
+                    writes.push((resources.flags.len(), S::encode(built, resources)?));
                 }
                 Ok((a, Ok(writes)))
             })
@@ -888,13 +892,18 @@ pub fn build_view(
         "Observation/{}",
         observation.id.as_deref().unwrap_or_default()
     );
-    let mut flags = vec![writeback::segment_flag(plan, concepts, id, a, &obs_ref)?];
+    let fingerprint = writeback::lifecycle::fingerprint(plan, a);
+    let of = writeback::flag::Assessed {
+        patient: id,
+        observation: &obs_ref,
+        fingerprint: &fingerprint,
+    };
+    let mut flags = vec![writeback::segment_flag(plan, concepts, a, of)?];
     for o in 0..plan.overlays.len() {
         if a.overlay_holds(o) {
-            flags.push(writeback::overlay_flag(plan, concepts, id, a, o, &obs_ref)?);
+            flags.push(writeback::overlay_flag(plan, concepts, o, of)?);
         }
     }
-    let fingerprint = writeback::lifecycle::fingerprint(plan, a);
     Ok(ClientResources {
         target: view.target,
         patient: id.to_owned(),

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tracing::error;
 
 use super::fhir::{FhirSink, WriteReport};
-use super::{ClientResources, Sink, SinkError};
+use super::{Built, ClientResources, Sink, SinkError};
 use crate::model::plan::Plan;
 use crate::pipeline::Rejected;
 
@@ -128,7 +128,7 @@ fn write(
 impl Sink for FanOut<'_> {
     type Encoded = ClientResources;
 
-    fn encode(_plan: &Plan, resources: ClientResources) -> Result<ClientResources, SinkError> {
+    fn encode(_: Built<'_>, resources: ClientResources) -> Result<ClientResources, SinkError> {
         Ok(resources)
     }
 

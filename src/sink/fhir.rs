@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio::runtime::Runtime;
 use tracing::{info, warn};
 
-use super::{ClientResources, Sink, SinkError};
+use super::{Built, ClientResources, Sink, SinkError};
 use crate::fhir::{FhirClient, FhirError, matches, patient_references};
 use crate::model::plan::Plan;
 use crate::pipeline::Rejected;
@@ -207,7 +207,7 @@ impl FhirSink {
 impl Sink for FhirSink {
     type Encoded = ClientResources;
 
-    fn encode(_plan: &Plan, resources: ClientResources) -> Result<ClientResources, SinkError> {
+    fn encode(_: Built<'_>, resources: ClientResources) -> Result<ClientResources, SinkError> {
         Ok(resources)
     }
 

@@ -13,9 +13,10 @@ use std::thread::JoinHandle;
 
 use serde::Serialize;
 
-use super::{ClientResources, Sink, SinkError};
+use super::{Built, ClientResources, Sink, SinkError};
 use crate::model::plan::Plan;
 use crate::pipeline::Rejected;
+use crate::writeback::ndjson;
 
 const FILES: [&str; 3] = ["Observation.ndjson", "Flag.ndjson", "rejected.ndjson"];
 
@@ -155,17 +156,17 @@ pub struct Lines {
 impl Sink for FileSink {
     type Encoded = Lines;
 
-    fn encode(_plan: &Plan, resources: ClientResources) -> Result<Lines, SinkError> {
+    fn encode(built: Built<'_>, resources: ClientResources) -> Result<Lines, SinkError> {
         let fail = |e: serde_json::Error| SinkError::Serialize {
             patient: resources.patient.clone(),
             cause: e.to_string(),
         };
-        let mut observation = serde_json::to_vec(&resources.observation).map_err(fail)?;
-        observation.push(b'\n');
-        let mut flags = Vec::new();
-        for flag in &resources.flags {
-            serde_json::to_writer(&mut flags, flag).map_err(fail)?;
-            flags.push(b'\n');
+        let (concepts, a) = (built.concepts, built.assessment);
+        let mut observation = Vec::with_capacity(8 << 10);
+        ndjson::observation(concepts, a, &resources.observation, &mut observation).map_err(fail)?;
+        let mut flags = Vec::with_capacity(2 << 10);
+        for (n, flag) in resources.flags.iter().enumerate() {
+            ndjson::flag(concepts, a, n, flag, &mut flags).map_err(fail)?;
         }
         Ok(Lines { observation, flags })
     }

@@ -12,8 +12,10 @@ pub mod files;
 
 use fhir_sdk::r4b::resources::{Flag, Observation};
 
+use crate::model::eval::Assessment;
 use crate::model::plan::Plan;
 use crate::pipeline::Rejected;
+use crate::writeback::Concepts;
 
 /// One client's resources, as built.
 #[derive(Debug, Clone)]
@@ -28,6 +30,16 @@ pub struct ClientResources {
     pub flags: Vec<Flag>,
     /// The assessment's fingerprint (see [`crate::writeback::lifecycle`]).
     pub fingerprint: String,
+}
+
+/// What a client's resources were built from, for a sink that encodes them from the model's
+/// parts serialised once ([`crate::writeback::ndjson`]) rather than serialising each anew.
+#[derive(Debug, Clone, Copy)]
+pub struct Built<'a> {
+    /// The model's codes and components.
+    pub concepts: &'a Concepts,
+    /// The assessment the resources say.
+    pub assessment: &'a Assessment,
 }
 
 /// Why a sink failed.
@@ -62,7 +74,7 @@ pub trait Sink {
     /// A client's resources as this sink takes them (serialised lines, JSON values).
     type Encoded: Send;
     /// Encodes one client's resources; pure, so the pipeline runs it on many clients at once.
-    fn encode(plan: &Plan, resources: ClientResources) -> Result<Self::Encoded, SinkError>;
+    fn encode(built: Built<'_>, resources: ClientResources) -> Result<Self::Encoded, SinkError>;
     /// Takes one client's encoded resources, in client order.
     fn client(&mut self, plan: &Plan, encoded: Self::Encoded) -> Result<(), SinkError>;
     /// Records a rejected input.

@@ -10,46 +10,40 @@ use super::{BuildError, BusinessId, Concepts, FLAG_DETAIL, Written, fhir_date, r
 use crate::model::eval::Assessment;
 use crate::model::plan::Plan;
 
-/// Builds the segment Flag of `patient`; `observation` is the reference to its assessment
-/// (`Observation/{id}` in files, the entry's `urn:uuid:` in a transaction).
+/// What every Flag of one assessment shares: whose it is, the reference to its Observation
+/// (`Observation/{id}` in files, the entry's `urn:uuid:` in a transaction) and the assessment's
+/// fingerprint (see [`super::lifecycle`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Assessed<'a> {
+    /// The client's Patient id.
+    pub patient: &'a str,
+    /// The reference to the assessment Observation.
+    pub observation: &'a str,
+    /// [`super::lifecycle::fingerprint`] of the assessment.
+    pub fingerprint: &'a str,
+}
+
+/// Builds the segment Flag of the client placed in `a`.
 pub fn segment_flag(
     plan: &Plan,
     concepts: &Concepts,
-    patient: &str,
     a: &Assessment,
-    observation: &str,
+    of: Assessed<'_>,
 ) -> Result<Flag, BuildError> {
     let code = concepts.segments[a.segment].clone();
-    build(
-        plan,
-        patient,
-        a,
-        (Written::SegmentFlag, None),
-        code,
-        observation,
-    )
+    build(plan, of, (Written::SegmentFlag, None), code)
 }
 
-/// Builds the Flag of overlay `o` (which must hold) for `patient`. Every Flag carries the
-/// assessment's fingerprint (see [`super::lifecycle`]).
+/// Builds the Flag of overlay `o` (which must hold).
 pub fn overlay_flag(
     plan: &Plan,
     concepts: &Concepts,
-    patient: &str,
-    a: &Assessment,
     o: usize,
-    observation: &str,
+    of: Assessed<'_>,
 ) -> Result<Flag, BuildError> {
     let part = Some(plan.mapping.overlays[o].code.as_str());
     let code = concepts.overlay_flags[o].clone();
-    build(
-        plan,
-        patient,
-        a,
-        (Written::OverlayFlag, part),
-        code,
-        observation,
-    )
+    build(plan, of, (Written::OverlayFlag, part), code)
 }
 
 /// The profile (in `profiles/`) a Flag of `written` with overlay `part` claims.
@@ -63,12 +57,15 @@ pub fn profile(written: Written, part: Option<&str>) -> &'static str {
 
 fn build(
     plan: &Plan,
-    patient: &str,
-    a: &Assessment,
+    of: Assessed<'_>,
     (written, part): (Written, Option<&str>),
     code: CodeableConcept,
-    observation: &str,
 ) -> Result<Flag, BuildError> {
+    let Assessed {
+        patient,
+        observation,
+        fingerprint,
+    } = of;
     let fail = |cause: String| BuildError {
         resource: "Flag",
         patient: patient.to_owned(),
@@ -87,7 +84,7 @@ fn build(
             .meta(super::meta(profile(written, part))?)
             .extension(vec![
                 detail,
-                super::lifecycle::fingerprint_extension(&super::lifecycle::fingerprint(plan, a))?,
+                super::lifecycle::fingerprint_extension(fingerprint)?,
             ])
             .identifier(vec![Some(id.to_fhir()?)])
             .status(FlagStatus::Active)

@@ -8,6 +8,7 @@
 
 pub mod flag;
 pub mod lifecycle;
+pub mod ndjson;
 pub mod observation;
 
 use fhir_sdk::r4b::types::{
@@ -208,8 +209,9 @@ pub fn concept_fi(system: &str, code: &str, display: &Text) -> Result<CodeableCo
         .map_err(|e| e.to_string())
 }
 
-/// The codes of one model, built once per run and cloned into each client's resources: they
-/// are the same for every client, and building them per client was most of the build's cost.
+/// The codes and components of one model, built once per run and cloned into each client's
+/// resources: they are the same for every client, and building them per client was most of the
+/// build's cost. [`ndjson::Encoded`] holds the same parts serialised, for the file sink.
 #[derive(Debug, Clone)]
 pub struct Concepts {
     /// `Observation.code`: segmentti's assessment code and the model's own.
@@ -218,24 +220,21 @@ pub struct Concepts {
     pub method: CodeableConcept,
     /// Per segment, with translations (the Observation's value, the segment Flag's code).
     pub segments: Vec<CodeableConcept>,
-    /// Per segment, the segment it refines, when it is a sub-segment.
-    pub parents: Vec<Option<usize>>,
-    /// The code of the component that names a sub-segment's parent.
-    pub parent_component: CodeableConcept,
-    /// Per criterion, its component code.
-    pub criteria: Vec<CodeableConcept>,
-    /// Per criterion and level, the component value. Each criterion's levels are a code system
-    /// of their own (`…/CodeSystem/level/{criterion}`): two criteria may both have a level
-    /// `none` that means different things, and a code system holds one meaning per code.
-    pub levels: Vec<Vec<CodeableConcept>>,
-    /// Per overlay, its component code.
-    pub overlays: Vec<CodeableConcept>,
+    /// Per segment, the components its Observations start with: the parent segment of a
+    /// sub-segment, then the segment's attributes (care path, appointment length, …).
+    pub segment_components: Vec<Vec<ObservationComponent>>,
+    /// Per criterion and level, the component. Each criterion's levels are a code system of
+    /// their own (`…/CodeSystem/level/{criterion}`): two criteria may both have a level `none`
+    /// that means different things, and a code system holds one meaning per code.
+    pub levels: Vec<Vec<ObservationComponent>>,
+    /// Per overlay, its component when it does not hold (`[0]`) and when it does (`[1]`).
+    pub overlays: Vec<[ObservationComponent; 2]>,
     /// Per overlay, its Flag's code, with translations.
     pub overlay_flags: Vec<CodeableConcept>,
-    /// Per overlay and rule, the rule's component code.
-    pub rules: Vec<Vec<CodeableConcept>>,
-    /// Per segment, the components of its attributes (care path, appointment length, …).
-    pub attributes: Vec<Vec<ObservationComponent>>,
+    /// Per overlay and rule, the component saying the rule holds.
+    pub rules: Vec<Vec<ObservationComponent>>,
+    /// The same parts serialised once, for writers of JSON lines.
+    pub encoded: ndjson::Encoded,
 }
 
 impl Concepts {
@@ -280,73 +279,100 @@ impl Concepts {
             model_system(plan, "overlay"),
             model_system(plan, "overlay-rule"),
         );
-        let parents = m
+        let segments: Vec<CodeableConcept> = m
+            .segments
+            .iter()
+            .map(|s| concept(&segment, s.code.as_str(), &s.display))
+            .collect::<Result<_, _>>()?;
+        let parent_code = concept_fi(SEGMENTTI_SYSTEM, "parent-segment", &parent_segment())?;
+        let segment_components = m
             .segments
             .iter()
             .map(|s| {
-                s.parent
+                let parent = s
+                    .parent
                     .as_ref()
                     .and_then(|p| m.segments.iter().position(|x| &x.code == p))
+                    .map(|p| {
+                        component(
+                            &parent_code,
+                            ObservationComponentValue::CodeableConcept(segments[p].clone()),
+                        )
+                    });
+                parent
+                    .into_iter()
+                    .chain(s.attributes.iter().map(|a| attribute_component(plan, a)))
+                    .collect::<Result<_, _>>()
             })
-            .collect();
-        Ok(Self {
+            .collect::<Result<_, _>>()?;
+        let levels = m
+            .criteria
+            .iter()
+            .map(|c| {
+                let code = concept_fi(&criterion, &c.id, &c.title)?;
+                let system = format!("{level}/{}", c.id);
+                c.levels
+                    .iter()
+                    .map(|l| {
+                        let value = concept_fi(&system, &l.code, &l.display)?;
+                        component(&code, ObservationComponentValue::CodeableConcept(value))
+                    })
+                    .collect::<Result<_, _>>()
+            })
+            .collect::<Result<_, _>>()?;
+        let overlays = m
+            .overlays
+            .iter()
+            .map(|o| {
+                let code = concept_fi(&overlay, &o.code, &o.display)?;
+                let holds = |b| component(&code, ObservationComponentValue::Boolean(b));
+                Ok([holds(false)?, holds(true)?])
+            })
+            .collect::<Result<_, String>>()?;
+        let rules = m
+            .overlays
+            .iter()
+            .map(|o| {
+                o.rules
+                    .iter()
+                    .map(|r| {
+                        let code = concept_fi(&rule, &r.id, &r.title)?;
+                        component(&code, ObservationComponentValue::Boolean(true))
+                    })
+                    .collect::<Result<_, _>>()
+            })
+            .collect::<Result<_, _>>()?;
+        let overlay_flags = m
+            .overlays
+            .iter()
+            .map(|o| concept(&overlay, &o.code, &o.display))
+            .collect::<Result<_, _>>()?;
+        let mut concepts = Self {
             assessment,
             method,
-            parents,
-            parent_component: concept_fi(SEGMENTTI_SYSTEM, "parent-segment", &parent_segment())?,
-            segments: m
-                .segments
-                .iter()
-                .map(|s| concept(&segment, s.code.as_str(), &s.display))
-                .collect::<Result<_, _>>()?,
-            criteria: m
-                .criteria
-                .iter()
-                .map(|c| concept_fi(&criterion, &c.id, &c.title))
-                .collect::<Result<_, _>>()?,
-            levels: m
-                .criteria
-                .iter()
-                .map(|c| {
-                    let system = format!("{level}/{}", c.id);
-                    c.levels
-                        .iter()
-                        .map(|l| concept_fi(&system, &l.code, &l.display))
-                        .collect::<Result<_, _>>()
-                })
-                .collect::<Result<_, _>>()?,
-            overlays: m
-                .overlays
-                .iter()
-                .map(|o| concept_fi(&overlay, &o.code, &o.display))
-                .collect::<Result<_, _>>()?,
-            overlay_flags: m
-                .overlays
-                .iter()
-                .map(|o| concept(&overlay, &o.code, &o.display))
-                .collect::<Result<_, _>>()?,
-            rules: m
-                .overlays
-                .iter()
-                .map(|o| {
-                    o.rules
-                        .iter()
-                        .map(|r| concept_fi(&rule, &r.id, &r.title))
-                        .collect::<Result<_, _>>()
-                })
-                .collect::<Result<_, _>>()?,
-            attributes: m
-                .segments
-                .iter()
-                .map(|s| {
-                    s.attributes
-                        .iter()
-                        .map(|a| attribute_component(plan, a))
-                        .collect::<Result<_, _>>()
-                })
-                .collect::<Result<_, _>>()?,
-        })
+            segments,
+            segment_components,
+            levels,
+            overlays,
+            overlay_flags,
+            rules,
+            encoded: ndjson::Encoded::default(),
+        };
+        concepts.encoded = ndjson::Encoded::new(plan, &concepts)?;
+        Ok(concepts)
     }
+}
+
+/// An Observation component with `code` and `value`.
+fn component(
+    code: &CodeableConcept,
+    value: ObservationComponentValue,
+) -> Result<ObservationComponent, String> {
+    ObservationComponent::builder()
+        .code(code.clone())
+        .value(value)
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// A segment attribute as an Observation component: the attribute's code in the model's

@@ -4,10 +4,9 @@
 
 use fhir_sdk::r4b::codes::ObservationStatus;
 use fhir_sdk::r4b::resources::{
-    Observation, ObservationComponent, ObservationComponentValue, ObservationEffective,
-    ObservationValue,
+    Observation, ObservationComponent, ObservationEffective, ObservationValue,
 };
-use fhir_sdk::r4b::types::{CodeableConcept, Extension, ExtensionValue};
+use fhir_sdk::r4b::types::{Extension, ExtensionValue};
 
 use super::{
     BuildError, BusinessId, Concepts, Elsewhere, SUPPORTING_INFO, SUPPORTING_INFO_CAP,
@@ -54,6 +53,23 @@ pub fn decisive_references(record: &ClientRecord, a: &Assessment) -> Vec<String>
         .collect()
 }
 
+/// The components of an assessment, in order: the segment's own (parent segment, attributes),
+/// each criterion's level, then each overlay followed by the rules that made it hold.
+pub fn components<'a>(
+    concepts: &'a Concepts,
+    a: &'a Assessment,
+) -> impl Iterator<Item = &'a ObservationComponent> {
+    let levels = a.levels.iter().enumerate();
+    let overlays = a.overlays.iter().enumerate();
+    concepts.segment_components[a.segment]
+        .iter()
+        .chain(levels.map(|(c, &level)| &concepts.levels[c][level]))
+        .chain(overlays.flat_map(move |(o, fired)| {
+            let holds = &concepts.overlays[o][usize::from(!fired.is_empty())];
+            std::iter::once(holds).chain(fired.iter().map(move |&r| &concepts.rules[o][r]))
+        }))
+}
+
 /// Builds the assessment Observation of `patient`; `elsewhere` says what counted on other
 /// sources of a joined client (an extension per source, since supporting information may only
 /// point at what the receiving server holds).
@@ -82,36 +98,7 @@ fn build(
 ) -> Result<Observation, String> {
     let m = &plan.mapping;
     let id = BusinessId::new(plan, Written::Assessment, None, patient, plan.as_of);
-    let component = |code: &CodeableConcept, value: ObservationComponentValue| {
-        ObservationComponent::builder()
-            .code(code.clone())
-            .value(value)
-            .build()
-            .map(Some)
-            .map_err(|e| e.to_string())
-    };
-    let mut components = Vec::new();
-    if let Some(parent) = concepts.parents[a.segment] {
-        let value = ObservationComponentValue::CodeableConcept(concepts.segments[parent].clone());
-        components.push(component(&concepts.parent_component, value)?);
-    }
-    components.extend(concepts.attributes[a.segment].iter().cloned().map(Some));
-    for (c, level) in a.levels.iter().enumerate() {
-        let value = ObservationComponentValue::CodeableConcept(concepts.levels[c][*level].clone());
-        components.push(component(&concepts.criteria[c], value)?);
-    }
-    for (o, fired) in a.overlays.iter().enumerate() {
-        components.push(component(
-            &concepts.overlays[o],
-            ObservationComponentValue::Boolean(!fired.is_empty()),
-        )?);
-        for &r in fired {
-            components.push(component(
-                &concepts.rules[o][r],
-                ObservationComponentValue::Boolean(true),
-            )?);
-        }
-    }
+    let components = components(concepts, a).cloned().map(Some).collect();
     debug_assert_eq!(m.criteria.len(), a.levels.len());
     let extension = |url: &str, value: ExtensionValue| {
         Extension::builder()

@@ -1,0 +1,300 @@
+//! A client's resources as JSON lines, joined from parts serialised once per run. Most of an
+//! assessment Observation is the same for every client of a segment: the codes, the model, each
+//! criterion's level and the displays in three languages, about nine tenths of its bytes.
+//! Serialising the typed resource again for every client took longer than reading the input,
+//! so [`Encoded::new`] serialises each of the model's parts ([`Concepts`]) once, with
+//! fhir-sdk's own serialiser, and [`observation`] and [`flag`] write a client's ids and
+//! references around them in the order fhir-sdk writes the elements.
+//!
+//! The bytes are those of `serde_json::to_vec` of the typed resource: debug builds (every test)
+//! compare the two for every line written, and a test here compares them for every model. The
+//! typed resource stays the one the builders make and [`super::validate`] checks; this module
+//! only writes it faster.
+
+use fhir_sdk::r4b::resources::{Flag, Observation};
+use serde::Serialize;
+
+use super::Concepts;
+use crate::model::eval::Assessment;
+use crate::model::plan::Plan;
+
+/// The parts of one model's resources, serialised.
+#[derive(Debug, Clone, Default)]
+pub struct Encoded {
+    /// The Observation's `meta`, `code`, `effectiveDateTime` and `method` values.
+    observation_meta: Vec<u8>,
+    code: Vec<u8>,
+    effective: Vec<u8>,
+    method: Vec<u8>,
+    /// Per segment, its concept (the Observation's value, the segment Flag's code).
+    segments: Vec<Vec<u8>>,
+    /// Per segment, its own components, each followed by a comma.
+    segment_components: Vec<Vec<u8>>,
+    /// Per criterion and level, the component.
+    levels: Vec<Vec<Vec<u8>>>,
+    /// Per overlay, its component when it does not hold and when it does.
+    overlays: Vec<[Vec<u8>; 2]>,
+    /// Per overlay and rule, the rule's component.
+    rules: Vec<Vec<Vec<u8>>>,
+    /// Per overlay, its Flag's code.
+    overlay_flags: Vec<Vec<u8>>,
+    /// `meta` of the segment Flag, then of each overlay's Flag.
+    flag_meta: Vec<Vec<u8>>,
+    /// The Flags' `period`.
+    period: Vec<u8>,
+}
+
+fn json(value: &impl Serialize) -> Result<Vec<u8>, String> {
+    serde_json::to_vec(value).map_err(|e| e.to_string())
+}
+
+fn all<T: Serialize>(values: &[T]) -> Result<Vec<Vec<u8>>, String> {
+    values.iter().map(json).collect()
+}
+
+impl Encoded {
+    /// Serialises the parts of `concepts`, the codes of `plan`'s model.
+    pub fn new(plan: &Plan, concepts: &Concepts) -> Result<Self, String> {
+        let as_of = fhir_sdk::DateTime::Date(super::fhir_date(plan.as_of));
+        let period = fhir_sdk::r4b::types::Period::builder()
+            .start(as_of.clone())
+            .build()
+            .map_err(|e| e.to_string())?;
+        let written = |o: usize| {
+            let part = Some(plan.mapping.overlays[o].code.as_str());
+            super::flag::profile(super::Written::OverlayFlag, part)
+        };
+        let flag_profiles =
+            std::iter::once(super::flag::profile(super::Written::SegmentFlag, None))
+                .chain((0..plan.mapping.overlays.len()).map(written));
+        Ok(Self {
+            observation_meta: json(&super::meta("segment-assessment")?)?,
+            code: json(&concepts.assessment)?,
+            effective: json(&as_of)?,
+            method: json(&concepts.method)?,
+            segments: all(&concepts.segments)?,
+            segment_components: concepts
+                .segment_components
+                .iter()
+                .map(|components| {
+                    let mut out = Vec::new();
+                    for c in components {
+                        out.extend(json(c)?);
+                        out.push(b',');
+                    }
+                    Ok(out)
+                })
+                .collect::<Result<_, String>>()?,
+            levels: concepts
+                .levels
+                .iter()
+                .map(|l| all(l))
+                .collect::<Result<_, _>>()?,
+            overlays: concepts
+                .overlays
+                .iter()
+                .map(|[no, yes]| Ok([json(no)?, json(yes)?]))
+                .collect::<Result<_, String>>()?,
+            rules: concepts
+                .rules
+                .iter()
+                .map(|r| all(r))
+                .collect::<Result<_, _>>()?,
+            overlay_flags: all(&concepts.overlay_flags)?,
+            flag_meta: flag_profiles
+                .map(|p| json(&super::meta(p)?))
+                .collect::<Result<_, _>>()?,
+            period: json(&period)?,
+        })
+    }
+}
+
+/// Appends `value` as JSON; the values written here (strings, references, identifiers,
+/// extensions of strings and integers) always serialise.
+fn push(out: &mut Vec<u8>, value: &impl Serialize) -> Result<(), serde_json::Error> {
+    serde_json::to_writer(out, value)
+}
+
+/// Appends the line of `obs`, built for assessment `a` with `concepts`: the same bytes as
+/// `serde_json::to_vec(obs)`, then a newline.
+pub fn observation(
+    concepts: &Concepts,
+    a: &Assessment,
+    obs: &Observation,
+    out: &mut Vec<u8>,
+) -> Result<(), serde_json::Error> {
+    let parts = &concepts.encoded;
+    let start = out.len();
+    out.extend_from_slice(br#"{"resourceType":"Observation","id":"#);
+    push(out, &obs.id)?;
+    out.extend_from_slice(br#","meta":"#);
+    out.extend_from_slice(&parts.observation_meta);
+    if !obs.extension.is_empty() {
+        out.extend_from_slice(br#","extension":"#);
+        push(out, &obs.extension)?;
+    }
+    out.extend_from_slice(br#","identifier":"#);
+    push(out, &obs.identifier)?;
+    out.extend_from_slice(br#","status":"final","code":"#);
+    out.extend_from_slice(&parts.code);
+    out.extend_from_slice(br#","subject":"#);
+    push(out, &obs.subject)?;
+    out.extend_from_slice(br#","effectiveDateTime":"#);
+    out.extend_from_slice(&parts.effective);
+    out.extend_from_slice(br#","valueCodeableConcept":"#);
+    out.extend_from_slice(&parts.segments[a.segment]);
+    out.extend_from_slice(br#","method":"#);
+    out.extend_from_slice(&parts.method);
+    let components = out.len();
+    out.extend_from_slice(br#","component":["#);
+    out.extend_from_slice(&parts.segment_components[a.segment]);
+    for (c, &level) in a.levels.iter().enumerate() {
+        out.extend_from_slice(&parts.levels[c][level]);
+        out.push(b',');
+    }
+    for (o, fired) in a.overlays.iter().enumerate() {
+        out.extend_from_slice(&parts.overlays[o][usize::from(!fired.is_empty())]);
+        out.push(b',');
+        for &r in fired {
+            out.extend_from_slice(&parts.rules[o][r]);
+            out.push(b',');
+        }
+    }
+    if out.len() == components + br#","component":["#.len() {
+        out.truncate(components);
+    } else {
+        out.pop();
+        out.push(b']');
+    }
+    out.push(b'}');
+    debug_assert_same(&out[start..], obs);
+    out.push(b'\n');
+    Ok(())
+}
+
+/// Appends the line of `flag`, the `n`th Flag built for assessment `a` (0: the segment Flag,
+/// then one per overlay that holds, in the model's order): the same bytes as
+/// `serde_json::to_vec(flag)`, then a newline.
+pub fn flag(
+    concepts: &Concepts,
+    a: &Assessment,
+    n: usize,
+    flag: &Flag,
+    out: &mut Vec<u8>,
+) -> Result<(), serde_json::Error> {
+    let parts = &concepts.encoded;
+    let overlay = n
+        .checked_sub(1)
+        .and_then(|k| (0..a.overlays.len()).filter(|&o| a.overlay_holds(o)).nth(k));
+    let (meta, code) = match overlay {
+        Some(o) => (&parts.flag_meta[o + 1], &parts.overlay_flags[o]),
+        None => (&parts.flag_meta[0], &parts.segments[a.segment]),
+    };
+    let start = out.len();
+    out.extend_from_slice(br#"{"resourceType":"Flag","id":"#);
+    push(out, &flag.id)?;
+    out.extend_from_slice(br#","meta":"#);
+    out.extend_from_slice(meta);
+    out.extend_from_slice(br#","extension":"#);
+    push(out, &flag.extension)?;
+    out.extend_from_slice(br#","identifier":"#);
+    push(out, &flag.identifier)?;
+    out.extend_from_slice(br#","status":"active","code":"#);
+    out.extend_from_slice(code);
+    out.extend_from_slice(br#","subject":"#);
+    push(out, &flag.subject)?;
+    out.extend_from_slice(br#","period":"#);
+    out.extend_from_slice(&parts.period);
+    out.push(b'}');
+    debug_assert_same(&out[start..], flag);
+    out.push(b'\n');
+    Ok(())
+}
+
+/// In debug builds, that `line` is what serde writes for `typed`.
+fn debug_assert_same(line: &[u8], typed: &impl Serialize) {
+    if cfg!(debug_assertions) {
+        let expected = serde_json::to_vec(typed).unwrap_or_default();
+        assert!(
+            line == expected.as_slice(),
+            "the joined line differs from the typed resource's serialisation:\n{}\n{}",
+            String::from_utf8_lossy(line),
+            String::from_utf8_lossy(&expected)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::model::load::load_str;
+    use crate::pipeline::{self, Input, RunOptions};
+    use crate::synth::{Bills, CodeFlavor, SynthOptions};
+
+    const MODELS: [&str; 5] = [
+        include_str!("../../mappings/paijat-sote.yaml"),
+        include_str!("../../mappings/suuntima.yaml"),
+        include_str!("../../mappings/nylander.yaml"),
+        include_str!("../../mappings/virta.yaml"),
+        include_str!("../../mappings/helsinki-oral-health.yaml"),
+    ];
+
+    fn typed(value: &impl Serialize) -> String {
+        let mut line = serde_json::to_string(value).expect("serialises");
+        line.push('\n');
+        line
+    }
+
+    /// Every model's lines, for a population that reaches several segments and overlays, are
+    /// byte for byte what serde writes for the typed resources.
+    #[test]
+    fn joined_lines_are_the_typed_resources_serialised() {
+        let as_of = "2026-01-01".parse().expect("day");
+        for text in MODELS {
+            let plan = Plan::compile(load_str(text).expect("model"), as_of).expect("plan");
+            let input = Input::Synthetic(SynthOptions {
+                clients: 400,
+                seed: 11,
+                flavor: CodeFlavor::Finnish,
+                as_of,
+                area: None,
+                bills: Bills::Claims,
+            });
+            let folded = pipeline::fold(
+                &input,
+                std::slice::from_ref(&plan),
+                &RunOptions::default(),
+                &mut |_| Ok(()),
+            )
+            .expect("folded");
+            let clients = &folded.clients[0];
+            let thresholds = pipeline::population_thresholds(&plan, clients);
+            let concepts = Concepts::new(&plan).expect("concepts");
+            let (mut segments, mut overlay_flags) = (BTreeSet::new(), 0);
+            for (id, record) in clients {
+                let a = pipeline::assess(&plan, id, record, &thresholds).expect("placed");
+                let built = pipeline::build(&plan, &concepts, id, record, &a).expect("built");
+                let mut line = Vec::new();
+                observation(&concepts, &a, &built.observation, &mut line).expect("line");
+                assert_eq!(
+                    String::from_utf8(line).expect("utf-8"),
+                    typed(&built.observation)
+                );
+                for (n, f) in built.flags.iter().enumerate() {
+                    let mut line = Vec::new();
+                    flag(&concepts, &a, n, f, &mut line).expect("line");
+                    assert_eq!(String::from_utf8(line).expect("utf-8"), typed(f));
+                }
+                segments.insert(a.segment);
+                overlay_flags += built.flags.len() - 1;
+            }
+            let model = &plan.mapping.id;
+            assert!(segments.len() > 1, "{model}: one segment only");
+            if !plan.overlays.is_empty() {
+                assert!(overlay_flags > 0, "{model}: no overlay held");
+            }
+        }
+    }
+}

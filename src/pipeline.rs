@@ -22,7 +22,7 @@ use crate::record::join::Identity;
 use crate::record::{ClientRecord, Fold, FoldStats, Rejection, extract};
 use crate::sink::{ClientResources, Sink, SinkError};
 use crate::source::files::SourceError;
-use crate::source::{Batch, Origin, Resource};
+use crate::source::{Batch, Origins, Resource};
 use crate::synth::SynthOptions;
 use crate::writeback::validate::Invalid;
 use crate::writeback::{self, BuildError};
@@ -194,16 +194,15 @@ pub fn fold(
         scope.spawn(move || {
             rayon::scope(|_| {
                 for batch in raw_rx {
-                    let resources = batch.resources();
+                    let (origins, resources) = batch.resources();
                     let results: Vec<Result<Option<crate::record::Fact>, Rejection>> = resources
                         .par_iter()
-                        .flat_map_iter(|(_, r)| {
+                        .flat_map_iter(|r| {
                             plans
                                 .iter()
                                 .map(move |plan| in_shard(extract_resource(plan, *r), shard))
                         })
                         .collect();
-                    let origins = resources.into_iter().map(|(o, _)| o).collect();
                     if fact_tx.send(Extracted { origins, results }).is_err() {
                         break;
                     }
@@ -214,7 +213,7 @@ pub fn fold(
             items += batch.origins.len() as u64;
             COUNTERS.read.fetch_add(batch.origins.len() as u64, Relaxed);
             let mut results = batch.results.into_iter();
-            for origin in batch.origins {
+            for i in 0..batch.origins.len() {
                 let (mut rejection, mut folded) = (None, false);
                 for (p, fold) in folds.iter_mut().enumerate() {
                     let outcome = results.next().map(|fact| {
@@ -247,7 +246,7 @@ pub fn fold(
                 }
                 rejected += 1;
                 let r = Rejected {
-                    origin: origin.to_string(),
+                    origin: batch.origins.get(i).to_string(),
                     resource: r.resource,
                     reason: r.reason,
                 };
@@ -329,7 +328,7 @@ pub fn fold(
 /// One batch's facts: for each resource, one result per plan, in order (`None`: another
 /// shard's).
 struct Extracted {
-    origins: Vec<Origin>,
+    origins: Origins,
     results: Vec<Result<Option<crate::record::Fact>, Rejection>>,
 }
 

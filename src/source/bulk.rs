@@ -467,14 +467,15 @@ pub fn touched(batch: &Batch, into: &mut BTreeSet<String>) -> Result<(), BulkErr
         subject: Option<Reference>,
         patient: Option<Reference>,
     }
-    for (origin, resource) in batch.resources() {
+    let (origins, resources) = batch.resources();
+    for (i, resource) in resources.into_iter().enumerate() {
         let touch = match resource {
             Resource::Text(text) => serde_json::from_str::<Touch>(text).map_err(|e| e.to_string()),
             Resource::Value(value) => Touch::deserialize(value).map_err(|e| e.to_string()),
             Resource::Unreadable(reason) => Err(reason.to_owned()),
         }
         .map_err(|cause| BulkError::Unreadable {
-            origin: origin.to_string(),
+            origin: origins.get(i).to_string(),
             cause,
         })?;
         let id = if touch.resource_type == "Patient" {

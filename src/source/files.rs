@@ -399,14 +399,18 @@ mod tests {
 
     /// The lines of every batch, with their numbers, as a reader would see them.
     fn numbered(batches: &[Batch]) -> Vec<(u64, String)> {
-        batches
-            .iter()
-            .flat_map(Batch::resources)
-            .map(|(origin, r)| match r {
-                crate::source::Resource::Text(t) => (origin.line, t.to_owned()),
-                other => (origin.line, format!("{other:?}")),
-            })
-            .collect()
+        let mut numbered = Vec::new();
+        for batch in batches {
+            let (origins, resources) = batch.resources();
+            for (i, r) in resources.into_iter().enumerate() {
+                let line = origins.get(i).line;
+                numbered.push(match r {
+                    crate::source::Resource::Text(t) => (line, t.to_owned()),
+                    other => (line, format!("{other:?}")),
+                });
+            }
+        }
+        numbered
     }
 
     #[test]

@@ -70,45 +70,84 @@ pub enum Batch {
 }
 
 impl Batch {
-    /// Every resource of the batch with where it came from, blank lines left out.
-    pub fn resources(&self) -> Vec<(Origin, Resource<'_>)> {
+    /// Every resource of the batch and where each came from, blank lines left out.
+    pub fn resources(&self) -> (Origins, Vec<Resource<'_>>) {
         match self {
-            Self::Items(items) => items
-                .iter()
-                .map(|i| {
-                    let r = match &i.payload {
+            Self::Items(items) => {
+                let origins = items.iter().map(|i| i.origin.clone()).collect();
+                let resources = items
+                    .iter()
+                    .map(|i| match &i.payload {
                         Payload::Line(text) => Resource::Text(text),
                         Payload::Value(v) => Resource::Value(v),
                         Payload::Unreadable(reason) => Resource::Unreadable(reason),
-                    };
-                    (i.origin.clone(), r)
-                })
-                .collect(),
+                    })
+                    .collect();
+                (Origins::Items(origins), resources)
+            }
             Self::Lines {
                 file,
                 first_line,
                 text,
-            } => text
-                .split('\n')
-                .enumerate()
-                .map(|(i, line)| {
-                    (
-                        first_line + i as u64,
-                        line.strip_suffix('\r').unwrap_or(line),
-                    )
-                })
-                .filter(|(_, line)| !line.trim().is_empty())
-                .map(|(line, text)| {
-                    (
-                        Origin {
-                            file: file.clone(),
-                            line,
-                            entry: false,
-                        },
-                        Resource::Text(text),
-                    )
-                })
-                .collect(),
+            } => {
+                let (lines, resources) = text
+                    .split('\n')
+                    .enumerate()
+                    .map(|(i, line)| {
+                        (
+                            first_line + i as u64,
+                            line.strip_suffix('\r').unwrap_or(line),
+                        )
+                    })
+                    .filter(|(_, line)| !line.trim().is_empty())
+                    .map(|(line, text)| (line, Resource::Text(text)))
+                    .unzip();
+                let file = file.clone();
+                (Origins::Lines { file, lines }, resources)
+            }
+        }
+    }
+}
+
+/// Where the resources of a batch came from. An [`Origin`] is made only when one is asked for
+/// (to name a rejected resource): one per line would clone the file name's reference count
+/// for each of millions of lines, on one thread, and drop it on another.
+#[derive(Debug, Clone)]
+pub enum Origins {
+    /// Lines of one file, by number.
+    Lines {
+        /// The file.
+        file: Arc<str>,
+        /// Each resource's line.
+        lines: Vec<u64>,
+    },
+    /// Each resource's own origin.
+    Items(Vec<Origin>),
+}
+
+impl Origins {
+    /// How many resources.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Lines { lines, .. } => lines.len(),
+            Self::Items(origins) => origins.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Where resource `i` came from.
+    pub fn get(&self, i: usize) -> Origin {
+        match self {
+            Self::Lines { file, lines } => Origin {
+                file: file.clone(),
+                line: lines[i],
+                entry: false,
+            },
+            Self::Items(origins) => origins[i].clone(),
         }
     }
 }

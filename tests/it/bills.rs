@@ -258,7 +258,7 @@ async fn read(server: &MockServer, kinds: &[ResourceKind]) -> Result<Vec<String>
     let client = FhirClient::new(server.uri().parse().expect("url"), options).expect("client");
     let mut seen = Vec::new();
     let mut emit = |batch: Batch| {
-        for (_, r) in batch.resources() {
+        for r in batch.resources().1 {
             if let Resource::Value(v) = r {
                 seen.push(format!(
                     "{}/{}",

@@ -551,7 +551,7 @@ async fn stream_lines(server: &MockServer) -> (Result<(), BulkError>, usize) {
         .expect("the export completes");
     let mut lines = 0;
     let streamed = bulk::stream(&client, &exported, options.download_timeout, &mut |batch| {
-        lines += batch.resources().len();
+        lines += batch.resources().1.len();
         Ok(())
     })
     .await;

@@ -612,6 +612,9 @@ pub fn evaluate_views<S: Sink + Send>(
     let mut bands = vec![vec![0u64; m.segments.len()]; AGE_BANDS.len() + 1];
     let mut areas = vec![vec![0u64; m.segments.len()]; plan.service_areas.len() + 1];
     let concepts = writeback::Concepts::new(plan)?;
+    if S::PARTS == writeback::Parts::Own {
+        writeback::validate::shared(plan, &concepts)?;
+    }
     // Clients are assessed, built and encoded in parallel a chunk at a time, then handed to the
     // sink in id order, so the output does not depend on thread timing. The sink takes one chunk
     // while the next is being built.
@@ -623,7 +626,7 @@ pub fn evaluate_views<S: Sink + Send>(
                 let a = assess(plan, id, record, &thresholds)?;
                 let mut writes = Vec::new();
                 for view in views.views(id, record) {
-                    let resources = build_view(plan, &concepts, &view, &a)?;
+                    let resources = build_view(plan, &concepts, &view, &a, S::PARTS)?;
                     if let Err(invalid) = writeback::validate::check(plan, &resources) {
                         return Ok((a, Err(invalid)));
                     }
@@ -875,18 +878,27 @@ pub fn build(
     record: &ClientRecord,
     a: &Assessment,
 ) -> Result<ClientResources, BuildError> {
-    build_view(plan, concepts, &Whole.views(id, record)[0], a)
+    build_view(
+        plan,
+        concepts,
+        &Whole.views(id, record)[0],
+        a,
+        writeback::Parts::All,
+    )
 }
 
-/// Builds one write of a client: its Observation and Flags for the view's target.
+/// Builds one write of a client: its Observation (with `parts` of its elements) and Flags for
+/// the view's target.
 pub fn build_view(
     plan: &Plan,
     concepts: &writeback::Concepts,
     view: &View<'_>,
     a: &Assessment,
+    parts: writeback::Parts,
 ) -> Result<ClientResources, BuildError> {
     let (id, record) = (view.patient, view.record.as_ref());
-    let observation = writeback::assessment(plan, concepts, id, record, a, &view.elsewhere)?;
+    let observation =
+        writeback::assessment(plan, concepts, (id, record), a, &view.elsewhere, parts)?;
     let obs_ref = format!(
         "Observation/{}",
         observation.id.as_deref().unwrap_or_default()
@@ -907,6 +919,7 @@ pub fn build_view(
         target: view.target,
         patient: id.to_owned(),
         observation,
+        parts,
         flags,
         fingerprint,
     })

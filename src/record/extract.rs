@@ -22,6 +22,7 @@ use compact_str::CompactString;
 use rustc_hash::FxHasher;
 use serde::Deserialize;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use smallvec::SmallVec;
 
 use crate::day::Day;
 use crate::model::mapping::Field;
@@ -50,8 +51,9 @@ pub struct Fact {
     /// ExplanationOfBenefit whose status is `cancelled` or `entered-in-error`, or a Claim or
     /// ExplanationOfBenefit without a total to cost it by.
     pub void: bool,
-    /// Hashes of the codes `distinct` features count, with the distinct-field index.
-    pub codes: Vec<(u8, u64)>,
+    /// Hashes of the codes `distinct` features count, with the distinct-field index; a
+    /// resource has one or two, so they live inside the fact rather than in an allocation.
+    pub codes: SmallVec<[(u8, u64); 2]>,
     /// A Patient's identifiers, links and last update, for joining several sources
     /// ([`super::join`]); `None` for other resources and for Patients that have none.
     pub person: Option<Box<Person>>,
@@ -115,7 +117,7 @@ struct Scan<'a> {
 #[derive(Default)]
 struct Codes {
     mask: u128,
-    distinct: Vec<(u8, u64)>,
+    distinct: SmallVec<[(u8, u64); 2]>,
 }
 
 impl Codes {
@@ -604,7 +606,7 @@ fn extract(plan: &Plan, scan: Scan<'_>) -> Result<Fact, Rejection> {
         mask: 0,
         cost: 0.0,
         void: false,
-        codes: Vec::new(),
+        codes: SmallVec::new(),
         person: None,
     };
     if kind == ResourceKind::Patient {

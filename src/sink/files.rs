@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::{Built, ClientResources, Sink, SinkError};
 use crate::model::plan::Plan;
 use crate::pipeline::Rejected;
-use crate::writeback::ndjson;
+use crate::writeback::{Parts, ndjson};
 
 const FILES: [&str; 3] = ["Observation.ndjson", "Flag.ndjson", "rejected.ndjson"];
 
@@ -155,6 +155,7 @@ pub struct Lines {
 
 impl Sink for FileSink {
     type Encoded = Lines;
+    const PARTS: Parts = Parts::Own;
 
     fn encode(built: Built<'_>, resources: ClientResources) -> Result<Lines, SinkError> {
         let fail = |e: serde_json::Error| SinkError::Serialize {

@@ -15,7 +15,7 @@ use fhir_sdk::r4b::resources::{Flag, Observation};
 use crate::model::eval::Assessment;
 use crate::model::plan::Plan;
 use crate::pipeline::Rejected;
-use crate::writeback::Concepts;
+use crate::writeback::{Concepts, Parts};
 
 /// One client's resources, as built.
 #[derive(Debug, Clone)]
@@ -26,6 +26,8 @@ pub struct ClientResources {
     pub patient: String,
     /// The assessment.
     pub observation: Observation,
+    /// Which of the assessment's elements were built.
+    pub parts: Parts,
     /// The segment Flag first, then overlay Flags.
     pub flags: Vec<Flag>,
     /// The assessment's fingerprint (see [`crate::writeback::lifecycle`]).
@@ -73,6 +75,9 @@ pub enum SinkError {
 pub trait Sink {
     /// A client's resources as this sink takes them (serialised lines, JSON values).
     type Encoded: Send;
+    /// Which of the assessment's elements the builders fill for this sink: [`Parts::Own`]
+    /// for one that adds the shared ones itself.
+    const PARTS: Parts = Parts::All;
     /// Encodes one client's resources; pure, so the pipeline runs it on many clients at once.
     fn encode(built: Built<'_>, resources: ClientResources) -> Result<Self::Encoded, SinkError>;
     /// Takes one client's encoded resources, in client order.

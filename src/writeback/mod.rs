@@ -24,7 +24,7 @@ use fhir_sdk::r4b::resources::{ObservationComponent, ObservationComponentValue};
 pub mod validate;
 
 pub use flag::{overlay_flag, segment_flag};
-pub use observation::assessment;
+pub use observation::{Parts, assessment};
 
 /// segmentti's own code system: the assessment code and other codes not owned by a model.
 pub const SEGMENTTI_SYSTEM: &str = "https://segmentti.fi/fhir/CodeSystem/segmentti";

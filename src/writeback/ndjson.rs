@@ -8,8 +8,8 @@
 //!
 //! The bytes are those of `serde_json::to_vec` of the typed resource: debug builds (every test)
 //! compare the two for every line written, and a test here compares them for every model. The
-//! typed resource stays the one the builders make and [`super::validate`] checks; this module
-//! only writes it faster.
+//! builders make the client's own elements ([`super::Parts::Own`]) and [`super::validate`]
+//! checks them per client and the shared parts once per run; this module only writes them.
 
 use fhir_sdk::r4b::resources::{Flag, Observation};
 use serde::Serialize;
@@ -115,8 +115,12 @@ fn push(out: &mut Vec<u8>, value: &impl Serialize) -> Result<(), serde_json::Err
     serde_json::to_writer(out, value)
 }
 
-/// Appends the line of `obs`, built for assessment `a` with `concepts`: the same bytes as
-/// `serde_json::to_vec(obs)`, then a newline.
+/// Appends the line of `obs`, built for assessment `a` with `concepts` (with [`Parts::All`] or
+/// [`Parts::Own`]: the shared elements are written from their serialised form either way): the
+/// same bytes as `serde_json::to_vec` of the whole Observation, then a newline.
+///
+/// [`Parts::All`]: super::Parts::All
+/// [`Parts::Own`]: super::Parts::Own
 pub fn observation(
     concepts: &Concepts,
     a: &Assessment,
@@ -167,7 +171,11 @@ pub fn observation(
         out.push(b']');
     }
     out.push(b'}');
-    debug_assert_same(&out[start..], obs);
+    if cfg!(debug_assertions) {
+        let mut full = obs.clone();
+        super::observation::share(&mut full, concepts, a);
+        debug_assert_same(&out[start..], &full);
+    }
     out.push(b'\n');
     Ok(())
 }
@@ -232,6 +240,7 @@ mod tests {
     use crate::model::load::load_str;
     use crate::pipeline::{self, Input, RunOptions};
     use crate::synth::{Bills, CodeFlavor, SynthOptions};
+    use crate::writeback::Parts::Own;
 
     const MODELS: [&str; 5] = [
         include_str!("../../mappings/paijat-sote.yaml"),
@@ -278,6 +287,15 @@ mod tests {
                 let built = pipeline::build(&plan, &concepts, id, record, &a).expect("built");
                 let mut line = Vec::new();
                 observation(&concepts, &a, &built.observation, &mut line).expect("line");
+                assert_eq!(
+                    String::from_utf8(line).expect("utf-8"),
+                    typed(&built.observation)
+                );
+                let own = super::super::assessment(&plan, &concepts, (id, record), &a, &[], Own)
+                    .expect("built");
+                assert!(own.component.is_empty() && own.value.is_none());
+                let mut line = Vec::new();
+                observation(&concepts, &a, &own, &mut line).expect("line");
                 assert_eq!(
                     String::from_utf8(line).expect("utf-8"),
                     typed(&built.observation)

@@ -6,7 +6,7 @@ use fhir_sdk::r4b::codes::ObservationStatus;
 use fhir_sdk::r4b::resources::{
     Observation, ObservationComponent, ObservationEffective, ObservationValue,
 };
-use fhir_sdk::r4b::types::{Extension, ExtensionValue};
+use fhir_sdk::r4b::types::{CodeableConcept, Extension, ExtensionValue};
 
 use super::{
     BuildError, BusinessId, Concepts, Elsewhere, SUPPORTING_INFO, SUPPORTING_INFO_CAP,
@@ -70,36 +70,60 @@ pub fn components<'a>(
         }))
 }
 
+/// Which of an assessment's elements a builder fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parts {
+    /// Every element: the resource as a FHIR server receives it.
+    All,
+    /// The client's own elements only (id, meta, extensions, identifier, status, subject,
+    /// date): `code` is left empty and the value, `method` and components out, for a writer
+    /// that adds the parts every client shares from their serialised form
+    /// ([`super::ndjson`]). Cloning those into every client's resource, only to serialise and
+    /// free them, was most of what building cost.
+    Own,
+}
+
 /// Builds the assessment Observation of `patient`; `elsewhere` says what counted on other
 /// sources of a joined client (an extension per source, since supporting information may only
 /// point at what the receiving server holds).
 pub fn assessment(
     plan: &Plan,
     concepts: &Concepts,
-    patient: &str,
-    record: &ClientRecord,
+    (patient, record): (&str, &ClientRecord),
     a: &Assessment,
     elsewhere: &[Elsewhere],
+    parts: Parts,
 ) -> Result<Observation, BuildError> {
-    build(plan, concepts, patient, record, a, elsewhere).map_err(|cause| BuildError {
+    let mut obs = build(plan, patient, record, a, elsewhere).map_err(|cause| BuildError {
         resource: "Observation",
         patient: patient.to_owned(),
         cause,
-    })
+    })?;
+    if parts == Parts::All {
+        share(&mut obs, concepts, a);
+    }
+    Ok(obs)
+}
+
+/// Sets the elements every client of the same assessment shares: the assessment code, the
+/// segment as the value, the model as `method`, and the components.
+pub fn share(obs: &mut Observation, concepts: &Concepts, a: &Assessment) {
+    obs.code = concepts.assessment.clone();
+    obs.value = Some(ObservationValue::CodeableConcept(
+        concepts.segments[a.segment].clone(),
+    ));
+    obs.method = Some(concepts.method.clone());
+    obs.component = components(concepts, a).cloned().map(Some).collect();
 }
 
 fn build(
     plan: &Plan,
-    concepts: &Concepts,
     patient: &str,
     record: &ClientRecord,
     a: &Assessment,
     elsewhere: &[Elsewhere],
 ) -> Result<Observation, String> {
-    let m = &plan.mapping;
     let id = BusinessId::new(plan, Written::Assessment, None, patient, plan.as_of);
-    let components = components(concepts, a).cloned().map(Some).collect();
-    debug_assert_eq!(m.criteria.len(), a.levels.len());
     let extension = |url: &str, value: ExtensionValue| {
         Extension::builder()
             .url(url.to_owned())
@@ -137,16 +161,15 @@ fn build(
         .extension(extensions)
         .identifier(vec![Some(id.to_fhir()?)])
         .status(ObservationStatus::Final)
-        .code(concepts.assessment.clone())
+        .code(
+            CodeableConcept::builder()
+                .build()
+                .map_err(|e| e.to_string())?,
+        )
         .subject(reference(&format!("Patient/{patient}"))?)
         .effective(ObservationEffective::DateTime(fhir_sdk::DateTime::Date(
             fhir_date(plan.as_of),
         )))
-        .value(ObservationValue::CodeableConcept(
-            concepts.segments[a.segment].clone(),
-        ))
-        .method(concepts.method.clone())
-        .component(components)
         .build()
         .map_err(|e| e.to_string())
 }

@@ -11,12 +11,14 @@
 //! so in the run's summary and exit code. This module never changes a resource.
 
 use fhir_sdk::r4b::codes::{FlagStatus, ObservationStatus};
-use fhir_sdk::r4b::resources::{Flag, Observation, ObservationEffective, ObservationValue};
+use fhir_sdk::r4b::resources::{
+    Flag, Observation, ObservationComponent, ObservationEffective, ObservationValue,
+};
 use fhir_sdk::r4b::types::{CodeableConcept, ExtensionValue, Identifier, Meta, Reference};
 
 use super::{
-    BusinessId, FINGERPRINT, FLAG_DETAIL, PROFILES, SEGMENTTI_SYSTEM, SUPPORTING_INFO,
-    SUPPORTING_INFO_CAP, SUPPORTING_INFO_COUNT, Written, fhir_date, model_system,
+    BuildError, BusinessId, Concepts, FINGERPRINT, FLAG_DETAIL, PROFILES, Parts, SEGMENTTI_SYSTEM,
+    SUPPORTING_INFO, SUPPORTING_INFO_CAP, SUPPORTING_INFO_COUNT, Written, fhir_date, model_system,
 };
 use crate::model::plan::Plan;
 use crate::sink::ClientResources;
@@ -39,7 +41,7 @@ pub fn check(plan: &Plan, resources: &ClientResources) -> Result<(), Invalid> {
     let patient = resources.patient.as_str();
     let obs = &resources.observation;
     let obs_ref = format!("Observation/{}", obs.id.as_deref().unwrap_or_default());
-    check_observation(plan, patient, obs).map_err(|rule| Invalid {
+    check_observation(plan, patient, obs, resources.parts).map_err(|rule| Invalid {
         resource: obs_ref.clone(),
         patient: patient.to_owned(),
         rule,
@@ -107,18 +109,17 @@ fn is_patient(reference: Option<&Reference>, patient: &str) -> bool {
     reference.and_then(|r| r.reference.as_deref()) == Some(format!("Patient/{patient}").as_str())
 }
 
-fn check_observation(plan: &Plan, patient: &str, obs: &Observation) -> Rule {
-    let m = &plan.mapping;
+fn check_observation(plan: &Plan, patient: &str, obs: &Observation, parts: Parts) -> Rule {
     rule(obs.status == ObservationStatus::Final, "status is final")?;
     claims(obs.meta.as_ref(), "segment-assessment")?;
-    rule(
-        has_code(
-            &obs.code,
-            SEGMENTTI_SYSTEM,
-            std::iter::once("segment-assessment"),
-        ),
-        "code carries segment-assessment",
-    )?;
+    if parts == Parts::All {
+        let value = match &obs.value {
+            Some(ObservationValue::CodeableConcept(c)) => Some(c),
+            _ => None,
+        };
+        let components = obs.component.iter().flatten();
+        check_shared(plan, &obs.code, value, obs.method.as_ref(), components)?;
+    }
     one_identifier(
         &obs.identifier,
         &BusinessId::new(plan, Written::Assessment, None, patient, plan.as_of),
@@ -132,29 +133,6 @@ fn check_observation(plan: &Plan, patient: &str, obs: &Observation) -> Rule {
         matches!(&obs.effective, Some(ObservationEffective::DateTime(d)) if *d == as_of),
         "effectiveDateTime is the as-of date",
     )?;
-    let segment_system = model_system(plan, "segment");
-    rule(
-        matches!(&obs.value, Some(ObservationValue::CodeableConcept(c))
-            if has_code(c, &segment_system, m.segments.iter().map(|s| s.code.as_str()))),
-        "the value is a segment of the model",
-    )?;
-    rule(
-        obs.method
-            .as_ref()
-            .is_some_and(|c| has_code(c, m.canonical.as_str(), std::iter::once(m.id.as_str()))),
-        "method names the model",
-    )?;
-    for c in obs.component.iter().flatten() {
-        rule(
-            c.code
-                .coding
-                .iter()
-                .flatten()
-                .any(|x| x.system.is_some() && x.code.is_some()),
-            "every component has a coded code",
-        )?;
-        rule(c.value.is_some(), "every component has a value")?;
-    }
     rule(obs.derived_from.is_empty(), "derivedFrom is not used")?;
     let supporting: Vec<_> = obs
         .extension
@@ -184,6 +162,83 @@ fn check_observation(plan: &Plan, patient: &str, obs: &Observation) -> Rule {
             == 1,
         "the count of supporting resources is there once",
     )
+}
+
+/// The rules on the elements every client of an assessment shares.
+fn check_shared<'a>(
+    plan: &Plan,
+    code: &CodeableConcept,
+    value: Option<&CodeableConcept>,
+    method: Option<&CodeableConcept>,
+    components: impl IntoIterator<Item = &'a ObservationComponent>,
+) -> Rule {
+    let m = &plan.mapping;
+    rule(
+        has_code(
+            code,
+            SEGMENTTI_SYSTEM,
+            std::iter::once("segment-assessment"),
+        ),
+        "code carries segment-assessment",
+    )?;
+    let segment_system = model_system(plan, "segment");
+    rule(
+        value.is_some_and(|c| {
+            has_code(
+                c,
+                &segment_system,
+                m.segments.iter().map(|s| s.code.as_str()),
+            )
+        }),
+        "the value is a segment of the model",
+    )?;
+    rule(
+        method.is_some_and(|c| has_code(c, m.canonical.as_str(), std::iter::once(m.id.as_str()))),
+        "method names the model",
+    )?;
+    for c in components {
+        rule(
+            c.code
+                .coding
+                .iter()
+                .flatten()
+                .any(|x| x.system.is_some() && x.code.is_some()),
+            "every component has a coded code",
+        )?;
+        rule(c.value.is_some(), "every component has a value")?;
+    }
+    Ok(())
+}
+
+/// The rules on the shared elements, checked once for a run whose builders leave them out of
+/// each client's resource ([`Parts::Own`]): every segment's value, the code, the method and
+/// every component any client can get.
+pub fn shared(plan: &Plan, concepts: &Concepts) -> Result<(), BuildError> {
+    let components = || {
+        let segments = concepts.segment_components.iter().flatten();
+        let levels = concepts.levels.iter().flatten();
+        let overlays = concepts.overlays.iter().flatten();
+        segments
+            .chain(levels)
+            .chain(overlays)
+            .chain(concepts.rules.iter().flatten())
+    };
+    for segment in &concepts.segments {
+        let method = Some(&concepts.method);
+        check_shared(
+            plan,
+            &concepts.assessment,
+            Some(segment),
+            method,
+            components(),
+        )
+        .map_err(|rule| BuildError {
+            resource: "Observation",
+            patient: "-".into(),
+            cause: format!("the model's shared parts break the rule: {rule}"),
+        })?;
+    }
+    Ok(())
 }
 
 fn check_flag(plan: &Plan, patient: &str, segment: bool, obs_ref: &str, flag: &Flag) -> Rule {
@@ -277,6 +332,18 @@ mod tests {
     fn what_the_builders_make_passes() {
         let (plan, resources) = built();
         assert_eq!(check(&plan, &resources), Ok(()));
+    }
+
+    /// The parts a file-writing run leaves out of each client's resource pass once per run, and
+    /// a broken one is caught.
+    #[test]
+    fn shared_parts_are_checked_once() {
+        let (plan, _) = built();
+        let mut concepts = super::super::Concepts::new(&plan).expect("concepts");
+        assert!(shared(&plan, &concepts).is_ok());
+        concepts.method.coding.clear();
+        let e = shared(&plan, &concepts).expect_err("broken method");
+        assert!(e.to_string().contains("method names the model"), "{e}");
     }
 
     /// A way to break what a builder made.

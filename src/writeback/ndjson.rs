@@ -52,6 +52,10 @@ fn all<T: Serialize>(values: &[T]) -> Result<Vec<Vec<u8>>, String> {
     values.iter().map(json).collect()
 }
 
+fn nested<T: Serialize>(values: &[Vec<T>]) -> Result<Vec<Vec<Vec<u8>>>, String> {
+    values.iter().map(|v| all(v)).collect()
+}
+
 impl Encoded {
     /// Serialises the parts of `concepts`, the codes of `plan`'s model.
     pub fn new(plan: &Plan, concepts: &Concepts) -> Result<Self, String> {
@@ -85,21 +89,13 @@ impl Encoded {
                     Ok(out)
                 })
                 .collect::<Result<_, String>>()?,
-            levels: concepts
-                .levels
-                .iter()
-                .map(|l| all(l))
-                .collect::<Result<_, _>>()?,
+            levels: nested(&concepts.levels)?,
             overlays: concepts
                 .overlays
                 .iter()
                 .map(|[no, yes]| Ok([json(no)?, json(yes)?]))
                 .collect::<Result<_, String>>()?,
-            rules: concepts
-                .rules
-                .iter()
-                .map(|r| all(r))
-                .collect::<Result<_, _>>()?,
+            rules: nested(&concepts.rules)?,
             overlay_flags: all(&concepts.overlay_flags)?,
             flag_meta: flag_profiles
                 .map(|p| json(&super::meta(p)?))

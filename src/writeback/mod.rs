@@ -17,6 +17,7 @@ use fhir_sdk::r4b::types::{
 };
 
 use crate::day::Day;
+use crate::model::eval::Assessment;
 use crate::model::mapping::{Attribute, Text};
 use crate::model::plan::Plan;
 use fhir_sdk::r4b::resources::{ObservationComponent, ObservationComponentValue};
@@ -220,19 +221,10 @@ pub struct Concepts {
     pub method: CodeableConcept,
     /// Per segment, with translations (the Observation's value, the segment Flag's code).
     pub segments: Vec<CodeableConcept>,
-    /// Per segment, the components its Observations start with: the parent segment of a
-    /// sub-segment, then the segment's attributes (care path, appointment length, …).
-    pub segment_components: Vec<Vec<ObservationComponent>>,
-    /// Per criterion and level, the component. Each criterion's levels are a code system of
-    /// their own (`…/CodeSystem/level/{criterion}`): two criteria may both have a level `none`
-    /// that means different things, and a code system holds one meaning per code.
-    pub levels: Vec<Vec<ObservationComponent>>,
-    /// Per overlay, its component when it does not hold (`[0]`) and when it does (`[1]`).
-    pub overlays: Vec<[ObservationComponent; 2]>,
+    /// Every component an assessment can have.
+    pub components: Components<ObservationComponent>,
     /// Per overlay, its Flag's code, with translations.
     pub overlay_flags: Vec<CodeableConcept>,
-    /// Per overlay and rule, the component saying the rule holds.
-    pub rules: Vec<Vec<ObservationComponent>>,
     /// The same parts serialised once, for writers of JSON lines.
     pub encoded: ndjson::Encoded,
 }
@@ -351,15 +343,85 @@ impl Concepts {
             assessment,
             method,
             segments,
-            segment_components,
-            levels,
-            overlays,
+            components: Components {
+                segments: segment_components,
+                levels,
+                overlays,
+                rules,
+            },
             overlay_flags,
-            rules,
             encoded: ndjson::Encoded::default(),
         };
         concepts.encoded = ndjson::Encoded::new(plan, &concepts)?;
         Ok(concepts)
+    }
+}
+
+/// The components an assessment can have, by what selects them: typed in [`Concepts`],
+/// serialised in [`ndjson::Encoded`], put in order for one assessment by [`Components::of`].
+#[derive(Debug, Clone, Default)]
+pub struct Components<T> {
+    /// Per segment, the components its Observations start with: the parent segment of a
+    /// sub-segment, then the segment's attributes (care path, appointment length, …).
+    pub segments: Vec<Vec<T>>,
+    /// Per criterion and level, the component. Each criterion's levels are a code system of
+    /// their own (`…/CodeSystem/level/{criterion}`): two criteria may both have a level `none`
+    /// that means different things, and a code system holds one meaning per code.
+    pub levels: Vec<Vec<T>>,
+    /// Per overlay, its component when it does not hold (`[0]`) and when it does (`[1]`).
+    pub overlays: Vec<[T; 2]>,
+    /// Per overlay and rule, the component saying the rule holds.
+    pub rules: Vec<Vec<T>>,
+}
+
+impl<T> Components<T> {
+    /// The components of assessment `a`, in order: the segment's own, each criterion's level,
+    /// then each overlay followed by the rules that made it hold.
+    pub fn of<'a>(&'a self, a: &'a Assessment) -> impl Iterator<Item = &'a T> {
+        let levels = a.levels.iter().enumerate();
+        let overlays = a.overlays.iter().enumerate();
+        self.segments[a.segment]
+            .iter()
+            .chain(levels.map(|(c, &level)| &self.levels[c][level]))
+            .chain(overlays.flat_map(move |(o, fired)| {
+                let holds = &self.overlays[o][usize::from(!fired.is_empty())];
+                std::iter::once(holds).chain(fired.iter().map(move |&r| &self.rules[o][r]))
+            }))
+    }
+
+    /// Every component any assessment can have.
+    pub fn all(&self) -> impl Iterator<Item = &T> {
+        let segments = self.segments.iter().flatten();
+        let levels = self.levels.iter().flatten();
+        let overlays = self.overlays.iter().flatten();
+        segments
+            .chain(levels)
+            .chain(overlays)
+            .chain(self.rules.iter().flatten())
+    }
+
+    /// The same set with each component made into `U` by `f`.
+    pub fn try_map<U, E>(&self, mut f: impl FnMut(&T) -> Result<U, E>) -> Result<Components<U>, E> {
+        let mut nested = |lists: &[Vec<T>]| -> Result<Vec<Vec<U>>, E> {
+            lists
+                .iter()
+                .map(|list| list.iter().map(&mut f).collect())
+                .collect()
+        };
+        let segments = nested(&self.segments)?;
+        let levels = nested(&self.levels)?;
+        let rules = nested(&self.rules)?;
+        let overlays = self
+            .overlays
+            .iter()
+            .map(|[no, yes]| Ok([f(no)?, f(yes)?]))
+            .collect::<Result<_, E>>()?;
+        Ok(Components {
+            segments,
+            levels,
+            overlays,
+            rules,
+        })
     }
 }
 

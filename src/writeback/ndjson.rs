@@ -14,7 +14,7 @@
 use fhir_sdk::r4b::resources::{Flag, Observation};
 use serde::Serialize;
 
-use super::Concepts;
+use super::{Components, Concepts};
 use crate::model::eval::Assessment;
 use crate::model::plan::Plan;
 
@@ -28,14 +28,8 @@ pub struct Encoded {
     method: Vec<u8>,
     /// Per segment, its concept (the Observation's value, the segment Flag's code).
     segments: Vec<Vec<u8>>,
-    /// Per segment, its own components, each followed by a comma.
-    segment_components: Vec<Vec<u8>>,
-    /// Per criterion and level, the component.
-    levels: Vec<Vec<Vec<u8>>>,
-    /// Per overlay, its component when it does not hold and when it does.
-    overlays: Vec<[Vec<u8>; 2]>,
-    /// Per overlay and rule, the rule's component.
-    rules: Vec<Vec<Vec<u8>>>,
+    /// Every component an assessment can have.
+    components: Components<Vec<u8>>,
     /// Per overlay, its Flag's code.
     overlay_flags: Vec<Vec<u8>>,
     /// `meta` of the segment Flag, then of each overlay's Flag.
@@ -50,10 +44,6 @@ fn json(value: &impl Serialize) -> Result<Vec<u8>, String> {
 
 fn all<T: Serialize>(values: &[T]) -> Result<Vec<Vec<u8>>, String> {
     values.iter().map(json).collect()
-}
-
-fn nested<T: Serialize>(values: &[Vec<T>]) -> Result<Vec<Vec<Vec<u8>>>, String> {
-    values.iter().map(|v| all(v)).collect()
 }
 
 impl Encoded {
@@ -77,25 +67,7 @@ impl Encoded {
             effective: json(&as_of)?,
             method: json(&concepts.method)?,
             segments: all(&concepts.segments)?,
-            segment_components: concepts
-                .segment_components
-                .iter()
-                .map(|components| {
-                    let mut out = Vec::new();
-                    for c in components {
-                        out.extend(json(c)?);
-                        out.push(b',');
-                    }
-                    Ok(out)
-                })
-                .collect::<Result<_, String>>()?,
-            levels: nested(&concepts.levels)?,
-            overlays: concepts
-                .overlays
-                .iter()
-                .map(|[no, yes]| Ok([json(no)?, json(yes)?]))
-                .collect::<Result<_, String>>()?,
-            rules: nested(&concepts.rules)?,
+            components: concepts.components.try_map(json)?,
             overlay_flags: all(&concepts.overlay_flags)?,
             flag_meta: flag_profiles
                 .map(|p| json(&super::meta(p)?))
@@ -145,25 +117,14 @@ pub fn observation(
     out.extend_from_slice(&parts.segments[a.segment]);
     out.extend_from_slice(br#","method":"#);
     out.extend_from_slice(&parts.method);
-    let components = out.len();
-    out.extend_from_slice(br#","component":["#);
-    out.extend_from_slice(&parts.segment_components[a.segment]);
-    for (c, &level) in a.levels.iter().enumerate() {
-        out.extend_from_slice(&parts.levels[c][level]);
-        out.push(b',');
-    }
-    for (o, fired) in a.overlays.iter().enumerate() {
-        out.extend_from_slice(&parts.overlays[o][usize::from(!fired.is_empty())]);
-        out.push(b',');
-        for &r in fired {
-            out.extend_from_slice(&parts.rules[o][r]);
+    let mut components = parts.components.of(a);
+    if let Some(first) = components.next() {
+        out.extend_from_slice(br#","component":["#);
+        out.extend_from_slice(first);
+        for c in components {
             out.push(b',');
+            out.extend_from_slice(c);
         }
-    }
-    if out.len() == components + br#","component":["#.len() {
-        out.truncate(components);
-    } else {
-        out.pop();
         out.push(b']');
     }
     out.push(b'}');

@@ -3,9 +3,7 @@
 //! `workflow-supportingInfo` extensions (capped, with the full count in an extension).
 
 use fhir_sdk::r4b::codes::ObservationStatus;
-use fhir_sdk::r4b::resources::{
-    Observation, ObservationComponent, ObservationEffective, ObservationValue,
-};
+use fhir_sdk::r4b::resources::{Observation, ObservationEffective, ObservationValue};
 use fhir_sdk::r4b::types::{CodeableConcept, Extension, ExtensionValue};
 
 use super::{
@@ -53,23 +51,6 @@ pub fn decisive_references(record: &ClientRecord, a: &Assessment) -> Vec<String>
         .collect()
 }
 
-/// The components of an assessment, in order: the segment's own (parent segment, attributes),
-/// each criterion's level, then each overlay followed by the rules that made it hold.
-pub fn components<'a>(
-    concepts: &'a Concepts,
-    a: &'a Assessment,
-) -> impl Iterator<Item = &'a ObservationComponent> {
-    let levels = a.levels.iter().enumerate();
-    let overlays = a.overlays.iter().enumerate();
-    concepts.segment_components[a.segment]
-        .iter()
-        .chain(levels.map(|(c, &level)| &concepts.levels[c][level]))
-        .chain(overlays.flat_map(move |(o, fired)| {
-            let holds = &concepts.overlays[o][usize::from(!fired.is_empty())];
-            std::iter::once(holds).chain(fired.iter().map(move |&r| &concepts.rules[o][r]))
-        }))
-}
-
 /// Which of an assessment's elements a builder fills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Parts {
@@ -113,7 +94,7 @@ pub fn share(obs: &mut Observation, concepts: &Concepts, a: &Assessment) {
         concepts.segments[a.segment].clone(),
     ));
     obs.method = Some(concepts.method.clone());
-    obs.component = components(concepts, a).cloned().map(Some).collect();
+    obs.component = concepts.components.of(a).cloned().map(Some).collect();
 }
 
 fn build(

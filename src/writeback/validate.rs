@@ -214,15 +214,6 @@ fn check_shared<'a>(
 /// each client's resource ([`Parts::Own`]): every segment's value, the code, the method and
 /// every component any client can get.
 pub fn shared(plan: &Plan, concepts: &Concepts) -> Result<(), BuildError> {
-    let components = || {
-        let segments = concepts.segment_components.iter().flatten();
-        let levels = concepts.levels.iter().flatten();
-        let overlays = concepts.overlays.iter().flatten();
-        segments
-            .chain(levels)
-            .chain(overlays)
-            .chain(concepts.rules.iter().flatten())
-    };
     for segment in &concepts.segments {
         let method = Some(&concepts.method);
         check_shared(
@@ -230,7 +221,7 @@ pub fn shared(plan: &Plan, concepts: &Concepts) -> Result<(), BuildError> {
             &concepts.assessment,
             Some(segment),
             method,
-            components(),
+            concepts.components.all(),
         )
         .map_err(|rule| BuildError {
             resource: "Observation",

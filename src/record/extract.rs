@@ -29,6 +29,8 @@ use crate::model::mapping::Field;
 use crate::model::plan::Plan;
 use crate::types::ResourceKind;
 
+mod scan;
+
 /// What the fold needs of one resource.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fact {
@@ -133,7 +135,7 @@ impl Codes {
 }
 
 /// The keys a scan looks at; everything else is skipped unparsed.
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(field_identifier, rename_all = "camelCase")]
 enum Key {
     ResourceType,
@@ -473,8 +475,26 @@ pub fn patient_id(reference: &str) -> Option<&str> {
     (kind == "Patient" && !id.is_empty()).then_some(id)
 }
 
-/// Extracts the fact of one resource given as JSON text.
+/// Extracts the fact of one resource given as JSON text: by the [`scan`] fast path when it
+/// can, else by the serde visitors, which also explain what is wrong with a broken line.
 pub fn extract_str(plan: &Plan, text: &str) -> Result<Fact, Rejection> {
+    let Some(scan) = scan::scan(plan, text) else {
+        return extract_str_serde(plan, text);
+    };
+    let fact = extract(plan, scan);
+    // Not `debug_assert_eq!`: the facts hold identity codes, which no message may show.
+    debug_assert!(
+        fact == extract_str_serde(plan, text),
+        "the scanner and serde read {} differently",
+        fact.as_ref().map_or_else(
+            |r| format!("{:?}", r.resource),
+            |f| format!("{}/{}", f.kind, f.id)
+        )
+    );
+    fact
+}
+
+fn extract_str_serde(plan: &Plan, text: &str) -> Result<Fact, Rejection> {
     let mut de = serde_json::Deserializer::from_str(text);
     let scanned = ResourceSeed { plan }
         .deserialize(&mut de)

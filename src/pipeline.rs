@@ -195,12 +195,18 @@ pub fn fold(
             rayon::scope(|_| {
                 for batch in raw_rx {
                     let (origins, resources) = batch.resources();
-                    let results: Vec<Result<Option<crate::record::Fact>, Rejection>> = resources
-                        .par_iter()
-                        .flat_map_iter(|r| {
-                            plans
-                                .iter()
-                                .map(move |plan| in_shard(extract_resource(plan, *r), shard))
+                    // In runs of resources, each written once into its own list: a flat
+                    // `collect` would gather the workers' lists and then copy every fact again.
+                    let results = resources
+                        .par_chunks(EXTRACT_CHUNK)
+                        .map(|chunk| {
+                            let mut facts = Vec::with_capacity(chunk.len() * plans.len());
+                            facts.extend(chunk.iter().flat_map(|r| {
+                                plans
+                                    .iter()
+                                    .map(move |plan| in_shard(extract_resource(plan, *r), shard))
+                            }));
+                            facts
                         })
                         .collect();
                     if fact_tx.send(Extracted { origins, results }).is_err() {
@@ -212,7 +218,7 @@ pub fn fold(
         'batches: for batch in fact_rx {
             items += batch.origins.len() as u64;
             COUNTERS.read.fetch_add(batch.origins.len() as u64, Relaxed);
-            let mut results = batch.results.into_iter();
+            let mut results = batch.results.into_iter().flatten();
             for i in 0..batch.origins.len() {
                 let (mut rejection, mut folded) = (None, false);
                 for (p, fold) in folds.iter_mut().enumerate() {
@@ -326,11 +332,14 @@ pub fn fold(
 }
 
 /// One batch's facts: for each resource, one result per plan, in order (`None`: another
-/// shard's).
+/// shard's), in runs of [`EXTRACT_CHUNK`] resources.
 struct Extracted {
     origins: Origins,
-    results: Vec<Result<Option<crate::record::Fact>, Rejection>>,
+    results: Vec<Vec<Result<Option<crate::record::Fact>, Rejection>>>,
 }
+
+/// Resources a worker extracts in one go: small enough that both cores share a batch evenly.
+const EXTRACT_CHUNK: usize = 256;
 
 /// Keeps what belongs to `shard`: its clients' facts, and (in the first shard only) the
 /// rejections that belong to no client, so that N shards report each of them once.

@@ -123,7 +123,7 @@ impl<'a> Cursor<'a> {
         let start = self.at;
         // Where the text has a backslash, the quote found may be an escaped one: either way the
         // string has an escape, and is serde's.
-        let end = start + memchr::memchr(b'"', &self.bytes()[start..])?;
+        let end = start + quote(&self.bytes()[start..])?;
         if !self.plain && self.bytes()[start..end].contains(&b'\\') {
             return None;
         }
@@ -365,6 +365,26 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// Where the first quote in `bytes` is. Eight bytes at a time without a call: most strings
+/// are keys, codes and dates, shorter than `memchr`'s setup is worth.
+fn quote(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+    const QUOTES: u64 = u64::from_le_bytes([b'"'; 8]);
+    let mut words = bytes.chunks_exact(8);
+    for (i, word) in words.by_ref().enumerate() {
+        let x = u64::from_le_bytes(word.try_into().ok()?) ^ QUOTES;
+        // The lowest byte set here is the first zero byte of `x` (higher ones may be false).
+        let zero = x.wrapping_sub(ONES) & !x & HIGHS;
+        if zero != 0 {
+            return Some(i * 8 + (zero.trailing_zeros() / 8) as usize);
+        }
+    }
+    let tail = words.remainder();
+    let at = tail.iter().position(|&b| b == b'"')?;
+    Some(bytes.len() - tail.len() + at)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,5 +502,20 @@ mod tests {
             "]".repeat(200)
         );
         assert!(scan(&plan, &deep).is_none());
+    }
+
+    #[test]
+    fn the_first_quote_is_found_at_every_offset() {
+        for len in 0..40 {
+            for at in 0..len {
+                let mut bytes = vec![b'a'; len];
+                bytes[at] = b'"';
+                if at + 2 < len {
+                    bytes[at + 2] = b'"';
+                }
+                assert_eq!(quote(&bytes), Some(at), "{len} {at}");
+            }
+            assert_eq!(quote(&vec![0x21; len]), None);
+        }
     }
 }

@@ -123,7 +123,12 @@ struct Codes {
 }
 
 impl Codes {
-    fn add(&mut self, plan: &Plan, field: Field, system: &str, code: &str) {
+    /// Matches one Coding of `field`; one without a system or a code matches nothing.
+    fn add(&mut self, plan: &Plan, field: Field, coding: LiteCoding<'_>) {
+        let (Some(Text(system)), Some(Text(code))) = (coding.system, coding.code) else {
+            return;
+        };
+        let (system, code) = (system.as_ref(), code.as_ref());
         self.mask |= plan.mask_of(field, system, code);
         if let Some(slot) = plan.distinct_fields.iter().position(|f| *f == field) {
             let mut h = FxHasher::default();
@@ -280,9 +285,7 @@ impl<'de> Visitor<'de> for Codings<'_, '_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         while let Some(coding) = seq.next_element::<LiteCoding<'de>>()? {
-            if let (Some(system), Some(code)) = (coding.system, coding.code) {
-                self.codes.add(self.plan, self.field, &system.0, &code.0);
-            }
+            self.codes.add(self.plan, self.field, coding);
         }
         Ok(())
     }
@@ -358,12 +361,7 @@ impl<'de> Visitor<'de> for ResourceSeed<'_> {
                 Key::Meta => {
                     scan.last_updated = text(map.next_value::<LiteMeta<'de>>()?.last_updated)
                 }
-                Key::Class => {
-                    let coding = map.next_value::<LiteCoding<'de>>()?;
-                    if let (Some(system), Some(code)) = (coding.system, coding.code) {
-                        scan.codes.add(plan, Field::Class, &system.0, &code.0);
-                    }
-                }
+                Key::Class => scan.codes.add(plan, Field::Class, map.next_value()?),
                 Key::Type => map.next_value_seed(concepts(Field::Type).with(&mut scan.codes))?,
                 Key::ServiceType => {
                     map.next_value_seed(concept(Field::ServiceType).with(&mut scan.codes))?

@@ -122,6 +122,9 @@ pub struct CaseObservation {
     /// Status (default `final`).
     #[serde(default = "final_status")]
     pub status: String,
+    /// A score, written as `valueQuantity` (a functional-ability score); none for a finding.
+    #[serde(default)]
+    pub value: Option<f64>,
 }
 
 fn final_status() -> String {
@@ -275,12 +278,19 @@ fn coding(plan: &Plan, text: &str, file: &Path) -> Result<(String, String), Case
             file.display()
         )));
     };
-    let system = plan
-        .mapping
-        .systems
-        .get(system)
-        .cloned()
-        .unwrap_or_else(|| system.to_owned());
+    // A URL or URN has a colon; a name without one is a short name of the model's `systems`
+    // (an included file's short names are its own, and are not visible here).
+    let system = match plan.mapping.systems.get(system) {
+        Some(url) => url.clone(),
+        None if system.contains(':') => system.to_owned(),
+        None => {
+            return Err(CaseError::Case(format!(
+                "{}: `{system}` in `{text}` is not a short name of model {}'s systems; write the system's URL (`http://loinc.org|96761-2`) or add the short name to the model's `systems`",
+                file.display(),
+                plan.mapping.id
+            )));
+        }
+    };
     Ok((system, code.to_owned()))
 }
 
@@ -326,11 +336,15 @@ pub fn resources(plan: &Plan, case: &Case, file: &Path) -> Result<Vec<Value>, Ca
     }
     for (i, o) in case.observations.iter().enumerate() {
         let (system, code) = coding(plan, &o.code, file)?;
-        out.push(json!({
+        let mut obs = json!({
             "resourceType": "Observation", "id": format!("o{i}"), "status": o.status,
             "subject": subject, "code": {"coding": [{"system": system, "code": code}]},
             "effectiveDateTime": o.effective.to_string(),
-        }));
+        });
+        if let Some(value) = o.value {
+            obs["valueQuantity"] = json!({"value": value});
+        }
+        out.push(obs);
     }
     let patient = json!({"reference": "Patient/case"});
     for (i, e) in case.episodes.iter().enumerate() {

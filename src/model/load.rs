@@ -217,7 +217,7 @@ fn read_text(path: &Path) -> std::io::Result<String> {
 
 /// The files models may include that ship in `mappings/`, for models loaded from text (the
 /// built-in default) rather than from a folder.
-const SHIPPED: &[(&str, &str)] = &[
+pub(crate) const SHIPPED: &[(&str, &str)] = &[
     (
         "key-client.yaml",
         include_str!("../../mappings/key-client.yaml"),
@@ -229,6 +229,10 @@ const SHIPPED: &[(&str, &str)] = &[
     (
         "social-services.yaml",
         include_str!("../../mappings/social-services.yaml"),
+    ),
+    (
+        "functional-ability.yaml",
+        include_str!("../../mappings/functional-ability.yaml"),
     ),
 ];
 

@@ -298,6 +298,11 @@ pub struct Feature {
     /// Days from the last matching resource to the as-of date; missing when there is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub days_since_last: Option<Selection>,
+    /// The value of the latest matching Observation (`valueQuantity.value` or
+    /// `valueInteger`: a functional-ability score); missing when there is none. Of two on the
+    /// same day, the higher counts, so the order of the input does not matter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_value: Option<Selection>,
 }
 
 impl Feature {
@@ -310,6 +315,7 @@ impl Feature {
             &self.cost,
             &self.span_days,
             &self.days_since_last,
+            &self.last_value,
         ]
         .into_iter()
         .flatten()

@@ -112,6 +112,8 @@ pub enum Aggregate {
     SpanDays,
     /// Days from last to as-of.
     DaysSinceLast,
+    /// The value of the latest Observation.
+    LastValue,
 }
 
 /// A compiled feature.
@@ -1004,6 +1006,7 @@ fn compile_feature(
         ("cost", f.cost.is_some()),
         ("span_days", f.span_days.is_some()),
         ("days_since_last", f.days_since_last.is_some()),
+        ("last_value", f.last_value.is_some()),
     ];
     let named: Vec<&str> = given.iter().filter(|g| g.1).map(|g| g.0).collect();
     if named.len() != 1 {
@@ -1116,6 +1119,17 @@ fn compile_feature(
         }
         "span_days" => Aggregate::SpanDays,
         "days_since_last" => Aggregate::DaysSinceLast,
+        "last_value" if sel.resource != ResourceKind::Observation => {
+            return Err(err(
+                format!("{sp}/resource"),
+                format!(
+                    "`last_value` reads Observation values, not {}",
+                    sel.resource
+                ),
+                "select Observation, or count the resources with `count`",
+            ));
+        }
+        "last_value" => Aggregate::LastValue,
         "distinct" => {
             let field = sel.field.unwrap_or(Field::Code);
             let index = match distinct_fields.iter().position(|f| *f == field) {
@@ -1211,6 +1225,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn last_value_reads_observations_only() {
+        use crate::model::load::load_str;
+        let text = include_str!("../../mappings/suuntima.yaml").replace(
+            "count: {resource: Encounter, window: P12M, where: [{field: class, in: home}]}",
+            "last_value: {resource: Encounter, window: P12M, where: [{field: class, in: home}]}",
+        );
+        // Loading compiles the model, and reports where the problem is.
+        let problems = match load_str(&text) {
+            Ok(m) => format!("{:?}", Plan::compile(m, Day::EPOCH).err()),
+            Err(d) => format!("{d:?}"),
+        };
+        assert!(
+            problems.contains("`last_value` reads Observation values, not Encounter"),
+            "{problems}"
+        );
+    }
+
+    #[test]
     fn a_model_reads_the_types_its_features_name_and_no_other() {
         use crate::model::load::load_str;
         use ResourceKind::*;
@@ -1227,6 +1259,7 @@ mod tests {
                 Patient,
                 Encounter,
                 Condition,
+                Observation,
                 EpisodeOfCare,
                 Claim,
                 ExplanationOfBenefit
@@ -1235,7 +1268,14 @@ mod tests {
         let suuntima = kinds(include_str!("../../mappings/suuntima.yaml"));
         assert_eq!(
             suuntima,
-            [Patient, Encounter, Condition, Claim, ExplanationOfBenefit]
+            [
+                Patient,
+                Encounter,
+                Condition,
+                Observation,
+                Claim,
+                ExplanationOfBenefit
+            ]
         );
     }
 

@@ -14,6 +14,9 @@
 //! | Observation | `effectiveDateTime`, `effectivePeriod.start` or `effectiveInstant`, else `issued` |
 //! | EpisodeOfCare | the last day it was active up to the as-of date: `period.end`, or the as-of date while open (an episode that starts after the as-of date keeps its start, and is left out) |
 //! | Claim, ExplanationOfBenefit | `billablePeriod.start`, else `created` |
+//!
+//! An Observation's value is its `valueQuantity.value` or `valueInteger`, whatever the unit:
+//! the code list a `last_value` feature selects by names the score, and with it the unit.
 
 use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
@@ -49,6 +52,8 @@ pub struct Fact {
     /// The Encounter's price, the Claim's total or the ExplanationOfBenefit's `submitted`
     /// total, in the price table's currency; 0 for other resources.
     pub cost: f64,
+    /// An Observation's `valueQuantity.value` or `valueInteger`.
+    pub value: Option<f64>,
     /// Read and counted, but selected by no feature: an Observation, EpisodeOfCare, Claim or
     /// ExplanationOfBenefit whose status is `cancelled` or `entered-in-error`, or a Claim or
     /// ExplanationOfBenefit without a total to cost it by.
@@ -109,6 +114,7 @@ struct Scan<'a> {
     created: Option<Cow<'a, str>>,
     status: Option<Cow<'a, str>>,
     total: Option<Totals<'a>>,
+    value: Option<f64>,
     identifiers: Vec<LiteIdentifier<'a>>,
     links: Vec<LiteLink<'a>>,
     last_updated: Option<Cow<'a, str>>,
@@ -170,6 +176,8 @@ enum Key {
     Code,
     Category,
     ClinicalStatus,
+    ValueQuantity,
+    ValueInteger,
     #[serde(other)]
     Other,
 }
@@ -220,6 +228,12 @@ struct LitePeriod<'a> {
     start: Option<Text<'a>>,
     #[serde(borrow)]
     end: Option<Text<'a>>,
+}
+
+/// An Observation's `valueQuantity`.
+#[derive(Deserialize)]
+struct LiteQuantity {
+    value: Option<f64>,
 }
 
 /// An amount: Claim.total, or an ExplanationOfBenefit total's `amount`.
@@ -344,6 +358,8 @@ impl<'de> Visitor<'de> for ResourceSeed<'_> {
                 Key::Created => scan.created = Some(map.next_value::<Text<'de>>()?.0),
                 Key::Status => scan.status = Some(map.next_value::<Text<'de>>()?.0),
                 Key::Total => scan.total = Some(map.next_value()?),
+                Key::ValueQuantity => scan.value = map.next_value::<LiteQuantity>()?.value,
+                Key::ValueInteger => scan.value = Some(map.next_value()?),
                 Key::Period => {
                     let p = map.next_value::<LitePeriod<'de>>()?;
                     (scan.start, scan.end) = (text(p.start), text(p.end));
@@ -630,6 +646,7 @@ fn extract(plan: &Plan, scan: Scan<'_>) -> Result<Fact, Rejection> {
         end: None,
         mask: 0,
         cost: 0.0,
+        value: None,
         void: false,
         codes: SmallVec::new(),
         person: None,
@@ -674,6 +691,7 @@ fn extract(plan: &Plan, scan: Scan<'_>) -> Result<Fact, Rejection> {
         }
         ResourceKind::Observation => {
             fact.day = day(&scan.effective, "effective")?.or(day(&scan.issued, "issued")?);
+            fact.value = scan.value;
         }
         ResourceKind::EpisodeOfCare => {
             let start = day(&scan.start, "period.start")?;

@@ -93,6 +93,7 @@ impl ClientRecord {
                 Aggregate::SpanDays => pack(NO_DAY_LOW, NO_DAY_HIGH),
                 Aggregate::DaysSinceLast => pack(0, NO_DAY_HIGH),
                 Aggregate::Cost { .. } => 0f64.to_bits(),
+                Aggregate::LastValue => NO_VALUE,
                 _ => 0,
             })
             .collect();
@@ -141,6 +142,9 @@ impl ClientRecord {
                         let (_, last) = unpack(slot);
                         (last != NO_DAY_HIGH)
                             .then(|| f64::from(Day::EPOCH.plus_days(last).days_until(plan.as_of)))
+                    }
+                    Aggregate::LastValue => {
+                        (slot != NO_VALUE).then(|| f64::from(f32::from_bits(slot as u32)))
                     }
                 }
             })
@@ -193,6 +197,32 @@ fn unpack(slot: u64) -> (i32, i32) {
     ((slot >> 32) as u32 as i32, slot as u32 as i32)
 }
 
+/// A `last_value` slot without a value: older than any day.
+const NO_VALUE: u64 = (i32::MIN as u32 as u64) << 32;
+
+/// A `last_value` slot: the day in the high half (offset so that later days compare higher)
+/// and the value as an `f32` in the low half. A score needs no more precision, and the pair
+/// fits the one slot every feature has.
+fn dated_value(day: Day, value: f64) -> u64 {
+    pack(day_number(day), (value as f32).to_bits() as i32)
+}
+
+/// The later of two `last_value` slots; of two on the same day, the higher value, so the
+/// order resources arrive in does not matter.
+fn later_value(a: u64, b: u64) -> u64 {
+    let key = |slot: u64| {
+        let (day, bits) = unpack(slot);
+        (day, f32::from_bits(bits as u32))
+    };
+    let ((day_a, value_a), (day_b, value_b)) = (key(a), key(b));
+    match day_a.cmp(&day_b) {
+        std::cmp::Ordering::Less => b,
+        std::cmp::Ordering::Greater => a,
+        std::cmp::Ordering::Equal if value_b > value_a => b,
+        std::cmp::Ordering::Equal => a,
+    }
+}
+
 fn day_number(day: Day) -> i32 {
     Day::EPOCH.days_until(day)
 }
@@ -221,6 +251,7 @@ impl ClientRecord {
                     let ((low, high), (l, h)) = (unpack(*slot), unpack(theirs));
                     *slot = pack(low.min(l), high.max(h));
                 }
+                Aggregate::LastValue => *slot = later_value(*slot, theirs),
             }
         }
         for entry in other.distinct {
@@ -324,6 +355,11 @@ impl<'p> Fold<'p> {
                         *slot = pack(low.min(d), high.max(d));
                     }
                 }
+                Aggregate::LastValue => {
+                    if let Some((day, value)) = fact.day.zip(fact.value) {
+                        *slot = later_value(*slot, dated_value(day, value));
+                    }
+                }
                 Aggregate::Distinct { field } => {
                     let tag = feature_tag(i);
                     for (f, hash) in &fact.codes {
@@ -392,6 +428,13 @@ mod tests {
 
     /// A model whose one feature is a billed cost over 12 months, with every Encounter at 100.
     fn billed_plan(billed: &str) -> Plan {
+        one_feature_plan(&format!(
+            "cost: {{resource: Encounter, window: P12M{billed}}}"
+        ))
+    }
+
+    /// A model with one feature, `aggregation` (`count: {...}`), and a price table at 100.
+    fn one_feature_plan(aggregation: &str) -> Plan {
         let yaml = format!(
             r#"
 id: t
@@ -400,9 +443,9 @@ version: "1"
 title: {{fi: t, sv: t, en: t}}
 prices: {{currency: EUR, source: test, rules: [], otherwise: 100}}
 features:
-  - id: cost_12m
+  - id: f
     title: {{fi: k, sv: k, en: c}}
-    cost: {{resource: Encounter, window: P12M{billed}}}
+    {aggregation}
 criteria:
   - id: c
     title: {{fi: c, sv: c, en: c}}
@@ -440,6 +483,11 @@ tree:
 
     /// The client's cost after folding `resources` (a Patient is added).
     fn cost(plan: &Plan, resources: &[Value]) -> f64 {
+        value(plan, resources).expect("a cost")
+    }
+
+    /// The client's feature value after folding `resources` (a Patient is added).
+    fn value(plan: &Plan, resources: &[Value]) -> Option<f64> {
         let mut fold = Fold::new(plan);
         let patient = json!({"resourceType": "Patient", "id": "p"});
         for r in std::iter::once(&patient).chain(resources) {
@@ -447,7 +495,61 @@ tree:
                 .expect("folded");
         }
         let (clients, _) = fold.into_clients();
-        clients["p"].values(plan)[0].expect("a cost")
+        clients["p"].values(plan)[0]
+    }
+
+    fn score(id: &str, day: &str, value: Value) -> Value {
+        json!({"resourceType": "Observation", "id": id, "status": "final",
+            "subject": {"reference": "Patient/p"}, "effectiveDateTime": day,
+            "code": {"coding": [{"system": "http://loinc.org", "code": "96761-2"}]},
+            "valueQuantity": {"value": value}})
+    }
+
+    #[test]
+    fn last_value_is_the_latest_score_and_the_higher_of_one_day_in_any_order() {
+        let plan =
+            one_feature_plan("last_value: {resource: Observation, window: P24M, if_absent: none}");
+        let (early, late) = (
+            score("a", "2025-01-10", json!(40)),
+            score("b", "2025-06-01", json!(85.5)),
+        );
+        assert_eq!(value(&plan, &[early.clone(), late.clone()]), Some(85.5));
+        assert_eq!(value(&plan, &[late.clone(), early.clone()]), Some(85.5));
+        let same_day = score("c", "2025-06-01", json!(70));
+        assert_eq!(value(&plan, &[late.clone(), same_day.clone()]), Some(85.5));
+        assert_eq!(value(&plan, &[same_day, late]), Some(85.5));
+        // `valueInteger` counts too; one without a value, or outside the window, does not.
+        let mut integer = score("d", "2025-07-01", json!(null));
+        integer["valueInteger"] = json!(12);
+        integer.as_object_mut().map(|o| o.remove("valueQuantity"));
+        assert_eq!(value(&plan, &[early.clone(), integer]), Some(12.0));
+        let mut bare = score("e", "2025-08-01", json!(null));
+        bare.as_object_mut().map(|o| o.remove("valueQuantity"));
+        assert_eq!(value(&plan, &[early, bare]), Some(40.0));
+        assert_eq!(value(&plan, &[score("f", "2023-12-01", json!(10))]), None);
+        assert_eq!(value(&plan, &[]), None);
+    }
+
+    #[test]
+    fn last_value_merges_to_the_later_score() {
+        let plan =
+            one_feature_plan("last_value: {resource: Observation, window: P24M, if_absent: none}");
+        let record = |r: &Value| {
+            let mut fold = Fold::new(&plan);
+            fold.apply(extract::extract_value(&plan, r).expect("fact"))
+                .expect("folded");
+            fold.into_clients().0.remove("p").expect("client")
+        };
+        let (early, late) = (
+            record(&score("a", "2025-01-10", json!(40))),
+            record(&score("b", "2025-06-01", json!(90))),
+        );
+        let mut one = early.clone();
+        one.merge(&plan, late.clone());
+        let mut other = late;
+        other.merge(&plan, early);
+        assert_eq!(one.values(&plan)[0], Some(90.0));
+        assert_eq!(other.values(&plan)[0], Some(90.0));
     }
 
     const BOTH: &str = ", billed: [Claim, ExplanationOfBenefit]";

@@ -148,15 +148,11 @@ fn broken(dir: &tempfile::TempDir, edits: &[(&str, &str)]) -> (PathBuf, String) 
     (write_model(dir, &text), text)
 }
 
-/// Writes `text` as `broken.yaml` beside copies of the files it includes.
+/// Writes `text` as `broken.yaml` beside copies of the files models include.
 fn write_model(dir: &tempfile::TempDir, text: &str) -> PathBuf {
-    for name in [
-        "key-client.yaml",
-        "service-areas.yaml",
-        "social-services.yaml",
-    ] {
-        std::fs::copy(root().join("mappings").join(name), dir.path().join(name))
-            .expect("copy the included file");
+    for fragment in models().into_iter().filter(|m| included(m)) {
+        let name = fragment.file_name().expect("file name");
+        std::fs::copy(&fragment, dir.path().join(name)).expect("copy the included file");
     }
     let path = dir.path().join("broken.yaml");
     std::fs::write(&path, text).expect("write");
@@ -325,5 +321,27 @@ fn a_sub_segment_of_an_unknown_segment_is_refused() {
     assert!(
         stderr.contains("sub-segment of `continuos`, which is no segment of this model"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn a_case_code_with_a_system_the_model_does_not_name_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let virta = std::fs::read_to_string(root().join("mappings/virta.yaml")).expect("model");
+    let path = write_model(&dir, &virta);
+    let cases = dir.path().join("broken/cases");
+    std::fs::create_dir_all(&cases).expect("cases dir");
+    // `loinc` is a short name of functional-ability.yaml, which virta includes, not of virta.
+    std::fs::write(
+        cases.join("01.yaml"),
+        "description: a score\nas_of: \"2026-01-01\"\npatient: {birth_date: \"1950-01-01\"}\nobservations:\n  - {code: \"loinc|96761-2\", effective: \"2025-06-01\", value: 50}\nexpect: {segment: heavy}\n",
+    )
+    .expect("case");
+    let output = segmentti(&["test-mapping", path.to_str().expect("utf-8")]);
+    let (stdout, stderr) = text(&output);
+    assert!(!output.status.success(), "{stdout}");
+    assert!(
+        format!("{stdout}{stderr}").contains("`loinc` in `loinc|96761-2` is not a short name of model virta's systems; write the system's URL"),
+        "{stdout}\n{stderr}"
     );
 }

@@ -56,7 +56,8 @@ pub(super) fn scan<'a>(plan: &Plan, text: &'a str) -> Option<Scan<'a>> {
             Key::BillablePeriod => [scan.billable_start, _] = c.period()?,
             Key::Created => scan.created = Some(c.text()?),
             Key::Status => scan.status = Some(c.text()?),
-            Key::Total => return None,
+            // Numbers are left to serde, which reads them exactly as the serde path does.
+            Key::Total | Key::ValueQuantity | Key::ValueInteger => return None,
             Key::Period => [scan.start, scan.end] = c.period()?,
             Key::OnsetDateTime => scan.onset = Some(c.text()?),
             Key::OnsetPeriod => [scan.onset_start, _] = c.period()?,
@@ -472,6 +473,8 @@ mod tests {
             r#"{"resourceType":"Patient","id":"p1","id":"p2"}"#,
             r#"{"resourceType":"Condition","id":"c1","subject":{"reference":"Patient/p1","reference":"Patient/p2"}}"#,
             r#"{"resourceType":"Claim","id":"c1","total":{"value":1}}"#,
+            r#"{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p1"},"valueQuantity":{"value":90}}"#,
+            r#"{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p1"},"valueInteger":90}"#,
             r#"{"resourceType":"Patient","id":"p1","x":01}"#,
             r#"{"resourceType":"Patient","id":"p1"} {}"#,
             r#"{"resourceType":"Patient","id":"p1",}"#,

@@ -367,7 +367,7 @@ fn read_input(
     let mut send = |batch: Batch| tx.send(batch).map_err(|_| "the run stopped".to_owned());
     match input {
         Input::Files(path) => Ok(crate::source::files::read(&path, send)?),
-        Input::Synthetic(opts) => Ok(crate::source::synthetic::read(&opts, send)?),
+        Input::Synthetic(opts) => Ok(crate::source::synthetic::read(&opts, kinds, send)?),
         Input::Server(server) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

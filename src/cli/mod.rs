@@ -281,6 +281,12 @@ pub struct SynthArgs {
     /// writes them.
     #[arg(long, requires = "claims")]
     explanations: bool,
+    /// Also write care records: social-welfare service decisions (EpisodeOfCare), Barthel
+    /// Index totals and oral-status findings (Observation), which Nylander, Suuntima, Virta and
+    /// the Helsinki oral-health model read. A run on the embedded default has them whenever a
+    /// model reads them.
+    #[arg(long)]
+    care_records: bool,
 }
 
 /// `--service-area`.
@@ -399,6 +405,7 @@ impl ModelArgs {
                     as_of,
                     area: None,
                     bills: synth::Bills::None,
+                    records: false,
                 }),
                 _ => bail!(
                     "this command reads one source: give --input or --server once\nhint: `run --write-to each` (or a server's URL) joins several sources into whole clients"
@@ -781,6 +788,7 @@ fn synth_command(args: SynthArgs) -> Result<ExitCode> {
             (true, false) => synth::Bills::Claims,
             (true, true) => synth::Bills::ClaimsAndExplanations,
         },
+        records: args.care_records,
     };
     match args.server.server.as_slice() {
         [] => {}
@@ -800,8 +808,13 @@ fn synth_command(args: SynthArgs) -> Result<ExitCode> {
             format!(", {} Claim and ExplanationOfBenefit", report.bills)
         }
     };
+    let records = if opts.records {
+        format!(", {} Observation and EpisodeOfCare", report.records)
+    } else {
+        String::new()
+    };
     println!(
-        "Wrote {} clients ({} Patient, {} Encounter, {} Condition{bills}) to {}\nThe 10 % most costly clients hold {:.1} % of the cost ({:.0} EUR in all).",
+        "Wrote {} clients ({} Patient, {} Encounter, {} Condition{bills}{records}) to {}\nThe 10 % most costly clients hold {:.1} % of the cost ({:.0} EUR in all).",
         report.clients,
         report.patients,
         report.encounters,
@@ -1022,6 +1035,7 @@ fn bench_command(args: BenchArgs) -> Result<ExitCode> {
                 as_of: DEFAULT_AS_OF.parse().map_err(anyhow::Error::msg)?,
                 area: None,
                 bills: synth::Bills::None,
+                records: false,
             };
             synth::write_dir(&opts, SynthFormat::Ndjson, &dir)?;
             std::fs::write(&marker, "")?;

@@ -327,14 +327,9 @@ pub fn load(
     let mut entries = Vec::new();
     let (mut resources, mut transactions, mut clients) = (0u64, 0u64, 0u64);
     let mut all = synth::clients(opts).peekable();
-    while let Some((_, c)) = all.next() {
+    while let Some((i, c)) = all.next() {
         clients += 1;
-        let bills = synth::bills(opts, &c);
-        for r in std::iter::once(c.patient)
-            .chain(c.encounters)
-            .chain(c.conditions)
-            .chain(bills)
-        {
+        for r in synth::resources(opts, i, c) {
             let url = format!(
                 "{}/{}",
                 r["resourceType"].as_str().unwrap_or_default(),

@@ -342,6 +342,7 @@ fn examples(plans: &[Plan], as_of: Day) -> Result<Vec<Value>, ProfileError> {
         as_of,
         area: None,
         bills: crate::synth::Bills::None,
+        records: false,
     };
     let folded = pipeline::fold(
         &Input::Synthetic(opts),

@@ -6,15 +6,27 @@ use std::sync::Arc;
 use super::files::SourceError;
 use super::{BATCH, Batch, Item, Origin, Payload};
 use crate::synth::{self, SynthOptions};
+use crate::types::ResourceKind;
 
-/// Generates the population of `opts`, handing batches of items to `emit`.
+/// Generates the population of `opts`, handing batches of items to `emit`. Like a server asked
+/// for the types the models read (`kinds`), it gives those types only, with care records
+/// (Observation, EpisodeOfCare) when a model reads them; otherwise the population is what it
+/// always was.
 pub fn read(
     opts: &SynthOptions,
+    kinds: &[ResourceKind],
     mut emit: impl FnMut(Batch) -> Result<(), String>,
 ) -> Result<(), SourceError> {
+    let wanted =
+        |k: &ResourceKind| matches!(k, ResourceKind::Observation | ResourceKind::EpisodeOfCare);
+    let opts = SynthOptions {
+        records: opts.records || kinds.iter().any(wanted),
+        ..opts.clone()
+    };
     let name: Arc<str> = Arc::from("synthetic");
     let mut batch = Vec::with_capacity(BATCH);
-    for (n, (_, line)) in synth::lines(opts).enumerate() {
+    let lines = synth::lines(&opts).filter(|(kind, _)| kinds.contains(kind));
+    for (n, (_, line)) in lines.enumerate() {
         let origin = Origin {
             file: name.clone(),
             line: n as u64 + 1,

@@ -26,6 +26,12 @@ pub const MUNICIPALITY_EXTENSION: &str =
     "https://hl7.fi/fhir/finnish-base-profiles/StructureDefinition/municipality-code";
 /// The Finnish personal identity code.
 pub const HETU: &str = "urn:oid:1.2.246.21";
+/// LOINC.
+pub const LOINC: &str = "http://loinc.org";
+/// HL7 episode-of-care types (EpisodeOfCare.type of international data).
+pub const EPISODE_TYPE: &str = "http://terminology.hl7.org/CodeSystem/episodeofcare-type";
+/// HL7 Observation categories.
+pub const OBSERVATION_CATEGORY: &str = "http://terminology.hl7.org/CodeSystem/observation-category";
 
 /// A code with its display.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +170,24 @@ pub const T80: Service = Service {
     snomed: MEDICINE,
     area: Area::Health,
 };
+
+/// The social-welfare services a decision (an EpisodeOfCare) grants in Finnish data.
+pub const DECIDED: [Service; 3] = [T71, T72, T73];
+
+/// Home care as an HL7 episode-of-care type: international data tell only home care apart
+/// among social-welfare services (their service type is one SNOMED code for all three).
+pub const HOME_AND_COMMUNITY_CARE: Code = c("hacc", "Home and Community Care");
+
+/// The Barthel Index total (0–100, higher is more independent), in 5-point steps.
+pub const BARTHEL: Code = c("96761-2", "Total score Barthel Index");
+
+/// Oral-status findings recorded at an oral-health contact (Observation.code), with their
+/// system, from the most common.
+pub const ORAL_FINDINGS: [(&str, Code); 3] = [
+    (SNOMED, c("80967001", "Dental caries")),
+    (SNOMED, c("109629007", "Periodontal pocket")),
+    (LOINC, c("32881-5", "Periodontal attachment loss")),
+];
 
 /// Every service type, for telling an Encounter's area from its `serviceType`.
 pub const SERVICES: [Service; 9] = [T11, T22, T30, T40, T60, T71, T72, T73, T80];

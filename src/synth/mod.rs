@@ -10,8 +10,11 @@
 //! in the official test range (individual numbers 900–999), names are made up. With
 //! [`Bills::Claims`] (`--claims`) every Encounter also gets a Claim whose total is its price
 //! ([`cost_eur`]), and with [`Bills::ClaimsAndExplanations`] a payer's ExplanationOfBenefit
-//! restating it, as Synthea writes them; without bills the output is what it always was. This
-//! module writes files only in [`write_dir`]; it knows nothing of models.
+//! restating it, as Synthea writes them; without bills the output is what it always was. With
+//! care records ([`SynthOptions::records`], `--care-records`) the data also hold what a model
+//! reads beyond contacts and diagnoses ([`records`]): social-welfare service decisions
+//! (EpisodeOfCare), Barthel Index totals and oral-status findings (Observation). This module
+//! writes files only in [`write_dir`]; it knows nothing of models.
 
 pub mod codes;
 
@@ -61,6 +64,8 @@ pub struct SynthOptions {
     pub area: Option<Area>,
     /// Which bills go with each Encounter.
     pub bills: Bills,
+    /// Whether to write care records ([`records`]) too.
+    pub records: bool,
 }
 
 /// Which bills [`bills`] writes for each Encounter.
@@ -101,6 +106,8 @@ pub struct SynthReport {
     pub conditions: u64,
     /// Claim and ExplanationOfBenefit resources.
     pub bills: u64,
+    /// Observation and EpisodeOfCare resources.
+    pub records: u64,
     /// Cost of all contacts, EUR.
     pub total_cost_eur: f64,
     /// Share of the cost held by the 10 % most costly clients.
@@ -567,6 +574,133 @@ pub fn bills(opts: &SynthOptions, c: &SynthClient) -> Vec<Value> {
     out
 }
 
+/// The care records of client `index` as its system holds it (`c`), when `opts.records`:
+/// - an EpisodeOfCare per social-welfare service the client had contacts of: the decision
+///   behind them, from a few weeks before the first contact, open while the last is within 90
+///   days of the as-of date, else closed a month after it;
+/// - for a client of 65 or more with home visits, a Barthel Index total at the last one, the
+///   lower the more visits, and half the time an earlier, better one a year before it; a few
+///   other clients of 75 or more have one at their last contact, mostly near independence;
+/// - at half of the oral-health contacts, an oral-status finding.
+///
+/// They come from a stream of their own, so every other resource is what it was without them.
+pub fn records(opts: &SynthOptions, index: u64, c: &SynthClient) -> Vec<Value> {
+    if !opts.records {
+        return Vec::new();
+    }
+    let mut rng = rng_for(opts.seed, index);
+    rng.set_stream(2);
+    let intl = opts.flavor == CodeFlavor::International;
+    let subject =
+        json!({"reference": format!("Patient/{}", c.patient["id"].as_str().unwrap_or_default())});
+    let text = |r: &Value, p: &str| {
+        r.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let day = |e: &Value| Day::parse_fhir(&text(e, "/period/start"));
+    let mut out = Vec::new();
+
+    // Decisions: the services in the order of their first contact.
+    let mut decided: Vec<(Value, Day, Day)> = Vec::new();
+    for e in &c.encounters {
+        let service = text(e, "/serviceType/coding/0/code");
+        let kind = if intl {
+            (text(e, "/class/code") == "HH" && service == codes::T72.snomed.code)
+                .then(|| coding(codes::EPISODE_TYPE, codes::HOME_AND_COMMUNITY_CARE))
+        } else {
+            codes::DECIDED
+                .iter()
+                .find(|s| s.palvelumuoto.code == service)
+                .map(|s| coding(codes::PALVELUMUOTO, s.palvelumuoto))
+        };
+        let (Some(kind), Some(on)) = (kind, day(e)) else {
+            continue;
+        };
+        match decided.iter_mut().find(|d| d.0 == kind) {
+            Some(d) => (d.1, d.2) = (d.1.min(on), d.2.max(on)),
+            None => decided.push((kind, on, on)),
+        }
+    }
+    for (n, (kind, first, last)) in decided.into_iter().enumerate() {
+        let mut period = json!({"start": first.plus_days(-rng.random_range(7..60)).to_string()});
+        let open = last.days_until(opts.as_of) <= 90;
+        if !open {
+            period["end"] = json!(last.plus_days(30).to_string());
+        }
+        out.push(json!({
+            "resourceType": "EpisodeOfCare",
+            "id": format!("ep{index:07}-{n}"),
+            "status": if open { "active" } else { "finished" },
+            "type": [{"coding": [kind]}],
+            "patient": subject,
+            "period": period,
+        }));
+    }
+
+    let age =
+        Day::parse_fhir(&text(&c.patient, "/birthDate")).map_or(0, |b| b.years_until(opts.as_of));
+    let home: Vec<Day> = c
+        .encounters
+        .iter()
+        .filter(|e| text(e, "/class/code") == "HH")
+        .filter_map(day)
+        .collect();
+    let last_contact = c.encounters.iter().filter_map(day).max();
+    let mut scores: Vec<(Day, f64)> = Vec::new();
+    if age >= 65
+        && let Some(&last) = home.iter().max()
+    {
+        let loss = home.len() as f64 * 1.2 + rng.random::<f64>() * 25.0;
+        let score = ((100.0 - loss).max(0.0) / 5.0).floor() * 5.0;
+        scores.push((last, score));
+        if rng.random_bool(0.5) {
+            scores.push((last.plus_days(-365), (score + 10.0).min(100.0)));
+        }
+    } else if age >= 75
+        && let Some(last) = last_contact
+        && rng.random_bool(0.15)
+    {
+        scores.push((last, 100.0 - 5.0 * f64::from(rng.random_range(0..5u8))));
+    }
+    for (n, (on, score)) in scores.into_iter().enumerate() {
+        out.push(json!({
+            "resourceType": "Observation",
+            "id": format!("fa{index:07}-{n}"),
+            "status": "final",
+            "category": [{"coding": [{"system": codes::OBSERVATION_CATEGORY, "code": "survey"}]}],
+            "code": {"coding": [coding(codes::LOINC, codes::BARTHEL)]},
+            "subject": subject,
+            "effectiveDateTime": on.to_string(),
+            "valueQuantity": {"value": score, "unit": "{score}", "system": "http://unitsofmeasure.org", "code": "{score}"},
+        }));
+    }
+
+    let oral = c.encounters.iter().filter(|e| {
+        let service = text(e, "/serviceType/coding/0/code");
+        service == codes::T60.palvelumuoto.code || service == codes::T60.snomed.code
+    });
+    for (n, on) in oral.filter_map(day).enumerate() {
+        if !rng.random_bool(0.5) {
+            continue;
+        }
+        let x: f64 = rng.random();
+        let (system, finding) =
+            codes::ORAL_FINDINGS[usize::from(x >= 0.6) + usize::from(x >= 0.85)];
+        out.push(json!({
+            "resourceType": "Observation",
+            "id": format!("os{index:07}-{n:03}"),
+            "status": "final",
+            "category": [{"coding": [{"system": codes::OBSERVATION_CATEGORY, "code": "exam"}]}],
+            "code": {"coding": [coding(system, finding)]},
+            "subject": subject,
+            "effectiveDateTime": on.to_string(),
+        }));
+    }
+    out
+}
+
 /// The service area of a generated Encounter (by its service type) or Condition (oral and
 /// social diagnoses; the rest are health care's).
 pub fn area_of(resource: &Value) -> Area {
@@ -600,29 +734,30 @@ pub fn area_of(resource: &Value) -> Area {
     }
 }
 
-/// The NDJSON lines of the population, client by client (Patient, Encounters, Conditions), for
-/// streaming straight into a run.
+/// Every resource of client `index` as its system holds it (`c`): the Patient first, then its
+/// Encounters, Conditions, bills and care records.
+pub fn resources(opts: &SynthOptions, index: u64, c: SynthClient) -> Vec<Value> {
+    let bills = bills(opts, &c);
+    let records = records(opts, index, &c);
+    std::iter::once(c.patient)
+        .chain(c.encounters)
+        .chain(c.conditions)
+        .chain(bills)
+        .chain(records)
+        .collect()
+}
+
+/// The NDJSON lines of the population, client by client ([`resources`]), for streaming
+/// straight into a run.
 pub fn lines(opts: &SynthOptions) -> impl Iterator<Item = (ResourceKind, String)> + '_ {
-    clients(opts).flat_map(move |(_, c)| {
-        let bills = bills(opts, &c);
-        std::iter::once((ResourceKind::Patient, c.patient.to_string()))
-            .chain(
-                c.encounters
-                    .into_iter()
-                    .map(|e| (ResourceKind::Encounter, e.to_string())),
-            )
-            .chain(bills.into_iter().map(|b| {
-                let kind = match b["resourceType"].as_str() {
-                    Some("Claim") => ResourceKind::Claim,
-                    _ => ResourceKind::ExplanationOfBenefit,
-                };
-                (kind, b.to_string())
-            }))
-            .chain(
-                c.conditions
-                    .into_iter()
-                    .map(|r| (ResourceKind::Condition, r.to_string())),
-            )
+    clients(opts).flat_map(move |(i, c)| {
+        resources(opts, i, c).into_iter().map(|r| {
+            let kind = r["resourceType"]
+                .as_str()
+                .and_then(ResourceKind::parse)
+                .unwrap_or(ResourceKind::Patient);
+            (kind, r.to_string())
+        })
     })
 }
 
@@ -648,19 +783,23 @@ pub fn write_dir(
         let file = File::create(&path).map_err(io(&path))?;
         Ok((path, BufWriter::with_capacity(1 << 20, file)))
     };
+    // One file per resource type, each resource to the file of its type.
     let mut ndjson = match format {
         SynthFormat::Ndjson => {
-            let mut files = vec![
-                open("Patient.ndjson")?,
-                open("Encounter.ndjson")?,
-                open("Condition.ndjson")?,
-            ];
+            let mut types = vec!["Patient", "Encounter", "Condition"];
             if opts.bills != Bills::None {
-                files.push(open("Claim.ndjson")?);
+                types.push("Claim");
             }
             if opts.bills == Bills::ClaimsAndExplanations {
-                files.push(open("ExplanationOfBenefit.ndjson")?);
+                types.push("ExplanationOfBenefit");
             }
+            if opts.records {
+                types.extend(["Observation", "EpisodeOfCare"]);
+            }
+            let files = types
+                .into_iter()
+                .map(|t| Ok((t, open(&format!("{t}.ndjson"))?)))
+                .collect::<Result<Vec<_>, SynthError>>()?;
             Some(files)
         }
         SynthFormat::Bundles => None,
@@ -671,41 +810,41 @@ pub fn write_dir(
         report.encounters += c.encounters.len() as u64;
         report.conditions += c.conditions.len() as u64;
         costs.push(c.cost_eur);
-        let bills = bills(opts, &c);
-        report.bills += bills.len() as u64;
+        let resources = resources(opts, i, c);
+        for r in &resources {
+            match r["resourceType"].as_str() {
+                Some("Claim" | "ExplanationOfBenefit") => report.bills += 1,
+                Some("Observation" | "EpisodeOfCare") => report.records += 1,
+                _ => {}
+            }
+        }
         match &mut ndjson {
             Some(files) => {
-                let (claims, explanations): (Vec<Value>, Vec<Value>) = bills
-                    .into_iter()
-                    .partition(|b| b["resourceType"] == "Claim");
-                let groups = [
-                    vec![c.patient],
-                    c.encounters,
-                    c.conditions,
-                    claims,
-                    explanations,
-                ];
-                for ((path, writer), group) in files.iter_mut().zip(groups) {
-                    for resource in group {
-                        serde_json::to_writer(&mut *writer, &resource).map_err(|e| SynthError {
-                            path: path.clone(),
-                            source: e.into(),
-                        })?;
-                        writer.write_all(b"\n").map_err(io(path))?;
-                    }
+                for resource in resources {
+                    let Some((_, (path, writer))) = files
+                        .iter_mut()
+                        .find(|(t, _)| resource["resourceType"] == *t)
+                    else {
+                        continue;
+                    };
+                    serde_json::to_writer(&mut *writer, &resource).map_err(|e| SynthError {
+                        path: path.clone(),
+                        source: e.into(),
+                    })?;
+                    writer.write_all(b"\n").map_err(io(path))?;
                 }
             }
             None => {
                 let path = target.join(format!(
                     "{}.json",
-                    c.patient["id"].as_str().unwrap_or_default()
+                    resources[0]["id"].as_str().unwrap_or_default()
                 ));
-                std::fs::write(&path, bundle(opts, i, c, bills).to_string()).map_err(io(&path))?;
+                std::fs::write(&path, bundle(opts, i, resources).to_string()).map_err(io(&path))?;
             }
         }
     }
     if let Some(files) = ndjson {
-        for (path, mut writer) in files {
+        for (_, (path, mut writer)) in files {
             writer.flush().map_err(io(&path))?;
         }
     }
@@ -716,7 +855,8 @@ pub fn write_dir(
 
 /// A client as a collection Bundle with `urn:uuid:` references between its entries, as
 /// Synthea writes them.
-fn bundle(opts: &SynthOptions, index: u64, c: SynthClient, bills: Vec<Value>) -> Value {
+/// `resources`: the client's, the Patient first ([`resources`]).
+fn bundle(opts: &SynthOptions, index: u64, resources: Vec<Value>) -> Value {
     let urn = |id: &str| {
         format!(
             "urn:uuid:{}",
@@ -726,9 +866,11 @@ fn bundle(opts: &SynthOptions, index: u64, c: SynthClient, bills: Vec<Value>) ->
             )
         )
     };
-    let patient_urn = urn(c.patient["id"].as_str().unwrap_or_default());
-    let mut entries = vec![json!({"fullUrl": patient_urn, "resource": c.patient})];
-    for mut r in c.encounters.into_iter().chain(c.conditions).chain(bills) {
+    let mut resources = resources.into_iter();
+    let patient = resources.next().unwrap_or_default();
+    let patient_urn = urn(patient["id"].as_str().unwrap_or_default());
+    let mut entries = vec![json!({"fullUrl": patient_urn, "resource": patient})];
+    for mut r in resources {
         let client = if r.get("patient").is_some() {
             "patient"
         } else {
@@ -761,6 +903,7 @@ mod tests {
             as_of: "2026-01-01".parse().expect("day"),
             area: None,
             bills: Bills::None,
+            records: false,
         }
     }
 
@@ -831,6 +974,66 @@ mod tests {
         }
     }
 
+    /// Care records refer to their client, fall before the as-of date, hold Barthel totals
+    /// in 5-point steps, and leave every other resource as it was without them.
+    #[test]
+    fn care_records_are_dated_scored_and_added_without_changing_the_rest() {
+        let plain = opts(400);
+        let o = SynthOptions {
+            records: true,
+            ..plain.clone()
+        };
+        let (mut episodes, mut scores, mut findings) = (0, 0, 0);
+        for i in 0..o.clients {
+            let all = resources(&o, i, client(&o, i));
+            let (records, rest): (Vec<Value>, Vec<Value>) = all.into_iter().partition(|r| {
+                matches!(
+                    r["resourceType"].as_str(),
+                    Some("Observation" | "EpisodeOfCare")
+                )
+            });
+            assert_eq!(rest, resources(&plain, i, client(&plain, i)));
+            assert_eq!(
+                records,
+                super::records(&o, i, &client(&o, i)),
+                "deterministic"
+            );
+            let me = json!({"reference": format!("Patient/p{i:07}")});
+            for r in &records {
+                let day = |p: &str| {
+                    r.pointer(p)
+                        .and_then(Value::as_str)
+                        .and_then(Day::parse_fhir)
+                };
+                if r["resourceType"] == "EpisodeOfCare" {
+                    episodes += 1;
+                    assert_eq!(r["patient"], me);
+                    let (start, end) = (day("/period/start"), day("/period/end"));
+                    assert!(start.is_some_and(|s| s <= o.as_of));
+                    assert!(end.is_none_or(|e| e <= o.as_of && start.is_some_and(|s| s < e)));
+                    assert_eq!(r["status"] == "active", end.is_none());
+                    continue;
+                }
+                assert_eq!(r["subject"], me);
+                assert!(day("/effectiveDateTime").is_some_and(|d| d <= o.as_of));
+                match r.pointer("/valueQuantity/value").and_then(Value::as_f64) {
+                    Some(score) => {
+                        scores += 1;
+                        assert!(
+                            (0.0..=100.0).contains(&score) && score % 5.0 == 0.0,
+                            "{score}"
+                        );
+                    }
+                    None => findings += 1,
+                }
+            }
+        }
+        assert!(
+            episodes > 10 && scores > 10 && findings > 10,
+            "{episodes} {scores} {findings}"
+        );
+    }
+
     #[test]
     fn bills_price_each_encounter_for_the_client_as_its_system_holds_it() {
         let mut o = opts(50);
@@ -863,10 +1066,9 @@ mod tests {
     fn bundles_reference_their_own_entries() {
         let mut o = opts(20);
         o.bills = Bills::Claims;
+        o.records = true;
         for i in 0..o.clients {
-            let c = client(&o, i);
-            let bills = bills(&o, &c);
-            let b = bundle(&o, i, c, bills);
+            let b = bundle(&o, i, resources(&o, i, client(&o, i)));
             let urls: Vec<&str> = b["entry"]
                 .as_array()
                 .expect("entries")

@@ -227,6 +227,7 @@ mod tests {
                 as_of,
                 area: None,
                 bills: Bills::Claims,
+                records: false,
             });
             let folded = pipeline::fold(
                 &input,

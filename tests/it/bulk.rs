@@ -731,7 +731,7 @@ async fn the_export_asks_for_the_types_the_models_read() {
         ),
         (
             "mappings/virta.yaml",
-            "Patient,Encounter,Condition,EpisodeOfCare,Claim,ExplanationOfBenefit",
+            "Patient,Encounter,Condition,Observation,EpisodeOfCare,Claim,ExplanationOfBenefit",
         ),
     ] {
         let server = MockServer::start().await;

@@ -474,6 +474,7 @@ async fn a_target_down_for_writes_fails_alone_and_the_exit_code_says_so() {
             as_of: "2026-01-01".parse().expect("day"),
             area: None,
             bills: segmentti::synth::Bills::None,
+            records: false,
         },
         0,
     );

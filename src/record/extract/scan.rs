@@ -394,12 +394,13 @@ mod tests {
             as_of: "2026-01-01".parse().expect("day"),
             area: None,
             bills: Bills::Claims,
+            records: true,
         };
         crate::synth::lines(&opts).collect()
     }
 
-    /// The scanner reads every synthetic line but the Claims (their totals are serde's), and
-    /// reads it as serde does: `extract_str` compares the two in debug builds.
+    /// The scanner reads every synthetic line but the Claims and the scores (their numbers are
+    /// serde's), and reads it as serde does: `extract_str` compares the two in debug builds.
     #[test]
     fn synthetic_lines_are_scanned_as_serde_reads_them() {
         for (plan, flavor) in [
@@ -411,10 +412,17 @@ mod tests {
             ),
         ] {
             let lines = synthetic(200, flavor);
-            assert!(lines.iter().any(|(k, _)| *k == ResourceKind::Condition));
+            for kind in [
+                ResourceKind::Condition,
+                ResourceKind::Observation,
+                ResourceKind::EpisodeOfCare,
+            ] {
+                assert!(lines.iter().any(|(k, _)| *k == kind), "{kind}");
+            }
             for (kind, line) in &lines {
                 let scanned = scan(&plan, line).is_some();
-                assert_eq!(scanned, *kind != ResourceKind::Claim, "{kind}");
+                let numbers = *kind == ResourceKind::Claim || line.contains("\"valueQuantity\"");
+                assert_eq!(scanned, !numbers, "{kind}");
                 if plan.reads_kind(*kind) {
                     assert!(super::super::extract_str(&plan, line).is_ok(), "{kind}");
                 }

@@ -3,16 +3,17 @@
 //! are written under temporary names, made durable and renamed at [`FileSink::finish`], so a
 //! directory never holds a half-written result next to a complete one. A thread of its own
 //! asks the disk to write what has been written so far every [`SYNC_EVERY`] bytes, so the
-//! disk works while the run computes and the final sync has little left to do.
+//! disk works while the run computes and the final sync has little left to do. The files go
+//! around the page cache where the file system allows it ([`super::direct`]).
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use serde::Serialize;
 
+use super::direct::DirectFile;
 use super::{Built, ClientResources, Sink, SinkError};
 use crate::model::plan::Plan;
 use crate::pipeline::Rejected;
@@ -27,7 +28,7 @@ pub const SYNC_EVERY: u64 = 64 << 20;
 #[derive(Debug)]
 pub struct FileSink {
     dir: PathBuf,
-    writers: Vec<BufWriter<File>>,
+    writers: Vec<DirectFile>,
     /// Per file, bytes written since the last sync request.
     unsynced: [u64; 3],
     /// Sync requests (file numbers) to the thread that makes them; it gives back the first
@@ -56,9 +57,9 @@ impl FileSink {
         let mut clones = Vec::new();
         for name in FILES {
             let path = partial(dir, name);
-            let file = File::create(&path).map_err(io(&path))?;
+            let file = DirectFile::create(&path).map_err(io(&path))?;
             clones.push(file.try_clone().map_err(io(&path))?);
-            writers.push(BufWriter::with_capacity(1 << 20, file));
+            writers.push(file);
         }
         let (syncs, requests) = mpsc::channel::<usize>();
         let syncer = std::thread::spawn(move || {
@@ -126,10 +127,7 @@ impl FileSink {
         }
         for (writer, name) in self.writers.into_iter().zip(FILES) {
             let path = partial(&self.dir, name);
-            let file = writer.into_inner().map_err(|e| SinkError::Io {
-                path: path.clone(),
-                source: e.into_error(),
-            })?;
+            let file = writer.finish().map_err(io(&path))?;
             file.sync_all().map_err(io(&path))?;
             let target = self.dir.join(name);
             std::fs::rename(&path, &target).map_err(io(&target))?;

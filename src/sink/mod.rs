@@ -6,6 +6,7 @@
 //! - [`fhir`]: a FHIR server, by idempotent transactions with the Flag lifecycle.
 //! - [`fanout`]: several FHIR servers, each client's resources to the one they were built for.
 
+mod direct;
 pub mod fanout;
 pub mod fhir;
 pub mod files;

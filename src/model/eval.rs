@@ -309,7 +309,7 @@ pub fn explain(
         .map(|e| EvidenceLine {
             resource: e.reference().to_string(),
             source: sources.get(usize::from(e.source)).cloned(),
-            day: e.day,
+            day: e.day(),
             features: (0..m.features.len())
                 .filter(|i| e.features & (1 << i) != 0)
                 .map(|i| m.features[i].id.clone())

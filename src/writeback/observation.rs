@@ -41,7 +41,7 @@ pub fn decisive_references(record: &ClientRecord, a: &Assessment) -> Vec<String>
             |e: &crate::record::Evidence| e.kind != crate::types::ResourceKind::Condition;
         diagnosis(x)
             .cmp(&diagnosis(y))
-            .then_with(|| y.day.cmp(&x.day))
+            .then_with(|| y.day().cmp(&x.day()))
             .then_with(|| x.id.cmp(&y.id))
     });
     chosen

@@ -602,7 +602,7 @@ pub fn records(opts: &SynthOptions, index: u64, c: &SynthClient) -> Vec<Value> {
     let day = |e: &Value| Day::parse_fhir(&text(e, "/period/start"));
     let mut out = Vec::new();
 
-    // Decisions: the services in the order of their first contact.
+    // Decisions: one per service, with the first and last day of its contacts.
     let mut decided: Vec<(Value, Day, Day)> = Vec::new();
     for e in &c.encounters {
         let service = text(e, "/serviceType/coding/0/code");

@@ -322,6 +322,9 @@ pub struct BenchArgs {
     /// Where populations are generated and kept between benchmark runs.
     #[arg(long, default_value = "target/bench")]
     work_dir: PathBuf,
+    /// How many times the floor and the run are timed per size; the medians are reported.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
 }
 
 /// `--format`.
@@ -1007,24 +1010,28 @@ fn test_mapping_command(files: &[PathBuf]) -> Result<ExitCode> {
 
 fn bench_command(args: BenchArgs) -> Result<ExitCode> {
     let exe = std::env::current_exe()?;
+    let repeat = args.repeat.max(1);
     println!(
-        "{:>9} {:>11} {:>8} {:>9} {:>12} {:>9} {:>12} {:>7} {:>10}",
+        "{:>9} {:>11} {:>8} {:>9} {:>12} {:>9} {:>13} {:>12} {:>7} {:>10}",
         "clients",
         "resources",
         "MiB",
         "floor s",
         "floor res/s",
         "run s",
+        "run range s",
         "run res/s",
         "ratio",
         "peak RSS"
     );
     let mut sizes = args.clients.clone();
     sizes.sort_unstable();
-    let mut measured: Vec<(u64, f64)> = Vec::new();
-    let mut largest: Option<(u64, PathBuf, f64, f64)> = None;
-    for &clients in &sizes {
-        let dir = args.work_dir.join(format!("synth-{clients}-{}", args.seed));
+    let dirs: Vec<PathBuf> = sizes
+        .iter()
+        .map(|clients| args.work_dir.join(format!("synth-{clients}-{}", args.seed)))
+        .collect();
+    let mut timings: Vec<Timings> = Vec::new();
+    for (&clients, dir) in sizes.iter().zip(&dirs) {
         let marker = dir.join(".complete");
         if !marker.exists() {
             eprintln!("generating {clients} clients into {} ...", dir.display());
@@ -1037,46 +1044,89 @@ fn bench_command(args: BenchArgs) -> Result<ExitCode> {
                 bills: synth::Bills::None,
                 records: false,
             };
-            synth::write_dir(&opts, SynthFormat::Ndjson, &dir)?;
+            synth::write_dir(&opts, SynthFormat::Ndjson, dir)?;
             std::fs::write(&marker, "")?;
         }
-        // One untimed pass puts the files in the page cache, so neither measurement pays for the disk.
-        segmentti::bench::parse_floor(&dir)?;
-        let floor = segmentti::bench::parse_floor(&dir)?;
-        let out = args.work_dir.join(format!("out-{clients}"));
-        let (elapsed, stdout) = timed(&exe, &dir, &out, &[])?;
-        let floor_s = floor.elapsed.as_secs_f64();
-        let resources = floor.resources as f64;
+        timings.push(Timings::default());
+    }
+    for ((&clients, dir), t) in sizes.iter().zip(&dirs).zip(&mut timings) {
+        for other in dirs
+            .iter()
+            .filter(|d| *d != dir && d.join(".complete").exists())
+        {
+            segmentti::bench::evict(other)?;
+        }
+        // One untimed pass puts the files in the page cache, so no measurement pays for the disk.
+        segmentti::bench::parse_floor(dir)?;
+        // Floor and run take turns, so a slow spell of the host falls on both alike.
+        for _ in 0..repeat {
+            let floor = segmentti::bench::parse_floor(dir)?;
+            (t.resources, t.bytes) = (floor.resources, floor.bytes);
+            t.floors.push(floor.elapsed.as_secs_f64());
+            let out = args.work_dir.join(format!("out-{clients}"));
+            let (elapsed, stdout) = timed(&exe, dir, &out, &[])?;
+            t.runs.push(elapsed);
+            t.rss = t.rss.max(stat(&stdout, "peak_rss_bytes"));
+        }
+    }
+    let mut measured: Vec<(u64, f64, f64)> = Vec::new();
+    for (&clients, t) in sizes.iter().zip(&mut timings) {
+        let (floor_s, run_s) = (median(&mut t.floors), median(&mut t.runs));
+        let resources = t.resources as f64;
         println!(
-            "{:>9} {:>11} {:>8.0} {:>9.2} {:>12.0} {:>9.2} {:>12.0} {:>7.2} {:>6.0} MiB",
+            "{:>9} {:>11} {:>8.0} {:>9.2} {:>12.0} {:>9.2} {:>13} {:>12.0} {:>7.2} {:>6.0} MiB",
             clients,
-            floor.resources,
-            floor.bytes as f64 / 1048576.0,
+            t.resources,
+            t.bytes as f64 / 1048576.0,
             floor_s,
             resources / floor_s,
-            elapsed,
-            resources / elapsed,
-            floor_s / elapsed,
-            stat(&stdout, "peak_rss_bytes") / 1048576.0
+            run_s,
+            format!("{:.2}-{:.2}", t.runs[0], t.runs[t.runs.len() - 1]),
+            resources / run_s,
+            floor_s / run_s,
+            t.rss / 1048576.0
         );
-        measured.push((clients, elapsed));
-        largest = Some((clients, dir, elapsed, stat(&stdout, "peak_rss_bytes")));
+        measured.push((clients, run_s, floor_s));
     }
     println!(
         "ratio = parse-only floor time / run time (1.0 = as fast as merely parsing the JSON; the floor uses one thread, the run both cores)"
     );
+    println!(
+        "times are medians of {repeat} runs (--repeat), each size measured with the others dropped from the page cache; peak RSS is the largest of a size's runs"
+    );
+    // The floor's own growth beside the run's: on a virtual machine, reading a page cache that
+    // fills more of memory can itself slow down, and that is the machine's, not the run's.
     for pair in measured.windows(2) {
-        let [(a, ta), (b, tb)] = [pair[0], pair[1]];
+        let [(a, ta, fa), (b, tb, fb)] = [pair[0], pair[1]];
         println!(
-            "linearity: {b} clients took {:.2}x the time of {a} ({:.2}x the clients)",
+            "linearity: {b} clients took {:.2}x the time of {a} ({:.2}x the clients; the floor took {:.2}x)",
             tb / ta,
-            b as f64 / a as f64
+            b as f64 / a as f64,
+            fb / fa
         );
     }
-    if let Some((clients, dir, full, rss)) = largest {
-        extrapolate(&exe, &args.work_dir, clients, &dir, full, rss)?;
+    if let (Some(&(clients, full, _)), Some(dir), Some(t)) =
+        (measured.last(), dirs.last(), timings.last())
+    {
+        extrapolate(&exe, &args.work_dir, clients, dir, full, t.rss)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `bench` measured of one population size, over its rounds.
+#[derive(Debug, Default)]
+struct Timings {
+    resources: u64,
+    bytes: u64,
+    floors: Vec<f64>,
+    runs: Vec<f64>,
+    rss: f64,
+}
+
+/// The median of `values` (sorted in place); the upper one of an even count.
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_unstable_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 /// Shards of one population, for the national extrapolation: every shard reads the whole input

@@ -130,12 +130,7 @@ fn read_ndjson(
         path: file.to_owned(),
         source,
     };
-    let raw = File::open(file).map_err(io)?;
-    let mut reader: Box<dyn Read> = if file.to_string_lossy().ends_with(".gz") {
-        Box::new(MultiGzDecoder::new(raw))
-    } else {
-        Box::new(raw)
-    };
+    let mut reader = open(file).map_err(io)?;
     let mut lines = LineBlocks::new(name.clone());
     loop {
         let (read, batch) = lines.fill(&mut reader).map_err(io)?;
@@ -149,6 +144,64 @@ fn read_ndjson(
     match lines.finish() {
         Some(batch) => emit(batch).map_err(SourceError::Stopped),
         None => Ok(()),
+    }
+}
+
+/// Opens an NDJSON file (`.gz`: decompressed as it is read) for reading from start to end,
+/// with [`Readahead`].
+pub fn open(file: &Path) -> std::io::Result<Box<dyn Read + Send>> {
+    let raw = Readahead::new(File::open(file)?);
+    Ok(if file.to_string_lossy().ends_with(".gz") {
+        Box::new(MultiGzDecoder::new(raw))
+    } else {
+        Box::new(raw)
+    })
+}
+
+/// How far ahead of the reader the kernel is asked to fetch a file.
+const AHEAD: u64 = 64 << 20;
+
+/// A file read from start to end that asks the kernel (`POSIX_FADV_WILLNEED`) to fetch the
+/// next [`AHEAD`] bytes before they are wanted. The kernel's own readahead fetches a few
+/// hundred kilobytes at a time and waits for each, so a file that is not in the page cache (a
+/// fresh export, or one too large to stay there) is read at the disk's latency rather than its
+/// bandwidth, while the parsing threads wait. Asking is free for pages already cached, and only
+/// a hint: a kernel or file system that ignores it reads as before.
+#[derive(Debug)]
+pub struct Readahead {
+    file: File,
+    position: u64,
+    asked_to: u64,
+}
+
+impl Readahead {
+    /// Reads `file` from its start.
+    pub fn new(file: File) -> Self {
+        Self {
+            file,
+            position: 0,
+            asked_to: 0,
+        }
+    }
+}
+
+impl Read for Readahead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        // Asked again at half the window, so the next half is on its way while this one is read.
+        if self.position + AHEAD / 2 >= self.asked_to {
+            let from = self.asked_to.max(self.position);
+            // A hint: an error (a pipe, a file system without it) changes nothing.
+            let _ = rustix::fs::fadvise(
+                &self.file,
+                from,
+                std::num::NonZeroU64::new(AHEAD),
+                rustix::fs::Advice::WillNeed,
+            );
+            self.asked_to = from + AHEAD;
+        }
+        let n = self.file.read(buf)?;
+        self.position += n as u64;
+        Ok(n)
     }
 }
 
@@ -380,6 +433,27 @@ fn rewrite_references(value: &mut Value, targets: &HashMap<String, String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_open_plain_and_gzipped_to_the_same_bytes() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| format!("{{\"id\":\"{i}\"}}\n").into_bytes())
+            .collect();
+        std::fs::write(dir.path().join("a.ndjson"), &text).expect("write");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&text).expect("gzip");
+        std::fs::write(dir.path().join("a.ndjson.gz"), gz.finish().expect("gzip")).expect("write");
+        for name in ["a.ndjson", "a.ndjson.gz"] {
+            let mut read = Vec::new();
+            open(&dir.path().join(name))
+                .expect("open")
+                .read_to_end(&mut read)
+                .expect("read");
+            assert!(read == text, "{name} read back differently");
+        }
+    }
     use serde_json::json;
 
     #[test]

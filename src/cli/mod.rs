@@ -1108,7 +1108,7 @@ fn bench_command(args: BenchArgs) -> Result<ExitCode> {
     if let (Some(&(clients, full, _)), Some(dir), Some(t)) =
         (measured.last(), dirs.last(), timings.last())
     {
-        extrapolate(&exe, &args.work_dir, clients, dir, full, t.rss)?;
+        extrapolate(repeat, &exe, &args.work_dir, clients, dir, full, t.rss)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1131,8 +1131,9 @@ fn median(values: &mut [f64]) -> f64 {
 
 /// Shards of one population, for the national extrapolation: every shard reads the whole input
 /// and keeps its own clients, so a shard costs a fixed part (reading) plus a part that shrinks
-/// with the shard count. One 4-shard run of the largest size separates the two.
+/// with the shard count. A shard of four of the largest size separates the two.
 fn extrapolate(
+    repeat: usize,
     exe: &std::path::Path,
     work_dir: &std::path::Path,
     clients: u64,
@@ -1145,29 +1146,31 @@ fn extrapolate(
     const COUNTRY: f64 = 5_500_000.0;
     const TARGET_S: f64 = 600.0;
     let thresholds = work_dir.join(format!("thresholds-{clients}.json"));
-    let started = std::time::Instant::now();
-    let output = std::process::Command::new(exe)
-        .args(["thresholds", "--input"])
-        .arg(dir)
-        .args(["--as-of", DEFAULT_AS_OF, "--out"])
-        .arg(&thresholds)
-        .output()?;
-    if !output.status.success() {
-        bail!(
-            "the thresholds pass failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let first_pass = started.elapsed().as_secs_f64();
     let out = work_dir.join(format!("out-{clients}-shard"));
     let shard = format!("0/{SHARDS}");
-    let thresholds = thresholds.display().to_string();
-    let (one, _) = timed(
-        exe,
-        dir,
-        &out,
-        &["--shard", &shard, "--thresholds", &thresholds],
-    )?;
+    let (mut passes, mut shards) = (Vec::new(), Vec::new());
+    // Timed as many times as the sizes were, for the same reason: one slow spell of the host
+    // would otherwise decide the split between what every shard pays and what shards divide.
+    for _ in 0..repeat {
+        let started = std::time::Instant::now();
+        let output = std::process::Command::new(exe)
+            .args(["thresholds", "--input"])
+            .arg(dir)
+            .args(["--as-of", DEFAULT_AS_OF, "--out"])
+            .arg(&thresholds)
+            .output()?;
+        if !output.status.success() {
+            bail!(
+                "the thresholds pass failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        passes.push(started.elapsed().as_secs_f64());
+        let given = thresholds.display().to_string();
+        let (one, _) = timed(exe, dir, &out, &["--shard", &shard, "--thresholds", &given])?;
+        shards.push(one);
+    }
+    let (first_pass, one) = (median(&mut passes), median(&mut shards));
     // t(N) = fixed + rest / N, through t(1) = full and t(SHARDS) = one.
     let n = SHARDS as f64;
     let fixed = ((n * one - full) / (n - 1.0)).max(0.0);

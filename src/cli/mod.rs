@@ -1058,12 +1058,12 @@ fn bench_command(args: BenchArgs) -> Result<ExitCode> {
         }
         // One untimed pass puts the files in the page cache, so no measurement pays for the disk.
         segmentti::bench::parse_floor(dir)?;
+        let out = args.work_dir.join(format!("out-{clients}"));
         // Floor and run take turns, so a slow spell of the host falls on both alike.
         for _ in 0..repeat {
             let floor = segmentti::bench::parse_floor(dir)?;
             (t.resources, t.bytes) = (floor.resources, floor.bytes);
             t.floors.push(floor.elapsed.as_secs_f64());
-            let out = args.work_dir.join(format!("out-{clients}"));
             let (elapsed, stdout) = timed(&exe, dir, &out, &[])?;
             t.runs.push(elapsed);
             t.rss = t.rss.max(stat(&stdout, "peak_rss_bytes"));
@@ -1113,7 +1113,7 @@ fn bench_command(args: BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// What `bench` measured of one population size, over its rounds.
+/// What `bench` measured of one population size, over its repeats.
 #[derive(Debug, Default)]
 struct Timings {
     resources: u64,
@@ -1148,6 +1148,7 @@ fn extrapolate(
     let thresholds = work_dir.join(format!("thresholds-{clients}.json"));
     let out = work_dir.join(format!("out-{clients}-shard"));
     let shard = format!("0/{SHARDS}");
+    let given = thresholds.display().to_string();
     let (mut passes, mut shards) = (Vec::new(), Vec::new());
     // Timed as many times as the sizes were, for the same reason: one slow spell of the host
     // would otherwise decide the split between what every shard pays and what shards divide.
@@ -1166,7 +1167,6 @@ fn extrapolate(
             );
         }
         passes.push(started.elapsed().as_secs_f64());
-        let given = thresholds.display().to_string();
         let (one, _) = timed(exe, dir, &out, &["--shard", &shard, "--thresholds", &given])?;
         shards.push(one);
     }

@@ -165,7 +165,7 @@ const AHEAD: u64 = 64 << 20;
 /// next [`AHEAD`] bytes before they are wanted. The kernel's own readahead fetches a few
 /// hundred kilobytes at a time and waits for each, so a file that is not in the page cache (a
 /// fresh export, or one too large to stay there) is read at the disk's latency rather than its
-/// bandwidth, while the parsing threads wait. Asking is free for pages already cached, and only
+/// bandwidth, while the parsing threads wait. Asking is cheap for pages already cached, and only
 /// a hint: a kernel or file system that ignores it reads as before.
 #[derive(Debug)]
 pub struct Readahead {

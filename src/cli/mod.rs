@@ -323,7 +323,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "target/bench")]
     work_dir: PathBuf,
     /// How many times the floor and the run are timed per size; the medians are reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     repeat: usize,
 }
 
@@ -567,15 +567,17 @@ fn run_command(args: RunArgs) -> Result<ExitCode> {
         let resources: u64 = summary.resources.values().sum();
         let clients = summary.models.first().map_or(0, |m| m.clients);
         let rss = segmentti::bench::peak_rss_bytes().unwrap_or(0);
+        let cpu = segmentti::bench::cpu_seconds().unwrap_or(f64::NAN);
         println!(
-            "\nStats: read + fold {fold_seconds:.2} s ({:.0} resources/s); evaluate + write {:.2} s ({:.0} clients/s); peak RSS {:.0} MiB",
+            "\nStats: read + fold {fold_seconds:.2} s ({:.0} resources/s); evaluate + write {:.2} s ({:.0} clients/s); CPU {cpu:.1} s ({:.2} cores); peak RSS {:.0} MiB",
             resources as f64 / fold_seconds.max(1e-9),
             seconds - fold_seconds,
             clients as f64 / (seconds - fold_seconds).max(1e-9),
+            cpu / seconds.max(1e-9),
             rss as f64 / 1048576.0
         );
         println!(
-            "stats: resources={resources} clients={clients} seconds={seconds:.3} fold_seconds={fold_seconds:.3} peak_rss_bytes={rss}"
+            "stats: resources={resources} clients={clients} seconds={seconds:.3} fold_seconds={fold_seconds:.3} cpu_seconds={cpu:.2} peak_rss_bytes={rss}"
         );
     }
     Ok(if report_invalid(&summary.models) {
@@ -1012,7 +1014,7 @@ fn bench_command(args: BenchArgs) -> Result<ExitCode> {
     let exe = std::env::current_exe()?;
     let repeat = args.repeat.max(1);
     println!(
-        "{:>9} {:>11} {:>8} {:>9} {:>12} {:>9} {:>13} {:>12} {:>7} {:>10}",
+        "{:>9} {:>11} {:>8} {:>9} {:>12} {:>9} {:>13} {:>12} {:>7} {:>9} {:>10}",
         "clients",
         "resources",
         "MiB",
@@ -1022,6 +1024,7 @@ fn bench_command(args: BenchArgs) -> Result<ExitCode> {
         "run range s",
         "run res/s",
         "ratio",
+        "run CPU s",
         "peak RSS"
     );
     let mut sizes = args.clients.clone();
@@ -1066,15 +1069,17 @@ fn bench_command(args: BenchArgs) -> Result<ExitCode> {
             t.floors.push(floor.elapsed.as_secs_f64());
             let (elapsed, stdout) = timed(&exe, dir, &out, &[])?;
             t.runs.push(elapsed);
+            t.cpus.push(stat(&stdout, "cpu_seconds"));
             t.rss = t.rss.max(stat(&stdout, "peak_rss_bytes"));
         }
     }
-    let mut measured: Vec<(u64, f64, f64)> = Vec::new();
+    let mut measured: Vec<Measured> = Vec::new();
     for (&clients, t) in sizes.iter().zip(&mut timings) {
         let (floor_s, run_s) = (median(&mut t.floors), median(&mut t.runs));
+        let cpu_s = median(&mut t.cpus);
         let resources = t.resources as f64;
         println!(
-            "{:>9} {:>11} {:>8.0} {:>9.2} {:>12.0} {:>9.2} {:>13} {:>12.0} {:>7.2} {:>6.0} MiB",
+            "{:>9} {:>11} {:>8.0} {:>9.2} {:>12.0} {:>9.2} {:>13} {:>12.0} {:>7.2} {:>9.1} {:>6.0} MiB",
             clients,
             t.resources,
             t.bytes as f64 / 1048576.0,
@@ -1084,9 +1089,15 @@ fn bench_command(args: BenchArgs) -> Result<ExitCode> {
             format!("{:.2}-{:.2}", t.runs[0], t.runs[t.runs.len() - 1]),
             resources / run_s,
             floor_s / run_s,
+            cpu_s,
             t.rss / 1048576.0
         );
-        measured.push((clients, run_s, floor_s));
+        measured.push(Measured {
+            clients,
+            run: run_s,
+            floor: floor_s,
+            cpu: cpu_s,
+        });
     }
     println!(
         "ratio = parse-only floor time / run time (1.0 = as fast as merely parsing the JSON; the floor uses one thread, the run both cores)"
@@ -1094,21 +1105,31 @@ fn bench_command(args: BenchArgs) -> Result<ExitCode> {
     println!(
         "times are medians of {repeat} runs (--repeat), each size measured with the others dropped from the page cache; peak RSS is the largest of a size's runs"
     );
-    // The floor's own growth beside the run's: on a virtual machine, reading a page cache that
-    // fills more of memory can itself slow down, and that is the machine's, not the run's.
+    // The floor's growth and the run's CPU time beside the run's wall time: on a shared virtual
+    // machine, stolen time, a page cache that fills more of memory and the disk's waits slow one
+    // run and not another, and that is the machine's, not the run's. CPU time is the work done.
     for pair in measured.windows(2) {
-        let [(a, ta, fa), (b, tb, fb)] = [pair[0], pair[1]];
+        let (a, b) = (&pair[0], &pair[1]);
         println!(
-            "linearity: {b} clients took {:.2}x the time of {a} ({:.2}x the clients; the floor took {:.2}x)",
-            tb / ta,
-            b as f64 / a as f64,
-            fb / fa
+            "linearity: {} clients took {:.2}x the time of {} ({:.2}x the clients; the run's CPU time {:.2}x, the floor {:.2}x)",
+            b.clients,
+            b.run / a.run,
+            a.clients,
+            b.clients as f64 / a.clients as f64,
+            b.cpu / a.cpu,
+            b.floor / a.floor
         );
     }
-    if let (Some(&(clients, full, _)), Some(dir), Some(t)) =
-        (measured.last(), dirs.last(), timings.last())
-    {
-        extrapolate(repeat, &exe, &args.work_dir, clients, dir, full, t.rss)?;
+    if let (Some(last), Some(dir), Some(t)) = (measured.last(), dirs.last(), timings.last()) {
+        extrapolate(
+            repeat,
+            &exe,
+            &args.work_dir,
+            last.clients,
+            dir,
+            last.run,
+            t.rss,
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1120,7 +1141,18 @@ struct Timings {
     bytes: u64,
     floors: Vec<f64>,
     runs: Vec<f64>,
+    /// The runs' own CPU time, user and system, as `run --stats` reports it.
+    cpus: Vec<f64>,
     rss: f64,
+}
+
+/// The medians of one population size, in seconds.
+#[derive(Debug)]
+struct Measured {
+    clients: u64,
+    run: f64,
+    floor: f64,
+    cpu: f64,
 }
 
 /// The median of `values` (sorted in place); the upper one of an even count.

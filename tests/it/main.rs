@@ -1,5 +1,6 @@
 //! The integration tests, one binary with a module per theme.
 
+mod bench;
 mod bills;
 mod bulk;
 mod conformance;

@@ -1,0 +1,64 @@
+//! `segmentti bench` end to end at a small size: it generates its own populations, times the
+//! parse-only floor and real runs, and prints every figure the national-scale floors are judged
+//! by, down to the shard count for the country.
+
+use crate::support::{segmentti, text};
+
+/// A number of the table, by column.
+fn number(row: &[&str], column: usize) -> f64 {
+    row[column]
+        .parse()
+        .unwrap_or_else(|_| panic!("column {column} of {row:?} is a number"))
+}
+
+#[test]
+fn bench_prints_every_figure_for_every_size_and_the_country() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let work_dir = work.path().to_str().expect("utf-8 path");
+    // Given out of order: the table and the linearity line go from the smaller size up.
+    let args = ["bench", "--clients", "900", "--clients", "300"];
+    let output = segmentti(&[&args[..], &["--repeat", "2", "--work-dir", work_dir]].concat());
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|r| r.len() > 1 && r[..2].iter().all(|c| c.parse::<u64>().is_ok()))
+        .collect();
+    assert_eq!(
+        rows.iter().map(|r| r[0]).collect::<Vec<_>>(),
+        ["300", "900"],
+        "{stdout}"
+    );
+    for row in &rows {
+        // clients, resources, MiB, floor s, floor res/s, run s, run range s, run res/s, ratio,
+        // run CPU s, peak RSS MiB.
+        assert_eq!(row.len(), 12, "{row:?}");
+        assert!(
+            number(row, 1) > number(row, 0),
+            "more resources than clients: {row:?}"
+        );
+        for column in [3, 5, 8, 10] {
+            assert!(number(row, column) > 0.0, "column {column} of {row:?}");
+        }
+        assert!(number(row, 9).is_finite(), "the run's CPU time: {row:?}");
+        let (low, high) = row[6].split_once('-').expect("a range");
+        let (low, high): (f64, f64) = (low.parse().expect("low"), high.parse().expect("high"));
+        assert!(low <= number(row, 5) && number(row, 5) <= high, "{row:?}");
+    }
+    assert!(
+        stdout.contains("linearity: 900 clients took") && stdout.contains("the run's CPU time"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("medians of 2 runs"), "{stdout}");
+    assert!(stdout.contains("5.5 M clients: one process"), "{stdout}");
+    assert!(stdout.contains("10 minutes"), "{stdout}");
+    // The populations are kept for the next benchmark, the outputs are the runs'.
+    for clients in [300, 900] {
+        assert!(
+            work.path()
+                .join(format!("synth-{clients}-7/.complete"))
+                .exists()
+        );
+    }
+}

@@ -149,10 +149,15 @@ mod tests {
 
     #[test]
     fn cpu_time_is_known_on_linux_and_grows_with_work() {
-        // A fresh test process may not have used one clock tick yet: work until it has.
+        // Reading the clock is itself work: spin on it until at least one more clock tick has
+        // been counted.
+        let before = cpu_seconds().expect("CPU time on Linux");
         let deadline = Instant::now() + Duration::from_secs(5);
-        while cpu_seconds() == Some(0.0) && Instant::now() < deadline {}
-        assert!(cpu_seconds().is_some_and(|s| s > 0.0));
+        while cpu_seconds() <= Some(before) && Instant::now() < deadline {}
+        assert!(
+            cpu_seconds().is_some_and(|s| s > before),
+            "stuck at {before} s"
+        );
     }
 
     #[test]

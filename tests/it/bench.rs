@@ -53,7 +53,7 @@ fn bench_prints_every_figure_for_every_size_and_the_country() {
     assert!(stdout.contains("medians of 2 runs"), "{stdout}");
     assert!(stdout.contains("5.5 M clients: one process"), "{stdout}");
     assert!(stdout.contains("10 minutes"), "{stdout}");
-    // The populations are kept for the next benchmark, the outputs are the runs'.
+    // The populations are kept for the next benchmark.
     for clients in [300, 900] {
         assert!(
             work.path()

@@ -78,6 +78,13 @@ pub fn peak_rss_bytes() -> Option<u64> {
     status_bytes("VmHWM:")
 }
 
+/// Starts a new peak: the kernel sets `VmHWM` back to the present resident size (Linux 4.0 and
+/// later, `/proc/self/clear_refs`), so the next [`peak_rss_bytes`] is the peak of what ran
+/// since. `false` where that is not allowed; the peak is then the process's.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// The resident set size of this process now, in bytes (Linux `VmRSS`), when known.
 pub fn rss_bytes() -> Option<u64> {
     status_bytes("VmRSS:")
@@ -163,5 +170,21 @@ mod tests {
     #[test]
     fn peak_rss_is_known_on_linux() {
         assert!(peak_rss_bytes().is_some_and(|b| b > 0));
+    }
+
+    #[test]
+    fn a_reset_peak_forgets_memory_given_back() {
+        const BIG: u64 = 256 << 20;
+        // Touched byte by byte, so it is resident; the system allocator maps a block this size
+        // on its own and gives it back when it is dropped.
+        let big = std::hint::black_box(vec![1u8; BIG as usize]);
+        let with_big = peak_rss_bytes().expect("peak RSS on Linux");
+        drop(big);
+        assert!(reset_peak_rss(), "clear_refs refused");
+        let after = peak_rss_bytes().expect("peak RSS on Linux");
+        assert!(
+            after + BIG / 2 < with_big,
+            "peak {after} B after the reset, {with_big} B with the block"
+        );
     }
 }

@@ -530,6 +530,8 @@ fn run_command(args: RunArgs) -> Result<ExitCode> {
     };
     let folded = pipeline::fold(&input, &plans, &options, &mut |r| sink.rejected(r))?;
     let fold_seconds = started.elapsed().as_secs_f64();
+    let fold_usage = Usage::now();
+    let write_peak_known = args.stats && segmentti::bench::reset_peak_rss();
     let mut models = Vec::new();
     for (plan, clients) in plans.iter().zip(&folded.clients) {
         let fixed = thresholds
@@ -566,18 +568,34 @@ fn run_command(args: RunArgs) -> Result<ExitCode> {
     if args.stats {
         let resources: u64 = summary.resources.values().sum();
         let clients = summary.models.first().map_or(0, |m| m.clients);
-        let rss = segmentti::bench::peak_rss_bytes().unwrap_or(0);
-        let cpu = segmentti::bench::cpu_seconds().unwrap_or(f64::NAN);
+        let end = Usage::now();
+        // Without the reset, the peak since the start is all there is to know.
+        let write_rss = if write_peak_known { end.peak_rss } else { 0 };
+        let rss = fold_usage.peak_rss.max(end.peak_rss);
+        let (cpu, fold_cpu) = (end.cpu, fold_usage.cpu);
+        let write_seconds = seconds - fold_seconds;
+        let mib = |bytes: u64| {
+            if bytes == 0 {
+                "unknown".to_owned()
+            } else {
+                format!("{:.0} MiB", bytes as f64 / 1048576.0)
+            }
+        };
         println!(
-            "\nStats: read + fold {fold_seconds:.2} s ({:.0} resources/s); evaluate + write {:.2} s ({:.0} clients/s); CPU {cpu:.1} s ({:.2} cores); peak RSS {:.0} MiB",
+            "\nStats:\n  read + fold       {fold_seconds:>8.2} s  {:>9.0} resources/s  CPU {fold_cpu:>6.1} s ({:.2} cores)  peak RSS {}\n  evaluate + write  {write_seconds:>8.2} s  {:>9.0} clients/s    CPU {:>6.1} s ({:.2} cores)  peak RSS {}\n  run               {seconds:>8.2} s                         CPU {cpu:>6.1} s ({:.2} cores)  peak RSS {}",
             resources as f64 / fold_seconds.max(1e-9),
-            seconds - fold_seconds,
-            clients as f64 / (seconds - fold_seconds).max(1e-9),
+            fold_cpu / fold_seconds.max(1e-9),
+            mib(fold_usage.peak_rss),
+            clients as f64 / write_seconds.max(1e-9),
+            cpu - fold_cpu,
+            (cpu - fold_cpu) / write_seconds.max(1e-9),
+            mib(write_rss),
             cpu / seconds.max(1e-9),
-            rss as f64 / 1048576.0
+            mib(rss)
         );
         println!(
-            "stats: resources={resources} clients={clients} seconds={seconds:.3} fold_seconds={fold_seconds:.3} cpu_seconds={cpu:.2} peak_rss_bytes={rss}"
+            "stats: resources={resources} clients={clients} seconds={seconds:.3} fold_seconds={fold_seconds:.3} cpu_seconds={cpu:.2} fold_cpu_seconds={fold_cpu:.2} peak_rss_bytes={rss} fold_peak_rss_bytes={} write_peak_rss_bytes={write_rss}",
+            fold_usage.peak_rss
         );
     }
     Ok(if report_invalid(&summary.models) {
@@ -590,6 +608,24 @@ fn run_command(args: RunArgs) -> Result<ExitCode> {
 }
 
 /// What `run` prints and keeps in `summary.json`.
+/// The process's CPU time and peak memory so far, at the end of one stage of a run.
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    /// Seconds, user and system, over all threads (`NaN` when unknown).
+    cpu: f64,
+    /// Bytes (0 when unknown).
+    peak_rss: u64,
+}
+
+impl Usage {
+    fn now() -> Self {
+        Self {
+            cpu: segmentti::bench::cpu_seconds().unwrap_or(f64::NAN),
+            peak_rss: segmentti::bench::peak_rss_bytes().unwrap_or(0),
+        }
+    }
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 struct RunSummary {
     input: String,

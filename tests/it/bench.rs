@@ -2,7 +2,7 @@
 //! parse-only floor and real runs, and prints every figure the national-scale floors are judged
 //! by, down to the shard count for the country.
 
-use crate::support::{segmentti, text};
+use crate::support::{run_files, segmentti, text};
 
 /// A number of the table, by column.
 fn number(row: &[&str], column: usize) -> f64 {
@@ -59,6 +59,55 @@ fn bench_prints_every_figure_for_every_size_and_the_country() {
             work.path()
                 .join(format!("synth-{clients}-7/.complete"))
                 .exists()
+        );
+    }
+}
+
+#[test]
+fn run_stats_give_each_stage_its_time_cpu_and_peak_memory() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let input = work.path().join("in");
+    let synth = segmentti(&[
+        "synth",
+        "--clients",
+        "2000",
+        "--out",
+        input.to_str().expect("utf-8 path"),
+    ]);
+    assert!(synth.status.success(), "{:?}", text(&synth));
+    let output = run_files(&input, &work.path().join("out"), &["--stats"]);
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("stats: "))
+        .unwrap_or_else(|| panic!("a stats: line in {stdout}"));
+    let field = |key: &str| -> f64 {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key} in {line}"))
+            .parse()
+            .unwrap_or_else(|_| panic!("{key} is a number in {line}"))
+    };
+    assert_eq!(field("clients"), 2000.0, "{line}");
+    assert!(field("fold_seconds") < field("seconds"), "{line}");
+    assert!(field("fold_cpu_seconds") <= field("cpu_seconds"), "{line}");
+    let (fold, write, peak) = (
+        field("fold_peak_rss_bytes"),
+        field("write_peak_rss_bytes"),
+        field("peak_rss_bytes"),
+    );
+    // Each stage's peak is known on Linux, and the run's is the larger of the two.
+    assert!(fold > 0.0 && write > 0.0, "{line}");
+    assert_eq!(peak, fold.max(write), "{line}");
+    for stage in ["read + fold", "evaluate + write"] {
+        let row = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(stage))
+            .unwrap_or_else(|| panic!("a {stage} row in {stdout}"));
+        assert!(
+            row.contains("/s") && row.contains("peak RSS") && row.contains(" MiB"),
+            "{row}"
         );
     }
 }

@@ -18,7 +18,14 @@ use std::thread::JoinHandle;
 const BLOCK: usize = 4096;
 
 /// Bytes gathered before a write: large writes keep the disk busy with few system calls.
-const CAPACITY: usize = 1 << 20;
+const CAPACITY: usize = 2 << 20;
+
+/// Buffers per file: while one fills, the others wait for the writer or are being written. With
+/// two, the thread handing clients to the sink in order waited for the disk whenever one write
+/// was slow (its writer thread not scheduled at once on two busy cores, or the disk itself):
+/// 0.45 s of a 4.1 s evaluate-and-write stage at 300 000 clients, 1.8 s of 12.8 s at a million,
+/// with both cores idle meanwhile. Eight of 2 MiB: 0.01 s at 300 000, for 16 MiB per file.
+const BUFFERS: usize = 8;
 
 /// A buffer of [`CAPACITY`] bytes starting on a [`BLOCK`] boundary.
 #[derive(Debug)]
@@ -42,7 +49,7 @@ impl Aligned {
 
 /// A file being written, direct where the file system allows it. A thread of its own makes the
 /// writes, so the thread that fills the next buffer never waits for the disk, which a direct
-/// write does; two buffers take turns.
+/// write does; [`BUFFERS`] buffers take turns.
 #[derive(Debug)]
 pub struct DirectFile {
     clone: File,
@@ -74,10 +81,12 @@ impl DirectFile {
 
     fn new(mut file: File, direct: bool) -> io::Result<Self> {
         let clone = file.try_clone()?;
-        let (full, work) = mpsc::sync_channel::<(Aligned, usize)>(1);
-        let (done, empty) = mpsc::sync_channel(2);
-        done.send(Aligned::new())
-            .map_err(|_| io::Error::other("the writer's channel closed"))?;
+        let (full, work) = mpsc::sync_channel::<(Aligned, usize)>(BUFFERS);
+        let (done, empty) = mpsc::sync_channel(BUFFERS);
+        for _ in 1..BUFFERS {
+            done.send(Aligned::new())
+                .map_err(|_| io::Error::other("the writer's channel closed"))?;
+        }
         let writer = std::thread::spawn(move || {
             for (mut buffer, n) in work {
                 file.write_all(&buffer.get()[..n])?;

@@ -24,7 +24,8 @@ const CAPACITY: usize = 2 << 20;
 /// two, the thread handing clients to the sink in order waited for the disk whenever one write
 /// was slow (its writer thread not scheduled at once on two busy cores, or the disk itself):
 /// 0.45 s of a 4.1 s evaluate-and-write stage at 300 000 clients, 1.8 s of 12.8 s at a million,
-/// with both cores idle meanwhile. Eight of 2 MiB: 0.01 s at 300 000, for 16 MiB per file.
+/// with both cores idle meanwhile. Up to eight of 2 MiB: 0.01 s at 300 000, for at most 16 MiB per
+/// file.
 const BUFFERS: usize = 8;
 
 /// A buffer of [`CAPACITY`] bytes starting on a [`BLOCK`] boundary.
@@ -63,6 +64,9 @@ pub struct DirectFile {
     full: Option<mpsc::SyncSender<(Aligned, usize)>>,
     /// Buffers the writer is done with.
     empty: mpsc::Receiver<Aligned>,
+    /// Buffers made so far: one more only when none is free, so a file written little (the
+    /// Flags, the rejections) holds one or two.
+    made: usize,
     writer: Option<JoinHandle<io::Result<File>>>,
 }
 
@@ -83,10 +87,6 @@ impl DirectFile {
         let clone = file.try_clone()?;
         let (full, work) = mpsc::sync_channel::<(Aligned, usize)>(BUFFERS);
         let (done, empty) = mpsc::sync_channel(BUFFERS);
-        for _ in 1..BUFFERS {
-            done.send(Aligned::new())
-                .map_err(|_| io::Error::other("the writer's channel closed"))?;
-        }
         let writer = std::thread::spawn(move || {
             for (mut buffer, n) in work {
                 file.write_all(&buffer.get()[..n])?;
@@ -103,6 +103,7 @@ impl DirectFile {
             written: 0,
             full: Some(full),
             empty,
+            made: 1,
             writer: Some(writer),
         })
     }
@@ -123,7 +124,16 @@ impl DirectFile {
         if whole == 0 {
             return Ok(());
         }
-        let Ok(mut next) = self.empty.recv() else {
+        let next = match self.empty.try_recv() {
+            Ok(free) => Ok(free),
+            Err(mpsc::TryRecvError::Empty) if self.made < BUFFERS => {
+                self.made += 1;
+                Ok(Aligned::new())
+            }
+            Err(mpsc::TryRecvError::Empty) => self.empty.recv().map_err(drop),
+            Err(mpsc::TryRecvError::Disconnected) => Err(()),
+        };
+        let Ok(mut next) = next else {
             return Err(self.writer_error());
         };
         let rest = self.len - whole;

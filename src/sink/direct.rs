@@ -279,6 +279,11 @@ mod tests {
             roundtrip(direct, &pieces());
             roundtrip(direct, &[]);
             roundtrip(direct, &[vec![b'x'; BLOCK]]);
+            // More than every buffer holds, so buffers are made, then taken back in turn.
+            let many: Vec<Vec<u8>> = (0..(BUFFERS + 3) * 4)
+                .map(|i| vec![i as u8; CAPACITY / 4 + 1])
+                .collect();
+            roundtrip(direct, &many);
         }
     }
 

@@ -607,7 +607,6 @@ fn run_command(args: RunArgs) -> Result<ExitCode> {
     })
 }
 
-/// What `run` prints and keeps in `summary.json`.
 /// The process's CPU time and peak memory so far, at the end of one stage of a run.
 #[derive(Debug, Clone, Copy)]
 struct Usage {
@@ -626,6 +625,7 @@ impl Usage {
     }
 }
 
+/// What `run` prints and keeps in `summary.json`.
 #[derive(Debug, Clone, serde::Serialize)]
 struct RunSummary {
     input: String,

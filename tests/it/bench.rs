@@ -2,7 +2,7 @@
 //! parse-only floor and real runs, and prints every figure the national-scale floors are judged
 //! by, down to the shard count for the country.
 
-use crate::support::{run_files, segmentti, text};
+use crate::support::{run_files, segmentti, stats_line, text};
 
 /// A number of the table, by column.
 fn number(row: &[&str], column: usize) -> f64 {
@@ -78,16 +78,12 @@ fn run_stats_give_each_stage_its_time_cpu_and_peak_memory() {
     let output = run_files(&input, &work.path().join("out"), &["--stats"]);
     let (stdout, stderr) = text(&output);
     assert!(output.status.success(), "{stdout}\n{stderr}");
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("stats: "))
-        .unwrap_or_else(|| panic!("a stats: line in {stdout}"));
+    let stats = stats_line(&stdout);
+    let line = format!("{stats:?}");
     let field = |key: &str| -> f64 {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-            .unwrap_or_else(|| panic!("{key} in {line}"))
-            .parse()
-            .unwrap_or_else(|_| panic!("{key} is a number in {line}"))
+        *stats
+            .get(key)
+            .unwrap_or_else(|| panic!("{key}, a number, in {line}"))
     };
     assert_eq!(field("clients"), 2000.0, "{line}");
     assert!(field("fold_seconds") < field("seconds"), "{line}");

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: running the real binary, reading its NDJSON output,
 //! and checking resources against the official FHIR R4 JSON Schema vendored in `vendor/fhir/`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};
@@ -40,6 +40,18 @@ pub fn run_files(input: &Path, out: &Path, extra: &[&str]) -> Output {
     args.extend_from_slice(&["--out", out.to_str().expect("utf-8 path")]);
     args.extend_from_slice(extra);
     segmentti(&args)
+}
+
+/// The numeric `key=value`s of the first `stats:` line of a `--stats` run's stdout.
+pub fn stats_line(stdout: &str) -> BTreeMap<String, f64> {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("stats: "))
+        .unwrap_or_else(|| panic!("a stats: line in {stdout}"))
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+        .collect()
 }
 
 /// The process's stdout and stderr as text, for assertions and failure messages.

@@ -27,7 +27,7 @@ use futures::{StreamExt, TryStreamExt, stream};
 use serde_json::{Value, json};
 
 use crate::harness::TestServer;
-use crate::support::{segmentti, text};
+use crate::support::{segmentti, stats_line, text};
 
 /// Patients per page, as the run is told (`--page-size`).
 const PAGE: u32 = 100;
@@ -259,18 +259,6 @@ fn run(server: &TestServer) -> (f64, BTreeMap<String, f64>) {
     assert!(output.status.success(), "{stdout}\n{stderr}");
     print!("{stdout}");
     (seconds, stats_line(&stdout))
-}
-
-/// The `key=value`s of the `stats:` line.
-fn stats_line(stdout: &str) -> BTreeMap<String, f64> {
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("stats: "))
-        .expect("a stats: line")
-        .split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1088,18 +1088,25 @@ fn bench_command(args: BenchArgs) -> Result<ExitCode> {
         }
         timings.push(Timings::default());
     }
-    for ((&clients, dir), t) in sizes.iter().zip(&dirs).zip(&mut timings) {
-        for other in dirs
-            .iter()
-            .filter(|d| *d != dir && d.join(".complete").exists())
-        {
-            segmentti::bench::evict(other)?;
-        }
-        // One untimed pass puts the files in the page cache, so no measurement pays for the disk.
-        segmentti::bench::parse_floor(dir)?;
-        let out = args.work_dir.join(format!("out-{clients}"));
-        // Floor and run take turns, so a slow spell of the host falls on both alike.
-        for _ in 0..repeat {
+    // Sizes take turns within each repeat, so a slow spell of the host (minutes long on a
+    // shared virtual machine) falls on every size alike, and the growth from one size to the
+    // next is measured in pairs, one per repeat, rather than between one size's spell and
+    // another's.
+    for round in 0..repeat {
+        for ((&clients, dir), t) in sizes.iter().zip(&dirs).zip(&mut timings) {
+            for other in dirs
+                .iter()
+                .filter(|d| *d != dir && d.join(".complete").exists())
+            {
+                segmentti::bench::evict(other)?;
+            }
+            // One untimed pass puts the files in the page cache, so no measurement pays for
+            // the disk; with one size they stay there from the first round on.
+            if round == 0 || sizes.len() > 1 {
+                segmentti::bench::parse_floor(dir)?;
+            }
+            let out = args.work_dir.join(format!("out-{clients}"));
+            // Floor and run take turns, so a slow spell of the host falls on both alike.
             let floor = segmentti::bench::parse_floor(dir)?;
             (t.resources, t.bytes) = (floor.resources, floor.bytes);
             t.floors.push(floor.elapsed.as_secs_f64());
@@ -1109,6 +1116,11 @@ fn bench_command(args: BenchArgs) -> Result<ExitCode> {
             t.rss = t.rss.max(stat(&stdout, "peak_rss_bytes"));
         }
     }
+    // Before the medians sort the repeats: round i of one size beside round i of the next.
+    let growths: Vec<Growth> = timings
+        .windows(2)
+        .map(|pair| Growth::paired(&pair[0], &pair[1]))
+        .collect();
     let mut measured: Vec<Measured> = Vec::new();
     for (&clients, t) in sizes.iter().zip(&mut timings) {
         let (floor_s, run_s) = (median(&mut t.floors), median(&mut t.runs));
@@ -1131,29 +1143,30 @@ fn bench_command(args: BenchArgs) -> Result<ExitCode> {
         measured.push(Measured {
             clients,
             run: run_s,
-            floor: floor_s,
-            cpu: cpu_s,
         });
     }
     println!(
         "ratio = parse-only floor time / run time (1.0 = as fast as merely parsing the JSON; the floor uses one thread, the run both cores)"
     );
     println!(
-        "times are medians of {repeat} runs (--repeat), each size measured with the others dropped from the page cache; peak RSS is the largest of a size's runs"
+        "times are medians of {repeat} runs (--repeat), the sizes taking turns, each measured with the others dropped from the page cache; peak RSS is the largest of a size's runs"
     );
     // The floor's growth and the run's CPU time beside the run's wall time: on a shared virtual
     // machine, stolen time, a page cache that fills more of memory and the disk's waits slow one
     // run and not another, and that is the machine's, not the run's. CPU time is the work done.
-    for pair in measured.windows(2) {
+    for (pair, mut growth) in measured.windows(2).zip(growths) {
         let (a, b) = (&pair[0], &pair[1]);
+        let run = median(&mut growth.runs);
         println!(
-            "linearity: {} clients took {:.2}x the time of {} ({:.2}x the clients; the run's CPU time {:.2}x, the floor {:.2}x)",
+            "linearity: {} clients took {:.2}x the time of {} ({:.2}x the clients; median of {repeat} rounds, {:.2}-{:.2}; the run's CPU time {:.2}x, the floor {:.2}x)",
             b.clients,
-            b.run / a.run,
+            run,
             a.clients,
             b.clients as f64 / a.clients as f64,
-            b.cpu / a.cpu,
-            b.floor / a.floor
+            growth.runs[0],
+            growth.runs[growth.runs.len() - 1],
+            median(&mut growth.cpus),
+            median(&mut growth.floors)
         );
     }
     if let (Some(last), Some(dir), Some(t)) = (measured.last(), dirs.last(), timings.last()) {
@@ -1182,13 +1195,31 @@ struct Timings {
     rss: f64,
 }
 
-/// The medians of one population size, in seconds.
+/// How much longer one size took than the next smaller one, per round of the benchmark.
+#[derive(Debug)]
+struct Growth {
+    runs: Vec<f64>,
+    cpus: Vec<f64>,
+    floors: Vec<f64>,
+}
+
+impl Growth {
+    /// Round by round, `larger` over `smaller`.
+    fn paired(smaller: &Timings, larger: &Timings) -> Self {
+        let over = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(a, b)| b / a).collect();
+        Self {
+            runs: over(&smaller.runs, &larger.runs),
+            cpus: over(&smaller.cpus, &larger.cpus),
+            floors: over(&smaller.floors, &larger.floors),
+        }
+    }
+}
+
+/// One population size and its median run time, in seconds.
 #[derive(Debug)]
 struct Measured {
     clients: u64,
     run: f64,
-    floor: f64,
-    cpu: f64,
 }
 
 /// The median of `values` (sorted in place); the upper one of an even count.

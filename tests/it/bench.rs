@@ -46,10 +46,23 @@ fn bench_prints_every_figure_for_every_size_and_the_country() {
         let (low, high): (f64, f64) = (low.parse().expect("low"), high.parse().expect("high"));
         assert!(low <= number(row, 5) && number(row, 5) <= high, "{row:?}");
     }
-    assert!(
-        stdout.contains("linearity: 900 clients took") && stdout.contains("the run's CPU time"),
-        "{stdout}"
-    );
+    // The growth is the median of the rounds' own ratios, inside their range.
+    let linearity = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("linearity: 900 clients took "))
+        .unwrap_or_else(|| panic!("a linearity line: {stdout}"));
+    let growth: f64 = linearity[..linearity.find('x').expect("a factor")]
+        .parse()
+        .expect("a number");
+    let range = linearity
+        .split("median of 2 rounds, ")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .unwrap_or_else(|| panic!("the rounds' range: {linearity}"));
+    let (low, high) = range.split_once('-').expect("a range");
+    let (low, high): (f64, f64) = (low.parse().expect("low"), high.parse().expect("high"));
+    assert!(low > 0.0 && low <= growth && growth <= high, "{linearity}");
+    assert!(linearity.contains("the run's CPU time"), "{linearity}");
     assert!(stdout.contains("medians of 2 runs"), "{stdout}");
     assert!(stdout.contains("5.5 M clients: one process"), "{stdout}");
     assert!(stdout.contains("10 minutes"), "{stdout}");

@@ -597,7 +597,7 @@ pub fn evaluate_views<S: Sink + Send>(
 ) -> Result<ModelSummary, PipelineError> {
     let _span = info_span!("evaluate", model = %plan.mapping.id).entered();
     let mut ids: Vec<&CompactString> = clients.keys().collect();
-    ids.sort_unstable();
+    ids.par_sort_unstable();
     COUNTERS.clients.fetch_add(ids.len() as u64, Relaxed);
     let thresholds = match fixed {
         Some(fixed) => given_thresholds(plan, fixed),
@@ -841,7 +841,7 @@ pub fn population_thresholds(
     if plan.percentiles.is_empty() {
         return Vec::new();
     }
-    eval::thresholds(plan, clients.values().map(|r| r.values(plan)))
+    eval::thresholds(plan, threshold_columns(plan, clients))
 }
 
 /// `plan`'s `top_percent` thresholds as kept between runs and shards, from their values in
@@ -876,7 +876,20 @@ pub fn threshold_columns(
     plan: &Plan,
     clients: &rustc_hash::FxHashMap<CompactString, ClientRecord>,
 ) -> Vec<Vec<f64>> {
-    eval::columns(plan, clients.values().map(|r| r.values(plan)))
+    // On both cores, in runs of clients, as the id sort before it: on one core the two took
+    // 1.23 s of a million-client run while the other core waited, on both 0.53 s. A column's
+    // order does not matter ([`eval::nearest_rank`]).
+    let records: Vec<&ClientRecord> = clients.values().collect();
+    records
+        .par_chunks(EVALUATE_CHUNK)
+        .map(|chunk| eval::columns(plan, chunk.iter().map(|r| r.values(plan))))
+        .reduce(
+            || vec![Vec::new(); plan.percentiles.len()],
+            |mut all, part| {
+                all.iter_mut().zip(part).for_each(|(a, p)| a.extend(p));
+                all
+            },
+        )
 }
 
 /// Builds one client's Observation and Flags.

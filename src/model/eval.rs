@@ -33,12 +33,12 @@ impl Assessment {
     }
 }
 
-/// The population threshold of every `top_percent` test, over the given feature-value rows:
-/// the value of the last client inside the top share (nearest rank).
-pub fn thresholds(plan: &Plan, rows: impl Iterator<Item = Vec<Option<f64>>>) -> Vec<Option<f64>> {
+/// The population threshold of every `top_percent` test, from the tests' [`columns`] over the
+/// whole population: the value of the last client inside the top share (nearest rank).
+pub fn thresholds(plan: &Plan, columns: Vec<Vec<f64>>) -> Vec<Option<f64>> {
     plan.percentiles
         .iter()
-        .zip(columns(plan, rows))
+        .zip(columns)
         .map(|(&(_, percent), values)| nearest_rank(values, percent))
         .collect()
 }

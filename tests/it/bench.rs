@@ -2,7 +2,7 @@
 //! parse-only floor and real runs, and prints every figure the national-scale floors are judged
 //! by, down to the shard count for the country.
 
-use crate::support::{run_files, segmentti, stats_line, text};
+use crate::support::{Synth, run_files, segmentti, stats_line, synth, text};
 
 /// A number of the table, by column.
 fn number(row: &[&str], column: usize) -> f64 {
@@ -80,14 +80,7 @@ fn bench_prints_every_figure_for_every_size_and_the_country() {
 fn run_stats_give_each_stage_its_time_cpu_and_peak_memory() {
     let work = tempfile::tempdir().expect("tempdir");
     let input = work.path().join("in");
-    let synth = segmentti(&[
-        "synth",
-        "--clients",
-        "2000",
-        "--out",
-        input.to_str().expect("utf-8 path"),
-    ]);
-    assert!(synth.status.success(), "{:?}", text(&synth));
+    synth(2000, 7, Synth::Files(&input), &[]);
     let output = run_files(&input, &work.path().join("out"), &["--stats"]);
     let (stdout, stderr) = text(&output);
     assert!(output.status.success(), "{stdout}\n{stderr}");

@@ -14,16 +14,7 @@ use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::harness::TestServer;
-use crate::support::{ndjson, run_files, segmentti, text};
-
-/// `synth` of 300 clients (seed 11) into `dir` with `extra` flags.
-fn synth(dir: &Path, extra: &[&str]) {
-    let mut args = vec!["synth", "--clients", "300", "--seed", "11", "--out"];
-    args.push(dir.to_str().expect("utf-8"));
-    args.extend_from_slice(extra);
-    let output = segmentti(&args);
-    assert!(output.status.success(), "{:?}", text(&output));
-}
+use crate::support::{Synth, ndjson, run_files, segmentti, synth, text};
 
 /// The first model's total cost and segment counts after `run --input dir`, and the rejections
 /// (which make the exit code 3).
@@ -74,9 +65,14 @@ fn close(a: f64, b: f64) -> bool {
 fn claim_and_explanation_costed_populations_give_the_documented_cost() {
     let dir = tempfile::tempdir().expect("tempdir");
     let at = |name: &str| dir.path().join(name);
-    synth(&at("plain"), &[]);
-    synth(&at("claims"), &["--claims"]);
-    synth(&at("both"), &["--claims", "--explanations"]);
+    synth(300, 11, Synth::Files(&at("plain")), &[]);
+    synth(300, 11, Synth::Files(&at("claims")), &["--claims"]);
+    synth(
+        300,
+        11,
+        Synth::Files(&at("both")),
+        &["--claims", "--explanations"],
+    );
     let (priced, segments, rejected) = run(&at("plain"), &[]);
     let priced = priced.expect("a cost");
     assert!(priced > 0.0 && rejected.is_empty());
@@ -108,8 +104,13 @@ fn claim_and_explanation_costed_populations_give_the_documented_cost() {
 fn bundles_with_claims_cost_as_ndjson_does() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (nd, bu) = (dir.path().join("nd"), dir.path().join("bu"));
-    synth(&nd, &["--claims", "--explanations"]);
-    synth(&bu, &["--claims", "--explanations", "--format", "bundles"]);
+    synth(300, 11, Synth::Files(&nd), &["--claims", "--explanations"]);
+    synth(
+        300,
+        11,
+        Synth::Files(&bu),
+        &["--claims", "--explanations", "--format", "bundles"],
+    );
     let (a, b) = (run(&nd, &[]), run(&bu, &[]));
     let (x, y) = (a.0.expect("a cost"), b.0.expect("a cost"));
     assert!(close(x, y), "{x} vs {y}");
@@ -120,7 +121,7 @@ fn bundles_with_claims_cost_as_ndjson_does() {
 #[test]
 fn a_model_that_bills_nothing_rejects_claims_unless_another_model_reads_them() {
     let dir = tempfile::tempdir().expect("tempdir");
-    synth(dir.path(), &["--claims"]);
+    synth(300, 11, Synth::Files(dir.path()), &["--claims"]);
     let claims = ndjson(&dir.path().join("Claim.ndjson")).len();
     let oral = ["--model", "mappings/helsinki-oral-health.yaml"];
     let (_, _, rejected) = run(dir.path(), &oral);
@@ -202,17 +203,7 @@ async fn the_test_server_finds_every_type_segmentti_reads_by_patient() {
 async fn a_server_holding_claims_is_read_and_they_give_the_cost() {
     let server = TestServer::start().await;
     let base = server.base_url().as_str().to_owned();
-    let output = segmentti(&[
-        "synth",
-        "--clients",
-        "40",
-        "--seed",
-        "3",
-        "--claims",
-        "--server",
-        &base,
-    ]);
-    assert!(output.status.success(), "{:?}", text(&output));
+    synth(40, 3, Synth::Server(&base), &["--claims"]);
     let cost = || {
         dry_run(&base, &[])["models"][0]["summary"]["total_cost"]
             .as_f64()

@@ -18,26 +18,16 @@ use wiremock::matchers::{method, path, query_param};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::harness::TestServer;
-use crate::support::{run_files, segmentti, text};
+use crate::support::{Synth, run_files, segmentti, synth, text};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_from_the_test_server_segments_like_the_same_files() {
     let server = TestServer::start().await;
     let base = server.base_url().as_str().to_owned();
-    let loaded = segmentti(&["synth", "--clients", "40", "--seed", "5", "--server", &base]);
-    assert!(loaded.status.success(), "{:?}", text(&loaded));
+    synth(40, 5, Synth::Server(&base), &[]);
     let dir = tempfile::tempdir().expect("temp dir");
     let files = dir.path().join("files");
-    let made = segmentti(&[
-        "synth",
-        "--clients",
-        "40",
-        "--seed",
-        "5",
-        "--out",
-        files.to_str().expect("utf-8"),
-    ]);
-    assert!(made.status.success(), "{:?}", text(&made));
+    synth(40, 5, Synth::Files(&files), &[]);
     let offline = dir.path().join("offline");
     let ran = run_files(&files, &offline, &["--progress", "off"]);
     assert!(ran.status.success(), "{:?}", text(&ran));
@@ -395,8 +385,7 @@ async fn a_failed_job_reports_the_outcome_and_is_not_resumed() {
 async fn with_a_checkpoint_the_next_export_reads_only_the_changed_clients_again() {
     let server = TestServer::start().await;
     let base = server.base_url().as_str().to_owned();
-    let loaded = segmentti(&["synth", "--clients", "30", "--seed", "5", "--server", &base]);
-    assert!(loaded.status.success(), "{:?}", text(&loaded));
+    synth(30, 5, Synth::Server(&base), &[]);
     let dir = tempfile::tempdir().expect("temp dir");
     let state = dir.path().join("state.json");
     let run = |out: &str| {

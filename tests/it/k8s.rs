@@ -9,7 +9,7 @@ use std::path::Path;
 
 use yaml_rust2::{Yaml, YamlLoader};
 
-use crate::support::{root, run_files, segmentti, text};
+use crate::support::{Synth, root, run_files, segmentti, synth, text};
 
 /// The container's `args` and `env` of a Job manifest, and its `completions`.
 fn job(file: &str) -> (Vec<String>, Vec<(String, String)>, u64) {
@@ -69,16 +69,7 @@ fn the_manifests_three_steps_give_what_one_run_gives() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path();
     let export = data.join("export");
-    ok(&[
-        "synth",
-        "--clients",
-        "800",
-        "--seed",
-        "21",
-        "--out",
-        export.to_str().expect("utf-8"),
-    ]
-    .map(String::from));
+    synth(800, 21, Synth::Files(&export), &[]);
     std::fs::create_dir_all(data.join("thresholds")).expect("thresholds dir");
     let (args, env, n) = job("thresholds-job.yaml");
     assert_eq!(n, 8);

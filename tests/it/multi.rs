@@ -17,10 +17,10 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::harness::TestServer;
 use crate::roundtrip::{all, assert_wrote_nothing};
-use crate::support::{ndjson, segmentti, text};
+use crate::support::{Synth, ndjson, segmentti, synth, text};
 
 const JOIN_KEY: &str = "segmentti-integration-test-join-key";
-const CLIENTS: &str = "90";
+const CLIENTS: u64 = 90;
 
 /// `segmentti` with a fixed join key, off the async runtime (a mock server may need it).
 async fn cli(args: Vec<String>) -> Output {
@@ -38,19 +38,9 @@ async fn cli(args: Vec<String>) -> Output {
     .expect("the child finished")
 }
 
-fn load(server: &TestServer, area: &str, clients: &str) {
-    let output = segmentti(&[
-        "synth",
-        "--clients",
-        clients,
-        "--seed",
-        "3",
-        "--service-area",
-        area,
-        "--server",
-        server.base_url().as_str(),
-    ]);
-    assert!(output.status.success(), "{:?}", text(&output));
+fn load(server: &TestServer, area: &str, clients: u64) {
+    let base = server.base_url().as_str();
+    synth(clients, 3, Synth::Server(base), &["--service-area", area]);
 }
 
 /// `run --server … --write-to each --json` plus `extra`; the output and its JSON.
@@ -160,13 +150,13 @@ async fn cites_only_its_own(server: &TestServer) {
 
 /// The test population (or one service area's view of it) as files in `out`.
 fn synth_files(out: &Path, area: Option<&str>) {
-    let mut args = vec!["synth", "--clients", CLIENTS, "--seed", "3"];
-    if let Some(area) = area {
-        args.extend(["--service-area", area]);
-    }
-    args.extend(["--out", out.to_str().expect("utf-8")]);
-    let generated = segmentti(&args);
-    assert!(generated.status.success(), "{:?}", text(&generated));
+    let area = area.map(|area| ["--service-area", area]);
+    synth(
+        CLIENTS,
+        3,
+        Synth::Files(out),
+        area.as_ref().map_or(&[], |a| a),
+    );
 }
 
 /// Per identity code, the codes of the offline run's Flags over the whole population.
@@ -433,8 +423,8 @@ async fn shards_of_a_joined_run_write_what_one_run_writes() {
 #[tokio::test]
 async fn a_source_down_for_reads_stops_the_run_unless_it_may_be_missing() {
     let (health, social) = tokio::join!(TestServer::start(), TestServer::start());
-    load(&health, "health", "30");
-    load(&social, "social", "30");
+    load(&health, "health", 30);
+    load(&social, "social", 30);
     let down = social.base_url().to_string();
     drop(social);
     let up = health.base_url().to_string();
@@ -463,7 +453,7 @@ async fn a_source_down_for_reads_stops_the_run_unless_it_may_be_missing() {
 #[tokio::test]
 async fn a_target_down_for_writes_fails_alone_and_the_exit_code_says_so() {
     let health = TestServer::start().await;
-    load(&health, "health", "20");
+    load(&health, "health", 20);
     // A system that answers searches but fails every write: one Patient, the first person of
     // the synthetic population, under a local id of its own.
     let person = segmentti::synth::client(
@@ -534,7 +524,10 @@ async fn benchmark_three_servers() {
     let sizes = std::env::var("SEGMENTTI_MULTI_CLIENTS").unwrap_or_else(|_| "10000".into());
     let mut memory = Vec::new();
     for clients in sizes.split(',').map(str::trim) {
-        memory.push((clients.to_owned(), benchmark_size(clients).await));
+        let clients = clients
+            .parse()
+            .expect("SEGMENTTI_MULTI_CLIENTS: numbers of clients");
+        memory.push((clients, benchmark_size(clients).await));
     }
     // Resident memory holds what the allocator kept of freed pages too, so the slope between
     // two sizes says more than either figure alone.
@@ -550,7 +543,7 @@ async fn benchmark_three_servers() {
 
 /// One size of [`benchmark_three_servers`]; the first run's resident bytes right after the join
 /// and at its peak.
-async fn benchmark_size(clients: &str) -> (f64, f64) {
+async fn benchmark_size(clients: u64) -> (f64, f64) {
     // One at a time: three starting at once on a loaded 2-core machine can miss the harness's
     // 60 s readiness limit.
     let (health, social, oral) = (

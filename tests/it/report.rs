@@ -9,7 +9,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{run_files, segmentti, text};
+use crate::support::{Synth, run_files, segmentti, synth, text};
 
 /// The ids of the built-in model's charts and tables the page must have.
 const CHARTS: [&str; 6] = [
@@ -34,15 +34,7 @@ fn path(p: &Path) -> &str {
 fn a_report_of_two_runs_shows_every_chart_and_renders_in_chromium() {
     let dir = tempfile::tempdir().expect("temp dir");
     let input = dir.path().join("input");
-    ok(&segmentti(&[
-        "synth",
-        "--clients",
-        "1500",
-        "--seed",
-        "4",
-        "--out",
-        path(&input),
-    ]));
+    synth(1500, 4, Synth::Files(&input), &[]);
     let (before, now) = (dir.path().join("before"), dir.path().join("now"));
     ok(&segmentti(&[
         "run",

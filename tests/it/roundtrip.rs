@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::harness::TestServer;
-use crate::support::{ndjson, root, segmentti, text};
+use crate::support::{Synth, ndjson, root, segmentti, synth, text};
 
 fn cli(args: &[&str]) -> Value {
     let output = segmentti(args);
@@ -23,17 +23,8 @@ fn cli(args: &[&str]) -> Value {
         .unwrap_or_else(|e| panic!("{args:?} prints JSON ({e}):\n{stdout}"))
 }
 
-fn load(server: &TestServer, clients: &str) {
-    let output = segmentti(&[
-        "synth",
-        "--clients",
-        clients,
-        "--seed",
-        "3",
-        "--server",
-        server.base_url().as_str(),
-    ]);
-    assert!(output.status.success(), "{:?}", text(&output));
+fn load(server: &TestServer, clients: u64) {
+    synth(clients, 3, Synth::Server(server.base_url().as_str()), &[]);
 }
 
 fn run(server: &TestServer, extra: &[&str]) -> Value {
@@ -113,7 +104,7 @@ fn duplicates(ids: &[String]) -> usize {
 #[tokio::test]
 async fn a_server_run_matches_the_offline_run_and_a_rerun_writes_nothing() {
     let server = TestServer::start().await;
-    load(&server, "120");
+    load(&server, 120);
     let first = run(&server, &["--as-of", "2026-01-01"]);
     assert_eq!(writes(&first)["observations"], 120, "{first:#}");
     assert!(writes(&first)["transactions"].as_u64().expect("count") >= 5);
@@ -169,7 +160,7 @@ async fn a_server_run_matches_the_offline_run_and_a_rerun_writes_nothing() {
 #[tokio::test]
 async fn a_later_assessment_ends_superseded_flags_and_dry_run_writes_nothing() {
     let server = TestServer::start().await;
-    load(&server, "150");
+    load(&server, 150);
     run(&server, &["--as-of", "2026-01-01"]);
     let (_, obs_before, flags_before) = server_state(&server).await;
 
@@ -229,7 +220,7 @@ async fn a_later_assessment_ends_superseded_flags_and_dry_run_writes_nothing() {
 #[tokio::test]
 async fn an_incremental_run_reads_only_changed_clients() {
     let server = TestServer::start().await;
-    load(&server, "60");
+    load(&server, 60);
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state.json");
     let state_arg = state.to_str().expect("utf-8");
@@ -278,7 +269,7 @@ async fn an_incremental_run_reads_only_changed_clients() {
 async fn a_run_killed_at_any_moment_and_restarted_ends_like_an_uninterrupted_run() {
     let (reference, killed) = (TestServer::start().await, TestServer::start().await);
     for server in [&reference, &killed] {
-        load(server, "200");
+        load(server, 200);
     }
     run(&reference, &["--as-of", "2026-01-01"]);
     let expected = server_state(&reference).await;
@@ -347,7 +338,7 @@ async fn a_run_killed_at_any_moment_and_restarted_ends_like_an_uninterrupted_run
 #[tokio::test]
 async fn explain_on_a_server_takes_the_population_thresholds_from_the_checkpoint() {
     let server = TestServer::start().await;
-    load(&server, "40");
+    load(&server, 40);
     let dir = tempfile::tempdir().expect("temp dir");
     let state = dir.path().join("state.json");
     let state_arg = state.to_str().expect("utf-8");

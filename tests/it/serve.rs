@@ -15,7 +15,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
 use crate::harness::TestServer;
-use crate::support::{fixture, root, segmentti, text};
+use crate::support::{Synth, fixture, root, segmentti, synth, text};
 
 const SERVICE: &str = "segmentti-patient-view";
 
@@ -246,16 +246,7 @@ async fn active_segments(server: &TestServer) -> BTreeMap<String, Vec<String>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_runs_on_schedule_answers_cds_hooks_and_stops_cleanly() {
     let server = TestServer::start().await;
-    let loaded = segmentti(&[
-        "synth",
-        "--clients",
-        "150",
-        "--seed",
-        "3",
-        "--server",
-        server.base_url().as_str(),
-    ]);
-    assert!(loaded.status.success(), "{:?}", text(&loaded));
+    synth(150, 3, Synth::Server(server.base_url().as_str()), &[]);
     let (jwks, key) = issuer().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let http = reqwest::Client::new();
@@ -278,16 +269,7 @@ async fn serve_runs_on_schedule_answers_cds_hooks_and_stops_cleanly() {
 
     // 1b. The same clients with other data: the next (incremental) run supersedes Flags, and
     //     SIGTERM in its middle still leaves exactly one active segment Flag per client.
-    let reloaded = segmentti(&[
-        "synth",
-        "--clients",
-        "150",
-        "--seed",
-        "4",
-        "--server",
-        server.base_url().as_str(),
-    ]);
-    assert!(reloaded.status.success(), "{:?}", text(&reloaded));
+    synth(150, 4, Synth::Server(server.base_url().as_str()), &[]);
     stop_during_a_run(&http, start(&config_path)).await;
     let second: Value =
         serde_json::from_str(&std::fs::read_to_string(&state).expect("checkpoint")).expect("json");

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use crate::support::{run_files, segmentti, text};
+use crate::support::{Synth, run_files, segmentti, synth, text};
 
 const SHARDS: usize = 3;
 
@@ -27,15 +27,7 @@ fn shards_together_write_what_one_run_writes() {
     let dir = tempfile::tempdir().expect("temp dir");
     let input = dir.path().join("input");
     let p = |path: &Path| path.to_str().expect("utf-8").to_owned();
-    ok(&segmentti(&[
-        "synth",
-        "--clients",
-        "600",
-        "--seed",
-        "11",
-        "--out",
-        &p(&input),
-    ]));
+    synth(600, 11, Synth::Files(&input), &[]);
     let whole = dir.path().join("whole");
     ok(&run_files(&input, &whole, &["--progress", "off"]));
 

@@ -28,6 +28,31 @@ pub fn segmentti(args: &[&str]) -> Output {
         .expect("the segmentti binary runs")
 }
 
+/// Where `segmentti synth` puts the population it generates.
+#[derive(Clone, Copy)]
+pub enum Synth<'a> {
+    /// Bulk Data NDJSON files (or Bundles, with `--format bundles`) in this directory.
+    Files(&'a Path),
+    /// The FHIR server at this base URL.
+    Server(&'a str),
+}
+
+/// `segmentti synth --clients CLIENTS --seed SEED` into `to`, plus `extra`; its stdout, once it
+/// has succeeded.
+pub fn synth(clients: u64, seed: u64, to: Synth<'_>, extra: &[&str]) -> String {
+    let (clients, seed) = (clients.to_string(), seed.to_string());
+    let mut args = vec!["synth", "--clients", &clients, "--seed", &seed];
+    match to {
+        Synth::Files(dir) => args.extend(["--out", dir.to_str().expect("utf-8 path")]),
+        Synth::Server(base) => args.extend(["--server", base]),
+    }
+    args.extend_from_slice(extra);
+    let output = segmentti(&args);
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{args:?}\n{stdout}\n{stderr}");
+    stdout
+}
+
 /// `segmentti run --input INPUT --as-of 2026-01-01 --out OUT` plus `extra`.
 pub fn run_files(input: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec![

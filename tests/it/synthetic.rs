@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::support::{ndjson, run_files, segmentti, text};
+use crate::support::{Synth, ndjson, run_files, segmentti, synth, text};
 
 fn segments(out: &std::path::Path) -> Vec<(String, String)> {
     let mut found: Vec<(String, String)> = ndjson(&out.join("Observation.ndjson"))
@@ -71,23 +71,8 @@ fn ndjson_and_bundles_of_the_same_population_give_the_same_segments() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (nd, bu) = (dir.path().join("nd"), dir.path().join("bu"));
     for (path, format) in [(&nd, "ndjson"), (&bu, "bundles")] {
-        let output = segmentti(&[
-            "synth",
-            "--clients",
-            "300",
-            "--seed",
-            "11",
-            "--format",
-            format,
-            "--out",
-            path.to_str().expect("utf-8"),
-        ]);
-        assert!(output.status.success(), "{:?}", text(&output));
-        assert!(
-            text(&output).0.contains("Wrote 300 clients"),
-            "{:?}",
-            text(&output)
-        );
+        let stdout = synth(300, 11, Synth::Files(path), &["--format", format]);
+        assert!(stdout.contains("Wrote 300 clients"), "{stdout}");
     }
     assert_eq!(
         std::fs::read_dir(bu.join("bundles"))
@@ -124,16 +109,7 @@ fn international_codes_segment_alike() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (fi, intl) = (dir.path().join("fi"), dir.path().join("intl"));
     for (path, codes) in [(&fi, "finnish"), (&intl, "international")] {
-        let output = segmentti(&[
-            "synth",
-            "--clients",
-            "1000",
-            "--codes",
-            codes,
-            "--out",
-            path.to_str().expect("utf-8"),
-        ]);
-        assert!(output.status.success(), "{:?}", text(&output));
+        synth(1000, 7, Synth::Files(path), &["--codes", codes]);
         let out = path.join("out");
         let output = run_files(path, &out, &[]);
         assert_eq!(output.status.code(), Some(0), "{:?}", text(&output));

@@ -27,7 +27,7 @@ use futures::{StreamExt, TryStreamExt, stream};
 use serde_json::{Value, json};
 
 use crate::harness::TestServer;
-use crate::support::{segmentti, stats_line, text};
+use crate::support::{Synth, segmentti, stats_line, synth, text};
 
 /// Patients per page, as the run is told (`--page-size`).
 const PAGE: u32 = 100;
@@ -264,19 +264,12 @@ fn run(server: &TestServer) -> (f64, BTreeMap<String, f64>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: loading the server takes minutes"]
 async fn benchmark_one_server_against_a_bare_client() {
-    let clients = std::env::var("SEGMENTTI_BENCH_CLIENTS").unwrap_or_else(|_| "10000".into());
+    let clients: u64 = std::env::var("SEGMENTTI_BENCH_CLIENTS")
+        .map_or(Ok(10_000), |n| n.parse())
+        .expect("SEGMENTTI_BENCH_CLIENTS is a number of clients");
     let server = TestServer::start().await;
     let started = Instant::now();
-    let output = segmentti(&[
-        "synth",
-        "--clients",
-        &clients,
-        "--seed",
-        "7",
-        "--server",
-        server.base_url().as_str(),
-    ]);
-    assert!(output.status.success(), "{:?}", text(&output));
+    synth(clients, 7, Synth::Server(server.base_url().as_str()), &[]);
     println!(
         "loaded {clients} clients in {:.1} s",
         started.elapsed().as_secs_f64()

@@ -18,22 +18,28 @@ use crate::sink::ClientResources;
 /// What a client's assessment looks like, compactly: segment, every criterion level, and the
 /// overlays with the rules that hold. Two assessments with the same fingerprint need no write.
 pub fn fingerprint(plan: &Plan, a: &Assessment) -> String {
+    use std::fmt::Write;
+    // One string written in place: it is made for every client of every run.
     let m = &plan.mapping;
-    let mut parts = vec![format!("segment={}", m.segments[a.segment].code)];
+    let mut out = String::with_capacity(128);
+    _ = write!(
+        out,
+        "{}@{};segment={}",
+        m.id, m.version, m.segments[a.segment].code
+    );
     for (c, criterion) in m.criteria.iter().enumerate() {
-        parts.push(format!(
-            "{}={}",
-            criterion.id, criterion.levels[a.levels[c]].code
-        ));
+        let level = &criterion.levels[a.levels[c]].code;
+        _ = write!(out, ";{}={level}", criterion.id);
     }
     for (o, overlay) in m.overlays.iter().enumerate() {
-        let rules: Vec<&str> = a.overlays[o]
-            .iter()
-            .map(|&r| overlay.rules[r].id.as_str())
-            .collect();
-        parts.push(format!("{}=[{}]", overlay.code, rules.join(",")));
+        _ = write!(out, ";{}=[", overlay.code);
+        for (i, &r) in a.overlays[o].iter().enumerate() {
+            out.push_str(if i == 0 { "" } else { "," });
+            out.push_str(&overlay.rules[r].id);
+        }
+        out.push(']');
     }
-    format!("{}@{};{}", m.id, m.version, parts.join(";"))
+    out
 }
 
 /// The fingerprint extension.

@@ -128,11 +128,13 @@ impl BusinessId {
 
     /// The logical id derived from the identifier (UUID v5), stable across runs and machines.
     pub fn logical_id(&self) -> String {
-        uuid::Uuid::new_v5(
-            &uuid::Uuid::NAMESPACE_URL,
-            format!("{}|{}", self.system, self.value).as_bytes(),
-        )
-        .to_string()
+        let name = [self.system.as_bytes(), b"|", self.value.as_bytes()].concat();
+        let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, &name);
+        // Encoded straight into a buffer: `to_string` goes through the formatting machinery,
+        // for every resource of every client.
+        (*id.hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer()))
+        .to_owned()
     }
 
     /// The FHIR Identifier.

@@ -31,13 +31,7 @@ pub(super) fn scan<'a>(plan: &Plan, text: &'a str) -> Option<Scan<'a>> {
     if text.bytes().fold(u8::MAX, u8::min) < 0x20 {
         return None;
     }
-    let plain = memchr::memchr(b'\\', text.as_bytes()).is_none();
-    let mut c = Cursor {
-        text,
-        at: 0,
-        plain,
-        quotes: Quotes::default(),
-    };
+    let mut c = Cursor::new(text);
     let mut scan = Scan::default();
     let mut seen = 0u64;
     c.object(|c, key| {
@@ -111,6 +105,16 @@ struct Quotes {
 const RUN: usize = 64;
 
 impl<'a> Cursor<'a> {
+    /// At the start of `text`.
+    fn new(text: &'a str) -> Self {
+        Self {
+            text,
+            at: 0,
+            plain: memchr::memchr(b'\\', text.as_bytes()).is_none(),
+            quotes: Quotes::default(),
+        }
+    }
+
     fn bytes(&self) -> &'a [u8] {
         self.text.as_bytes()
     }
@@ -552,24 +556,14 @@ mod tests {
                     bytes[at + 70] = b'"';
                 }
                 let text = String::from_utf8(bytes).expect("ascii");
-                let mut c = Cursor {
-                    text: &text,
-                    at: 0,
-                    plain: true,
-                    quotes: Quotes::default(),
-                };
+                let mut c = Cursor::new(&text);
                 assert_eq!(c.quote(0), Some(at), "{len} {at}");
                 assert_eq!(c.quote(at), Some(at), "{len} {at}");
                 let next = (at + 70 < len).then_some(at + 70);
                 assert_eq!(c.quote(at + 1), next, "{len} {at}");
             }
             let text = "a".repeat(len);
-            let mut c = Cursor {
-                text: &text,
-                at: 0,
-                plain: true,
-                quotes: Quotes::default(),
-            };
+            let mut c = Cursor::new(&text);
             assert_eq!(c.quote(0), None, "{len}");
         }
     }

@@ -143,11 +143,6 @@ pub struct RunOptions {
     pub shard: Option<crate::shard::Shard>,
     /// Keep the Patients' join keys, for a run that joins several sources.
     pub join: Option<std::sync::Arc<crate::record::join::JoinSpec>>,
-    /// Count resources of FHIR types segmentti does not read as ignored instead of rejecting
-    /// them. A Bulk export may hold types it was not asked for, and that is no fault of the
-    /// input; in files given by hand such a resource is a mistake worth a line in
-    /// `rejected.ndjson`. A `resourceType` that is no FHIR type is rejected either way.
-    pub ignore_other_types: bool,
 }
 
 /// Every plan's fold after the read.
@@ -159,7 +154,9 @@ pub struct Folded {
     pub stats: FoldStats,
     /// How many resources were rejected.
     pub rejected: u64,
-    /// Resources ignored per type, with [`RunOptions::ignore_other_types`].
+    /// Resources of FHIR types that no model reads, per type: counted, never rejected. Any
+    /// EHR's export holds Observations, Procedures, Organizations and the like, and that is no
+    /// fault of the input; a `resourceType` that is no FHIR type is rejected.
     pub ignored: BTreeMap<String, u64>,
     /// The Patients' identities by id, with [`RunOptions::join`]; empty otherwise.
     pub people: rustc_hash::FxHashMap<CompactString, Identity>,
@@ -236,18 +233,18 @@ pub fn fold(
                         })
                     });
                     match outcome {
-                        Some(Err(r)) => _ = rejection.get_or_insert(r),
+                        Some(Err(r)) => rejection = Some(worse(rejection, r)),
                         Some(Ok(())) => folded = true,
                         None => {}
                     }
                 }
                 let Some(r) = rejection else { continue };
-                // An Observation that one model reads and another does not is no fault.
-                if folded && r.other_type.is_some() {
-                    continue;
-                }
-                if let (true, Some(kind)) = (options.ignore_other_types, &r.other_type) {
-                    *ignored.entry(kind.to_string()).or_default() += 1;
+                if let Some(kind) = &r.other_type {
+                    // An Observation that one model reads and another does not is no fault,
+                    // and neither is a type that no model reads.
+                    if !folded {
+                        *ignored.entry(kind.to_string()).or_default() += 1;
+                    }
                     continue;
                 }
                 rejected += 1;
@@ -315,6 +312,9 @@ pub fn fold(
     if clients.first().is_some_and(|c| c.is_empty()) {
         return Err(PipelineError::NoClients(input.to_string()));
     }
+    if !stats.unpriced_bills.is_empty() {
+        tracing::warn!(currencies = ?stats.unpriced_bills, "bills in currencies the model has no rate for count for nothing; their clients are costed by the price table (give the price table `rates` to convert them)");
+    }
     info!(
         resources = items,
         rejected,
@@ -329,6 +329,15 @@ pub fn fold(
         ignored,
         people,
     })
+}
+
+/// Of two models' rejections of one resource, the one that names its own fault: "not read by
+/// model a" says nothing when model b found a `Group/` subject.
+fn worse(kept: Option<Rejection>, new: Rejection) -> Rejection {
+    match kept {
+        Some(kept) if kept.other_type.is_none() || new.other_type.is_some() => kept,
+        _ => new,
+    }
 }
 
 /// One batch's facts: for each resource, one result per plan, in order (`None`: another
@@ -416,6 +425,10 @@ pub struct ModelSummary {
     pub as_of: String,
     /// Clients segmented.
     pub clients: u64,
+    /// Clients not assessed, by why (`deceased`, `not-yet-born`, `inactive`): their Patient
+    /// says so at the as-of date.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub not_assessed: BTreeMap<String, u64>,
     /// Per segment, light to heavy.
     pub segments: Vec<Share>,
     /// Per overlay.
@@ -596,7 +609,18 @@ pub fn evaluate_views<S: Sink + Send>(
     fixed: Option<&[Threshold]>,
 ) -> Result<ModelSummary, PipelineError> {
     let _span = info_span!("evaluate", model = %plan.mapping.id).entered();
-    let mut ids: Vec<&CompactString> = clients.keys().collect();
+    let mut not_assessed: BTreeMap<String, u64> = BTreeMap::new();
+    let mut ids: Vec<&CompactString> = clients
+        .iter()
+        .filter(|(_, r)| match r.unassessed {
+            Some(why) => {
+                *not_assessed.entry(why.as_str().to_owned()).or_default() += 1;
+                false
+            }
+            None => true,
+        })
+        .map(|(id, _)| id)
+        .collect();
     ids.par_sort_unstable();
     COUNTERS.clients.fetch_add(ids.len() as u64, Relaxed);
     let thresholds = match fixed {
@@ -620,6 +644,7 @@ pub fn evaluate_views<S: Sink + Send>(
         .position(|f| matches!(f.aggregate, crate::model::plan::Aggregate::Age));
     let mut bands = vec![vec![0u64; m.segments.len()]; AGE_BANDS.len() + 1];
     let mut areas = vec![vec![0u64; m.segments.len()]; plan.service_areas.len() + 1];
+    let mut top_held = vec![0u64; plan.percentiles.len()];
     let concepts = writeback::Concepts::new(plan)?;
     if S::PARTS == writeback::Parts::Own {
         writeback::validate::shared(plan, &concepts)?;
@@ -682,6 +707,17 @@ pub fn evaluate_views<S: Sink + Send>(
                         areas[plan.service_areas.len()][a.segment] += 1;
                     }
                     rows.for_each(|row| areas[row][a.segment] += 1);
+                }
+                for (held, (&(f, _), t)) in top_held
+                    .iter_mut()
+                    .zip(plan.percentiles.iter().zip(&thresholds))
+                {
+                    if let (Some(v), Some(t)) = (a.features[f], t)
+                        && v > 0.0
+                        && v >= *t
+                    {
+                        *held += 1;
+                    }
                 }
                 for (o, slot) in per_overlay.iter_mut().enumerate() {
                     if a.overlay_holds(o) {
@@ -777,12 +813,13 @@ pub fn evaluate_views<S: Sink + Send>(
         version: m.version.clone(),
         as_of: plan.as_of.to_string(),
         clients: clients_n,
+        not_assessed,
         segments,
         overlays,
         total_cost: plan.cost_feature.map(|_| total_cost),
         top_decile_cost_share,
         written,
-        thresholds: threshold_list(plan, &thresholds),
+        thresholds: realised(plan, &thresholds, &top_held, clients_n, fixed.is_some()),
         cost_concentration,
         age_bands,
         service_areas,
@@ -799,6 +836,15 @@ pub struct Threshold {
     pub percent: f64,
     /// The feature value at which a client is in the top share.
     pub value: Option<f64>,
+    /// Clients the test held for in the run ([`evaluate`]'s summary only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients: Option<u64>,
+    /// Their share of the run's clients: at most `percent` / 100 ([`eval::top_cut`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<f64>,
+    /// Why the test held for no one, when it could not be applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// Assesses one client of the folded population.
@@ -852,8 +898,42 @@ pub fn threshold_list(plan: &Plan, values: &[Option<f64>]) -> Vec<Threshold> {
             feature: plan.features[f].id.clone(),
             percent,
             value,
+            clients: None,
+            share: None,
+            note: None,
         })
         .collect()
+}
+
+/// The thresholds of a run's summary, each with the share of clients it held for, and why it
+/// held for no one where it could not be applied.
+fn realised(
+    plan: &Plan,
+    thresholds: &[Option<f64>],
+    held: &[u64],
+    clients: u64,
+    fixed: bool,
+) -> Vec<Threshold> {
+    let mut list = threshold_list(plan, thresholds);
+    for (t, &held) in list.iter_mut().zip(held) {
+        t.clients = Some(held);
+        t.share = Some(ratio(held as f64, clients as f64));
+        if t.value.is_some() {
+            continue;
+        }
+        t.note = Some(if fixed {
+            "the given thresholds have no value for this test".to_owned()
+        } else if eval::top_room(clients as usize, t.percent) == 0 {
+            format!(
+                "not applied: {clients} clients are too few for a top {} % (it needs at least {})",
+                t.percent,
+                (100.0 / t.percent).ceil()
+            )
+        } else {
+            "no client is above zero and clear of the ties at the cut".to_owned()
+        });
+    }
+    list
 }
 
 /// `plan`'s `top_percent` thresholds, in its order, from thresholds kept elsewhere (a checkpoint,
@@ -878,8 +958,12 @@ pub fn threshold_columns(
 ) -> Vec<Vec<f64>> {
     // On both cores, in runs of clients, as the id sort before it: on one core the two took
     // 1.23 s of a million-client run while the other core waited, on both 0.53 s. A column's
-    // order does not matter ([`eval::nearest_rank`]).
-    let records: Vec<&ClientRecord> = clients.values().collect();
+    // order does not matter ([`eval::top_cut`]).
+    // Clients who get no assessment are no part of the population a share is taken of.
+    let records: Vec<&ClientRecord> = clients
+        .values()
+        .filter(|r| r.unassessed.is_none())
+        .collect();
     records
         .par_chunks(EVALUATE_CHUNK)
         .map(|chunk| eval::columns(plan, chunk.iter().map(|r| r.values(plan))))

@@ -242,9 +242,12 @@ pub fn merge(parts: Vec<ThresholdPart>) -> Result<Thresholds, ShardError> {
             let thresholds = columns
                 .into_iter()
                 .map(|c| Threshold {
-                    value: crate::model::eval::nearest_rank(c.values, c.percent),
+                    value: crate::model::eval::top_cut(c.values, c.percent),
                     feature: c.feature,
                     percent: c.percent,
+                    clients: None,
+                    share: None,
+                    note: None,
                 })
                 .collect();
             (model, thresholds)
@@ -383,7 +386,7 @@ mod tests {
             )]),
         };
         let all: Vec<f64> = (1..=20).map(f64::from).collect();
-        let whole = crate::model::eval::nearest_rank(all.clone(), 10.0);
+        let whole = crate::model::eval::top_cut(all.clone(), 10.0);
         let merged = merge(vec![
             part(
                 "0/2",

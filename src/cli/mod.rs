@@ -287,6 +287,14 @@ pub struct SynthArgs {
     /// model reads them.
     #[arg(long)]
     care_records: bool,
+    /// Also give the population shapes real EHR exports (Synthea and others) have: Procedure,
+    /// Immunization and MedicationRequest resources and one Organization (types no model
+    /// reads: in the written files and a loaded server only, not in the embedded default),
+    /// diagnoses coded both in ICD-10 and SNOMED CT or with more specific SNOMED CT codes,
+    /// Encounters entered in error or cancelled, refuted Conditions, and deceased and inactive
+    /// Patients. Off by default: without it the output is what it always was.
+    #[arg(long)]
+    real_shapes: bool,
 }
 
 /// `--service-area`.
@@ -409,6 +417,7 @@ impl ModelArgs {
                     area: None,
                     bills: synth::Bills::None,
                     records: false,
+                    shapes: false,
                 }),
                 _ => bail!(
                     "this command reads one source: give --input or --server once\nhint: `run --write-to each` (or a server's URL) joins several sources into whole clients"
@@ -525,7 +534,6 @@ fn run_command(args: RunArgs) -> Result<ExitCode> {
     let options = RunOptions {
         on_invalid: args.on_invalid,
         shard: args.shard,
-        ignore_other_types: bulk.is_some(),
         ..RunOptions::default()
     };
     let folded = pipeline::fold(&input, &plans, &options, &mut |r| sink.rejected(r))?;
@@ -551,6 +559,7 @@ fn run_command(args: RunArgs) -> Result<ExitCode> {
         after_as_of: folded.stats.after_as_of,
         rejected: folded.rejected,
         ignored: folded.ignored,
+        unpriced_bills: folded.stats.unpriced_bills.clone(),
         ignored_files: bulk
             .as_ref()
             .map(|b| b.ignored_files().clone())
@@ -632,10 +641,12 @@ struct RunSummary {
     resources: std::collections::BTreeMap<String, u64>,
     after_as_of: u64,
     rejected: u64,
-    /// Resources of FHIR types not asked for, per type, that a Bulk export held: left aside,
-    /// not rejected.
+    /// Resources of FHIR types that no model reads, per type: left aside, not rejected.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     ignored: std::collections::BTreeMap<String, u64>,
+    /// Bills in a currency the model has no rate for, per currency: costed by the price table.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    unpriced_bills: std::collections::BTreeMap<compact_str::CompactString, u64>,
     /// Files of an export's manifest of types not asked for, per type: not even downloaded.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     ignored_files: std::collections::BTreeMap<String, usize>,
@@ -677,6 +688,25 @@ impl RunSummary {
                     cost
                 ));
             }
+            if !m.not_assessed.is_empty() {
+                let why: Vec<String> = m
+                    .not_assessed
+                    .iter()
+                    .map(|(why, n)| format!("{why} {}", thousands(*n)))
+                    .collect();
+                out.push_str(&format!(
+                    "  Not assessed (no assessment, no active Flag): {}\n",
+                    why.join(", ")
+                ));
+            }
+            for t in m.thresholds.iter().filter(|t| t.note.is_some()) {
+                out.push_str(&format!(
+                    "  Top {} % by {}: {}\n",
+                    t.percent,
+                    t.feature,
+                    t.note.as_deref().unwrap_or_default()
+                ));
+            }
             if let Some(share) = m.top_decile_cost_share {
                 out.push_str(&format!(
                     "  The 10 % most costly clients hold {:.1} % of the cost.\n",
@@ -688,10 +718,11 @@ impl RunSummary {
         if self.rejected > 0 {
             out.push_str(&format!(" (see {}/rejected.ndjson)", self.out));
         }
-        let ignored: Vec<String> = self
-            .ignored
-            .iter()
-            .map(|(t, n)| format!("{n} {t}"))
+        let mut by_count: Vec<(&String, &u64)> = self.ignored.iter().collect();
+        by_count.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let ignored: Vec<String> = by_count
+            .into_iter()
+            .map(|(t, n)| format!("{t} {}", thousands(*n)))
             .chain(
                 self.ignored_files
                     .iter()
@@ -700,8 +731,19 @@ impl RunSummary {
             .collect();
         if !ignored.is_empty() {
             out.push_str(&format!(
-                "\nIgnored, of types not asked for: {}",
+                "\nIgnored (no model reads them): {}",
                 ignored.join(", ")
+            ));
+        }
+        if !self.unpriced_bills.is_empty() {
+            let bills: Vec<String> = self
+                .unpriced_bills
+                .iter()
+                .map(|(c, n)| format!("{c} {}", thousands(*n)))
+                .collect();
+            out.push_str(&format!(
+                "\nBills in currencies the model has no rate for (their clients costed by the price table): {}",
+                bills.join(", ")
             ));
         }
         if self.after_as_of > 0 {
@@ -801,6 +843,19 @@ fn thresholds_command(args: ThresholdsArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `84715` as `84 715`: counts in the printed summary are read at a glance.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_owned()
@@ -830,6 +885,7 @@ fn synth_command(args: SynthArgs) -> Result<ExitCode> {
             (true, true) => synth::Bills::ClaimsAndExplanations,
         },
         records: args.care_records,
+        shapes: args.real_shapes,
     };
     match args.server.server.as_slice() {
         [] => {}
@@ -907,6 +963,19 @@ fn explain_command(args: ExplainArgs) -> Result<ExitCode> {
             );
         };
         let id = plan.mapping.id.as_str();
+        if let Some(why) = record.unassessed {
+            let line = format!(
+                "Patient/{patient} gets no assessment from model {id}: {} ({} at {as_of})",
+                why.reason(),
+                why.as_str()
+            );
+            if args.json {
+                eprintln!("{line}");
+            } else {
+                println!("{line}");
+            }
+            continue;
+        }
         let thresholds = match given.as_ref().map(|g| g.get(id)) {
             Some(Some(given)) => pipeline::given_thresholds(plan, given),
             Some(None) => bail!(
@@ -1082,6 +1151,7 @@ fn bench_command(args: BenchArgs) -> Result<ExitCode> {
                 area: None,
                 bills: synth::Bills::None,
                 records: false,
+                shapes: false,
             };
             synth::write_dir(&opts, SynthFormat::Ndjson, dir)?;
             std::fs::write(&marker, "")?;

@@ -8,7 +8,10 @@
 use std::collections::HashSet;
 
 use super::load::Diagnostic;
-use super::mapping::{Feature, Fragment, Mapping, PriceTable, Segment, Text, TreeNode};
+use super::mapping::{
+    DEFAULT_FLAG_CATEGORY, FLAG_CATEGORIES, Feature, Fragment, Mapping, PriceTable, Segment, Text,
+    TreeNode, known_statuses,
+};
 use super::plan::Plan;
 use crate::day::Day;
 use crate::types::ResourceKind;
@@ -50,6 +53,8 @@ pub fn check(mapping: &Mapping) -> Vec<Diagnostic> {
     systems(mapping, &mut out);
     parents(mapping, &mut out);
     attributes(mapping, &mut out);
+    statuses(mapping, &mut out);
+    flag_category(mapping, &mut out);
     match Plan::compile(mapping.clone(), Day::EPOCH) {
         Err(errors) => out.extend(
             errors
@@ -86,6 +91,7 @@ pub fn check_fragment(f: &Fragment) -> Vec<Diagnostic> {
             source: "the including model's".into(),
             rules: Vec::new(),
             otherwise: 0.0,
+            rates: Default::default(),
         }),
         features: f.features.clone(),
         criteria: Vec::new(),
@@ -107,6 +113,9 @@ pub fn check_fragment(f: &Fragment) -> Vec<Diagnostic> {
         overlays: f.overlays.clone(),
         cost_feature: None,
         service_areas: f.service_areas.clone(),
+        not_counted: Default::default(),
+        assess_inactive: false,
+        flag_category: None,
     };
     check(&model)
 }
@@ -320,6 +329,48 @@ fn systems(m: &Mapping, out: &mut Vec<Diagnostic>) {
                 ));
             }
         }
+    }
+}
+
+/// `not_counted` names statuses FHIR defines for each type's status element.
+fn statuses(m: &Mapping, out: &mut Vec<Diagnostic>) {
+    for (kind, statuses) in &m.not_counted {
+        let known = known_statuses(*kind);
+        if known.is_empty() {
+            out.push(Diagnostic::new(
+                format!("/not_counted/{kind}"),
+                format!("{kind} has no status that could leave it uncounted"),
+                "remove it from not_counted; a model reads every client's Patient",
+            ));
+        }
+        for (i, status) in statuses.iter().enumerate() {
+            if !known.is_empty() && !known.contains(&status.as_str()) {
+                out.push(Diagnostic::new(
+                    format!("/not_counted/{kind}/{i}"),
+                    format!("`{status}` is not a status of {kind} in FHIR R4"),
+                    format!("use one of {}", known.join(", ")),
+                ));
+            }
+        }
+    }
+}
+
+/// `flag_category` is a code of the FHIR flag-category code system that a Flag may carry.
+fn flag_category(m: &Mapping, out: &mut Vec<Diagnostic>) {
+    if let Some(code) = &m.flag_category
+        && !FLAG_CATEGORIES.iter().any(|(c, _)| c == code)
+    {
+        let codes: Vec<&str> = FLAG_CATEGORIES.iter().map(|(c, _)| *c).collect();
+        out.push(Diagnostic::new(
+            "/flag_category",
+            format!(
+                "`{code}` is not a Flag category (http://terminology.hl7.org/CodeSystem/flag-category)"
+            ),
+            format!(
+                "use one of {}, or leave it out for `{DEFAULT_FLAG_CATEGORY}`",
+                codes.join(", ")
+            ),
+        ));
     }
 }
 

@@ -34,12 +34,12 @@ impl Assessment {
 }
 
 /// The population threshold of every `top_percent` test, from the tests' [`columns`] over the
-/// whole population: the value of the last client inside the top share (nearest rank).
+/// whole population ([`top_cut`]).
 pub fn thresholds(plan: &Plan, columns: Vec<Vec<f64>>) -> Vec<Option<f64>> {
     plan.percentiles
         .iter()
         .zip(columns)
-        .map(|(&(_, percent), values)| nearest_rank(values, percent))
+        .map(|(&(_, percent), values)| top_cut(values, percent))
         .collect()
 }
 
@@ -57,17 +57,39 @@ pub fn columns(plan: &Plan, rows: impl Iterator<Item = Vec<Option<f64>>>) -> Vec
     columns
 }
 
-/// The value of the last of `values` inside the top `percent` (nearest rank); `None` when the
-/// top share holds no one. Depends only on the multiset of values, not their order, which is
-/// what lets shards merge their columns exactly.
-pub fn nearest_rank(mut values: Vec<f64>, percent: f64) -> Option<f64> {
-    let keep = ((values.len() as f64) * percent / 100.0).ceil() as usize;
-    if keep == 0 {
+/// How many clients a top `percent` share may hold out of `population`: whole clients, rounded
+/// down, so that "the top 5 %" is never more than 5 %. 0 means the population is too small for
+/// the share (fewer than 20 clients for 5 %).
+pub fn top_room(population: usize, percent: f64) -> usize {
+    // The epsilon keeps 20 × 5 / 100 at 1 where floating point would give 0.999….
+    ((population as f64) * percent / 100.0 + 1e-9).floor() as usize
+}
+
+/// The threshold of a top `percent` share of `values`: the lowest value above zero at which at
+/// most [`top_room`] clients are at or above it. Ties at the cut are resolved downwards: when
+/// the clients tied at the last place would overfill the share, all of them fall out and the
+/// threshold is the next higher value, so the share holds fewer clients, never more. `None`
+/// when the population is too small for the share, or no client is above zero and clear of
+/// the ties. Depends only on the multiset of values, not their order, which is what lets
+/// shards merge their columns exactly.
+pub fn top_cut(mut values: Vec<f64>, percent: f64) -> Option<f64> {
+    let room = top_room(values.len(), percent);
+    if room == 0 {
         return None;
     }
-    let at = values.len() - keep;
-    let (_, nth, _) = values.select_nth_unstable_by(at, f64::total_cmp);
-    Some(*nth)
+    // Descending: the first `room` values are the top share's candidates.
+    let (above, &mut last, below) = values.select_nth_unstable_by(room - 1, |a, b| b.total_cmp(a));
+    let cut = if below.contains(&last) {
+        // A client outside the share ties with the last one inside: the tie goes out whole.
+        above
+            .iter()
+            .copied()
+            .filter(|v| *v > last)
+            .min_by(f64::total_cmp)?
+    } else {
+        last
+    };
+    (cut > 0.0).then_some(cut)
 }
 
 /// Places one client. `None` only when no tree node holds, which `check-mapping` rules out.
@@ -399,5 +421,57 @@ pub fn format_number(v: f64) -> String {
         format!("{}", v as i64)
     } else {
         format!("{v:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_top_share_holds_at_most_its_percent() {
+        // 78 clients, most with one contact: the 95th percentile is 1, and a nearest-rank cut
+        // would let all of them in.
+        let mut contacts = vec![1.0; 60];
+        contacts.extend([0.0; 10]);
+        contacts.extend([2.0, 2.0, 3.0, 3.0, 4.0, 5.0, 6.0, 9.0]);
+        let cut = top_cut(contacts.clone(), 5.0).expect("a cut");
+        let held = contacts.iter().filter(|v| **v >= cut).count();
+        assert_eq!(top_room(78, 5.0), 3);
+        assert_eq!((cut, held), (5.0, 3));
+    }
+
+    #[test]
+    fn ties_at_the_cut_fall_out_together() {
+        // Room for 2; the second and third place tie at 7: both out, only 9 holds.
+        assert_eq!(
+            top_cut(vec![9.0, 7.0, 7.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], 20.0),
+            Some(9.0)
+        );
+        // Every client tied: no one clears the tie.
+        assert_eq!(top_cut(vec![1.0; 40], 10.0), None);
+        // No tie at the cut: the last place inside is the threshold.
+        assert_eq!(top_cut((1..=20).map(f64::from).collect(), 10.0), Some(19.0));
+    }
+
+    #[test]
+    fn zero_never_holds_and_small_populations_get_no_cut() {
+        assert_eq!(top_cut(vec![0.0; 100], 5.0), None);
+        assert_eq!(
+            top_cut(vec![3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], 10.0),
+            Some(3.0)
+        );
+        assert_eq!(top_room(19, 5.0), 0);
+        assert_eq!(top_cut((1..=19).map(f64::from).collect(), 5.0), None);
+        assert_eq!(top_room(20, 5.0), 1);
+        assert_eq!(top_cut((1..=20).map(f64::from).collect(), 5.0), Some(20.0));
+    }
+
+    #[test]
+    fn the_cut_does_not_depend_on_order() {
+        let values: Vec<f64> = (0..200).map(|i| f64::from((i * 37) % 23)).collect();
+        let mut reversed = values.clone();
+        reversed.reverse();
+        assert_eq!(top_cut(values, 10.0), top_cut(reversed, 10.0));
     }
 }

@@ -61,6 +61,101 @@ pub struct Mapping {
     /// Service areas (health, social welfare, oral health) the report breaks segments down by.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub service_areas: Vec<ServiceArea>,
+    /// Statuses whose resources count for nothing, per resource type: Encounter `status`,
+    /// Condition `verificationStatus`, the others' `status`. A type named here replaces its
+    /// defaults: Encounter `entered-in-error`, `cancelled` and `planned` (a planned visit is no
+    /// contact); Condition `refuted` and `entered-in-error`; Observation, EpisodeOfCare, Claim
+    /// and ExplanationOfBenefit `cancelled` and `entered-in-error`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub not_counted: BTreeMap<ResourceKind, Vec<String>>,
+    /// Assess clients whose Patient has `active: false`. By default they get no assessment and
+    /// no active Flag, as the dead and those born after the as-of date do.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub assess_inactive: bool,
+    /// The `category` of every Flag the model writes, a code of
+    /// `http://terminology.hl7.org/CodeSystem/flag-category`: `diet`, `drug`, `lab`, `admin`,
+    /// `behavioral`, `research`, `clinical` or `safety`; `admin` when not given. EHRs choose
+    /// by it which Flags their patient banner shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flag_category: Option<String>,
+}
+
+/// The codes of `http://terminology.hl7.org/CodeSystem/flag-category` a model's
+/// [`Mapping::flag_category`] may name, with their displays in that code system.
+pub const FLAG_CATEGORIES: [(&str, &str); 8] = [
+    ("diet", "Diet"),
+    ("drug", "Drug"),
+    ("lab", "Lab"),
+    ("admin", "Administrative"),
+    ("behavioral", "Behavioral"),
+    ("research", "Research"),
+    ("clinical", "Clinical"),
+    ("safety", "Safety"),
+];
+
+/// The Flag category when a model names none.
+pub const DEFAULT_FLAG_CATEGORY: &str = "admin";
+
+/// The statuses of `kind` that count for nothing by default ([`Mapping::not_counted`]).
+pub fn default_not_counted(kind: ResourceKind) -> &'static [&'static str] {
+    match kind {
+        ResourceKind::Patient => &[],
+        ResourceKind::Encounter => &["entered-in-error", "cancelled", "planned"],
+        ResourceKind::Condition => &["refuted", "entered-in-error"],
+        ResourceKind::Observation
+        | ResourceKind::EpisodeOfCare
+        | ResourceKind::Claim
+        | ResourceKind::ExplanationOfBenefit => &["cancelled", "entered-in-error"],
+    }
+}
+
+/// The statuses FHIR R4 defines for `kind`'s status element (Condition: `verificationStatus`),
+/// which `not_counted` may name.
+pub fn known_statuses(kind: ResourceKind) -> &'static [&'static str] {
+    match kind {
+        ResourceKind::Patient => &[],
+        ResourceKind::Encounter => &[
+            "planned",
+            "arrived",
+            "triaged",
+            "in-progress",
+            "onleave",
+            "finished",
+            "cancelled",
+            "entered-in-error",
+            "unknown",
+        ],
+        ResourceKind::Condition => &[
+            "unconfirmed",
+            "provisional",
+            "differential",
+            "confirmed",
+            "refuted",
+            "entered-in-error",
+        ],
+        ResourceKind::Observation => &[
+            "registered",
+            "preliminary",
+            "final",
+            "amended",
+            "corrected",
+            "cancelled",
+            "entered-in-error",
+            "unknown",
+        ],
+        ResourceKind::EpisodeOfCare => &[
+            "planned",
+            "waitlist",
+            "active",
+            "onhold",
+            "finished",
+            "cancelled",
+            "entered-in-error",
+        ],
+        ResourceKind::Claim | ResourceKind::ExplanationOfBenefit => {
+            &["active", "cancelled", "draft", "entered-in-error"]
+        }
+    }
 }
 
 /// A service area for the report: a client is in it when its feature is above zero (a contact
@@ -131,7 +226,9 @@ pub struct CodeList {
     /// What the list holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
-    /// `exact` codes only, or `prefix`: `F32` also matches `F32.1` (ICD-10 hierarchies).
+    /// `exact` codes only, or `prefix`: `F32` also matches `F32.1` (ICD-10 hierarchies). SNOMED
+    /// CT and LOINC codes match exactly either way: their identifiers carry no hierarchy, so a
+    /// descendant is listed by its own code.
     #[serde(default)]
     pub matching: Matching,
     /// The codes.
@@ -157,6 +254,13 @@ pub struct CodeEntry {
     pub system: String,
     /// The code.
     pub code: String,
+    /// The concept the code stands for (`heart-failure`), when the list names one concept in
+    /// several codes: ICD-10 I50 and SNOMED CT 84114007 and 88805009 are one illness. A
+    /// `distinct` count counts concepts, and a resource counts once, so an illness recorded in
+    /// two systems or two resources is one. A code without a concept is a concept of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9-]*$"))]
+    pub concept: Option<String>,
     /// Its display, for people reading the mapping and explanations.
     pub display: String,
     /// Where the code comes from (code system edition, document).
@@ -175,6 +279,12 @@ pub struct PriceTable {
     pub rules: Vec<PriceRule>,
     /// Price of a contact that no rule matches.
     pub otherwise: f64,
+    /// Exchange rates into `currency` for bills (Claim, ExplanationOfBenefit) in others
+    /// (`{USD: 0.92}`: one dollar is 0.92 euros). A bill in a currency without a rate does not
+    /// count: its client is costed by the price table, and the run counts such bills per
+    /// currency.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rates: BTreeMap<String, f64>,
 }
 
 /// One price rule.
@@ -230,16 +340,25 @@ pub enum Field {
     Category,
     /// Condition.clinicalStatus.
     ClinicalStatus,
+    /// Condition.verificationStatus (a model's `not_counted` decides which statuses count).
+    VerificationStatus,
+    /// The service a contact was: the codings of Encounter.serviceType and Encounter.type
+    /// together. Systems record it in either (Synthea and many EHRs only in `type`), so a list
+    /// of service types names the codes of both, and a `distinct` count over it counts each
+    /// contact's service once ([`CodeEntry::concept`]).
+    Service,
 }
 
 impl Field {
     /// The resource types that have this field.
     pub fn resources(self) -> &'static [ResourceKind] {
         match self {
-            Self::Class | Self::ServiceType | Self::ReasonCode => &[ResourceKind::Encounter],
+            Self::Class | Self::ServiceType | Self::ReasonCode | Self::Service => {
+                &[ResourceKind::Encounter]
+            }
             Self::Type => &[ResourceKind::Encounter, ResourceKind::EpisodeOfCare],
             Self::Code | Self::Category => &[ResourceKind::Condition, ResourceKind::Observation],
-            Self::ClinicalStatus => &[ResourceKind::Condition],
+            Self::ClinicalStatus | Self::VerificationStatus => &[ResourceKind::Condition],
         }
     }
 
@@ -264,6 +383,8 @@ impl Field {
             Self::Code => "code",
             Self::Category => "category",
             Self::ClinicalStatus => "clinicalStatus",
+            Self::VerificationStatus => "verificationStatus",
+            Self::Service => "serviceType and type",
         }
     }
 }

@@ -48,6 +48,11 @@ pub struct Plan {
     pub kinds: Vec<ResourceKind>,
     /// How many cost features are `billed` (each keeps per-source sums per client).
     pub billed_features: usize,
+    /// Per resource type, in [`ResourceKind::ALL`]'s order, the statuses that count for nothing.
+    not_counted: Vec<Vec<String>>,
+    /// A filter or `distinct` feature reads [`Field::Service`]: Encounter types and service
+    /// types are matched a second time, as services.
+    pub reads_service: bool,
 }
 
 /// A compiled (field, code list) pair: one bit of a resource's match mask.
@@ -59,14 +64,43 @@ pub struct Matcher {
     pub list: String,
 }
 
-/// For one field, every listed code with the bits of the matchers that list it, so a coding is
-/// matched against all code lists with one look-up (plus one per prefix length).
+/// For one field, every listed code with the bits of the matchers that list it and the concept
+/// it stands for, so a coding is matched against all code lists with one look-up (plus one per
+/// prefix length).
 #[derive(Debug, Default)]
 struct FieldIndex {
     /// Per code system, per code.
-    exact: FxHashMap<String, FxHashMap<String, u128>>,
+    exact: FxHashMap<String, FxHashMap<String, Listed>>,
     /// Per code system, per code prefix.
-    prefix: FxHashMap<String, FxHashMap<String, u128>>,
+    prefix: FxHashMap<String, FxHashMap<String, Listed>>,
+}
+
+/// A listed code: the bits of the lists that hold it, and its concept's key.
+#[derive(Debug, Clone, Copy, Default)]
+struct Listed {
+    mask: u128,
+    concept: u64,
+}
+
+/// Code systems whose codes carry no hierarchy: a prefix list matches them exactly.
+const FLAT_SYSTEMS: [&str; 2] = ["http://snomed.info/sct", "http://loinc.org"];
+
+/// The bit that marks a coding no list names: [`Plan::distinct_key`] prefers a listed concept.
+/// Inside the 48 bits a client's distinct set keeps of a key.
+const UNLISTED: u64 = 1 << 47;
+
+/// The bit that marks an unlisted key as a second choice ([`Plan::second_choice`]).
+const SECOND: u64 = 1 << 46;
+
+/// The key a concept is counted by: its name, or its one code.
+fn concept_key(concept: Option<&str>, system: &str, code: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    match concept {
+        Some(name) => ("concept", name).hash(&mut h),
+        None => (system, code).hash(&mut h),
+    }
+    h.finish() & !(UNLISTED | SECOND)
 }
 
 /// Filters compiled to match-mask tests.
@@ -472,16 +506,19 @@ impl<'m> Compiler<'m> {
         let bit = 1u128 << self.matchers.len();
         for entry in &code_list.codes {
             let system = self.system_url(&entry.system);
+            let concept = concept_key(entry.concept.as_deref(), &system, &entry.code);
             let index = self.index.entry(field).or_default();
+            let flat = FLAT_SYSTEMS.contains(&system.as_str());
             let table = match code_list.matching {
-                Matching::Exact => &mut index.exact,
-                Matching::Prefix => &mut index.prefix,
+                Matching::Prefix if !flat => &mut index.prefix,
+                _ => &mut index.exact,
             };
-            *table
+            let listed = table
                 .entry(system)
                 .or_default()
                 .entry(entry.code.clone())
-                .or_default() |= bit;
+                .or_insert(Listed { mask: 0, concept });
+            listed.mask |= bit;
         }
         self.matchers.push(Matcher {
             field,
@@ -869,7 +906,21 @@ impl Plan {
         }
         let billed_features = c.billed_features;
         let (matchers, index, percentiles) = (c.matchers, c.index, c.percentiles);
+        let not_counted = ResourceKind::ALL
+            .iter()
+            .map(|kind| match mapping.not_counted.get(kind) {
+                Some(statuses) => statuses.clone(),
+                None => mapping::default_not_counted(*kind)
+                    .iter()
+                    .map(|s| (*s).to_owned())
+                    .collect(),
+            })
+            .collect();
+        let reads_service =
+            index.contains_key(&Field::Service) || distinct_fields.contains(&Field::Service);
         Ok(Plan {
+            not_counted,
+            reads_service,
             mapping,
             as_of,
             matchers,
@@ -888,6 +939,12 @@ impl Plan {
         })
     }
 
+    /// Whether a resource of `kind` with `status` (a Condition's `verificationStatus`) counts
+    /// for nothing ([`Mapping::not_counted`]).
+    pub fn not_counted(&self, kind: ResourceKind, status: &str) -> bool {
+        self.not_counted[kind as usize].iter().any(|s| s == status)
+    }
+
     /// Whether the model reads resources of `kind`.
     pub fn reads_kind(&self, kind: ResourceKind) -> bool {
         self.kinds.contains(&kind)
@@ -898,24 +955,46 @@ impl Plan {
         self.index.contains_key(&field)
     }
 
-    /// The match bits of one coding of `field`.
-    pub fn mask_of(&self, field: Field, system: &str, code: &str) -> u128 {
+    /// The match bits of one coding of `field`, and the key of the concept a `distinct`
+    /// feature counts it as: the listed concept (an exact code before the longest prefix), or
+    /// for a code no list holds, the coding itself, marked so that a listed concept of the
+    /// same resource is preferred ([`Plan::distinct_key`]).
+    pub fn lookup(&self, field: Field, system: &str, code: &str) -> (u128, u64) {
+        let unlisted = || concept_key(None, system, code) | UNLISTED;
         let Some(index) = self.index.get(&field) else {
-            return 0;
+            return (0, unlisted());
         };
         // Looked up by borrowed str: this runs for every coding of every resource.
-        let mut mask = index
-            .exact
-            .get(system)
-            .and_then(|codes| codes.get(code))
-            .copied()
-            .unwrap_or(0);
+        let exact = index.exact.get(system).and_then(|codes| codes.get(code));
+        let (mut mask, mut concept) = exact.map_or((0, None), |l| (l.mask, Some(l.concept)));
         if let Some(prefixes) = index.prefix.get(system) {
+            let mut longest = None;
             for end in (1..=code.len()).filter(|&end| code.is_char_boundary(end)) {
-                mask |= prefixes.get(&code[..end]).copied().unwrap_or(0);
+                if let Some(l) = prefixes.get(&code[..end]) {
+                    mask |= l.mask;
+                    longest = Some(l.concept);
+                }
             }
+            concept = concept.or(longest);
         }
-        mask
+        (mask, concept.unwrap_or_else(unlisted))
+    }
+
+    /// `key`, counted only where the resource has no other unlisted coding: an Encounter's
+    /// `type` as its service when its `serviceType` is no listed service either.
+    pub fn second_choice(key: u64) -> u64 {
+        if key & UNLISTED != 0 {
+            key | SECOND
+        } else {
+            key
+        }
+    }
+
+    /// Of two concept keys of one resource's codings, the one it is counted by: a listed
+    /// concept before an unlisted coding, then the lower key, so the choice does not depend on
+    /// the order of the codings.
+    pub fn distinct_key(a: u64, b: u64) -> u64 {
+        a.min(b)
     }
 
     /// Index of the first tree node that holds for these criterion levels.

@@ -343,6 +343,7 @@ fn examples(plans: &[Plan], as_of: Day) -> Result<Vec<Value>, ProfileError> {
         area: None,
         bills: crate::synth::Bills::None,
         records: false,
+        shapes: false,
     };
     let folded = pipeline::fold(
         &Input::Synthetic(opts),

@@ -19,10 +19,8 @@
 //! the code list a `last_value` feature selects by names the score, and with it the unit.
 
 use std::borrow::Cow;
-use std::hash::{Hash, Hasher};
 
 use compact_str::CompactString;
-use rustc_hash::FxHasher;
 use serde::Deserialize;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use smallvec::SmallVec;
@@ -54,16 +52,55 @@ pub struct Fact {
     pub cost: f64,
     /// An Observation's `valueQuantity.value` or `valueInteger`.
     pub value: Option<f64>,
-    /// Read and counted, but selected by no feature: an Observation, EpisodeOfCare, Claim or
-    /// ExplanationOfBenefit whose status is `cancelled` or `entered-in-error`, or a Claim or
-    /// ExplanationOfBenefit without a total to cost it by.
+    /// Read and counted, but selected by no feature: a resource whose status the model does
+    /// not count ([`Plan::not_counted`]: an `entered-in-error` Encounter, a `refuted`
+    /// Condition), or a Claim or ExplanationOfBenefit without a total to cost it by.
     pub void: bool,
-    /// Hashes of the codes `distinct` features count, with the distinct-field index; a
-    /// resource has one or two, so they live inside the fact rather than in an allocation.
+    /// The concept (key) `distinct` features count the resource as, one per distinct field
+    /// ([`Plan::lookup`]), with the distinct-field index; a resource has one or two, so they
+    /// live inside the fact rather than in an allocation.
     pub codes: SmallVec<[(u8, u64); 2]>,
     /// A Patient's identifiers, links and last update, for joining several sources
     /// ([`super::join`]); `None` for other resources and for Patients that have none.
     pub person: Option<Box<Person>>,
+    /// Why a Patient's client gets no assessment at the as-of date; `None` for other resources.
+    pub unassessed: Option<Unassessed>,
+    /// A bill's currency when the model has no rate for it: the bill counts for nothing
+    /// (`void`), and the run counts such bills per currency.
+    pub unpriced: Option<CompactString>,
+}
+
+/// Why a client gets no assessment and no active Flag: what their Patient says at the as-of
+/// date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Unassessed {
+    /// `deceasedBoolean` true, or `deceasedDateTime` on or before the as-of date.
+    Deceased,
+    /// `birthDate` after the as-of date.
+    NotYetBorn,
+    /// `active` false, unless the model assesses inactive clients.
+    Inactive,
+}
+
+impl Unassessed {
+    /// As `summary.json` and the Flags' ending name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deceased => "deceased",
+            Self::NotYetBorn => "not-yet-born",
+            Self::Inactive => "inactive",
+        }
+    }
+
+    /// Why, for a person reading an ended Flag.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Deceased => "the client has died",
+            Self::NotYetBorn => "the client is born after the as-of date",
+            Self::Inactive => "the client's record is no longer active",
+        }
+    }
 }
 
 /// What a Patient says about whom it is. It holds identity codes: it goes to
@@ -113,6 +150,9 @@ struct Scan<'a> {
     billable_start: Option<Cow<'a, str>>,
     created: Option<Cow<'a, str>>,
     status: Option<Cow<'a, str>>,
+    deceased: Option<bool>,
+    deceased_at: Option<Cow<'a, str>>,
+    active: Option<bool>,
     total: Option<Totals<'a>>,
     value: Option<f64>,
     identifiers: Vec<LiteIdentifier<'a>>,
@@ -126,6 +166,8 @@ struct Scan<'a> {
 struct Codes {
     mask: u128,
     distinct: SmallVec<[(u8, u64); 2]>,
+    /// A Condition's `verificationStatus` is one the model does not count.
+    void: bool,
 }
 
 impl Codes {
@@ -135,15 +177,38 @@ impl Codes {
             return;
         };
         let (system, code) = (system.as_ref(), code.as_ref());
-        self.mask |= plan.mask_of(field, system, code);
+        if field == Field::VerificationStatus {
+            self.void |=
+                system == VERIFICATION_STATUS && plan.not_counted(ResourceKind::Condition, code);
+        }
+        if matches!(field, Field::Type | Field::ServiceType) && plan.reads_service {
+            let (mask, concept) = plan.lookup(Field::Service, system, code);
+            // Where neither names a listed service, the service type is the service.
+            let concept = match field {
+                Field::Type => Plan::second_choice(concept),
+                _ => concept,
+            };
+            self.add_code(plan, Field::Service, mask, concept);
+        }
+        let (mask, concept) = plan.lookup(field, system, code);
+        self.add_code(plan, field, mask, concept);
+    }
+
+    fn add_code(&mut self, plan: &Plan, field: Field, mask: u128, concept: u64) {
+        self.mask |= mask;
         if let Some(slot) = plan.distinct_fields.iter().position(|f| *f == field) {
-            let mut h = FxHasher::default();
-            (system, code).hash(&mut h);
-            self.distinct
-                .push((u8::try_from(slot).unwrap_or(u8::MAX), h.finish()));
+            // One concept per resource: its codings in several systems are one thing.
+            let slot = u8::try_from(slot).unwrap_or(u8::MAX);
+            match self.distinct.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, key)) => *key = Plan::distinct_key(*key, concept),
+                None => self.distinct.push((slot, concept)),
+            }
         }
     }
 }
+
+/// The code system of Condition.verificationStatus (a required binding in FHIR R4).
+const VERIFICATION_STATUS: &str = "http://terminology.hl7.org/CodeSystem/condition-ver-status";
 
 /// The keys a scan looks at; everything else is skipped unparsed.
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +241,10 @@ enum Key {
     Code,
     Category,
     ClinicalStatus,
+    VerificationStatus,
+    DeceasedBoolean,
+    DeceasedDateTime,
+    Active,
     ValueQuantity,
     ValueInteger,
     #[serde(other)]
@@ -392,6 +461,12 @@ impl<'de> Visitor<'de> for ResourceSeed<'_> {
                 Key::ClinicalStatus => {
                     map.next_value_seed(concept(Field::ClinicalStatus).with(&mut scan.codes))?
                 }
+                Key::VerificationStatus => {
+                    map.next_value_seed(concept(Field::VerificationStatus).with(&mut scan.codes))?
+                }
+                Key::DeceasedBoolean => scan.deceased = Some(map.next_value()?),
+                Key::DeceasedDateTime => scan.deceased_at = Some(map.next_value::<Text<'de>>()?.0),
+                Key::Active => scan.active = Some(map.next_value()?),
                 Key::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -650,10 +725,22 @@ fn extract(plan: &Plan, scan: Scan<'_>) -> Result<Fact, Rejection> {
         void: false,
         codes: SmallVec::new(),
         person: None,
+        unassessed: None,
+        unpriced: None,
     };
     if kind == ResourceKind::Patient {
         fact.patient = fact.id.clone();
         fact.day = day(&scan.birth_date, "birthDate")?;
+        let died = day(&scan.deceased_at, "deceasedDateTime")?;
+        fact.unassessed = if scan.deceased == Some(true) || died.is_some_and(|d| d <= plan.as_of) {
+            Some(Unassessed::Deceased)
+        } else if fact.day.is_some_and(|born| born > plan.as_of) {
+            Some(Unassessed::NotYetBorn)
+        } else if scan.active == Some(false) && !plan.mapping.assess_inactive {
+            Some(Unassessed::Inactive)
+        } else {
+            None
+        };
         fact.person = person(scan);
         return Ok(fact);
     }
@@ -706,8 +793,12 @@ fn extract(plan: &Plan, scan: Scan<'_>) -> Result<Fact, Rejection> {
             fact.day = day(&scan.billable_start, "billablePeriod.start")?
                 .or(day(&scan.created, "created")?);
             match billed_total(plan, kind, scan.total.as_ref()) {
-                Ok(Some(total)) => fact.cost = total,
-                Ok(None) => fact.void = true,
+                Ok(Total::Amount(total)) => fact.cost = total,
+                Ok(Total::None) => fact.void = true,
+                Ok(Total::Unpriced(currency)) => {
+                    fact.void = true;
+                    fact.unpriced = Some(CompactString::new(currency));
+                }
                 Err(reason) => {
                     return Err(Rejection {
                         other_type: None,
@@ -718,11 +809,12 @@ fn extract(plan: &Plan, scan: Scan<'_>) -> Result<Fact, Rejection> {
             }
         }
     }
-    if !matches!(kind, ResourceKind::Encounter | ResourceKind::Condition)
-        && matches!(
-            scan.status.as_deref(),
-            Some("cancelled" | "entered-in-error")
-        )
+    let status = match kind {
+        ResourceKind::Condition => None,
+        _ => scan.status.as_deref(),
+    };
+    if status.is_some_and(|s| plan.not_counted(kind, s))
+        || (kind == ResourceKind::Condition && scan.codes.void)
     {
         fact.void = true;
     }
@@ -736,16 +828,26 @@ fn extract(plan: &Plan, scan: Scan<'_>) -> Result<Fact, Rejection> {
     Ok(fact)
 }
 
-/// The cost a Claim (`total`) or ExplanationOfBenefit (the `submitted` total) states, in the
-/// price table's currency; `None` when it states none, an error for an amount in another
-/// currency or a total of the wrong shape.
-fn billed_total(
+/// What a bill's total says, in the price table's currency.
+#[derive(Debug, PartialEq)]
+enum Total<'t> {
+    /// No total to cost the care by.
+    None,
+    /// The amount, converted at the model's rate where it is in another currency.
+    Amount(f64),
+    /// An amount in a currency the model has no rate for.
+    Unpriced(&'t str),
+}
+
+/// The cost a Claim (`total`) or ExplanationOfBenefit (the `submitted` total) states; an error
+/// for a total of the wrong shape.
+fn billed_total<'t>(
     plan: &Plan,
     kind: ResourceKind,
-    total: Option<&Totals<'_>>,
-) -> Result<Option<f64>, String> {
+    total: Option<&'t Totals<'_>>,
+) -> Result<Total<'t>, String> {
     let money = match (kind, total) {
-        (_, None) => return Ok(None),
+        (_, None) => return Ok(Total::None),
         (ResourceKind::Claim, Some(Totals::One(money))) => money,
         (ResourceKind::ExplanationOfBenefit, Some(Totals::ByCategory(totals))) => {
             let submitted = totals.iter().find(|t| {
@@ -758,7 +860,7 @@ fn billed_total(
             });
             match submitted.and_then(|t| t.amount.as_ref()) {
                 Some(money) => money,
-                None => return Ok(None),
+                None => return Ok(Total::None),
             }
         }
         _ => {
@@ -768,15 +870,17 @@ fn billed_total(
         }
     };
     let Some(value) = money.value else {
-        return Ok(None);
+        return Ok(Total::None);
     };
-    let expected = plan.mapping.prices.as_ref().map(|p| p.currency.as_str());
-    match (money.currency.as_ref().map(|c| c.0.as_ref()), expected) {
-        (Some(found), Some(expected)) if found != expected => Err(format!(
-            "{kind} total is in {found}, but model {} costs in {expected}; convert the amounts at the source, or give the model's price table the data's currency",
-            plan.mapping.id
-        )),
-        _ => Ok(Some(value)),
+    let Some(prices) = &plan.mapping.prices else {
+        return Ok(Total::Amount(value));
+    };
+    match money.currency.as_ref().map(|c| c.0.as_ref()) {
+        Some(found) if found != prices.currency => match prices.rates.get(found) {
+            Some(rate) => Ok(Total::Amount(value * rate)),
+            None => Ok(Total::Unpriced(found)),
+        },
+        _ => Ok(Total::Amount(value)),
     }
 }
 

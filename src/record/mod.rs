@@ -19,7 +19,7 @@ pub mod join;
 use compact_str::CompactString;
 use rustc_hash::FxHashMap;
 
-pub use extract::{Fact, Rejection};
+pub use extract::{Fact, Rejection, Unassessed};
 
 use crate::day::Day;
 use crate::model::plan::{Aggregate, Plan};
@@ -83,6 +83,8 @@ pub struct ClientRecord {
     pub has_patient: bool,
     /// Patient.birthDate.
     pub birth: Option<Day>,
+    /// Why the client gets no assessment, when their Patient says so.
+    pub unassessed: Option<Unassessed>,
     slots: Box<[u64]>,
     bills: Box<[Bills]>,
     distinct: Vec<u64>,
@@ -118,6 +120,7 @@ impl ClientRecord {
         Self {
             has_patient: false,
             birth: None,
+            unassessed: None,
             slots,
             bills: vec![Bills::default(); plan.billed_features].into_boxed_slice(),
             distinct: Vec::new(),
@@ -251,6 +254,22 @@ impl ClientRecord {
     /// code sets and date spans unite, evidence is kept per source. The birth date already
     /// here wins: sources are merged in the order given, the first preferred.
     pub fn merge(&mut self, plan: &Plan, other: ClientRecord) {
+        // Death or a birth after the as-of date in any source decides; an inactive record in
+        // one system does not end the client's care in the others.
+        self.unassessed = match (self.has_patient, other.has_patient) {
+            (_, false) => self.unassessed,
+            (false, true) => other.unassessed,
+            (true, true) => match (self.unassessed, other.unassessed) {
+                (Some(Unassessed::Inactive), Some(Unassessed::Inactive)) => {
+                    Some(Unassessed::Inactive)
+                }
+                (a, b) => a
+                    .into_iter()
+                    .chain(b)
+                    .filter(|u| *u != Unassessed::Inactive)
+                    .min(),
+            },
+        };
         self.has_patient |= other.has_patient;
         self.birth = self.birth.or(other.birth);
         for (i, feature) in plan.features.iter().enumerate() {
@@ -292,6 +311,9 @@ pub struct FoldStats {
     pub resources: FxHashMap<ResourceKind, u64>,
     /// Resources dated after the as-of date: read, but outside every window.
     pub after_as_of: u64,
+    /// Bills in a currency the model has no rate for, per currency: they count for nothing,
+    /// and their clients are costed by the price table.
+    pub unpriced_bills: std::collections::BTreeMap<CompactString, u64>,
 }
 
 /// The running fold over every client.
@@ -330,9 +352,17 @@ impl<'p> Fold<'p> {
             }
             record.has_patient = true;
             record.birth = fact.day;
+            record.unassessed = fact.unassessed;
         }
         record.resources += 1;
         *self.stats.resources.entry(fact.kind).or_default() += 1;
+        if let Some(currency) = &fact.unpriced {
+            *self
+                .stats
+                .unpriced_bills
+                .entry(currency.clone())
+                .or_default() += 1;
+        }
         if fact.kind == ResourceKind::Patient {
             return Ok(());
         }
@@ -626,23 +656,207 @@ tree:
     }
 
     #[test]
-    fn an_amount_in_another_currency_is_rejected_and_one_without_a_currency_is_taken() {
+    fn a_bill_in_an_unpriced_currency_falls_back_to_the_price_table_and_is_counted() {
         let plan = billed_plan(BOTH);
         let mut dollars = claim("c", "2025-06-01", 250.0);
         dollars["total"]["currency"] = json!("USD");
-        let r = extract::extract_value(&plan, &dollars).expect_err("rejected");
-        assert_eq!(r.resource.as_deref(), Some("Claim/c"));
-        assert!(
-            r.reason.contains("USD") && r.reason.contains("EUR"),
-            "{}",
-            r.reason
+        let fact = extract::extract_value(&plan, &dollars).expect("read, not rejected");
+        assert!(fact.void);
+        assert_eq!(fact.unpriced.as_deref(), Some("USD"));
+        // The client's one Encounter is priced at 100 by the table.
+        assert_eq!(
+            cost(&plan, &[dollars.clone(), encounter("e", "2025-06-01")]),
+            100.0
         );
+        let mut fold = Fold::new(&plan);
+        fold.apply(extract::extract_value(&plan, &dollars).expect("fact"))
+            .expect("folded");
+        assert_eq!(fold.stats().unpriced_bills.get("USD"), Some(&1));
+
         let mut bare = claim("c", "2025-06-01", 250.0);
         bare["total"]
             .as_object_mut()
             .expect("money")
             .remove("currency");
         assert_eq!(cost(&plan, &[bare]), 250.0);
+    }
+
+    #[test]
+    fn a_bill_in_a_currency_with_a_rate_is_converted() {
+        let yaml = format!(
+            r#"
+id: t
+canonical: https://example.org/t
+version: "1"
+title: {{fi: t, sv: t, en: t}}
+prices: {{currency: EUR, source: test, rules: [], otherwise: 100, rates: {{USD: 0.5}}}}
+features:
+  - id: f
+    title: {{fi: k, sv: k, en: c}}
+    cost: {{resource: Encounter, window: P12M{BOTH}}}
+criteria:
+  - id: c
+    title: {{fi: c, sv: c, en: c}}
+    levels: [{{code: low, display: {{fi: l, sv: l, en: l}}}}]
+segments:
+  - {{code: "1", order: 1, display: {{fi: s, sv: s, en: s}}, guidance: {{fi: g, sv: g, en: g}}}}
+tree:
+  - {{id: all, segment: "1", because: {{fi: b, sv: b, en: b}}}}
+"#
+        );
+        let plan = Plan::compile(
+            load_str(&yaml).expect("model"),
+            "2026-01-01".parse().expect("day"),
+        )
+        .expect("plan");
+        let mut dollars = claim("c", "2025-06-01", 250.0);
+        dollars["total"]["currency"] = json!("USD");
+        assert_eq!(cost(&plan, &[dollars]), 125.0);
+    }
+
+    #[test]
+    fn statuses_that_fhir_marks_as_void_count_for_nothing() {
+        let plan = one_feature_plan("count: {resource: Encounter, window: P12M}");
+        let with_status = |status: &str| {
+            let mut e = encounter("e", "2025-06-01");
+            e["status"] = json!(status);
+            e
+        };
+        for status in ["entered-in-error", "cancelled", "planned"] {
+            assert_eq!(value(&plan, &[with_status(status)]), Some(0.0), "{status}");
+        }
+        for status in ["finished", "in-progress", "arrived"] {
+            assert_eq!(value(&plan, &[with_status(status)]), Some(1.0), "{status}");
+        }
+        let conditions = one_feature_plan("count: {resource: Condition}");
+        let condition = |verification: &str| {
+            json!({"resourceType": "Condition", "id": verification, "subject": {"reference": "Patient/p"},
+                "code": {"coding": [{"system": "http://snomed.info/sct", "code": "38341003"}]},
+                "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": verification}]}})
+        };
+        assert_eq!(value(&conditions, &[condition("refuted")]), Some(0.0));
+        assert_eq!(
+            value(&conditions, &[condition("entered-in-error")]),
+            Some(0.0)
+        );
+        assert_eq!(value(&conditions, &[condition("confirmed")]), Some(1.0));
+        assert_eq!(value(&conditions, &[condition("provisional")]), Some(1.0));
+    }
+
+    #[test]
+    fn a_distinct_count_counts_concepts_and_each_resource_once() {
+        let plan = one_feature_plan(
+            r#"distinct: {resource: Condition, field: code, where: [{field: code, in: chronic}]}
+systems: {icd10: "http://hl7.org/fhir/sid/icd-10", snomed: "http://snomed.info/sct"}
+code_lists:
+  - id: chronic
+    matching: prefix
+    codes:
+      - {system: icd10, code: I50, concept: heart-failure, display: Heart failure, source: t}
+      - {system: snomed, code: "84114007", concept: heart-failure, display: Heart failure, source: t}
+      - {system: snomed, code: "88805009", concept: heart-failure, display: Chronic congestive heart failure, source: t}
+      - {system: icd10, code: E11, display: Type 2 diabetes, source: t}
+      - {system: snomed, code: "4411", display: A SNOMED CT id, source: t}"#,
+        );
+        let condition = |id: &str, codings: &[(&str, &str)]| {
+            let coding: Vec<Value> = codings
+                .iter()
+                .map(|(system, code)| json!({"system": system, "code": code}))
+                .collect();
+            json!({"resourceType": "Condition", "id": id, "subject": {"reference": "Patient/p"},
+                "code": {"coding": coding}})
+        };
+        let (icd, sct) = ("http://hl7.org/fhir/sid/icd-10", "http://snomed.info/sct");
+        let dual = condition("a", &[(icd, "I50.9"), (sct, "84114007")]);
+        assert_eq!(
+            value(&plan, std::slice::from_ref(&dual)),
+            Some(1.0),
+            "two systems, one illness"
+        );
+        let descendant = condition("b", &[(sct, "88805009")]);
+        assert_eq!(
+            value(&plan, &[dual.clone(), descendant.clone()]),
+            Some(1.0),
+            "two resources, one illness"
+        );
+        let diabetes = [
+            condition("c", &[(icd, "E11.9")]),
+            condition("d", &[(icd, "E11.65")]),
+        ];
+        let mut all = vec![dual, descendant];
+        all.extend(diabetes);
+        assert_eq!(
+            value(&plan, &all),
+            Some(2.0),
+            "E11.9 and E11.65 are one list entry"
+        );
+        // SNOMED CT ids carry no hierarchy: a prefix list matches them exactly.
+        assert_eq!(
+            value(&plan, &[condition("e", &[(sct, "44112")])]),
+            Some(0.0)
+        );
+        assert_eq!(value(&plan, &[condition("e", &[(sct, "4411")])]), Some(1.0));
+    }
+
+    #[test]
+    fn a_model_may_count_what_the_defaults_leave_out() {
+        let plan = one_feature_plan(
+            "count: {resource: Encounter, window: P12M}\nnot_counted: {Encounter: [entered-in-error]}",
+        );
+        let mut planned = encounter("e", "2025-06-01");
+        planned["status"] = json!("planned");
+        assert_eq!(value(&plan, &[planned]), Some(1.0));
+    }
+
+    #[test]
+    fn the_dead_the_unborn_and_the_inactive_are_not_assessed() {
+        let plan = one_feature_plan("count: {resource: Encounter, window: P12M}");
+        let unassessed = |patient: Value| {
+            extract::extract_value(&plan, &patient)
+                .expect("fact")
+                .unassessed
+        };
+        let p = |extra: Value| {
+            let mut p = json!({"resourceType": "Patient", "id": "p", "birthDate": "1950-01-01"});
+            for (k, v) in extra.as_object().expect("object") {
+                p[k] = v.clone();
+            }
+            p
+        };
+        assert_eq!(unassessed(p(json!({}))), None);
+        assert_eq!(
+            unassessed(p(json!({"deceasedBoolean": true}))),
+            Some(Unassessed::Deceased)
+        );
+        assert_eq!(unassessed(p(json!({"deceasedBoolean": false}))), None);
+        assert_eq!(
+            unassessed(p(json!({"deceasedDateTime": "2026-01-01T10:00:00Z"}))),
+            Some(Unassessed::Deceased),
+            "on the as-of date"
+        );
+        assert_eq!(
+            unassessed(p(json!({"deceasedDateTime": "2026-01-02"}))),
+            None,
+            "after it"
+        );
+        assert_eq!(
+            unassessed(p(json!({"birthDate": "2026-01-02"}))),
+            Some(Unassessed::NotYetBorn)
+        );
+        assert_eq!(
+            unassessed(p(json!({"active": false}))),
+            Some(Unassessed::Inactive)
+        );
+        assert_eq!(unassessed(p(json!({"active": true}))), None);
+        let assessing =
+            one_feature_plan("count: {resource: Encounter, window: P12M}\nassess_inactive: true");
+        let inactive = p(json!({"active": false}));
+        assert_eq!(
+            extract::extract_value(&assessing, &inactive)
+                .expect("fact")
+                .unassessed,
+            None
+        );
     }
 
     #[test]

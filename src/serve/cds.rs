@@ -248,6 +248,11 @@ async fn answer(
         let Some(record) = record else {
             return Err(bad(format!("the prefetch holds no Patient/{patient}")));
         };
+        // No segment is offered for a client who gets none in a run (death, a birth after today,
+        // an inactive record): a card would contradict the Flags the runs end.
+        if record.unassessed.is_some() {
+            continue;
+        }
         let fixed = thresholds.get(plan.mapping.id.as_str());
         let limits = fixed.map_or_else(
             || vec![None; plan.percentiles.len()],

@@ -326,7 +326,7 @@ pub const SOCIAL_RISK: [Diagnosis; 2] = [
     d(
         c("Z60.2", "Yksin asuminen"),
         None,
-        c("160903007", "Lives alone"),
+        c("105529008", "Lives alone"),
     ),
 ];
 
@@ -395,3 +395,97 @@ pub const GIVEN_F: [&str; 10] = [
 pub const GIVEN_M: [&str; 10] = [
     "Juhani", "Olavi", "Antero", "Mikael", "Johannes", "Matti", "Kalevi", "Tapani", "Eino", "Onni",
 ];
+
+/// CVX vaccine codes (Immunization.vaccineCode, as Synthea writes them).
+pub const CVX: &str = "http://hl7.org/fhir/sid/cvx";
+/// RxNorm (MedicationRequest medicines of international data, as Synthea writes them).
+pub const RXNORM: &str = "http://www.nlm.nih.gov/research/umls/rxnorm";
+/// WHO ATC (MedicationRequest medicines of Finnish data).
+pub const ATC: &str = "http://www.whocc.no/atc";
+/// HL7 organization types.
+pub const ORGANIZATION_TYPE: &str = "http://terminology.hl7.org/CodeSystem/organization-type";
+
+/// Procedures of `synth --real-shapes`, a type no model reads (source: SNOMED CT
+/// International, codes Synthea uses).
+pub const PROCEDURES: [Code; 5] = [
+    c("430193006", "Medication reconciliation (procedure)"),
+    c(
+        "710824005",
+        "Assessment of health and social care needs (procedure)",
+    ),
+    c("171207006", "Depression screening (procedure)"),
+    c("76601001", "Intramuscular injection (procedure)"),
+    c("73761001", "Colonoscopy (procedure)"),
+];
+
+/// Vaccines of `synth --real-shapes` (source: CDC CVX, codes Synthea uses).
+pub const VACCINES: [Code; 4] = [
+    c("140", "Influenza, seasonal, injectable, preservative free"),
+    c("113", "Td (adult) preservative free"),
+    c("133", "Pneumococcal conjugate PCV 13"),
+    c(
+        "208",
+        "SARS-COV-2 (COVID-19) vaccine, mRNA, spike protein, LNP, preservative free, 30 mcg/0.3mL dose",
+    ),
+];
+
+/// Medicines of `synth --real-shapes`: ATC for Finnish data (source: WHO ATC index) and RxNorm
+/// for international data (source: NLM RxNorm, codes Synthea uses).
+pub const MEDICINES: [(Code, Code); 5] = [
+    (
+        c("A10BA02", "Metformiini"),
+        c(
+            "860975",
+            "24 HR Metformin hydrochloride 500 MG Extended Release Oral Tablet",
+        ),
+    ),
+    (
+        c("C09AA03", "Lisinopriili"),
+        c("314076", "lisinopril 10 MG Oral Tablet"),
+    ),
+    (
+        c("C10AA01", "Simvastatiini"),
+        c("312961", "Simvastatin 20 MG Oral Tablet"),
+    ),
+    (
+        c("C08CA01", "Amlodipiini"),
+        c("197361", "Amlodipine 5 MG Oral Tablet"),
+    ),
+    (
+        c("N02BE01", "Parasetamoli"),
+        c("313782", "Acetaminophen 325 MG Oral Tablet"),
+    ),
+];
+
+/// More specific SNOMED CT codes (descendants) of the tables' diagnoses, as Synthea codes them:
+/// the table's code and its descendant (source: SNOMED CT International). Hypertension's table
+/// code (38341003) is older Synthea's; newer Synthea writes essential hypertension.
+pub const DESCENDANTS: [(&str, Code); 4] = [
+    (
+        "84114007",
+        c("88805009", "Chronic congestive heart failure (disorder)"),
+    ),
+    (
+        "709044004",
+        c("431856006", "Chronic kidney disease stage 2 (disorder)"),
+    ),
+    (
+        "13645005",
+        c("185086009", "Chronic obstructive bronchitis (disorder)"),
+    ),
+    (
+        "38341003",
+        c("59621000", "Essential hypertension (disorder)"),
+    ),
+];
+
+/// Every diagnosis of the tables.
+pub fn diagnoses() -> impl Iterator<Item = Diagnosis> {
+    CHRONIC
+        .into_iter()
+        .chain([HYPERTENSION, SUBSTANCE])
+        .chain(MENTAL)
+        .chain(ORAL)
+        .chain(SOCIAL_RISK)
+        .chain(ACUTE)
+}

@@ -13,8 +13,18 @@
 //! restating it, as Synthea writes them; without bills the output is what it always was. With
 //! care records ([`SynthOptions::records`], `--care-records`) the data also hold what a model
 //! reads beyond contacts and diagnoses ([`records`]): social-welfare service decisions
-//! (EpisodeOfCare), Barthel Index totals and oral-status findings (Observation). This module
-//! writes files only in [`write_dir`]; it knows nothing of models.
+//! (EpisodeOfCare), Barthel Index totals and oral-status findings (Observation). With real
+//! shapes ([`SynthOptions::shapes`], `--real-shapes`) the data also have what real exports
+//! (Synthea and others) have and the population otherwise lacks: Procedure, Immunization and
+//! MedicationRequest resources ([`extras`]) and one Organization ([`organization`]), types no
+//! model reads, which are in the written files and a loaded server but not in [`lines`];
+//! diagnoses coded both in ICD-10 and SNOMED CT, or with more specific SNOMED CT codes as
+//! Synthea codes them; Encounters entered in error or cancelled (which cost nothing and get no
+//! bills); refuted Conditions; deceased and inactive Patients. They are drawn from streams of
+//! their own, so the rest of the population is what it was, and the flag is off by default: the
+//! embedded default and every output without it are byte for byte what they were. Ties in
+//! service use need no shape of their own: many clients have the same number of contacts. This
+//! module writes files only in [`write_dir`]; it knows nothing of models.
 
 pub mod codes;
 
@@ -66,6 +76,9 @@ pub struct SynthOptions {
     pub bills: Bills,
     /// Whether to write care records ([`records`]) too.
     pub records: bool,
+    /// Whether to give the population the shapes of real exports (see the module's
+    /// documentation, [`extras`] and [`organization`]); without them it is what it always was.
+    pub shapes: bool,
 }
 
 /// Which bills [`bills`] writes for each Encounter.
@@ -108,6 +121,9 @@ pub struct SynthReport {
     pub bills: u64,
     /// Observation and EpisodeOfCare resources.
     pub records: u64,
+    /// With `shapes`: Procedure, Immunization and MedicationRequest resources, and the one
+    /// Organization.
+    pub shapes: u64,
     /// Cost of all contacts, EUR.
     pub total_cost_eur: f64,
     /// Share of the cost held by the 10 % most costly clients.
@@ -394,11 +410,162 @@ pub fn client(opts: &SynthOptions, index: u64) -> SynthClient {
             condition
         })
         .collect();
-    SynthClient {
+    let mut client = SynthClient {
         patient,
         encounters,
         conditions,
         cost_eur: cost,
+    };
+    if opts.shapes {
+        reshape(opts, index, &mut client);
+    }
+    client
+}
+
+/// Whether an Encounter took place: a generated one is `finished` unless [`reshape`] made it an
+/// error or a cancellation, which cost nothing and are billed for nothing.
+fn finished(encounter: &Value) -> bool {
+    encounter["status"] == "finished"
+}
+
+/// The diagnosis of a generated Condition's first coding (a code of the tables).
+fn diagnosis_of(condition: &Value) -> Option<Diagnosis> {
+    let code = condition
+        .pointer("/code/coding/0/code")
+        .and_then(Value::as_str)?;
+    codes::diagnoses().find(|d| d.icd10.code == code || d.snomed.code == code)
+}
+
+/// The more specific SNOMED CT code of a table's SNOMED CT code, if Synthea has one.
+fn descendant(code: &str) -> Option<codes::Code> {
+    codes::DESCENDANTS
+        .iter()
+        .find(|(of, _)| *of == code)
+        .map(|&(_, d)| d)
+}
+
+/// The shapes of real exports on client `index` (`opts.shapes`), from a stream of its own whose
+/// first draws decide which shapes a client gets, so the rest of the client is what it was:
+/// - about a fifth of the clients have a diagnosis coded both in ICD-10 and SNOMED CT, the
+///   SNOMED CT code of Finnish data half the time a more specific one ([`codes::DESCENDANTS`]);
+/// - in international data about a third of the clients have the more specific codes
+///   throughout, as Synthea codes them;
+/// - about 3 % have one more Encounter, a copy of one of theirs `entered-in-error` or
+///   `cancelled`, and about 3 % a refuted Condition of a long-term illness they do not have;
+/// - about 2 % of the Patients have died (`deceasedDateTime`, after their last contact and
+///   before the as-of date) and about 1 % are not `active`.
+fn reshape(opts: &SynthOptions, index: u64, c: &mut SynthClient) {
+    let mut rng = rng_for(opts.seed, index);
+    rng.set_stream(3);
+    let intl = opts.flavor == CodeFlavor::International;
+    // Drawn for every client, in this order.
+    let dual = rng.random_bool(0.2);
+    let specific = rng.random_bool(0.3) && intl;
+    let voided = rng.random_bool(0.03);
+    let refuted = rng.random_bool(0.03);
+    let deceased = rng.random_bool(0.02);
+    let inactive = rng.random_bool(0.01);
+
+    let primary = if intl { codes::SNOMED } else { codes::ICD10FI };
+    let both = c.conditions.iter().enumerate().find_map(|(n, r)| {
+        let system = r.pointer("/code/coding/0/system").and_then(Value::as_str);
+        (system == Some(primary))
+            .then(|| diagnosis_of(r))
+            .flatten()
+            .map(|d| (n, d))
+    });
+    if dual && let Some((at, dx)) = both {
+        let other = if intl {
+            coding(codes::ICD10FI, dx.icd10)
+        } else {
+            let snomed = match descendant(dx.snomed.code) {
+                Some(d) if rng.random_bool(0.5) => d,
+                _ => dx.snomed,
+            };
+            coding(codes::SNOMED, snomed)
+        };
+        if let Some(list) = c.conditions[at]
+            .pointer_mut("/code/coding")
+            .and_then(Value::as_array_mut)
+        {
+            list.push(other);
+        }
+    }
+
+    if voided && !c.encounters.is_empty() {
+        let mut copy = c.encounters[rng.random_range(0..c.encounters.len())].clone();
+        copy["id"] = json!(format!("e{index:07}-{:04}", c.encounters.len()));
+        copy["status"] = json!(if rng.random_bool(0.5) {
+            "entered-in-error"
+        } else {
+            "cancelled"
+        });
+        c.encounters.push(copy);
+    }
+
+    let held = |d: &Diagnosis| {
+        c.conditions.iter().any(|r| {
+            r["code"]["coding"].as_array().is_some_and(|list| {
+                list.iter().any(|x| {
+                    x["code"] == d.icd10.code
+                        || x["code"] == d.snomed.code
+                        || d.icpc2.is_some_and(|i| x["code"] == i.code)
+                })
+            })
+        })
+    };
+    let free: Vec<Diagnosis> = codes::CHRONIC.into_iter().filter(|d| !held(d)).collect();
+    if refuted && !free.is_empty() {
+        let dx = pick(&mut rng, &free);
+        let n = c.conditions.len();
+        let code = if intl {
+            coding(codes::SNOMED, dx.snomed)
+        } else {
+            coding(codes::ICD10FI, dx.icd10)
+        };
+        let patient = c.patient["id"].as_str().unwrap_or_default();
+        let mut condition = json!({
+            "resourceType": "Condition",
+            "id": format!("c{index:07}-{n:03}"),
+            "verificationStatus": {"coding": [{"system": codes::VERIFICATION, "code": "refuted"}]},
+            "code": {"coding": [code]},
+            "subject": {"reference": format!("Patient/{patient}")},
+            "onsetDateTime": opts.as_of.plus_days(-rng.random_range(30..1000)).to_string(),
+        });
+        if let Some(e) = c.encounters.first() {
+            condition["encounter"] =
+                json!({"reference": format!("Encounter/{}", e["id"].as_str().unwrap_or_default())});
+        }
+        c.conditions.push(condition);
+    }
+
+    if specific {
+        for r in &mut c.conditions {
+            if let Some(first) = r.pointer_mut("/code/coding/0")
+                && first["system"] == codes::SNOMED
+                && let Some(d) = first["code"].as_str().and_then(descendant)
+            {
+                *first = coding(codes::SNOMED, d);
+            }
+        }
+    }
+
+    if deceased {
+        let last = c
+            .encounters
+            .iter()
+            .filter_map(|e| e.pointer("/period/end").and_then(Value::as_str))
+            .filter_map(Day::parse_fhir)
+            .max();
+        let day = match last {
+            Some(last) => last.plus_days(rng.random_range(1..120)),
+            None => opts.as_of.plus_days(-rng.random_range(30..1000)),
+        };
+        let day = day.min(opts.as_of.plus_days(-1));
+        c.patient["deceasedDateTime"] = json!(datetime(day, rng.random_range(0..24 * 60)));
+    }
+    if inactive {
+        c.patient["active"] = json!(false);
     }
 }
 
@@ -522,7 +689,12 @@ fn in_area(seed: u64, index: u64, area: Area, mut c: SynthClient) -> Option<Synt
             o.remove("encounter");
         }
     }
-    c.cost_eur = c.encounters.iter().map(cost_eur).sum();
+    c.cost_eur = c
+        .encounters
+        .iter()
+        .filter(|e| finished(e))
+        .map(cost_eur)
+        .sum();
     Some(c)
 }
 
@@ -535,7 +707,7 @@ pub fn bills(opts: &SynthOptions, c: &SynthClient) -> Vec<Value> {
         return Vec::new();
     }
     let mut out = Vec::new();
-    for e in &c.encounters {
+    for e in c.encounters.iter().filter(|e| finished(e)) {
         let id = e["id"].as_str().unwrap_or_default();
         let total = json!({"value": cost_eur(e), "currency": "EUR"});
         let created = e.pointer("/period/end").unwrap_or(&e["period"]["start"]);
@@ -600,11 +772,12 @@ pub fn records(opts: &SynthOptions, index: u64, c: &SynthClient) -> Vec<Value> {
             .to_owned()
     };
     let day = |e: &Value| Day::parse_fhir(&text(e, "/period/start"));
+    let encounters = || c.encounters.iter().filter(|e| finished(e));
     let mut out = Vec::new();
 
     // Decisions: one per service, with the first and last day of its contacts.
     let mut decided: Vec<(Value, Day, Day)> = Vec::new();
-    for e in &c.encounters {
+    for e in encounters() {
         let service = text(e, "/serviceType/coding/0/code");
         let kind = if intl {
             (text(e, "/class/code") == "HH" && service == codes::T72.snomed.code)
@@ -641,13 +814,11 @@ pub fn records(opts: &SynthOptions, index: u64, c: &SynthClient) -> Vec<Value> {
 
     let age =
         Day::parse_fhir(&text(&c.patient, "/birthDate")).map_or(0, |b| b.years_until(opts.as_of));
-    let home: Vec<Day> = c
-        .encounters
-        .iter()
+    let home: Vec<Day> = encounters()
         .filter(|e| text(e, "/class/code") == "HH")
         .filter_map(day)
         .collect();
-    let last_contact = c.encounters.iter().filter_map(day).max();
+    let last_contact = encounters().filter_map(day).max();
     let mut scores: Vec<(Day, f64)> = Vec::new();
     if age >= 65
         && let Some(&last) = home.iter().max()
@@ -677,7 +848,7 @@ pub fn records(opts: &SynthOptions, index: u64, c: &SynthClient) -> Vec<Value> {
         }));
     }
 
-    let oral = c.encounters.iter().filter(|e| {
+    let oral = encounters().filter(|e| {
         let service = text(e, "/serviceType/coding/0/code");
         service == codes::T60.palvelumuoto.code || service == codes::T60.snomed.code
     });
@@ -699,6 +870,87 @@ pub fn records(opts: &SynthOptions, index: u64, c: &SynthClient) -> Vec<Value> {
         }));
     }
     out
+}
+
+/// What client `index` has beyond what segmentti reads, when `opts.shapes` and its system is
+/// the health-care one (`c` as it holds it): a few Procedures, Immunizations and
+/// MedicationRequests (ATC medicines in Finnish data, RxNorm in international), dated in the
+/// three years before the as-of date or their death. From a stream of their own.
+pub fn extras(opts: &SynthOptions, index: u64, c: &SynthClient) -> Vec<Value> {
+    if !opts.shapes || opts.area.is_some_and(|a| a != Area::Health) {
+        return Vec::new();
+    }
+    let mut rng = rng_for(opts.seed, index);
+    rng.set_stream(4);
+    let intl = opts.flavor == CodeFlavor::International;
+    let patient = c.patient["id"].as_str().unwrap_or_default();
+    let subject = json!({"reference": format!("Patient/{patient}")});
+    let end = c.patient["deceasedDateTime"]
+        .as_str()
+        .and_then(Day::parse_fhir)
+        .unwrap_or(opts.as_of);
+    let when = |rng: &mut ChaCha8Rng| {
+        let day = end.plus_days(-rng.random_range(0..3 * 365));
+        (day, datetime(day, rng.random_range(480..960)))
+    };
+    let mut out = Vec::new();
+    for n in 0..rng.random_range(0..=3u32) {
+        let (_, at) = when(&mut rng);
+        out.push(json!({
+            "resourceType": "Procedure",
+            "id": format!("pr{index:07}-{n}"),
+            "status": "completed",
+            "code": {"coding": [coding(codes::SNOMED, pick(&mut rng, &codes::PROCEDURES))]},
+            "subject": subject,
+            "performedDateTime": at,
+        }));
+    }
+    for n in 0..rng.random_range(0..=2u32) {
+        let (_, at) = when(&mut rng);
+        out.push(json!({
+            "resourceType": "Immunization",
+            "id": format!("im{index:07}-{n}"),
+            "status": "completed",
+            "vaccineCode": {"coding": [coding(codes::CVX, pick(&mut rng, &codes::VACCINES))]},
+            "patient": subject,
+            "occurrenceDateTime": at,
+            "primarySource": true,
+        }));
+    }
+    for n in 0..rng.random_range(0..=3u32) {
+        let (day, at) = when(&mut rng);
+        let (atc, rxnorm) = pick(&mut rng, &codes::MEDICINES);
+        let medicine = if intl {
+            coding(codes::RXNORM, rxnorm)
+        } else {
+            coding(codes::ATC, atc)
+        };
+        out.push(json!({
+            "resourceType": "MedicationRequest",
+            "id": format!("mr{index:07}-{n}"),
+            "status": if day.days_until(end) > 365 { "stopped" } else { "active" },
+            "intent": "order",
+            "medicationCodeableConcept": {"coding": [medicine]},
+            "subject": subject,
+            "authoredOn": at,
+        }));
+    }
+    out
+}
+
+/// The one Organization of a population with `opts.shapes`, a type no model reads: the
+/// wellbeing county, written once however many clients there are (and in each client's Bundle).
+pub fn organization(opts: &SynthOptions) -> Option<Value> {
+    opts.shapes.then(|| {
+        json!({
+            "resourceType": "Organization",
+            "id": "org-1",
+            "active": true,
+            "type": [{"coding": [{"system": codes::ORGANIZATION_TYPE, "code": "prov", "display": "Healthcare Provider"}]}],
+            "name": "Päijät-Hämeen hyvinvointialue",
+            "address": [{"city": "Lahti", "country": "FI"}],
+        })
+    })
 }
 
 /// The service area of a generated Encounter (by its service type) or Condition (oral and
@@ -735,28 +987,28 @@ pub fn area_of(resource: &Value) -> Area {
 }
 
 /// Every resource of client `index` as its system holds it (`c`): the Patient first, then its
-/// Encounters, Conditions, bills and care records.
+/// Encounters, Conditions, bills, care records and, with `shapes`, [`extras`].
 pub fn resources(opts: &SynthOptions, index: u64, c: SynthClient) -> Vec<Value> {
     let bills = bills(opts, &c);
     let records = records(opts, index, &c);
+    let extras = extras(opts, index, &c);
     std::iter::once(c.patient)
         .chain(c.encounters)
         .chain(c.conditions)
         .chain(bills)
         .chain(records)
+        .chain(extras)
         .collect()
 }
 
 /// The NDJSON lines of the population, client by client ([`resources`]), for streaming
-/// straight into a run.
+/// straight into a run: the types segmentti reads, so not the [`extras`] and [`organization`]
+/// of `shapes`, which only [`write_dir`] writes.
 pub fn lines(opts: &SynthOptions) -> impl Iterator<Item = (ResourceKind, String)> + '_ {
     clients(opts).flat_map(move |(i, c)| {
-        resources(opts, i, c).into_iter().map(|r| {
-            let kind = r["resourceType"]
-                .as_str()
-                .and_then(ResourceKind::parse)
-                .unwrap_or(ResourceKind::Patient);
-            (kind, r.to_string())
+        resources(opts, i, c).into_iter().filter_map(|r| {
+            let kind = r["resourceType"].as_str().and_then(ResourceKind::parse)?;
+            Some((kind, r.to_string()))
         })
     })
 }
@@ -796,6 +1048,14 @@ pub fn write_dir(
             if opts.records {
                 types.extend(["Observation", "EpisodeOfCare"]);
             }
+            if opts.shapes {
+                types.extend([
+                    "Procedure",
+                    "Immunization",
+                    "MedicationRequest",
+                    "Organization",
+                ]);
+            }
             let files = types
                 .into_iter()
                 .map(|t| Ok((t, open(&format!("{t}.ndjson"))?)))
@@ -804,6 +1064,13 @@ pub fn write_dir(
         }
         SynthFormat::Bundles => None,
     };
+    let organization = organization(opts);
+    if let Some(org) = &organization {
+        report.shapes += 1;
+        if let Some(files) = &mut ndjson {
+            write_line(files, org)?;
+        }
+    }
     for (i, c) in clients(opts) {
         report.clients += 1;
         report.patients += 1;
@@ -815,23 +1082,14 @@ pub fn write_dir(
             match r["resourceType"].as_str() {
                 Some("Claim" | "ExplanationOfBenefit") => report.bills += 1,
                 Some("Observation" | "EpisodeOfCare") => report.records += 1,
+                Some("Procedure" | "Immunization" | "MedicationRequest") => report.shapes += 1,
                 _ => {}
             }
         }
         match &mut ndjson {
             Some(files) => {
-                for resource in resources {
-                    let Some((_, (path, writer))) = files
-                        .iter_mut()
-                        .find(|(t, _)| resource["resourceType"] == *t)
-                    else {
-                        continue;
-                    };
-                    serde_json::to_writer(&mut *writer, &resource).map_err(|e| SynthError {
-                        path: path.clone(),
-                        source: e.into(),
-                    })?;
-                    writer.write_all(b"\n").map_err(io(path))?;
+                for resource in &resources {
+                    write_line(files, resource)?;
                 }
             }
             None => {
@@ -839,6 +1097,8 @@ pub fn write_dir(
                     "{}.json",
                     resources[0]["id"].as_str().unwrap_or_default()
                 ));
+                let mut resources = resources;
+                resources.extend(organization.clone());
                 std::fs::write(&path, bundle(opts, i, resources).to_string()).map_err(io(&path))?;
             }
         }
@@ -851,6 +1111,25 @@ pub fn write_dir(
     report.total_cost_eur = costs.iter().sum();
     report.top_decile_cost_share = crate::pipeline::top_share(&mut costs, 0.10);
     Ok(report)
+}
+
+/// Writes `resource` as a line of the NDJSON file of its type, if there is one.
+fn write_line(
+    files: &mut [(&str, (PathBuf, BufWriter<File>))],
+    resource: &Value,
+) -> Result<(), SynthError> {
+    let Some((_, (path, writer))) = files
+        .iter_mut()
+        .find(|(t, _)| resource["resourceType"] == *t)
+    else {
+        return Ok(());
+    };
+    let error = |source: std::io::Error| SynthError {
+        path: path.clone(),
+        source,
+    };
+    serde_json::to_writer(&mut *writer, resource).map_err(|e| error(e.into()))?;
+    writer.write_all(b"\n").map_err(error)
 }
 
 /// A client as a collection Bundle with `urn:uuid:` references between its entries, as
@@ -871,12 +1150,13 @@ fn bundle(opts: &SynthOptions, index: u64, resources: Vec<Value>) -> Value {
     let patient_urn = urn(patient["id"].as_str().unwrap_or_default());
     let mut entries = vec![json!({"fullUrl": patient_urn, "resource": patient})];
     for mut r in resources {
-        let client = if r.get("patient").is_some() {
-            "patient"
-        } else {
-            "subject"
-        };
-        r[client] = json!({"reference": patient_urn});
+        // The Organization of `shapes` refers to no client.
+        let client = ["patient", "subject"]
+            .into_iter()
+            .find(|k| r.get(*k).is_some());
+        if let Some(client) = client {
+            r[client] = json!({"reference": patient_urn});
+        }
         if let Some(enc) = r
             .pointer("/encounter/reference")
             .and_then(Value::as_str)
@@ -904,7 +1184,246 @@ mod tests {
             area: None,
             bills: Bills::None,
             records: false,
+            shapes: false,
         }
+    }
+
+    /// A digest of everything a population generates: its lines, and each client's Bundle.
+    fn digest(o: &SynthOptions) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for (kind, line) in lines(o) {
+            h.update(format!("{kind:?}\n{line}\n"));
+        }
+        for (i, c) in clients(o).take(40) {
+            h.update(bundle(o, i, resources(o, i, c)).to_string());
+        }
+        format!("{:x}", h.finalize())
+    }
+
+    /// Without `shapes` every output is byte for byte what it was before the flag existed
+    /// (digests taken from the generator as it was then).
+    #[test]
+    fn without_shapes_the_population_is_as_it_always_was() {
+        let base = opts(300);
+        let intl = SynthOptions {
+            flavor: CodeFlavor::International,
+            bills: Bills::ClaimsAndExplanations,
+            records: true,
+            ..base.clone()
+        };
+        let social = SynthOptions {
+            area: Some(Area::Social),
+            records: true,
+            bills: Bills::Claims,
+            ..base.clone()
+        };
+        let got = [digest(&base), digest(&intl), digest(&social)];
+        assert_eq!(got, GOLDEN);
+    }
+
+    const GOLDEN: [&str; 3] = [
+        "6fa855e1c34bfde252da78951932e13301521d7e1f2cd35ab6c8d8dbebea2640",
+        "b32199dca7f3bf48fd897bfbc74989b04b37bdf345b3c88eed7e2c317db9e6dc",
+        "9094628e12a6ab7a21dcc844501faa8678b9b79295c33338f4bfcc86e40cd862",
+    ];
+
+    fn shaped(clients: u64) -> SynthOptions {
+        SynthOptions {
+            shapes: true,
+            ..opts(clients)
+        }
+    }
+
+    /// The NDJSON files of a written population by name.
+    fn files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+        std::fs::read_dir(dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.is_file())
+            .map(|p| {
+                let name = p.file_name().expect("name").to_string_lossy().into_owned();
+                (name, std::fs::read(&p).expect("file"))
+            })
+            .collect()
+    }
+
+    /// With `shapes` every client keeps what it had: the same Patient but for a death or an
+    /// inactive flag, the same cost, its Encounters and Conditions first and as they were but
+    /// for a second coding. The shapes only add, one Encounter and one Condition at most.
+    #[test]
+    fn shapes_add_to_each_client_without_changing_what_it_had() {
+        let (plain, o) = (opts(300), shaped(300));
+        let mut changed = 0;
+        for i in 0..o.clients {
+            let (before, mut after) = (client(&plain, i), client(&o, i));
+            changed += usize::from(after != before);
+            if let Some(p) = after.patient.as_object_mut() {
+                p.remove("deceasedDateTime");
+                p.remove("active");
+            }
+            assert_eq!(after.patient, before.patient);
+            assert_eq!(after.cost_eur, before.cost_eur);
+            let (e, n) = (before.encounters.len(), before.conditions.len());
+            assert_eq!(after.encounters[..e], before.encounters[..]);
+            for r in &mut after.conditions {
+                if let Some(list) = r.pointer_mut("/code/coding").and_then(Value::as_array_mut) {
+                    list.truncate(1);
+                }
+            }
+            assert_eq!(after.conditions[..n], before.conditions[..]);
+            assert!(after.encounters.len() <= e + 1 && after.conditions.len() <= n + 1);
+            // A voided Encounter is billed for nothing.
+            let o = SynthOptions {
+                bills: Bills::Claims,
+                ..o.clone()
+            };
+            assert_eq!(bills(&o, &after).len(), e);
+        }
+        assert!(changed > 30 && changed < 150, "{changed}");
+    }
+
+    /// With `shapes`, 500 clients have every shape, and the types no model reads are written to
+    /// files of their own, never into `lines`.
+    #[test]
+    fn real_shapes_appear_in_500_clients() {
+        let o = shaped(500);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let report = write_dir(&o, SynthFormat::Ndjson, dir.path()).expect("written");
+        let read = |t: &str| -> Vec<Value> {
+            std::fs::read_to_string(dir.path().join(format!("{t}.ndjson")))
+                .expect(t)
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("json"))
+                .collect()
+        };
+        let mut extra = 0;
+        for t in ["Procedure", "Immunization", "MedicationRequest"] {
+            let all = read(t);
+            assert!(all.len() > 100, "{t}: {}", all.len());
+            extra += all.len() as u64;
+            let client = if t == "Immunization" {
+                "patient"
+            } else {
+                "subject"
+            };
+            for r in &all {
+                assert!(r["status"].is_string() && r["id"].is_string(), "{r}");
+                let me = r[client]["reference"].as_str().expect("reference");
+                assert!(me.starts_with("Patient/p"), "{me}");
+            }
+        }
+        assert_eq!(
+            read("Organization"),
+            vec![organization(&o).expect("organization")]
+        );
+        assert_eq!(report.shapes, extra + 1);
+
+        let patients = read("Patient");
+        let died: Vec<Day> = patients
+            .iter()
+            .filter_map(|p| p["deceasedDateTime"].as_str())
+            .filter_map(Day::parse_fhir)
+            .collect();
+        assert!(
+            !died.is_empty() && died.iter().all(|d| *d < o.as_of),
+            "{died:?}"
+        );
+        assert!(patients.iter().any(|p| p["active"] == false));
+        let encounters = read("Encounter");
+        for status in ["entered-in-error", "cancelled"] {
+            assert!(encounters.iter().any(|e| e["status"] == status), "{status}");
+        }
+        let conditions = read("Condition");
+        assert!(
+            conditions
+                .iter()
+                .any(|c| c["verificationStatus"]["coding"][0]["code"] == "refuted")
+        );
+        let dual = conditions
+            .iter()
+            .filter(|c| {
+                c["code"]["coding"][0]["system"] == codes::ICD10FI
+                    && c["code"]["coding"][1]["system"] == codes::SNOMED
+            })
+            .count();
+        assert!(dual > 40, "{dual}");
+
+        // International data have the more specific SNOMED CT codes Synthea uses.
+        let intl = SynthOptions {
+            flavor: CodeFlavor::International,
+            ..o.clone()
+        };
+        let text: String = lines(&intl)
+            .filter(|(k, _)| *k == ResourceKind::Condition)
+            .map(|(_, l)| l)
+            .collect();
+        for (_, d) in codes::DESCENDANTS {
+            assert!(text.contains(&format!("\"{}\"", d.code)), "{}", d.code);
+        }
+        // `lines` holds the types segmentti reads only.
+        for (kind, line) in lines(&o).take(20_000) {
+            let r: Value = serde_json::from_str(&line).expect("json");
+            assert_eq!(r["resourceType"], kind.as_str());
+        }
+    }
+
+    /// In Bundles each client's has its Procedures, Immunizations and MedicationRequests
+    /// referring to its Patient entry, and the Organization, which refers to no client.
+    #[test]
+    fn real_shapes_are_entries_of_each_bundle() {
+        let o = shaped(30);
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_dir(&o, SynthFormat::Bundles, dir.path()).expect("written");
+        let mut extras = 0;
+        for (name, bytes) in files(&dir.path().join("bundles")) {
+            let b: Value = serde_json::from_slice(&bytes).expect(&name);
+            let entries = b["entry"].as_array().expect("entries");
+            let me = entries[0]["fullUrl"].as_str().expect("fullUrl");
+            let org: Vec<&Value> = entries
+                .iter()
+                .map(|e| &e["resource"])
+                .filter(|r| r["resourceType"] == "Organization")
+                .collect();
+            assert_eq!(org.len(), 1, "{name}");
+            assert!(org[0].get("subject").is_none() && org[0].get("patient").is_none());
+            for r in entries.iter().map(|e| &e["resource"]) {
+                let t = r["resourceType"].as_str().expect("type");
+                if matches!(t, "Procedure" | "Immunization" | "MedicationRequest") {
+                    extras += 1;
+                    let client = r["subject"]["reference"]
+                        .as_str()
+                        .or(r["patient"]["reference"].as_str());
+                    assert_eq!(client, Some(me));
+                }
+            }
+        }
+        assert!(extras > 10, "{extras}");
+    }
+
+    /// The same seed and flags write the same bytes; another seed other ones.
+    #[test]
+    fn real_shapes_are_deterministic() {
+        let o = SynthOptions {
+            bills: Bills::Claims,
+            records: true,
+            ..shaped(200)
+        };
+        let write = |o: &SynthOptions| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            write_dir(o, SynthFormat::Ndjson, dir.path()).expect("written");
+            files(dir.path())
+        };
+        let a = write(&o);
+        assert_eq!(a.len(), 10, "{:?}", a.keys());
+        assert_eq!(a, write(&o));
+        let other = write(&SynthOptions {
+            seed: 8,
+            ..o.clone()
+        });
+        assert_ne!(a["Encounter.ndjson"], other["Encounter.ndjson"]);
+        assert_eq!(a["Organization.ndjson"], other["Organization.ndjson"]);
+        assert_eq!(lines(&o).collect::<Vec<_>>(), lines(&o).collect::<Vec<_>>());
     }
 
     #[test]

@@ -228,6 +228,7 @@ mod tests {
                 area: None,
                 bills: Bills::Claims,
                 records: false,
+                shapes: false,
             });
             let folded = pipeline::fold(
                 &input,

@@ -119,21 +119,30 @@ fn bundles_with_claims_cost_as_ndjson_does() {
 }
 
 #[test]
-fn a_model_that_bills_nothing_rejects_claims_unless_another_model_reads_them() {
+fn a_model_that_bills_nothing_ignores_claims_and_counts_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     synth(300, 11, Synth::Files(dir.path()), &["--claims"]);
-    let claims = ndjson(&dir.path().join("Claim.ndjson")).len();
-    let oral = ["--model", "mappings/helsinki-oral-health.yaml"];
-    let (_, _, rejected) = run(dir.path(), &oral);
-    assert_eq!(rejected.len(), claims);
-    assert!(
-        rejected[0]["reason"]
-            .as_str()
-            .expect("reason")
-            .contains("not read by model helsinki-oral-health"),
-        "{}",
-        rejected[0]
+    let claims = ndjson(&dir.path().join("Claim.ndjson")).len() as u64;
+    let out = dir.path().join("out-oral");
+    let output = run_files(
+        dir.path(),
+        &out,
+        &["--model", "mappings/helsinki-oral-health.yaml"],
     );
+    assert_eq!(output.status.code(), Some(0), "{:?}", text(&output));
+    assert!(ndjson(&out.join("rejected.ndjson")).is_empty());
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).expect("summary"))
+            .expect("json");
+    assert_eq!(summary["ignored"]["Claim"], claims, "{summary}");
+    assert!(
+        text(&output)
+            .0
+            .contains("Ignored (no model reads them): Claim "),
+        "{:?}",
+        text(&output)
+    );
+    std::fs::remove_dir_all(&out).expect("clean");
     let both = [
         "--model",
         "mappings/paijat-sote.yaml",
@@ -417,11 +426,14 @@ fn observations_and_episodes_in_ndjson_and_bundles_decide_where_the_models_read_
             &out,
             &["--model", "mappings/helsinki-oral-health.yaml"],
         );
-        // The EpisodeOfCare is not the oral-health model's: rejected as not asked for.
-        assert_eq!(output.status.code(), Some(3), "{:?}", text(&output));
-        let rejected = ndjson(&out.join("rejected.ndjson"));
-        assert_eq!(rejected.len(), 1, "{rejected:?}");
-        assert_eq!(rejected[0]["resource"], "EpisodeOfCare/ep-c");
+        // The EpisodeOfCare is not the oral-health model's: ignored, not rejected.
+        assert_eq!(output.status.code(), Some(0), "{:?}", text(&output));
+        assert!(ndjson(&out.join("rejected.ndjson")).is_empty());
+        let summary: Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("summary.json")).expect("summary"),
+        )
+        .expect("json");
+        assert_eq!(summary["ignored"], json!({"EpisodeOfCare": 1}));
         assert_eq!(
             segments_of(&out),
             [

@@ -681,7 +681,7 @@ async fn resources_of_types_not_asked_for_are_ignored_and_counted_not_rejected()
         );
         assert!(
             stdout.contains(
-                "Ignored, of types not asked for: 1 Observation, 1 file(s) of MedicationRequest, not downloaded"
+                "Ignored (no model reads them): Observation 1, 1 file(s) of MedicationRequest, not downloaded"
             ),
             "{case}: {stdout}"
         );

@@ -465,6 +465,7 @@ async fn a_target_down_for_writes_fails_alone_and_the_exit_code_says_so() {
             area: None,
             bills: segmentti::synth::Bills::None,
             records: false,
+            shapes: false,
         },
         0,
     );

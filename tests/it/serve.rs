@@ -537,6 +537,7 @@ async fn the_quick_start_without_a_file_warns_and_answers_unsigned_calls_from_pr
         area: None,
         bills: segmentti::synth::Bills::None,
         records: false,
+        shapes: false,
     };
     let client = segmentti::synth::client(&opts, 0);
     let id = client.patient["id"].as_str().expect("id").to_owned();

@@ -73,6 +73,12 @@ pub(super) fn scan<'a>(plan: &Plan, text: &'a str) -> Option<Scan<'a>> {
             Key::Code => c.concept(plan, Field::Code, &mut scan.codes)?,
             Key::Category => c.concepts(plan, Field::Category, &mut scan.codes)?,
             Key::ClinicalStatus => c.concept(plan, Field::ClinicalStatus, &mut scan.codes)?,
+            Key::VerificationStatus => {
+                c.concept(plan, Field::VerificationStatus, &mut scan.codes)?
+            }
+            Key::DeceasedBoolean => scan.deceased = Some(c.boolean()?),
+            Key::DeceasedDateTime => scan.deceased_at = Some(c.text()?),
+            Key::Active => scan.active = Some(c.boolean()?),
             Key::Other => c.skip(0)?,
         }
         Some(())
@@ -218,6 +224,15 @@ impl<'a> Cursor<'a> {
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
             _ => self.number(),
+        }
+    }
+
+    /// `true` or `false`.
+    fn boolean(&mut self) -> Option<bool> {
+        match self.peek()? {
+            b't' => self.literal(b"true").map(|()| true),
+            b'f' => self.literal(b"false").map(|()| false),
+            _ => None,
         }
     }
 
@@ -442,6 +457,7 @@ mod tests {
             area: None,
             bills: Bills::Claims,
             records: true,
+            shapes: false,
         };
         crate::synth::lines(&opts).collect()
     }

@@ -4,6 +4,7 @@ mod bench;
 mod bills;
 mod bulk;
 mod conformance;
+mod external;
 mod faults;
 mod harness;
 mod k8s;

@@ -121,6 +121,7 @@ pub fn run(options: &JobOptions, plans: &[Plan]) -> Result<JobReport, JobError> 
             rejected: 0,
             ignored: Default::default(),
             people: Default::default(),
+            left_out: Default::default(),
         }),
         e => Err(e),
     })?;

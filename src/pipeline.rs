@@ -143,6 +143,8 @@ pub struct RunOptions {
     pub shard: Option<crate::shard::Shard>,
     /// Keep the Patients' join keys, for a run that joins several sources.
     pub join: Option<std::sync::Arc<crate::record::join::JoinSpec>>,
+    /// Keep what counted for nothing of this client, and why, for `explain`.
+    pub watch: Option<CompactString>,
 }
 
 /// Every plan's fold after the read.
@@ -160,6 +162,8 @@ pub struct Folded {
     pub ignored: BTreeMap<String, u64>,
     /// The Patients' identities by id, with [`RunOptions::join`]; empty otherwise.
     pub people: rustc_hash::FxHashMap<CompactString, Identity>,
+    /// Per plan, what counted for nothing of [`RunOptions::watch`]'s client.
+    pub left_out: Vec<Vec<crate::record::LeftOut>>,
 }
 
 /// Reads `input` and folds it for every plan. Rejections go to `on_reject` in input order.
@@ -177,7 +181,10 @@ pub fn fold(
     let (raw_tx, raw_rx) = mpsc::sync_channel::<Batch>(2);
     let (fact_tx, fact_rx) = mpsc::sync_channel::<Extracted>(2);
     let reader_input = input.clone();
-    let mut folds: Vec<Fold<'_>> = plans.iter().map(Fold::new).collect();
+    let mut folds: Vec<Fold<'_>> = plans
+        .iter()
+        .map(|plan| Fold::watching(plan, options.watch.clone()))
+        .collect();
     let mut rejected = 0u64;
     let mut ignored: BTreeMap<String, u64> = BTreeMap::new();
     let mut items = 0u64;
@@ -276,6 +283,7 @@ pub fn fold(
     }
     let mut clients = Vec::new();
     let mut stats = FoldStats::default();
+    let left_out = folds.iter().map(|f| f.left_out().to_vec()).collect();
     for (i, fold) in folds.into_iter().enumerate() {
         let (mut map, s) = fold.into_clients();
         let absent: Vec<CompactString> = map
@@ -328,6 +336,7 @@ pub fn fold(
         rejected,
         ignored,
         people,
+        left_out,
     })
 }
 
@@ -441,6 +450,9 @@ pub struct ModelSummary {
     pub written: BTreeMap<String, u64>,
     /// The population thresholds the `top_percent` tests used.
     pub thresholds: Vec<Threshold>,
+    /// Whom each `top_percent` test held for.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub top_shares: Vec<TopShare>,
     /// How cost concentrates, when the model has a cost feature.
     pub cost_concentration: Option<CostConcentration>,
     /// Clients per age band and segment, when the model has an age feature.
@@ -649,6 +661,15 @@ pub fn evaluate_views<S: Sink + Send>(
     if S::PARTS == writeback::Parts::Own {
         writeback::validate::shared(plan, &concepts)?;
     }
+    // Clients who get no assessment go first, in id order: a sink ends what it held of them.
+    let mut gone: Vec<(&CompactString, crate::record::Unassessed)> = clients
+        .iter()
+        .filter_map(|(id, r)| r.unassessed.map(|why| (id, why)))
+        .collect();
+    gone.sort_unstable();
+    for (id, why) in gone {
+        sink.unassessed(plan, id, why)?;
+    }
     // Clients are assessed, built and encoded in parallel a chunk at a time, then handed to the
     // sink in id order, so the output does not depend on thread timing. The sink takes one chunk
     // while the next is being built.
@@ -819,7 +840,8 @@ pub fn evaluate_views<S: Sink + Send>(
         total_cost: plan.cost_feature.map(|_| total_cost),
         top_decile_cost_share,
         written,
-        thresholds: realised(plan, &thresholds, &top_held, clients_n, fixed.is_some()),
+        thresholds: threshold_list(plan, &thresholds),
+        top_shares: realised(plan, &thresholds, &top_held, clients_n, fixed.is_some()),
         cost_concentration,
         age_bands,
         service_areas,
@@ -836,12 +858,19 @@ pub struct Threshold {
     pub percent: f64,
     /// The feature value at which a client is in the top share.
     pub value: Option<f64>,
-    /// Clients the test held for in the run ([`evaluate`]'s summary only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub clients: Option<u64>,
+}
+
+/// What a `top_percent` test held for in a run.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct TopShare {
+    /// Feature id.
+    pub feature: String,
+    /// The top share, in percent.
+    pub percent: f64,
+    /// Clients the test held for.
+    pub clients: u64,
     /// Their share of the run's clients: at most `percent` / 100 ([`eval::top_cut`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub share: Option<f64>,
+    pub share: f64,
     /// Why the test held for no one, when it could not be applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -898,42 +927,42 @@ pub fn threshold_list(plan: &Plan, values: &[Option<f64>]) -> Vec<Threshold> {
             feature: plan.features[f].id.clone(),
             percent,
             value,
-            clients: None,
-            share: None,
-            note: None,
         })
         .collect()
 }
 
-/// The thresholds of a run's summary, each with the share of clients it held for, and why it
-/// held for no one where it could not be applied.
+/// Whom each `top_percent` test held for, and why it held for no one where it could not be
+/// applied.
 fn realised(
     plan: &Plan,
     thresholds: &[Option<f64>],
     held: &[u64],
     clients: u64,
     fixed: bool,
-) -> Vec<Threshold> {
-    let mut list = threshold_list(plan, thresholds);
-    for (t, &held) in list.iter_mut().zip(held) {
-        t.clients = Some(held);
-        t.share = Some(ratio(held as f64, clients as f64));
-        if t.value.is_some() {
-            continue;
-        }
-        t.note = Some(if fixed {
-            "the given thresholds have no value for this test".to_owned()
-        } else if eval::top_room(clients as usize, t.percent) == 0 {
-            format!(
-                "not applied: {clients} clients are too few for a top {} % (it needs at least {})",
-                t.percent,
-                (100.0 / t.percent).ceil()
-            )
-        } else {
-            "no client is above zero and clear of the ties at the cut".to_owned()
-        });
-    }
-    list
+) -> Vec<TopShare> {
+    threshold_list(plan, thresholds)
+        .into_iter()
+        .zip(held)
+        .map(|(t, &held)| {
+            let note = match t.value {
+                Some(_) => None,
+                None if fixed => Some("the given thresholds have no value for this test".to_owned()),
+                None if eval::top_room(clients as usize, t.percent) == 0 => Some(format!(
+                    "not applied: {clients} clients are too few for a top {} % (it needs at least {})",
+                    t.percent,
+                    (100.0 / t.percent).ceil()
+                )),
+                None => Some("no client is above zero and clear of the ties at the cut".to_owned()),
+            };
+            TopShare {
+                feature: t.feature,
+                percent: t.percent,
+                clients: held,
+                share: ratio(held as f64, clients as f64),
+                note,
+            }
+        })
+        .collect()
 }
 
 /// `plan`'s `top_percent` thresholds, in its order, from thresholds kept elsewhere (a checkpoint,

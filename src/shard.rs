@@ -245,9 +245,6 @@ pub fn merge(parts: Vec<ThresholdPart>) -> Result<Thresholds, ShardError> {
                     value: crate::model::eval::top_cut(c.values, c.percent),
                     feature: c.feature,
                     percent: c.percent,
-                    clients: None,
-                    share: None,
-                    note: None,
                 })
                 .collect();
             (model, thresholds)

@@ -98,6 +98,10 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Pin the expansions of the FHIR ValueSets a model's code lists name (`valueset:`): asks a
+    /// terminology server's `$expand` for each and writes the expansion into the ValueSet file.
+    /// Only this command calls out; runs read the pinned files.
+    Expand(ExpandArgs),
     /// Run the cases kept beside each model (`mappings/{model}/cases/*.yaml`); every tree node
     /// must be reached, and every overlay rule hold, in at least one case.
     TestMapping {
@@ -132,6 +136,21 @@ pub enum Command {
     /// Check that a FHIR server does what segmentti needs, by doing it with synthetic test data:
     /// a table on stdout, JSON and JUnit XML on request; exit code 6 when a required check fails.
     Conformance(conformance::ConformanceArgs),
+}
+
+/// `expand`: the model whose ValueSets to pin and the terminology server that expands them.
+#[derive(Debug, Args)]
+pub struct ExpandArgs {
+    /// The model (or file to include) whose code lists name the ValueSets; those of its
+    /// included files are expanded too.
+    model: PathBuf,
+    /// Base URL of the FHIR R4 terminology server (`https://tx.example.org/fhir`); each ValueSet
+    /// is POSTed to `{URL}/ValueSet/$expand`.
+    #[arg(long)]
+    terminology: url::Url,
+    /// Seconds one request may take.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
 }
 
 /// Where a run reads and which models it uses.
@@ -333,6 +352,10 @@ pub struct BenchArgs {
     /// How many times the floor and the run are timed per size; the medians are reported.
     #[arg(long, default_value_t = 5)]
     repeat: usize,
+    /// Populations with the shapes of real exports (`synth --real-shapes`): types no model
+    /// reads, which the run ignores and the floor parses, voided and dual-coded resources.
+    #[arg(long)]
+    real_shapes: bool,
 }
 
 /// `--format`.
@@ -383,6 +406,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Explain(args) => explain_command(args),
         Command::CheckMapping { files } => check_command(&files),
         Command::TestMapping { files } => test_mapping_command(&files),
+        Command::Expand(args) => expand_command(&args),
         Command::Bench(args) => bench_command(args),
         Command::Thresholds(args) => thresholds_command(args),
         Command::Report { run, previous, out } => {
@@ -689,17 +713,12 @@ impl RunSummary {
                 ));
             }
             if !m.not_assessed.is_empty() {
-                let why: Vec<String> = m
-                    .not_assessed
-                    .iter()
-                    .map(|(why, n)| format!("{why} {}", thousands(*n)))
-                    .collect();
                 out.push_str(&format!(
                     "  Not assessed (no assessment, no active Flag): {}\n",
-                    why.join(", ")
+                    counts(&m.not_assessed)
                 ));
             }
-            for t in m.thresholds.iter().filter(|t| t.note.is_some()) {
+            for t in m.top_shares.iter().filter(|t| t.note.is_some()) {
                 out.push_str(&format!(
                     "  Top {} % by {}: {}\n",
                     t.percent,
@@ -736,14 +755,9 @@ impl RunSummary {
             ));
         }
         if !self.unpriced_bills.is_empty() {
-            let bills: Vec<String> = self
-                .unpriced_bills
-                .iter()
-                .map(|(c, n)| format!("{c} {}", thousands(*n)))
-                .collect();
             out.push_str(&format!(
                 "\nBills in currencies the model has no rate for (their clients costed by the price table): {}",
-                bills.join(", ")
+                counts(&self.unpriced_bills)
             ));
         }
         if self.after_as_of > 0 {
@@ -841,6 +855,15 @@ fn thresholds_command(args: ThresholdsArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `deceased 110, inactive 3`.
+fn counts<K: std::fmt::Display>(counts: &std::collections::BTreeMap<K, u64>) -> String {
+    let parts: Vec<String> = counts
+        .iter()
+        .map(|(k, n)| format!("{k} {}", thousands(*n)))
+        .collect();
+    parts.join(", ")
 }
 
 /// `84715` as `84 715`: counts in the printed summary are read at a glance.
@@ -949,12 +972,16 @@ fn explain_command(args: ExplainArgs) -> Result<ExitCode> {
         (None, None) => None,
     };
     let mut rejected = 0u64;
-    let folded = pipeline::fold(&input, &plans, &RunOptions::default(), &mut |_| {
+    let options = RunOptions {
+        watch: Some(patient.as_str().into()),
+        ..RunOptions::default()
+    };
+    let folded = pipeline::fold(&input, &plans, &options, &mut |_| {
         rejected += 1;
         Ok(())
     })?;
     let mut explanations = Vec::new();
-    for (plan, clients) in plans.iter().zip(&folded.clients) {
+    for ((plan, clients), left_out) in plans.iter().zip(&folded.clients).zip(&folded.left_out) {
         let Some(record) = clients.get(patient.as_str()) else {
             bail!(
                 "Patient/{} is not in {}\nhint: check the id; explain takes the Patient's logical id, not an identity code",
@@ -990,7 +1017,15 @@ fn explain_command(args: ExplainArgs) -> Result<ExitCode> {
             None => pipeline::population_thresholds(plan, clients),
         };
         let a = pipeline::assess(plan, patient, record, &thresholds)?;
-        explanations.push(eval::explain(plan, patient, record, &a, args.lang, &[]));
+        let mut explanation = eval::explain(plan, patient, record, &a, args.lang, &[]);
+        explanation.left_out = left_out
+            .iter()
+            .map(|l| eval::LeftOutLine {
+                resource: format!("{}/{}", l.kind, l.id),
+                reason: l.why.reason(),
+            })
+            .collect();
+        explanations.push(explanation);
     }
     print_explanations(&explanations, args.json)
 }
@@ -1044,6 +1079,109 @@ fn check_command(files: &[PathBuf]) -> Result<ExitCode> {
     }
     if failed > 0 {
         bail!("{failed} of {} mapping file(s) have problems", files.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `segmentti expand`: each ValueSet file the model names, expanded by the terminology server
+/// and pinned; a file whose expansion fails is left as it was, and the command fails (exit 1)
+/// naming the server and the ValueSet.
+fn expand_command(args: &ExpandArgs) -> Result<ExitCode> {
+    use segmentti::model::valueset;
+    let files = valueset::named_files(&args.model)?;
+    if files.is_empty() {
+        println!(
+            "{}: no code list names a ValueSet (`valueset:`); nothing to expand",
+            args.model.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let server = segmentti::fhir::redact(&args.terminology).to_string();
+    let mut endpoint = url::Url::parse(&format!(
+        "{}/ValueSet/$expand",
+        args.terminology.as_str().trim_end_matches('/')
+    ))?;
+    let user = endpoint.username().to_owned();
+    let password = endpoint.password().map(str::to_owned);
+    let _ = endpoint.set_username("");
+    let _ = endpoint.set_password(None);
+    let timeout = args.timeout;
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(timeout))
+        .build()?;
+    let runtime = segmentti::fhir::runtime()?;
+    let expand = |file: &std::path::Path| -> std::result::Result<usize, String> {
+        let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read it: {e}"))?;
+        let body = valueset::expand_request(file, &text).map_err(|e| e.problem.to_string())?;
+        let answer = runtime.block_on(async {
+            let mut request = client
+                .post(endpoint.clone())
+                .header(reqwest::header::CONTENT_TYPE, "application/fhir+json")
+                .header(reqwest::header::ACCEPT, "application/fhir+json")
+                .body(body.to_string());
+            if !user.is_empty() {
+                request = request.basic_auth(&user, password.as_deref());
+            }
+            let response = request.send().await?;
+            let status = response.status();
+            let bytes = response.bytes().await?;
+            Ok::<_, reqwest::Error>((status, bytes))
+        });
+        let (status, bytes) = answer.map_err(|e| {
+            if e.is_timeout() {
+                format!("no answer within {timeout} s")
+            } else {
+                let e = e.without_url();
+                let mut why = format!("cannot reach it: {e}");
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    why.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
+                why
+            }
+        })?;
+        let outcome = segmentti::fhir::OperationOutcomeSummary::from_body(&bytes);
+        if !status.is_success() {
+            return Err(match outcome {
+                Some(o) => format!("it answered {status}: {o}"),
+                None => format!("it answered {status}"),
+            });
+        }
+        if let Some(o) = outcome {
+            return Err(format!("it answered with an OperationOutcome: {o}"));
+        }
+        let answer: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| format!("its answer is not JSON: {e}"))?;
+        let pinned = valueset::pin(&text, &answer).map_err(|e| e.to_string())?;
+        let concepts = valueset::parse(file, &pinned)
+            .map(|v| v.concepts.len())
+            .unwrap_or_default();
+        valueset::write_pinned(file, &pinned)
+            .map_err(|e| format!("the expansion could not be written: {e}"))?;
+        Ok(concepts)
+    };
+    let mut failed = 0;
+    for file in &files {
+        match expand(file) {
+            Ok(concepts) => println!(
+                "{}: pinned the expansion of {server} ({concepts} codes)",
+                file.display()
+            ),
+            Err(why) => {
+                failed += 1;
+                eprintln!(
+                    "error: the terminology server {server} could not expand the ValueSet {}: {why}\n  the file is left as it was\n  hint: check --terminology and that the server is up and knows the ValueSet's code systems, then run expand again",
+                    file.display()
+                );
+            }
+        }
+    }
+    if failed > 0 {
+        bail!(
+            "{failed} of {} ValueSet(s) not expanded by {server}",
+            files.len()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1136,7 +1274,11 @@ fn bench_command(args: BenchArgs) -> Result<ExitCode> {
     sizes.sort_unstable();
     let dirs: Vec<PathBuf> = sizes
         .iter()
-        .map(|clients| args.work_dir.join(format!("synth-{clients}-{}", args.seed)))
+        .map(|clients| {
+            let shapes = if args.real_shapes { "-shapes" } else { "" };
+            args.work_dir
+                .join(format!("synth-{clients}-{}{shapes}", args.seed))
+        })
         .collect();
     let mut timings: Vec<Timings> = Vec::new();
     for (&clients, dir) in sizes.iter().zip(&dirs) {
@@ -1151,7 +1293,7 @@ fn bench_command(args: BenchArgs) -> Result<ExitCode> {
                 area: None,
                 bills: synth::Bills::None,
                 records: false,
-                shapes: false,
+                shapes: args.real_shapes,
             };
             synth::write_dir(&opts, SynthFormat::Ndjson, dir)?;
             std::fs::write(&marker, "")?;

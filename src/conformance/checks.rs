@@ -13,17 +13,19 @@ use time::format_description::well_known::Rfc3339;
 use super::http::{Answer, Http, Problem, reference};
 use super::{Check, CheckId, ConformanceError, Outcome, Report};
 use crate::day::Day;
-use crate::fhir::bundle::resource_type;
+use crate::fhir::bundle::{resource_type, search_outcomes};
 use crate::fhir::{FhirClient, entry_outcomes, matches, next_link, redact};
 use crate::model::eval::{Assessment, assess};
-use crate::model::mapping::Mapping;
+use crate::model::mapping::{DEFAULT_FLAG_CATEGORY, FLAG_CATEGORIES, Mapping};
 use crate::model::plan::Plan;
 use crate::pipeline;
 use crate::record::ClientRecord;
 use crate::sink::ClientResources;
 use crate::sink::fhir::{conditional, transaction};
 use crate::writeback::lifecycle::{Existing, decide};
-use crate::writeback::{Concepts, SEGMENTTI_SYSTEM};
+use crate::writeback::{
+    Concepts, FLAG_CATEGORY_SYSTEM, OBSERVATION_CATEGORY_SYSTEM, SEGMENTTI_SYSTEM,
+};
 
 /// The identifier system of everything the kit creates itself (test Patients, the transaction
 /// check's Observation); values start with the run id.
@@ -60,6 +62,21 @@ fn fail<T>(reason: impl Into<String>) -> Result<T, NotPassed> {
 
 fn skip<T>(reason: impl Into<String>) -> Result<T, NotPassed> {
     Err(NotPassed::Skip(reason.into()))
+}
+
+/// How a server answered a client's resources searched by `category`, once with the category
+/// of the resource written and once with another.
+#[derive(Debug)]
+enum ByCategory {
+    /// The resource came back for its category and not for the other.
+    Filters,
+    /// It came back for the other category too: the parameter was ignored (what the server said
+    /// about it, if anything, in words).
+    Ignored(String),
+    /// The search was refused (4xx), with the server's words.
+    Refused(String),
+    /// It did not come back for its own category; how many resources did.
+    Missing(usize),
 }
 
 /// A test Patient the kit created.
@@ -136,6 +153,8 @@ pub(super) struct Kit<'c> {
     written: Vec<String>,
     /// The Patient whose segmentti results were written, and the segment Flag's identifier.
     results: Option<(String, String)>,
+    /// The identifier value of the assessment Observation written with them.
+    written_assessment: Option<String>,
     /// The active segmentti Flags read back for that Patient.
     read: Vec<Existing>,
 }
@@ -170,6 +189,7 @@ impl<'c> Kit<'c> {
             patients: Vec::new(),
             written: Vec::new(),
             results: None,
+            written_assessment: None,
             read: Vec::new(),
         })
     }
@@ -187,6 +207,7 @@ impl<'c> Kit<'c> {
                 CheckId::Transaction => self.transaction().await,
                 CheckId::Write => self.write().await,
                 CheckId::ReadBack => self.read_back().await,
+                CheckId::Category => self.category().await,
                 CheckId::Supersede => self.supersede().await,
                 CheckId::Cleanup => self.cleanup().await,
             };
@@ -590,20 +611,24 @@ impl<'c> Kit<'c> {
         let patient = patients[2].id.clone();
         let resources = self.first.build(&patient, &self.assessment)?;
         let bundle = self.first.transaction(&resources, &[])?;
-        let flag_identifier = bundle["entry"]
-            .as_array()
-            .and_then(|entries| {
-                entries
-                    .iter()
-                    .find(|e| resource_type(&e["resource"]) == Some("Flag"))
-            })
-            .and_then(|e| e["resource"].pointer("/identifier/0/value")?.as_str())
-            .map(str::to_owned);
-        let Some(flag_identifier) = flag_identifier else {
+        let identifier_of = |kind: &str| {
+            bundle["entry"]
+                .as_array()
+                .and_then(|entries| {
+                    entries
+                        .iter()
+                        .find(|e| resource_type(&e["resource"]) == Some(kind))
+                })
+                .and_then(|e| e["resource"].pointer("/identifier/0/value")?.as_str())
+                .map(str::to_owned)
+        };
+        let Some(flag_identifier) = identifier_of("Flag") else {
             return fail("segmentti built no Flag for the test client");
         };
+        let assessment = identifier_of("Observation");
         let written = self.post(&bundle).await?;
         self.results = Some((patient, flag_identifier));
+        self.written_assessment = assessment;
         Ok(format!("wrote {}", written.join(", ")))
     }
 
@@ -657,6 +682,150 @@ impl<'c> Kit<'c> {
             "Flag/{} found by Flag?patient=, status active (checked here: R4 has no Flag status search parameter)",
             existing.resource["id"].as_str().unwrap_or("?")
         ))
+    }
+
+    /// `kind?patient=…&category=system|code`, then the same with `other` for the code: whether
+    /// the resource whose identifier value is `identifier` comes back for its category only.
+    async fn by_category(
+        &mut self,
+        kind: &str,
+        patient: &str,
+        (system, code, other): (&str, &str, &str),
+        identifier: &str,
+    ) -> Result<ByCategory, NotPassed> {
+        let mut found = Vec::new();
+        let mut said = Vec::new();
+        for c in [code, other] {
+            let token = format!("{system}|{c}");
+            let url = self.http.url(
+                kind,
+                &[
+                    ("patient", patient),
+                    ("category", token.as_str()),
+                    ("_count", "50"),
+                ],
+            )?;
+            let page = match self.http.search(&url).await {
+                Ok(page) => page,
+                Err(problem @ Problem::Status { status, .. }) if (400..500).contains(&status) => {
+                    return Ok(ByCategory::Refused(problem.to_string()));
+                }
+                Err(problem) => return Err(problem.into()),
+            };
+            for o in search_outcomes(&page).map(|o| o.to_string()) {
+                if o.contains("category") && !said.contains(&o) {
+                    said.push(o);
+                }
+            }
+            let matched: Vec<&Value> = matches(&page).collect();
+            found.push((
+                matched.iter().any(|r| has_identifier(r, identifier)),
+                matched.len(),
+            ));
+        }
+        let said = if said.is_empty() {
+            String::new()
+        } else {
+            format!(" (it said: {})", said.join("; "))
+        };
+        Ok(match (found[0], found[1]) {
+            ((false, n), _) => ByCategory::Missing(n),
+            (_, (true, _)) => ByCategory::Ignored(said),
+            _ => ByCategory::Filters,
+        })
+    }
+
+    /// What an EHR reads of the results by category: the assessment in its view of survey
+    /// Observations, the Flags by the model's Flag category.
+    async fn category(&mut self) -> Verdict {
+        let (Some((patient, flag_identifier)), Some(assessment)) =
+            (self.results.clone(), self.written_assessment.clone())
+        else {
+            return skip("needs the Observation and Flag written (see write)");
+        };
+        let mut seen = Vec::new();
+        let observations = (OBSERVATION_CATEGORY_SYSTEM, "survey", "laboratory");
+        match self
+            .by_category("Observation", &patient, observations, &assessment)
+            .await?
+        {
+            ByCategory::Filters => seen.push(
+                "Observation?patient=&category=survey finds the assessment, category=laboratory does not"
+                    .to_owned(),
+            ),
+            ByCategory::Missing(n) => {
+                return fail(format!(
+                    "Observation?patient=&category=survey did not find the assessment written ({n} Observation(s) came back): an EHR listing the client's survey Observations would not show it"
+                ));
+            }
+            ByCategory::Ignored(said) => {
+                return fail(format!(
+                    "the server does not support Observation's category search parameter{said}: Observation?patient=&category=laboratory found the survey assessment too, so an EHR's view by category would show everything"
+                ));
+            }
+            ByCategory::Refused(why) => {
+                return fail(format!(
+                    "the server does not support Observation's category search parameter: {why}"
+                ));
+            }
+        }
+        let code = self
+            .first
+            .plan
+            .mapping
+            .flag_category
+            .clone()
+            .unwrap_or_else(|| DEFAULT_FLAG_CATEGORY.to_owned());
+        let flags = self.flags_of(&patient).await?;
+        let Some(flag) = flags.iter().find(|f| has_identifier(f, &flag_identifier)) else {
+            return fail(format!(
+                "Flag?patient= did not find the Flag written ({} Flag(s) came back)",
+                flags.len()
+            ));
+        };
+        let id = flag["id"].as_str().unwrap_or("?").to_owned();
+        let carried = flag["category"].as_array().is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c["coding"].as_array().is_some_and(|codings| {
+                    codings
+                        .iter()
+                        .any(|x| x["system"] == FLAG_CATEGORY_SYSTEM && x["code"] == code.as_str())
+                })
+            })
+        });
+        if !carried {
+            return fail(format!(
+                "Flag/{id} came back without its category {FLAG_CATEGORY_SYSTEM}|{code}: an EHR choosing the Flags of its banner by category would not show it"
+            ));
+        }
+        seen.push(format!("Flag/{id} carries category {code}"));
+        let other = FLAG_CATEGORIES
+            .iter()
+            .map(|(c, _)| *c)
+            .find(|c| *c != code)
+            .unwrap_or("safety");
+        let flags = (FLAG_CATEGORY_SYSTEM, code.as_str(), other);
+        let beyond_r4 = "R4 defines no category search parameter for Flag, so an EHR filters a client's Flags on category itself";
+        match self
+            .by_category("Flag", &patient, flags, &flag_identifier)
+            .await?
+        {
+            ByCategory::Filters => seen.push(format!(
+                "Flag?patient=&category={code} finds it and category={other} does not (a search parameter beyond R4)"
+            )),
+            ByCategory::Ignored(said) => seen.push(format!(
+                "the server ignores category on Flag{said}; tolerated: {beyond_r4}"
+            )),
+            ByCategory::Refused(why) => seen.push(format!(
+                "the server refuses category on Flag ({why}); tolerated: {beyond_r4}"
+            )),
+            ByCategory::Missing(n) => {
+                return fail(format!(
+                    "Flag?patient=&category={code} did not find the Flag written ({n} Flag(s) came back), though it carries that category"
+                ));
+            }
+        }
+        Ok(seen.join("; "))
     }
 
     async fn supersede(&mut self) -> Verdict {

@@ -35,6 +35,7 @@
 //! | `transaction` | yes | a transaction with a bad entry is refused and stores nothing |
 //! | `write` | yes | segmentti's Observation, Flag and Provenance in segmentti's transaction |
 //! | `read-back` | yes | `Flag?patient=` finds the Flag; its status is checked here (R4 has no Flag `status` search parameter) |
+//! | `category` | no | as an EHR filters: `Observation?patient=…&category=survey` finds the assessment and `category=laboratory` does not; the Flag carries the model's category, and `Flag?patient=…&category=…` is tried (R4 defines no Flag `category` search parameter: a server that ignores or refuses it is reported, not failed) |
 //! | `supersede` | yes | a new segment ends the old Flag (`inactive`) and starts a new one |
 //! | `cleanup` | no | what was written is deleted, or tagged with [`TEST_TAG`] where deletes are refused |
 //!
@@ -76,6 +77,8 @@ pub enum CheckId {
     Write,
     /// `Flag?patient=` finds the Flag, active.
     ReadBack,
+    /// What was written is found by category, as an EHR filters it.
+    Category,
     /// A new segment supersedes the Flag.
     Supersede,
     /// What the kit wrote is removed or tagged.
@@ -84,7 +87,7 @@ pub enum CheckId {
 
 impl CheckId {
     /// Every check, in the order they run.
-    pub const ALL: [CheckId; 11] = [
+    pub const ALL: [CheckId; 12] = [
         Self::Metadata,
         Self::Declared,
         Self::Setup,
@@ -94,6 +97,7 @@ impl CheckId {
         Self::Transaction,
         Self::Write,
         Self::ReadBack,
+        Self::Category,
         Self::Supersede,
         Self::Cleanup,
     ];
@@ -110,6 +114,7 @@ impl CheckId {
             Self::Transaction => "transaction",
             Self::Write => "write",
             Self::ReadBack => "read-back",
+            Self::Category => "category",
             Self::Supersede => "supersede",
             Self::Cleanup => "cleanup",
         }
@@ -133,6 +138,9 @@ impl CheckId {
                 "segmentti's Observation, Flag and Provenance are written in one transaction"
             }
             Self::ReadBack => "Flag?patient= finds the Flag written, with status active",
+            Self::Category => {
+                "the assessment is found by category survey, and the Flag carries its category"
+            }
             Self::Supersede => "a new segment ends the old Flag and starts a new one",
             Self::Cleanup => "what the kit wrote is deleted, or tagged where deletes are refused",
         }
@@ -140,9 +148,10 @@ impl CheckId {
 
     /// Whether a failure means segmentti cannot work with the server. A CapabilityStatement that
     /// under-declares is common and harmless when the behaviour is there (the checks that do it
-    /// decide); leftover test data are tagged and harm no client.
+    /// decide); leftover test data are tagged and harm no client; a run never searches by
+    /// category (EHRs reading its results do).
     pub fn required(self) -> bool {
-        !matches!(self, Self::Declared | Self::Cleanup)
+        !matches!(self, Self::Declared | Self::Category | Self::Cleanup)
     }
 }
 

@@ -317,6 +317,13 @@ fn systems(m: &Mapping, out: &mut Vec<Diagnostic>) {
         }
     }
     for (i, list) in m.code_lists.iter().enumerate() {
+        if list.codes.is_empty() && list.valueset.is_none() {
+            out.push(Diagnostic::new(
+                format!("/code_lists/{i}"),
+                format!("code list `{}` has no codes and no valueset", list.id),
+                "list its codes under `codes`, or name a FHIR ValueSet file with `valueset:`",
+            ));
+        }
         for (j, code) in list.codes.iter().enumerate() {
             if !m.systems.contains_key(&code.system) && !is_system_url(&code.system) {
                 out.push(Diagnostic::new(
@@ -526,5 +533,24 @@ mod tests {
                 .any(|t| t.contains("`follow-up-visits` is given as quantity here and as integer")),
             "{messages:?}"
         );
+    }
+
+    #[test]
+    fn flag_category_is_one_of_the_eight_flag_category_codes() {
+        let text = include_str!("../../mappings/paijat-sote.yaml");
+        let mut m = crate::model::load::load_str(text).expect("the model loads");
+        for code in FLAG_CATEGORIES.iter().map(|(c, _)| *c) {
+            m.flag_category = Some(code.into());
+            assert!(check(&m).is_empty(), "{code}");
+        }
+        for bad in ["Admin", "contact", "advance-directive", "banner", ""] {
+            m.flag_category = Some(bad.into());
+            let found = check(&m);
+            assert_eq!(found.len(), 1, "{bad}: {found:?}");
+            assert_eq!(found[0].pointer, "/flag_category");
+            assert!(found[0].message.contains(&format!("`{bad}`")), "{found:?}");
+            let hint = found[0].hint.as_deref().unwrap_or_default();
+            assert!(hint.contains("admin, behavioral"), "{hint}");
+        }
     }
 }

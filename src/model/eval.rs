@@ -200,6 +200,19 @@ pub struct Explanation {
     /// client's Patient there; empty for one source.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub held_by: Vec<HeldBy>,
+    /// The client's resources that were read and counted for nothing, and why (a status the
+    /// model does not count, a bill it cannot price).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<LeftOutLine>,
+}
+
+/// One resource left out of the assessment.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeftOutLine {
+    /// `Type/id`.
+    pub resource: String,
+    /// Why it counted for nothing.
+    pub reason: String,
 }
 
 /// One tree node tried.
@@ -353,6 +366,7 @@ pub fn explain(
         evidence,
         evidence_total: record.evidence_total,
         held_by: Vec::new(),
+        left_out: Vec::new(),
     }
 }
 
@@ -410,6 +424,12 @@ impl Explanation {
                 e.resource,
                 e.features.join(", ")
             ));
+        }
+        if !self.left_out.is_empty() {
+            out.push_str("\nLeft out (read, counted for nothing):\n");
+            for l in &self.left_out {
+                out.push_str(&format!("  {}: {}\n", l.resource, l.reason));
+            }
         }
         out
     }

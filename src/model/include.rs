@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::check;
+use super::{check, valueset};
 use serde_json::Value;
 
 use super::load::{Diagnostic, Pos, Spanned, parse_yaml, typed};
@@ -73,15 +73,36 @@ impl Origins {
 pub fn load(text: &str, read: Reader<'_>) -> Result<Loaded, Vec<Diagnostic>> {
     let spanned = parse_yaml(text).map_err(|d| vec![d])?;
     if names_fragment(&spanned.value) {
-        let (spanned, fragment) = typed::<Fragment>(spanned)?;
-        let diagnostics = check::check_fragment(&fragment);
+        let (spanned, mut fragment) = typed::<Fragment>(spanned)?;
+        let mut diagnostics = valueset::resolve(
+            &mut fragment.code_lists,
+            &fragment.systems,
+            Path::new(""),
+            read,
+        );
+        if diagnostics.is_empty() {
+            diagnostics = check::check_fragment(&fragment);
+        }
         if diagnostics.is_empty() {
             return Ok(Loaded::Fragment(fragment));
         }
         return Err(spanned.place(diagnostics));
     }
-    let (spanned, mapping) = typed::<Mapping>(spanned)?;
-    let (mapping, parts, origins) = merge(mapping, &spanned, read)?;
+    let (spanned, mut mapping) = typed::<Mapping>(spanned)?;
+    let mut problems = valueset::resolve(
+        &mut mapping.code_lists,
+        &mapping.systems,
+        Path::new(""),
+        read,
+    );
+    let (mapping, parts, origins) = match merge(mapping, &spanned, read) {
+        Ok(merged) if problems.is_empty() => merged,
+        Ok(_) => return Err(spanned.place(problems)),
+        Err(more) => {
+            problems.extend(more);
+            return Err(spanned.place(problems));
+        }
+    };
     let diagnostics = check::check(&mapping);
     if diagnostics.is_empty() {
         return Ok(Loaded::Model(mapping));
@@ -149,8 +170,14 @@ fn merge(
             continue;
         }
         match typed::<Fragment>(parsed) {
-            Ok((spanned, fragment)) => {
-                let problems = check::check_fragment(&fragment);
+            Ok((spanned, mut fragment)) => {
+                // The fragment's ValueSet paths are relative to the fragment.
+                let base = Path::new(include).parent().unwrap_or(Path::new(""));
+                let mut problems =
+                    valueset::resolve(&mut fragment.code_lists, &fragment.systems, base, read);
+                if problems.is_empty() {
+                    problems = check::check_fragment(&fragment);
+                }
                 if problems.is_empty() {
                     parts.push(Part {
                         index: i,

@@ -231,8 +231,17 @@ pub struct CodeList {
     /// descendant is listed by its own code.
     #[serde(default)]
     pub matching: Matching,
-    /// The codes.
+    /// The codes. May be left out when `valueset` gives them.
+    #[serde(default)]
     pub codes: Vec<CodeEntry>,
+    /// A FHIR ValueSet in JSON whose concepts join `codes` (path relative to the file that names
+    /// it, such as `valuesets/heart-failure.json`): its `compose.include[].concept[]` and its
+    /// pinned `expansion.contains[]`, each once by system and code, with the ValueSet's display
+    /// and `ValueSet {url}|{version}` as source, and no concept of their own. A ValueSet with
+    /// filters needs a pinned expansion: `segmentti expand MODEL --terminology URL` writes one
+    /// into the file, and runs never ask a terminology server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valueset: Option<String>,
 }
 
 /// How a code list matches codes.

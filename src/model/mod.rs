@@ -1,10 +1,12 @@
 //! Segmentation models: mapping files in, segments out. Pure: no I/O but reading the mapping
-//! file itself, no clock (the as-of date is passed in).
+//! file itself (and the ValueSet files it names; [`valueset`] also writes a pinned expansion for
+//! `segmentti expand`), no network, no clock (the as-of date is passed in).
 //!
 //! - [`mapping`]: the file format, as serde structs; their doc comments are the JSON Schema.
 //! - [`load`]: YAML with positions, schema check, every problem at once with line and column.
 //! - [`include`]: files a model includes (the key-client overlay), merged with clashes reported.
 //! - [`check`]: what the schema cannot see (references, unreachable tree nodes).
+//! - [`valueset`]: code lists from FHIR ValueSet files, and pinning a server's expansion.
 //! - [`plan`]: a mapping compiled for one as-of date: indexes, code sets, windows.
 //! - [`eval`]: features → criteria → question tree → segment, overlays, explanations.
 
@@ -14,6 +16,7 @@ pub mod include;
 pub mod load;
 pub mod mapping;
 pub mod plan;
+pub mod valueset;
 
 use std::path::Path;
 

@@ -29,8 +29,9 @@ pub const CANONICAL: &str = "https://segmentti.fi/fhir";
 pub const PACKAGE_NAME: &str = "segmentti.fhir.r4";
 
 /// The authored definitions, embedded so the binary can build the package anywhere.
-const DEFINITIONS: [&str; 9] = [
+const DEFINITIONS: [&str; 10] = [
     include_str!("definitions/StructureDefinition-assessment-fingerprint.json"),
+    include_str!("definitions/StructureDefinition-end-reason.json"),
     include_str!("definitions/StructureDefinition-supporting-info-count.json"),
     include_str!("definitions/StructureDefinition-supporting-info-elsewhere.json"),
     include_str!("definitions/StructureDefinition-segment-assessment.json"),

@@ -55,7 +55,7 @@ pub struct Fact {
     /// Read and counted, but selected by no feature: a resource whose status the model does
     /// not count ([`Plan::not_counted`]: an `entered-in-error` Encounter, a `refuted`
     /// Condition), or a Claim or ExplanationOfBenefit without a total to cost it by.
-    pub void: bool,
+    pub void: Option<Void>,
     /// The concept (key) `distinct` features count the resource as, one per distinct field
     /// ([`Plan::lookup`]), with the distinct-field index; a resource has one or two, so they
     /// live inside the fact rather than in an allocation.
@@ -65,9 +65,32 @@ pub struct Fact {
     pub person: Option<Box<Person>>,
     /// Why a Patient's client gets no assessment at the as-of date; `None` for other resources.
     pub unassessed: Option<Unassessed>,
-    /// A bill's currency when the model has no rate for it: the bill counts for nothing
-    /// (`void`), and the run counts such bills per currency.
-    pub unpriced: Option<CompactString>,
+}
+
+/// Why a resource that was read counts for nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Void {
+    /// Its status (a Condition's `verificationStatus`) is one the model does not count.
+    Status(CompactString),
+    /// A Claim or ExplanationOfBenefit without a total to cost the care by.
+    NoTotal,
+    /// A bill in a currency the model has no rate for: the run counts such bills per currency.
+    Unpriced(CompactString),
+}
+
+impl Void {
+    /// Why, for `explain`.
+    pub fn reason(&self) -> String {
+        match self {
+            Self::Status(s) => format!("status `{s}` is not counted"),
+            Self::NoTotal => "a bill without a total to cost the care by".to_owned(),
+            Self::Unpriced(c) => {
+                format!(
+                    "a bill in {c}, which the model has no rate for (costed by the price table)"
+                )
+            }
+        }
+    }
 }
 
 /// Why a client gets no assessment and no active Flag: what their Patient says at the as-of
@@ -166,8 +189,8 @@ struct Scan<'a> {
 struct Codes {
     mask: u128,
     distinct: SmallVec<[(u8, u64); 2]>,
-    /// A Condition's `verificationStatus` is one the model does not count.
-    void: bool,
+    /// A Condition's `verificationStatus`, when it is one the model does not count.
+    void: Option<CompactString>,
 }
 
 impl Codes {
@@ -177,9 +200,11 @@ impl Codes {
             return;
         };
         let (system, code) = (system.as_ref(), code.as_ref());
-        if field == Field::VerificationStatus {
-            self.void |=
-                system == VERIFICATION_STATUS && plan.not_counted(ResourceKind::Condition, code);
+        if field == Field::VerificationStatus
+            && system == VERIFICATION_STATUS
+            && plan.not_counted(ResourceKind::Condition, code)
+        {
+            self.void = Some(CompactString::new(code));
         }
         if matches!(field, Field::Type | Field::ServiceType) && plan.reads_service {
             let (mask, concept) = plan.lookup(Field::Service, system, code);
@@ -722,11 +747,10 @@ fn extract(plan: &Plan, scan: Scan<'_>) -> Result<Fact, Rejection> {
         mask: 0,
         cost: 0.0,
         value: None,
-        void: false,
+        void: None,
         codes: SmallVec::new(),
         person: None,
         unassessed: None,
-        unpriced: None,
     };
     if kind == ResourceKind::Patient {
         fact.patient = fact.id.clone();
@@ -794,10 +818,9 @@ fn extract(plan: &Plan, scan: Scan<'_>) -> Result<Fact, Rejection> {
                 .or(day(&scan.created, "created")?);
             match billed_total(plan, kind, scan.total.as_ref()) {
                 Ok(Total::Amount(total)) => fact.cost = total,
-                Ok(Total::None) => fact.void = true,
+                Ok(Total::None) => fact.void = Some(Void::NoTotal),
                 Ok(Total::Unpriced(currency)) => {
-                    fact.void = true;
-                    fact.unpriced = Some(CompactString::new(currency));
+                    fact.void = Some(Void::Unpriced(CompactString::new(currency)))
                 }
                 Err(reason) => {
                     return Err(Rejection {
@@ -810,13 +833,15 @@ fn extract(plan: &Plan, scan: Scan<'_>) -> Result<Fact, Rejection> {
         }
     }
     let status = match kind {
-        ResourceKind::Condition => None,
-        _ => scan.status.as_deref(),
+        ResourceKind::Condition => scan.codes.void.clone(),
+        _ => scan
+            .status
+            .as_deref()
+            .filter(|s| plan.not_counted(kind, s))
+            .map(CompactString::new),
     };
-    if status.is_some_and(|s| plan.not_counted(kind, s))
-        || (kind == ResourceKind::Condition && scan.codes.void)
-    {
-        fact.void = true;
+    if let Some(status) = status {
+        fact.void = Some(Void::Status(status));
     }
     fact.mask = scan.codes.mask;
     fact.codes = scan.codes.distinct;

@@ -19,7 +19,7 @@ pub mod join;
 use compact_str::CompactString;
 use rustc_hash::FxHashMap;
 
-pub use extract::{Fact, Rejection, Unassessed};
+pub use extract::{Fact, Rejection, Unassessed, Void};
 
 use crate::day::Day;
 use crate::model::plan::{Aggregate, Plan};
@@ -316,12 +316,26 @@ pub struct FoldStats {
     pub unpriced_bills: std::collections::BTreeMap<CompactString, u64>,
 }
 
+/// A resource of the watched client that was read and counted for nothing, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeftOut {
+    /// Its type.
+    pub kind: ResourceKind,
+    /// Its id.
+    pub id: CompactString,
+    /// Why.
+    pub why: Void,
+}
+
 /// The running fold over every client.
 #[derive(Debug)]
 pub struct Fold<'p> {
     plan: &'p Plan,
     clients: FxHashMap<CompactString, ClientRecord>,
     stats: FoldStats,
+    /// One client whose left-out resources are kept, for `explain`.
+    watch: Option<CompactString>,
+    left_out: Vec<LeftOut>,
 }
 
 impl<'p> Fold<'p> {
@@ -331,7 +345,22 @@ impl<'p> Fold<'p> {
             plan,
             clients: FxHashMap::default(),
             stats: FoldStats::default(),
+            watch: None,
+            left_out: Vec::new(),
         }
+    }
+
+    /// Keeps the resources of `patient` that count for nothing, and why ([`Fold::left_out`]).
+    pub fn watching(plan: &'p Plan, patient: Option<CompactString>) -> Self {
+        Self {
+            watch: patient,
+            ..Self::new(plan)
+        }
+    }
+
+    /// The watched client's resources that counted for nothing, in input order.
+    pub fn left_out(&self) -> &[LeftOut] {
+        &self.left_out
     }
 
     /// Folds one fact. A second Patient resource with the same id is refused, since its data
@@ -356,7 +385,7 @@ impl<'p> Fold<'p> {
         }
         record.resources += 1;
         *self.stats.resources.entry(fact.kind).or_default() += 1;
-        if let Some(currency) = &fact.unpriced {
+        if let Some(Void::Unpriced(currency)) = &fact.void {
             *self
                 .stats
                 .unpriced_bills
@@ -370,7 +399,14 @@ impl<'p> Fold<'p> {
             self.stats.after_as_of += 1;
             return Ok(());
         }
-        if fact.void {
+        if let Some(why) = fact.void {
+            if self.watch.as_deref() == Some(fact.patient.as_str()) {
+                self.left_out.push(LeftOut {
+                    kind: fact.kind,
+                    id: fact.id,
+                    why,
+                });
+            }
             return Ok(());
         }
         let mut used = 0u64;
@@ -481,13 +517,18 @@ mod tests {
 
     /// A model with one feature, `aggregation` (`count: {...}`), and a price table at 100.
     fn one_feature_plan(aggregation: &str) -> Plan {
+        priced_plan("", aggregation)
+    }
+
+    /// [`one_feature_plan`] with `prices` (`, rates: {...}`) added to its price table.
+    fn priced_plan(prices: &str, aggregation: &str) -> Plan {
         let yaml = format!(
             r#"
 id: t
 canonical: https://example.org/t
 version: "1"
 title: {{fi: t, sv: t, en: t}}
-prices: {{currency: EUR, source: test, rules: [], otherwise: 100}}
+prices: {{currency: EUR, source: test, rules: [], otherwise: 100{prices}}}
 features:
   - id: f
     title: {{fi: k, sv: k, en: c}}
@@ -661,8 +702,7 @@ tree:
         let mut dollars = claim("c", "2025-06-01", 250.0);
         dollars["total"]["currency"] = json!("USD");
         let fact = extract::extract_value(&plan, &dollars).expect("read, not rejected");
-        assert!(fact.void);
-        assert_eq!(fact.unpriced.as_deref(), Some("USD"));
+        assert_eq!(fact.void, Some(Void::Unpriced("USD".into())));
         // The client's one Encounter is priced at 100 by the table.
         assert_eq!(
             cost(&plan, &[dollars.clone(), encounter("e", "2025-06-01")]),
@@ -683,32 +723,10 @@ tree:
 
     #[test]
     fn a_bill_in_a_currency_with_a_rate_is_converted() {
-        let yaml = format!(
-            r#"
-id: t
-canonical: https://example.org/t
-version: "1"
-title: {{fi: t, sv: t, en: t}}
-prices: {{currency: EUR, source: test, rules: [], otherwise: 100, rates: {{USD: 0.5}}}}
-features:
-  - id: f
-    title: {{fi: k, sv: k, en: c}}
-    cost: {{resource: Encounter, window: P12M{BOTH}}}
-criteria:
-  - id: c
-    title: {{fi: c, sv: c, en: c}}
-    levels: [{{code: low, display: {{fi: l, sv: l, en: l}}}}]
-segments:
-  - {{code: "1", order: 1, display: {{fi: s, sv: s, en: s}}, guidance: {{fi: g, sv: g, en: g}}}}
-tree:
-  - {{id: all, segment: "1", because: {{fi: b, sv: b, en: b}}}}
-"#
+        let plan = priced_plan(
+            ", rates: {USD: 0.5}",
+            &format!("cost: {{resource: Encounter, window: P12M{BOTH}}}"),
         );
-        let plan = Plan::compile(
-            load_str(&yaml).expect("model"),
-            "2026-01-01".parse().expect("day"),
-        )
-        .expect("plan");
         let mut dollars = claim("c", "2025-06-01", 250.0);
         dollars["total"]["currency"] = json!("USD");
         assert_eq!(cost(&plan, &[dollars]), 125.0);

@@ -18,6 +18,7 @@ use super::{Built, ClientResources, Sink, SinkError};
 use crate::fhir::{FhirClient, FhirError, matches, patient_references};
 use crate::model::plan::Plan;
 use crate::pipeline::Rejected;
+use crate::record::Unassessed;
 use crate::record::extract::patient_id;
 use crate::writeback::lifecycle::{self, Changes, Existing};
 
@@ -86,6 +87,8 @@ pub struct FhirSink {
     batch: usize,
     dry_run: bool,
     pending: Vec<(ClientResources, String)>,
+    /// Clients who get no assessment: their active Flags are ended.
+    retiring: Vec<(String, Unassessed)>,
     report: WriteReport,
     model: Option<(String, String)>,
 }
@@ -102,6 +105,7 @@ impl FhirSink {
             batch: batch.max(1),
             dry_run,
             pending: Vec::new(),
+            retiring: Vec::new(),
             report: WriteReport::default(),
             model: None,
         })
@@ -114,13 +118,18 @@ impl FhirSink {
     }
 
     fn flush(&mut self, plan: &Plan) -> Result<(), FhirSinkError> {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.retiring.is_empty() {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.pending);
+        let retiring = std::mem::take(&mut self.retiring);
+        let patients = batch
+            .iter()
+            .map(|(r, _)| r.patient.as_str())
+            .chain(retiring.iter().map(|(p, _)| p.as_str()));
         let existing = self
             .runtime
-            .block_on(active_flags(&self.client, plan, &batch))?;
+            .block_on(active_flags(&self.client, plan, patients))?;
         let mut decided = Vec::new();
         for (resources, print) in &batch {
             let current = existing
@@ -142,6 +151,20 @@ impl FhirSink {
                 self.report.plan.push(diff(&resources.patient, &changes));
             }
             decided.push((resources.patient.clone(), changes));
+        }
+        for (patient, why) in retiring {
+            let current = existing.get(&patient).map_or(&[][..], Vec::as_slice);
+            let changes = lifecycle::retire(current, why, plan.as_of);
+            self.report.clients += 1;
+            if changes.is_empty() {
+                self.report.unchanged += 1;
+                continue;
+            }
+            info!(patient = %patient, reason = why.as_str(), flags = changes.end.len(), "ending the Flags of a client who gets no assessment");
+            if self.dry_run {
+                self.report.plan.push(diff(&patient, &changes));
+            }
+            decided.push((patient, changes));
         }
         let written = |c: &Changes, r: &mut WriteReport| {
             r.observations += u64::from(c.observation.is_some());
@@ -224,15 +247,24 @@ impl Sink for FhirSink {
     fn rejected(&mut self, _rejected: &Rejected) -> Result<(), SinkError> {
         Ok(())
     }
+
+    fn unassessed(&mut self, plan: &Plan, patient: &str, why: Unassessed) -> Result<(), SinkError> {
+        self.retiring.push((patient.to_owned(), why));
+        if self.pending.len() + self.retiring.len() >= self.batch {
+            self.flush(plan)
+                .map_err(|e| SinkError::Remote(e.to_string()))?;
+        }
+        Ok(())
+    }
 }
 
 /// The active Flags of this model that the server holds for the batch's clients.
 async fn active_flags(
     client: &FhirClient,
     plan: &Plan,
-    batch: &[(ClientResources, String)],
+    patients: impl Iterator<Item = &str>,
 ) -> Result<HashMap<String, Vec<Existing>>, FhirError> {
-    let joined = patient_references(batch.iter().map(|(r, _)| r.patient.as_str()));
+    let joined = patient_references(patients);
     let mut pages = client.pages("Flag", &[("patient", joined.as_str()), ("_count", "200")])?;
     let mut out: HashMap<String, Vec<Existing>> = HashMap::new();
     while let Some(page) = pages.next_page().await {

@@ -16,6 +16,7 @@ use fhir_sdk::r4b::resources::{Flag, Observation};
 use crate::model::eval::Assessment;
 use crate::model::plan::Plan;
 use crate::pipeline::Rejected;
+use crate::record::Unassessed;
 use crate::writeback::{Concepts, Parts};
 
 /// One client's resources, as built.
@@ -85,4 +86,14 @@ pub trait Sink {
     fn client(&mut self, plan: &Plan, encoded: Self::Encoded) -> Result<(), SinkError>;
     /// Records a rejected input.
     fn rejected(&mut self, rejected: &Rejected) -> Result<(), SinkError>;
+    /// Takes a client who gets no assessment ([`Unassessed`]): a sink that holds earlier
+    /// results of the model (a server's active Flags) ends them. Files hold none.
+    fn unassessed(
+        &mut self,
+        _plan: &Plan,
+        _patient: &str,
+        _why: Unassessed,
+    ) -> Result<(), SinkError> {
+        Ok(())
+    }
 }

@@ -1,6 +1,8 @@
 //! The Flags: one for the client's current segment, active until a later run supersedes it,
 //! and one per overlay that holds (key client). Each points to its assessment Observation with
-//! the standard `flag-detail` extension, so an EHR showing the Flag can show why.
+//! the standard `flag-detail` extension, so an EHR showing the Flag can show why. Each carries
+//! the model's Flag `category` (`admin` unless the model names another), which EHRs choose the
+//! Flags of their patient banner by.
 
 use fhir_sdk::r4b::codes::FlagStatus;
 use fhir_sdk::r4b::resources::Flag;
@@ -31,7 +33,7 @@ pub fn segment_flag(
     of: Assessed<'_>,
 ) -> Result<Flag, BuildError> {
     let code = concepts.segments[a.segment].clone();
-    build(plan, of, (Written::SegmentFlag, None), code)
+    build(plan, concepts, of, (Written::SegmentFlag, None), code)
 }
 
 /// Builds the Flag of overlay `o` (which must hold).
@@ -43,7 +45,7 @@ pub fn overlay_flag(
 ) -> Result<Flag, BuildError> {
     let part = Some(plan.mapping.overlays[o].code.as_str());
     let code = concepts.overlay_flags[o].clone();
-    build(plan, of, (Written::OverlayFlag, part), code)
+    build(plan, concepts, of, (Written::OverlayFlag, part), code)
 }
 
 /// The profile (in `profiles/`) a Flag of `written` with overlay `part` claims.
@@ -57,6 +59,7 @@ pub fn profile(written: Written, part: Option<&str>) -> &'static str {
 
 fn build(
     plan: &Plan,
+    concepts: &Concepts,
     of: Assessed<'_>,
     (written, part): (Written, Option<&str>),
     code: CodeableConcept,
@@ -88,6 +91,7 @@ fn build(
             ])
             .identifier(vec![Some(id.to_fhir()?)])
             .status(FlagStatus::Active)
+            .category(vec![Some(concepts.flag_category.clone())])
             .code(code)
             .subject(reference(&format!("Patient/{patient}"))?)
             .period(
@@ -100,4 +104,60 @@ fn build(
             .map_err(|e| e.to_string())
     };
     built().map_err(fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::FLAG_CATEGORY_SYSTEM;
+    use crate::model::load::load_str;
+    use crate::model::plan::Plan;
+    use crate::record::ClientRecord;
+
+    /// The JSON of every Flag built for a client with many contacts (a segment and the
+    /// key-client overlay), under paijat-sote with `flag_category`.
+    fn flags(flag_category: Option<&str>) -> Vec<serde_json::Value> {
+        let mut mapping = load_str(include_str!("../../mappings/paijat-sote.yaml")).expect("model");
+        mapping.flag_category = flag_category.map(str::to_owned);
+        let plan = Plan::compile(mapping, "2026-01-01".parse().expect("day")).expect("plan");
+        let mut values = vec![Some(0.0); plan.features.len()];
+        let contacts = plan.features.iter().position(|f| f.id == "contacts_12m");
+        values[contacts.expect("feature")] = Some(20.0);
+        let thresholds = vec![Some(10.0); plan.percentiles.len()];
+        let a = crate::model::eval::assess(&plan, values, &thresholds).expect("placed");
+        let concepts = super::super::Concepts::new(&plan).expect("concepts");
+        let record = ClientRecord::empty(&plan);
+        let built = crate::pipeline::build(&plan, &concepts, "p1", &record, &a).expect("built");
+        assert!(built.flags.len() > 1, "an overlay Flag too");
+        built
+            .flags
+            .iter()
+            .map(|f| serde_json::to_value(f).expect("json"))
+            .collect()
+    }
+
+    #[test]
+    fn every_flag_carries_the_admin_category_by_default() {
+        for flag in flags(None) {
+            assert_eq!(
+                flag["category"],
+                serde_json::json!([{"coding": [{
+                    "system": FLAG_CATEGORY_SYSTEM,
+                    "code": "admin",
+                    "display": "Administrative"
+                }]}]),
+                "{flag}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_flag_carries_the_models_flag_category() {
+        for flag in flags(Some("behavioral")) {
+            let coding = &flag["category"][0]["coding"][0];
+            assert_eq!(coding["system"], FLAG_CATEGORY_SYSTEM);
+            assert_eq!(coding["code"], "behavioral", "{flag}");
+            assert_eq!(coding["display"], "Behavioral");
+            assert_eq!(flag["category"].as_array().map(Vec::len), Some(1));
+        }
+    }
 }

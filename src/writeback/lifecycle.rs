@@ -4,15 +4,20 @@
 //! the old Flag (status `inactive`, `period.end`) in the same transaction that creates the new
 //! one; an overlay that no longer holds has its Flag ended. Whether anything changed is read
 //! from a fingerprint extension on the Flag, so no Observation has to be fetched to compare.
+//! A Flag that stays gets the model's Flag `category` too, so Flags written before segmentti
+//! wrote categories (or under another category of the model) gain it; an unchanged client
+//! whose Flags lack it gets those Flags rewritten, and no new assessment.
 
 use fhir_sdk::r4b::resources::Flag;
 use fhir_sdk::r4b::types::{Extension, ExtensionValue};
 use serde_json::Value;
 
-use super::{BuildError, FINGERPRINT};
+use super::{BuildError, FINGERPRINT, FLAG_CATEGORY_SYSTEM};
 use crate::day::Day;
 use crate::model::eval::Assessment;
+use crate::model::mapping::FLAG_CATEGORIES;
 use crate::model::plan::Plan;
+use crate::record::Unassessed;
 use crate::sink::ClientResources;
 
 /// What a client's assessment looks like, compactly: segment, every criterion level, and the
@@ -136,7 +141,18 @@ pub fn decide(
     let unchanged = existing
         .iter()
         .any(|e| e.segment && e.fingerprint.as_deref() == Some(print));
+    let category = match new.flags.first() {
+        Some(f) => to_json(&new.patient, "Flag", &f.category)?,
+        None => Value::Array(Vec::new()),
+    };
     if unchanged {
+        // Nothing to reassess; Flags written before they carried the model's category get it.
+        for e in existing {
+            let mut flag = e.resource.clone();
+            if with_category(&mut flag, &category) {
+                changes.upsert.push(flag);
+            }
+        }
         return Ok(changes);
     }
     changes.observation = Some(to_json(&new.patient, "Observation", &new.observation)?);
@@ -174,11 +190,67 @@ pub fn decide(
         {
             let mut kept = e.resource.clone();
             kept["extension"] = value["extension"].take();
+            with_category(&mut kept, &category);
             value = kept;
         }
         changes.upsert.push(value);
     }
     Ok(changes)
+}
+
+/// Gives the server's `flag` the `category` segmentti writes now (a JSON array of concepts),
+/// keeping its other categories: only a category of the shape segmentti writes (one
+/// flag-category coding with its display, nothing else) that is not among the new ones is
+/// taken out, since the model named another. Whether anything changed.
+fn with_category(flag: &mut Value, category: &Value) -> bool {
+    let ours = category.as_array().map_or(&[][..], Vec::as_slice);
+    let before = flag
+        .get("category")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut after: Vec<Value> = before
+        .iter()
+        .filter(|c| ours.contains(c) || !segmentti_shaped(c))
+        .cloned()
+        .collect();
+    for c in ours {
+        if !after.contains(c) {
+            after.push(c.clone());
+        }
+    }
+    if after == before {
+        return false;
+    }
+    match flag.as_object_mut() {
+        Some(o) if after.is_empty() => {
+            o.remove("category");
+        }
+        Some(o) => {
+            o.insert("category".into(), Value::Array(after));
+        }
+        None => return false,
+    }
+    true
+}
+
+/// Whether `concept` is what segmentti writes as a Flag category: one coding of the
+/// flag-category code system, with the display segmentti gives it, and nothing else.
+fn segmentti_shaped(concept: &Value) -> bool {
+    let Some([coding]) = concept
+        .as_object()
+        .filter(|o| o.len() == 1)
+        .and_then(|o| o.get("coding")?.as_array())
+        .map(Vec::as_slice)
+    else {
+        return false;
+    };
+    let field = |key: &str| coding.get(key).and_then(Value::as_str);
+    coding.as_object().is_some_and(|o| o.len() == 3)
+        && field("system") == Some(FLAG_CATEGORY_SYSTEM)
+        && FLAG_CATEGORIES.iter().any(|&(code, display)| {
+            field("code") == Some(code) && field("display") == Some(display)
+        })
 }
 
 /// Whether the Flag `value` carries an identifier whose value is `identifier`.
@@ -195,6 +267,33 @@ fn flag_code(flag: &Flag) -> String {
         .and_then(|c| c.as_ref())
         .and_then(|c| c.code.clone())
         .unwrap_or_default()
+}
+
+/// Extension on a Flag segmentti ended because its client gets no assessment any more: why, as
+/// a code (`deceased`, `not-yet-born`, `inactive`), so that a reader of the record sees the Flag
+/// ended for that and not because the segment changed.
+pub const END_REASON: &str = "https://segmentti.fi/fhir/StructureDefinition/end-reason";
+
+/// Ends every active Flag of a client who gets no assessment any more ([`Unassessed`]), each
+/// with why.
+pub fn retire(existing: &[Existing], why: Unassessed, as_of: Day) -> Changes {
+    let end = existing
+        .iter()
+        .map(|e| {
+            let mut flag = ended(&e.resource, as_of);
+            let reason = serde_json::json!({"url": END_REASON, "valueCode": why.as_str()});
+            match flag["extension"].as_array_mut() {
+                Some(extensions) => extensions.push(reason),
+                None => flag["extension"] = Value::Array(vec![reason]),
+            }
+            flag
+        })
+        .collect();
+    Changes {
+        observation: None,
+        upsert: Vec::new(),
+        end,
+    }
 }
 
 /// The server's Flag, ended at `as_of`.
@@ -325,8 +424,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn changed_levels_in_the_same_segment_keep_the_flag_and_point_it_to_the_new_assessment() {
+    /// A client in the same segment on 2026-01-01 and 2026-06-01 with other criterion levels:
+    /// the plans of both dates, the earlier resources, the later ones and their fingerprint.
+    fn same_segment_other_levels() -> (Plan, ClientResources, Plan, ClientResources, String) {
         let plan = plan();
         let (old, _) = resources(&plan, &assessed(&plan, &[("contacts_12m", 15.0)]));
         let later = Plan::compile(plan.mapping.clone(), "2026-06-01".parse().expect("day"))
@@ -335,6 +435,12 @@ mod tests {
             &later,
             &assessed(&later, &[("contacts_12m", 15.0), ("age", 80.0)]),
         );
+        (plan, old, later, new, print)
+    }
+
+    #[test]
+    fn changed_levels_in_the_same_segment_keep_the_flag_and_point_it_to_the_new_assessment() {
+        let (plan, old, later, new, print) = same_segment_other_levels();
         let existing = on_server(&plan, &old);
         let changes = decide(&new, &print, &existing, later.as_of).expect("decided");
         assert!(changes.observation.is_some());
@@ -348,6 +454,85 @@ mod tests {
             "the segment has held since the first run"
         );
         assert_ne!(segment_flag["extension"], existing[0].resource["extension"]);
+    }
+
+    /// A Flag as an earlier segmentti wrote it: without a category.
+    fn without_category(e: &Existing) -> Existing {
+        let mut e = e.clone();
+        e.resource
+            .as_object_mut()
+            .expect("object")
+            .remove("category");
+        e
+    }
+
+    #[test]
+    fn a_kept_flag_gains_the_category_and_keeps_other_writers_categories() {
+        let (plan, old, later, new, print) = same_segment_other_levels();
+        let mut existing: Vec<Existing> = on_server(&plan, &old)
+            .iter()
+            .map(without_category)
+            .collect();
+        let theirs = serde_json::json!({"coding": [{"system": "https://ehr.example/flag-kind", "code": "banner"}]});
+        existing[0].resource["category"] = serde_json::json!([theirs]);
+        existing[0].resource["note"] = serde_json::json!("kept");
+        let changes = decide(&new, &print, &existing, later.as_of).expect("decided");
+        let kept = &changes.upsert[0];
+        assert_eq!(kept["identifier"], existing[0].resource["identifier"]);
+        assert_eq!(kept["note"], "kept", "other writers' fields stay");
+        assert_eq!(
+            kept["category"],
+            serde_json::json!([
+                theirs,
+                {"coding": [{"system": FLAG_CATEGORY_SYSTEM, "code": "admin", "display": "Administrative"}]}
+            ])
+        );
+    }
+
+    #[test]
+    fn an_unchanged_clients_flags_without_the_category_get_it_and_nothing_else_is_written() {
+        let plan = plan();
+        let (new, print) = resources(&plan, &assessed(&plan, &[("contacts_12m", 20.0)]));
+        let existing: Vec<Existing> = on_server(&plan, &new)
+            .iter()
+            .map(without_category)
+            .collect();
+        let changes = decide(&new, &print, &existing, plan.as_of).expect("decided");
+        assert!(changes.observation.is_none(), "no new assessment");
+        assert!(changes.end.is_empty());
+        assert_eq!(changes.upsert.len(), 2, "segment and key-client Flags");
+        for (flag, before) in changes.upsert.iter().zip(&existing) {
+            assert_eq!(flag["category"][0]["coding"][0]["code"], "admin");
+            let mut without = flag.clone();
+            without.as_object_mut().expect("object").remove("category");
+            assert_eq!(without, before.resource, "only the category is added");
+        }
+    }
+
+    #[test]
+    fn a_new_flag_category_of_the_model_replaces_the_one_segmentti_wrote() {
+        let plan = plan();
+        let (old, _) = resources(&plan, &assessed(&plan, &[("contacts_12m", 20.0)]));
+        let mut mapping = plan.mapping.clone();
+        mapping.flag_category = Some("clinical".into());
+        let clinical = Plan::compile(mapping, plan.as_of).expect("compiles");
+        let (new, print) = resources(&clinical, &assessed(&clinical, &[("contacts_12m", 20.0)]));
+        let mut existing = on_server(&plan, &old);
+        let theirs = serde_json::json!({"coding": [{"system": FLAG_CATEGORY_SYSTEM, "code": "safety"}], "text": "Turvallisuus"});
+        existing[0].resource["category"]
+            .as_array_mut()
+            .expect("array")
+            .push(theirs.clone());
+        let changes = decide(&new, &print, &existing, plan.as_of).expect("decided");
+        assert_eq!(changes.upsert.len(), 2);
+        assert_eq!(
+            changes.upsert[0]["category"],
+            serde_json::json!([
+                theirs,
+                {"coding": [{"system": FLAG_CATEGORY_SYSTEM, "code": "clinical", "display": "Clinical"}]}
+            ]),
+            "segmentti's admin goes, another writer's category stays"
+        );
     }
 
     #[test]

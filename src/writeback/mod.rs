@@ -18,7 +18,7 @@ use fhir_sdk::r4b::types::{
 
 use crate::day::Day;
 use crate::model::eval::Assessment;
-use crate::model::mapping::{Attribute, Text};
+use crate::model::mapping::{Attribute, DEFAULT_FLAG_CATEGORY, FLAG_CATEGORIES, Text};
 use crate::model::plan::Plan;
 use fhir_sdk::r4b::resources::{ObservationComponent, ObservationComponentValue};
 
@@ -50,6 +50,17 @@ pub const PROFILES: &str = "https://segmentti.fi/fhir/StructureDefinition";
 pub const FLAG_DETAIL: &str = "http://hl7.org/fhir/StructureDefinition/flag-detail";
 /// The standard extension carrying a display's translation.
 pub const TRANSLATION: &str = "http://hl7.org/fhir/StructureDefinition/translation";
+/// The code system of Flag categories, by which EHRs choose the Flags their banner shows.
+pub const FLAG_CATEGORY_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/flag-category";
+/// The code system of Observation categories, by which EHRs sort Observations into views.
+pub const OBSERVATION_CATEGORY_SYSTEM: &str =
+    "http://terminology.hl7.org/CodeSystem/observation-category";
+/// The identifier system of what segmentti is as a Device: the software that made the
+/// assessment (value [`DEVICE_NAME`]).
+pub const DEVICE_SYSTEM: &str = "https://segmentti.fi/fhir/identifier/device";
+/// segmentti's name as a Device, in its identifier and its references' display: no version,
+/// so that what is written stays the same across releases.
+pub const DEVICE_NAME: &str = "segmentti";
 /// How many resources an Observation lists as supporting information at most.
 pub const SUPPORTING_INFO_CAP: usize = 10;
 
@@ -200,16 +211,7 @@ pub fn concept(system: &str, code: &str, display: &Text) -> Result<CodeableConce
 /// assessment (criteria, levels, rules), whose Swedish and English designations live in the
 /// model's code systems. Carrying every translation inline doubled the Observation's size.
 pub fn concept_fi(system: &str, code: &str, display: &Text) -> Result<CodeableConcept, String> {
-    let coding = Coding::builder()
-        .system(system.to_owned())
-        .code(code.to_owned())
-        .display(display.fi.clone())
-        .build()
-        .map_err(|e| e.to_string())?;
-    CodeableConcept::builder()
-        .coding(vec![Some(coding)])
-        .build()
-        .map_err(|e| e.to_string())
+    hl7_concept(system, code, &display.fi)
 }
 
 /// The codes and components of one model, built once per run and cloned into each client's
@@ -227,6 +229,12 @@ pub struct Concepts {
     pub components: Components<ObservationComponent>,
     /// Per overlay, its Flag's code, with translations.
     pub overlay_flags: Vec<CodeableConcept>,
+    /// `Observation.category`: `survey`, an assessment instrument.
+    pub observation_category: CodeableConcept,
+    /// `Observation.device`: segmentti, the software that made the assessment.
+    pub device: Reference,
+    /// Every Flag's `category`: the model's `flag_category`, `admin` by default.
+    pub flag_category: CodeableConcept,
     /// The same parts serialised once, for writers of JSON lines.
     pub encoded: ndjson::Encoded,
 }
@@ -344,6 +352,9 @@ impl Concepts {
         let mut concepts = Self {
             assessment,
             method,
+            observation_category: observation_category()?,
+            device: device()?,
+            flag_category: flag_category(plan)?,
             segments,
             components: Components {
                 segments: segment_components,
@@ -492,6 +503,59 @@ pub fn reference(target: &str) -> Result<Reference, String> {
 /// The code system of a model's segments, criteria, overlays (and, below it, levels).
 pub fn model_system(plan: &Plan, what: &str) -> String {
     format!("{}/CodeSystem/{what}", plan.mapping.canonical)
+}
+
+/// A CodeableConcept of one coding with `display`: for the HL7 codes EHRs filter by, the code
+/// system's own (English) display, which a validator holds to the code system's.
+fn hl7_concept(system: &str, code: &str, display: &str) -> Result<CodeableConcept, String> {
+    let coding = Coding::builder()
+        .system(system.to_owned())
+        .code(code.to_owned())
+        .display(display.to_owned())
+        .build()
+        .map_err(|e| e.to_string())?;
+    CodeableConcept::builder()
+        .coding(vec![Some(coding)])
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// `Observation.category` of every assessment: `survey` ("assessment tool or survey
+/// instrument"), the category EHRs list assessments under.
+pub fn observation_category() -> Result<CodeableConcept, String> {
+    hl7_concept(OBSERVATION_CATEGORY_SYSTEM, "survey", "Survey")
+}
+
+/// The `category` of every Flag of `plan`'s model: its `flag_category` (checked when the model
+/// was loaded), `admin` when it names none.
+pub fn flag_category(plan: &Plan) -> Result<CodeableConcept, String> {
+    let code = plan
+        .mapping
+        .flag_category
+        .as_deref()
+        .unwrap_or(DEFAULT_FLAG_CATEGORY);
+    let (code, display) = FLAG_CATEGORIES
+        .iter()
+        .find(|(c, _)| *c == code)
+        .ok_or_else(|| format!("`{code}` is not a Flag category"))?;
+    hl7_concept(FLAG_CATEGORY_SYSTEM, code, display)
+}
+
+/// segmentti as the Device that made an assessment: a logical reference (by identifier, since
+/// no Device resource is written) with the type and a display.
+pub fn device() -> Result<Reference, String> {
+    Reference::builder()
+        .r#type("Device".to_owned())
+        .identifier(
+            Identifier::builder()
+                .system(DEVICE_SYSTEM.to_owned())
+                .value(DEVICE_NAME.to_owned())
+                .build()
+                .map_err(|e| e.to_string())?,
+        )
+        .display(DEVICE_NAME.to_owned())
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// The display of the component naming a sub-segment's parent.

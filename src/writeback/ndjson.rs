@@ -21,11 +21,14 @@ use crate::model::plan::Plan;
 /// The parts of one model's resources, serialised.
 #[derive(Debug, Clone, Default)]
 pub struct Encoded {
-    /// The Observation's `meta`, `code`, `effectiveDateTime` and `method` values.
+    /// The Observation's `meta`, `category`, `code`, `effectiveDateTime`, `method` and
+    /// `device` values.
     observation_meta: Vec<u8>,
+    observation_category: Vec<u8>,
     code: Vec<u8>,
     effective: Vec<u8>,
     method: Vec<u8>,
+    device: Vec<u8>,
     /// Per segment, its concept (the Observation's value, the segment Flag's code).
     segments: Vec<Vec<u8>>,
     /// Every component an assessment can have.
@@ -34,7 +37,8 @@ pub struct Encoded {
     overlay_flags: Vec<Vec<u8>>,
     /// `meta` of the segment Flag, then of each overlay's Flag.
     flag_meta: Vec<Vec<u8>>,
-    /// The Flags' `period`.
+    /// The Flags' `category` and `period`.
+    flag_category: Vec<u8>,
     period: Vec<u8>,
 }
 
@@ -63,15 +67,18 @@ impl Encoded {
                 .chain((0..plan.mapping.overlays.len()).map(written));
         Ok(Self {
             observation_meta: json(&super::meta("segment-assessment")?)?,
+            observation_category: json(&[&concepts.observation_category])?,
             code: json(&concepts.assessment)?,
             effective: json(&as_of)?,
             method: json(&concepts.method)?,
+            device: json(&concepts.device)?,
             segments: all(&concepts.segments)?,
             components: concepts.components.try_map(json)?,
             overlay_flags: all(&concepts.overlay_flags)?,
             flag_meta: flag_profiles
                 .map(|p| json(&super::meta(p)?))
                 .collect::<Result<_, _>>()?,
+            flag_category: json(&[&concepts.flag_category])?,
             period: json(&period)?,
         })
     }
@@ -107,7 +114,9 @@ pub fn observation(
     }
     out.extend_from_slice(br#","identifier":"#);
     push(out, &obs.identifier)?;
-    out.extend_from_slice(br#","status":"final","code":"#);
+    out.extend_from_slice(br#","status":"final","category":"#);
+    out.extend_from_slice(&parts.observation_category);
+    out.extend_from_slice(br#","code":"#);
     out.extend_from_slice(&parts.code);
     out.extend_from_slice(br#","subject":"#);
     push(out, &obs.subject)?;
@@ -117,6 +126,8 @@ pub fn observation(
     out.extend_from_slice(&parts.segments[a.segment]);
     out.extend_from_slice(br#","method":"#);
     out.extend_from_slice(&parts.method);
+    out.extend_from_slice(br#","device":"#);
+    out.extend_from_slice(&parts.device);
     let mut components = parts.components.of(a);
     if let Some(first) = components.next() {
         out.extend_from_slice(br#","component":["#);
@@ -164,7 +175,9 @@ pub fn flag(
     push(out, &flag.extension)?;
     out.extend_from_slice(br#","identifier":"#);
     push(out, &flag.identifier)?;
-    out.extend_from_slice(br#","status":"active","code":"#);
+    out.extend_from_slice(br#","status":"active","category":"#);
+    out.extend_from_slice(&parts.flag_category);
+    out.extend_from_slice(br#","code":"#);
     out.extend_from_slice(code);
     out.extend_from_slice(br#","subject":"#);
     push(out, &flag.subject)?;

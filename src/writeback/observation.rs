@@ -1,6 +1,8 @@
 //! The assessment Observation: the segment as its value, one component per criterion with its
 //! level and one per overlay, the model named in `method`, and the resources that decided it as
-//! `workflow-supportingInfo` extensions (capped, with the full count in an extension).
+//! `workflow-supportingInfo` extensions (capped, with the full count in an extension). It is
+//! of the category `survey` (an assessment instrument), which EHRs list it under, and names
+//! segmentti as the Device that made it (`device`: R4 allows no Device as `performer`).
 
 use fhir_sdk::r4b::codes::ObservationStatus;
 use fhir_sdk::r4b::resources::{Observation, ObservationEffective, ObservationValue};
@@ -57,8 +59,8 @@ pub enum Parts {
     /// Every element: the resource as a FHIR server receives it.
     All,
     /// The client's own elements only (id, meta, extensions, identifier, status, subject,
-    /// date): `code` is left empty and the value, `method` and components out, for a writer
-    /// that adds the parts every client shares from their serialised form
+    /// date): `code` is left empty and the category, value, `method`, `device` and components
+    /// out, for a writer that adds the parts every client shares from their serialised form
     /// ([`super::ndjson`]). Cloning those into every client's resource, only to serialise and
     /// free them, was most of what building cost.
     Own,
@@ -86,14 +88,17 @@ pub fn assessment(
     Ok(obs)
 }
 
-/// Sets the elements every client of the same assessment shares: the assessment code, the
-/// segment as the value, the model as `method`, and the components.
+/// Sets the elements every client of the same assessment shares: the category, the assessment
+/// code, the segment as the value, the model as `method`, segmentti as the `device`, and the
+/// components.
 pub fn share(obs: &mut Observation, concepts: &Concepts, a: &Assessment) {
+    obs.category = vec![Some(concepts.observation_category.clone())];
     obs.code = concepts.assessment.clone();
     obs.value = Some(ObservationValue::CodeableConcept(
         concepts.segments[a.segment].clone(),
     ));
     obs.method = Some(concepts.method.clone());
+    obs.device = Some(concepts.device.clone());
     obs.component = concepts.components.of(a).cloned().map(Some).collect();
 }
 
@@ -153,4 +158,49 @@ fn build(
         )))
         .build()
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{DEVICE_SYSTEM, OBSERVATION_CATEGORY_SYSTEM};
+    use super::*;
+    use crate::model::load::load_str;
+
+    #[test]
+    fn the_assessment_is_a_survey_made_by_segmentti_as_a_device() {
+        let mapping = load_str(include_str!("../../mappings/paijat-sote.yaml")).expect("model");
+        let plan = Plan::compile(mapping, "2026-01-01".parse().expect("day")).expect("plan");
+        let record = ClientRecord::empty(&plan);
+        let thresholds = vec![None; plan.percentiles.len()];
+        let a = crate::pipeline::assess(&plan, "p1", &record, &thresholds).expect("placed");
+        let concepts = Concepts::new(&plan).expect("concepts");
+        let obs =
+            assessment(&plan, &concepts, ("p1", &record), &a, &[], Parts::All).expect("built");
+        let json = serde_json::to_value(&obs).expect("json");
+        assert_eq!(
+            json["category"],
+            serde_json::json!([{"coding": [{
+                "system": OBSERVATION_CATEGORY_SYSTEM,
+                "code": "survey",
+                "display": "Survey"
+            }]}])
+        );
+        assert_eq!(
+            json["device"],
+            serde_json::json!({
+                "type": "Device",
+                "identifier": {"system": DEVICE_SYSTEM, "value": "segmentti"},
+                "display": "segmentti"
+            }),
+            "no version in it: the same bytes from every release"
+        );
+        assert!(
+            json.get("performer").is_none(),
+            "R4 allows no Device as performer"
+        );
+        // The parts a file writer adds itself are left out of the client's own.
+        let own =
+            assessment(&plan, &concepts, ("p1", &record), &a, &[], Parts::Own).expect("built");
+        assert!(own.category.is_empty() && own.device.is_none());
+    }
 }

@@ -3,8 +3,8 @@
 //!
 //! | resource | rule |
 //! |---|---|
-//! | Observation | `status` final; `meta.profile` is `segment-assessment`; `code` carries segmentti's `segment-assessment`; exactly one identifier, the business identifier (model, client, date); `subject` is the client's Patient; `effectiveDateTime` is the as-of date; the value is one of the model's segments; `method` names the model; every component has a code and exactly one value; no `derivedFrom` (R4 allows no Encounter or Condition there); `workflow-supportingInfo` extensions point at the client's resources of the types segmentti reads (Encounter, Condition, Observation, EpisodeOfCare, Claim, ExplanationOfBenefit) only, at most the cap, with the full count once |
-//! | Flag | `status` active; `meta.profile` is `segment-flag`, `key-client-flag` or `overlay-flag`; exactly one identifier, the business identifier (model, overlay, client, date); `code` is a segment (the first Flag) or an overlay (the others) of the model; `subject` is the client's Patient; `period.start` is the as-of date and there is no end; `flag-detail` points at this client's Observation; the fingerprint extension is there |
+//! | Observation | `status` final; `meta.profile` is `segment-assessment`; `category` carries `survey`; `device` is segmentti (a Device by identifier); `code` carries segmentti's `segment-assessment`; exactly one identifier, the business identifier (model, client, date); `subject` is the client's Patient; `effectiveDateTime` is the as-of date; the value is one of the model's segments; `method` names the model; every component has a code and exactly one value; no `derivedFrom` (R4 allows no Encounter or Condition there); `workflow-supportingInfo` extensions point at the client's resources of the types segmentti reads (Encounter, Condition, Observation, EpisodeOfCare, Claim, ExplanationOfBenefit) only, at most the cap, with the full count once |
+//! | Flag | `status` active; `meta.profile` is `segment-flag`, `key-client-flag` or `overlay-flag`; exactly one identifier, the business identifier (model, overlay, client, date); `category` carries the model's Flag category (`admin` by default); `code` is a segment (the first Flag) or an overlay (the others) of the model; `subject` is the client's Patient; `period.start` is the as-of date and there is no end; `flag-detail` points at this client's Observation; the fingerprint extension is there |
 //!
 //! It reads the typed resources the builders made, so it costs no serialisation. A failure
 //! names the resource and the rule; the pipeline then writes nothing for that client and says
@@ -17,9 +17,12 @@ use fhir_sdk::r4b::resources::{
 use fhir_sdk::r4b::types::{CodeableConcept, ExtensionValue, Identifier, Meta, Reference};
 
 use super::{
-    BuildError, BusinessId, Concepts, FINGERPRINT, FLAG_DETAIL, PROFILES, Parts, SEGMENTTI_SYSTEM,
-    SUPPORTING_INFO, SUPPORTING_INFO_CAP, SUPPORTING_INFO_COUNT, Written, fhir_date, model_system,
+    BuildError, BusinessId, Concepts, DEVICE_NAME, DEVICE_SYSTEM, FINGERPRINT,
+    FLAG_CATEGORY_SYSTEM, FLAG_DETAIL, OBSERVATION_CATEGORY_SYSTEM, PROFILES, Parts,
+    SEGMENTTI_SYSTEM, SUPPORTING_INFO, SUPPORTING_INFO_CAP, SUPPORTING_INFO_COUNT, Written,
+    fhir_date, model_system,
 };
+use crate::model::mapping::DEFAULT_FLAG_CATEGORY;
 use crate::model::plan::Plan;
 use crate::sink::ClientResources;
 use crate::types::ResourceKind;
@@ -118,7 +121,14 @@ fn check_observation(plan: &Plan, patient: &str, obs: &Observation, parts: Parts
             _ => None,
         };
         let components = obs.component.iter().flatten();
-        check_shared(plan, &obs.code, value, obs.method.as_ref(), components)?;
+        let shared = Shared {
+            category: &obs.category,
+            code: &obs.code,
+            value,
+            method: obs.method.as_ref(),
+            device: obs.device.as_ref(),
+        };
+        check_shared(plan, &shared, components)?;
     }
     one_identifier(
         &obs.identifier,
@@ -164,15 +174,51 @@ fn check_observation(plan: &Plan, patient: &str, obs: &Observation, parts: Parts
     )
 }
 
+/// The elements every client of an assessment shares, but the components.
+struct Shared<'a> {
+    category: &'a [Option<CodeableConcept>],
+    code: &'a CodeableConcept,
+    value: Option<&'a CodeableConcept>,
+    method: Option<&'a CodeableConcept>,
+    device: Option<&'a Reference>,
+}
+
+/// Whether `reference` names segmentti as a Device, by identifier.
+fn is_segmentti_device(reference: Option<&Reference>) -> bool {
+    reference.is_some_and(|r| {
+        r.r#type.as_deref() == Some("Device")
+            && r.identifier.as_ref().is_some_and(|i| {
+                i.system.as_deref() == Some(DEVICE_SYSTEM)
+                    && i.value.as_deref() == Some(DEVICE_NAME)
+            })
+    })
+}
+
 /// The rules on the elements every client of an assessment shares.
 fn check_shared<'a>(
     plan: &Plan,
-    code: &CodeableConcept,
-    value: Option<&CodeableConcept>,
-    method: Option<&CodeableConcept>,
+    shared: &Shared<'_>,
     components: impl IntoIterator<Item = &'a ObservationComponent>,
 ) -> Rule {
     let m = &plan.mapping;
+    let Shared {
+        category,
+        code,
+        value,
+        method,
+        device,
+    } = *shared;
+    rule(
+        category
+            .iter()
+            .flatten()
+            .any(|c| has_code(c, OBSERVATION_CATEGORY_SYSTEM, std::iter::once("survey"))),
+        "category carries survey",
+    )?;
+    rule(
+        is_segmentti_device(device),
+        "device names segmentti as a Device",
+    )?;
     rule(
         has_code(
             code,
@@ -214,16 +260,16 @@ fn check_shared<'a>(
 /// each client's resource ([`Parts::Own`]): every segment's value, the code, the method and
 /// every component any client can get.
 pub fn shared(plan: &Plan, concepts: &Concepts) -> Result<(), BuildError> {
+    let category = [Some(concepts.observation_category.clone())];
     for segment in &concepts.segments {
-        let method = Some(&concepts.method);
-        check_shared(
-            plan,
-            &concepts.assessment,
-            Some(segment),
-            method,
-            concepts.components.all(),
-        )
-        .map_err(|rule| BuildError {
+        let shared = Shared {
+            category: &category,
+            code: &concepts.assessment,
+            value: Some(segment),
+            method: Some(&concepts.method),
+            device: Some(&concepts.device),
+        };
+        check_shared(plan, &shared, concepts.components.all()).map_err(|rule| BuildError {
             resource: "Observation",
             patient: "-".into(),
             cause: format!("the model's shared parts break the rule: {rule}"),
@@ -276,6 +322,14 @@ fn check_flag(plan: &Plan, patient: &str, segment: bool, obs_ref: &str, flag: &F
             "an overlay Flag's code is an overlay of the model",
         )?;
     }
+    let category = m.flag_category.as_deref().unwrap_or(DEFAULT_FLAG_CATEGORY);
+    rule(
+        flag.category
+            .iter()
+            .flatten()
+            .any(|c| has_code(c, FLAG_CATEGORY_SYSTEM, std::iter::once(category))),
+        "category carries the model's Flag category",
+    )?;
     rule(
         is_patient(Some(&flag.subject), patient),
         "subject is the client's Patient",
@@ -343,7 +397,7 @@ mod tests {
     /// Each broken builder is caught, naming the resource and the rule.
     #[test]
     fn broken_resources_are_caught_with_their_rule() {
-        let breaks: [(&str, Break); 9] = [
+        let breaks: [(&str, Break); 12] = [
             ("status is final", |r| {
                 r.observation.status = ObservationStatus::Preliminary
             }),
@@ -380,6 +434,15 @@ mod tests {
                 r.flags[0].extension.retain(|e| e.url != FLAG_DETAIL)
             }),
             ("a client has a segment Flag", |r| r.flags.clear()),
+            ("category carries survey", |r| {
+                r.observation.category.clear()
+            }),
+            ("device names segmentti as a Device", |r| {
+                r.observation.device = None
+            }),
+            ("category carries the model's Flag category", |r| {
+                r.flags[0].category.clear()
+            }),
         ];
         for (expected, break_it) in breaks {
             let (plan, mut resources) = built();

@@ -77,6 +77,44 @@ fn bench_prints_every_figure_for_every_size_and_the_country() {
 }
 
 #[test]
+fn bench_with_real_shapes_parses_what_the_run_ignores() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let work_dir = work.path().to_str().expect("utf-8 path");
+    let output = segmentti(&[
+        "bench",
+        "--clients",
+        "300",
+        "--repeat",
+        "1",
+        "--real-shapes",
+        "--work-dir",
+        work_dir,
+    ]);
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let population = work.path().join("synth-300-7-shapes");
+    assert!(population.join("Procedure.ndjson").exists());
+    let row: Vec<&str> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|r| r.first() == Some(&"300"))
+        .unwrap_or_else(|| panic!("a row for 300 clients: {stdout}"));
+    // The floor counts every line, the ignored types' too.
+    let lines: usize = std::fs::read_dir(&population)
+        .expect("population")
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "ndjson"))
+        .map(|e| {
+            std::fs::read_to_string(e.path())
+                .expect("read")
+                .lines()
+                .count()
+        })
+        .sum();
+    assert_eq!(number(&row, 1), lines as f64, "{row:?}");
+}
+
+#[test]
 fn run_stats_give_each_stage_its_time_cpu_and_peak_memory() {
     let work = tempfile::tempdir().expect("tempdir");
     let input = work.path().join("in");

@@ -77,7 +77,7 @@ fn reason(report: &Report, id: CheckId) -> &str {
 
 /// What hfs 0.2.7 (started by the harness, with the spec's search parameters) does, check by
 /// check.
-const HFS_EXPECTED: [(CheckId, Outcome); 11] = [
+const HFS_EXPECTED: [(CheckId, Outcome); 12] = [
     (CheckId::Metadata, Outcome::Pass),
     (CheckId::Declared, Outcome::Pass),
     (CheckId::Setup, Outcome::Pass),
@@ -87,6 +87,7 @@ const HFS_EXPECTED: [(CheckId, Outcome); 11] = [
     (CheckId::Transaction, Outcome::Pass),
     (CheckId::Write, Outcome::Pass),
     (CheckId::ReadBack, Outcome::Pass),
+    (CheckId::Category, Outcome::Pass),
     (CheckId::Supersede, Outcome::Pass),
     (CheckId::Cleanup, Outcome::Pass),
 ];
@@ -118,6 +119,16 @@ async fn hfs_gets_the_expected_result_of_every_check_and_keeps_its_own_clients()
             summary(&report)
         );
     }
+
+    // Observation has a category search parameter in R4 and hfs filters by it; Flag has none,
+    // and hfs says it ignores it, which the kit reports and tolerates.
+    let category = reason(&report, CheckId::Category);
+    assert!(
+        category.contains("category=survey finds the assessment")
+            && category.contains("carries category admin")
+            && category.contains("ignores category on Flag"),
+        "{category}"
+    );
 
     let after = fhir.get(&patient_url).await.expect("still readable");
     assert_eq!(
@@ -190,7 +201,7 @@ async fn the_command_writes_a_table_json_and_junit_that_parse() {
 
 /// What hfs 0.2.7 does when started without `--base-url` and without the spec's search
 /// parameters, as an operator might: the kit finds what a run would trip over.
-const HFS_BARE_EXPECTED: [(CheckId, Outcome); 11] = [
+const HFS_BARE_EXPECTED: [(CheckId, Outcome); 12] = [
     (CheckId::Metadata, Outcome::Pass),
     // It declares only the parameters it knows: no `patient`, no `identifier`.
     (CheckId::Declared, Outcome::Fail),
@@ -207,6 +218,7 @@ const HFS_BARE_EXPECTED: [(CheckId, Outcome); 11] = [
     // segmentti's transaction is conditional on `identifier`: refused.
     (CheckId::Write, Outcome::Fail),
     (CheckId::ReadBack, Outcome::Skip),
+    (CheckId::Category, Outcome::Skip),
     (CheckId::Supersede, Outcome::Skip),
     (CheckId::Cleanup, Outcome::Pass),
 ];
@@ -276,6 +288,20 @@ fn searchset(resources: Vec<Value>, next: Option<String>) -> Value {
         bundle["link"] = json!([{"relation": "next", "url": next}]);
     }
     bundle
+}
+
+/// Whether `resource` has a category coding `system|code`.
+fn has_category(resource: &Value, token: &str) -> bool {
+    let (system, code) = token.split_once('|').unwrap_or(("", token));
+    resource["category"].as_array().is_some_and(|concepts| {
+        concepts.iter().any(|c| {
+            c["coding"].as_array().is_some_and(|codings| {
+                codings
+                    .iter()
+                    .any(|x| x["system"] == system && x["code"] == code)
+            })
+        })
+    })
 }
 
 fn has_identifier(resource: &Value, token: &str) -> bool {
@@ -377,6 +403,12 @@ impl Fake {
             }
             let subject = format!("Patient/{}", patient.trim_start_matches("Patient/"));
             found.retain(|r| r["subject"]["reference"] == subject.as_str());
+        }
+        // Broken, it ignores category on Observation, as a server without the parameter would.
+        if let Some(token) = query.get("category")
+            && !(kind == "Observation" && self.broken(CheckId::Category))
+        {
+            found.retain(|r| has_category(r, token));
         }
         if let Some(when) = query.get("_lastUpdated")
             && !self.broken(CheckId::LastUpdated)

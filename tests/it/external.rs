@@ -24,21 +24,31 @@ fn input() -> String {
     fixture("external/synthea").display().to_string()
 }
 
-/// The value of `feature` in the explanation of `patient` by Päijät-Sote.
-fn feature(patient: &str, feature: &str) -> f64 {
+/// `explain` of `patient` by Päijät-Sote, plus `extra`: its stdout, once it has succeeded.
+fn explain(patient: &str, extra: &[&str]) -> String {
     let input = input();
-    let output = segmentti(&[
-        "explain",
-        "--input",
-        &input,
-        "--as-of",
-        AS_OF,
-        "--patient",
-        patient,
-        "--json",
-    ]);
+    let args = [
+        &[
+            "explain",
+            "--input",
+            &input,
+            "--as-of",
+            AS_OF,
+            "--patient",
+            patient,
+        ][..],
+        extra,
+    ]
+    .concat();
+    let output = segmentti(&args);
     let (stdout, stderr) = text(&output);
     assert!(output.status.success(), "{stdout}\n{stderr}");
+    stdout
+}
+
+/// The value of `feature` in the explanation of `patient` by Päijät-Sote.
+fn feature(patient: &str, feature: &str) -> f64 {
+    let stdout = explain(patient, &["--json"]);
     let explanations: Value = serde_json::from_str(&stdout).expect("json");
     let explanation = explanations
         .as_array()
@@ -129,7 +139,7 @@ fn a_synthea_export_runs_clean_and_counts_what_it_ignores() {
         .collect();
     assert!(segments.len() >= 2, "{segments:?}");
     // No top share holds for more than its percent of six clients (for 5 % and 10 %: none).
-    for t in model["thresholds"].as_array().expect("thresholds") {
+    for t in model["top_shares"].as_array().expect("top shares") {
         assert_eq!(t["clients"], 0, "{t}");
         assert!(
             t["note"].as_str().is_some_and(|n| n.contains("too few")),
@@ -154,17 +164,6 @@ fn snomed_ct_coded_long_term_illnesses_are_recognised_once_each() {
 
 #[test]
 fn the_dead_are_explained_as_not_assessed() {
-    let input = input();
-    let output = segmentti(&[
-        "explain",
-        "--input",
-        &input,
-        "--as-of",
-        AS_OF,
-        "--patient",
-        BEATRICE,
-    ]);
-    let (stdout, stderr) = text(&output);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let stdout = explain(BEATRICE, &[]);
     assert!(stdout.contains("the client has died"), "{stdout}");
 }

@@ -21,5 +21,6 @@ mod shards;
 mod smart;
 mod support;
 mod synthetic;
+mod terminology;
 mod throughput;
 mod tls;

@@ -26,20 +26,26 @@ fn run_segments_the_fixture_and_writes_schema_valid_resources() {
     let output = run_files(&fixture("offline/basic"), out.path(), &[]);
     let (stdout, stderr) = text(&output);
     assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
-    assert!(stdout.contains("Model paijat-sote 1.2.0"), "{stdout}");
+    assert!(stdout.contains("Model paijat-sote 1.3.0"), "{stdout}");
     let observations = ndjson(&out.path().join("Observation.ndjson"));
     let flags = ndjson(&out.path().join("Flag.ndjson"));
     assert_eq!(observations.len(), 3);
     assert_eq!(segment_of(&observations, "p1"), "4");
     assert_eq!(segment_of(&observations, "p2"), "1");
     assert_eq!(segment_of(&observations, "p3"), "3a");
-    // p1 is the heaviest user, p3 the most costly: both key clients, each with a second Flag.
+    // p1 uses several different services: a key client, with a second Flag. Three clients are
+    // too few for a top 5 % or 10 %, so no one is a key client by heavy use or high cost.
     let key_flags: Vec<&Value> = flags
         .iter()
         .filter(|f| f["code"]["coding"][0]["code"] == "key-client")
         .collect();
-    assert_eq!(key_flags.len(), 2, "{flags:#?}");
-    assert_eq!(flags.len(), 5);
+    assert_eq!(key_flags.len(), 1, "{flags:#?}");
+    assert_eq!(key_flags[0]["subject"]["reference"], "Patient/p1");
+    assert!(
+        stdout.contains("not applied: 3 clients are too few"),
+        "{stdout}"
+    );
+    assert_eq!(flags.len(), 4);
     for resource in observations.iter().chain(&flags) {
         let errors = fhir_schema_errors(resource);
         assert!(errors.is_empty(), "{}: {errors:#?}", resource["id"]);
@@ -196,7 +202,7 @@ fn bad_resources_are_skipped_into_rejected_ndjson_with_file_line_and_reason() {
         ("Condition.ndjson", b"{bad json\n", "Condition.ndjson:6", "malformed JSON"),
         ("Encounter.ndjson", b"{\"resourceType\":\"Encounter\",\"subject\":{\"reference\":\"Patient/p1\"}}\n", "Encounter.ndjson:27", "Encounter without id"),
         ("Encounter.ndjson", b"{\"resourceType\":\"Encounter\",\"id\":\"nosub\"}\n", "Encounter.ndjson:27", "without subject"),
-        ("Condition.ndjson", b"{\"resourceType\":\"Observation\",\"id\":\"o1\"}\n", "Condition.ndjson:6", "resourceType `Observation` is not read"),
+        ("Condition.ndjson", b"{\"resourceType\":\"Foo\",\"id\":\"o1\"}\n", "Condition.ndjson:6", "resourceType `Foo` is not read by segmentti"),
         ("Encounter.ndjson", b"{\"resourceType\":\"Encounter\",\"id\":\"g1\",\"subject\":{\"reference\":\"Patient/ghost\"}}\n", "Patient/ghost", "not in the input"),
         ("Patient.ndjson", b"{\"resourceType\":\"Patient\",\"id\":\"caf\xe9\"}\n", "Patient.ndjson:4", "not UTF-8"),
         ("Condition.ndjson", b"{\"resourceType\":\"Condition\",\"id\":\"cut\",\"subject\":{\"refer", "Condition.ndjson:6", "truncated JSON"),

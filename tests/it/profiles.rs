@@ -296,7 +296,7 @@ type Break = (&'static str, &'static str, fn(&mut Value));
 fn resources_broken_on_purpose_are_rejected() {
     let examples = examples();
     let of = |profile: &str| claiming(&examples, profile).next().cloned().expect(profile);
-    let breaks: [Break; 9] = [
+    let breaks: [Break; 14] = [
         ("/segment-assessment", "no status", |r| {
             r.as_object_mut().expect("object").remove("status");
         }),
@@ -326,6 +326,23 @@ fn resources_broken_on_purpose_are_rejected() {
         ("/key-client-flag", "not the key-client code", |r| {
             r["code"]["coding"][0]["code"] = json!("emergency")
         }),
+        ("/segment-assessment", "no category", |r| {
+            r.as_object_mut().expect("object").remove("category");
+        }),
+        ("/segment-assessment", "a category but not survey", |r| {
+            r["category"][0]["coding"][0]["code"] = json!("laboratory")
+        }),
+        ("/segment-assessment", "no device", |r| {
+            r.as_object_mut().expect("object").remove("device");
+        }),
+        ("/segment-flag", "no category", |r| {
+            r.as_object_mut().expect("object").remove("category");
+        }),
+        (
+            "/key-client-flag",
+            "a category outside flag-category",
+            |r| r["category"][0]["coding"][0]["code"] = json!("banner"),
+        ),
     ];
     let v = validator();
     let mut missed = Vec::new();

@@ -404,3 +404,67 @@ pub fn assert_wrote_nothing(w: &Value, run: &Value) {
         "{run:#}"
     );
 }
+
+#[tokio::test]
+async fn a_client_who_dies_has_the_flags_ended_with_the_reason_and_no_new_assessment() {
+    let server = TestServer::start().await;
+    load(&server, 40);
+    run(&server, &["--as-of", "2026-01-01"]);
+    let patients = all(&server, "Patient").await;
+    let mut dead = patients
+        .iter()
+        .min_by_key(|p| p["id"].as_str().map(str::to_owned))
+        .expect("a patient")
+        .clone();
+    let id = dead["id"].as_str().expect("id").to_owned();
+    let subject = format!("Patient/{id}");
+    let active = |flags: &[Value]| {
+        flags
+            .iter()
+            .filter(|f| f["subject"]["reference"] == subject.as_str() && f["status"] == "active")
+            .count()
+    };
+    let before = all(&server, "Flag").await;
+    assert!(active(&before) >= 1, "{id} has a segment Flag");
+    let observations_before = all(&server, "Observation").await.len();
+
+    dead["deceasedDateTime"] = Value::String("2026-03-01".into());
+    if let Some(p) = dead.as_object_mut() {
+        p.remove("meta");
+    }
+    server.put(&[dead]).await;
+    let later = run(&server, &["--as-of", "2026-06-01"]);
+    assert_eq!(
+        later["models"][0]["summary"]["not_assessed"]["deceased"], 1,
+        "{later:#}"
+    );
+
+    let flags = all(&server, "Flag").await;
+    assert_eq!(active(&flags), 0, "{id}'s Flags are ended");
+    let ended: Vec<&Value> = flags
+        .iter()
+        .filter(|f| f["subject"]["reference"] == subject.as_str())
+        .collect();
+    assert!(
+        ended.iter().all(|f| f["period"]["end"] == "2026-06-01"
+            && f["extension"].as_array().is_some_and(|e| e.iter().any(|x| {
+                x["url"] == "https://segmentti.fi/fhir/StructureDefinition/end-reason"
+                    && x["valueCode"] == "deceased"
+            }))),
+        "{ended:#?}"
+    );
+    let observations = all(&server, "Observation").await;
+    assert!(
+        !observations
+            .iter()
+            .any(|o| o["subject"]["reference"] == subject.as_str()
+                && o["effectiveDateTime"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with("2026-06-01"))),
+        "no assessment of {id} at the later date"
+    );
+    assert!(
+        observations.len() > observations_before,
+        "the living are reassessed"
+    );
+}

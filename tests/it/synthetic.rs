@@ -196,3 +196,85 @@ fn a_sub_segment_names_its_parent_segment() {
             .any(|c| c["code"]["coding"][0]["code"] == "parent-segment")
     );
 }
+
+#[test]
+fn the_shapes_of_real_exports_run_clean_and_top_shares_hold_for_no_more_than_their_percent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, out) = (dir.path().join("in"), dir.path().join("out"));
+    synth(2000, 5, Synth::Files(&input), &["--real-shapes"]);
+    let output = run_files(&input, &out, &[]);
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(ndjson(&out.join("rejected.ndjson")).is_empty());
+    let summary = summary(&out);
+    for kind in [
+        "Procedure",
+        "Immunization",
+        "MedicationRequest",
+        "Organization",
+    ] {
+        assert!(
+            summary["ignored"][kind].as_u64() > Some(0),
+            "{kind}: {summary}"
+        );
+    }
+    let model = &summary["models"][0];
+    assert!(
+        model["not_assessed"]["deceased"].as_u64() > Some(0),
+        "{model}"
+    );
+    assert!(
+        model["not_assessed"]["inactive"].as_u64() > Some(0),
+        "{model}"
+    );
+    let shares = model["top_shares"].as_array().expect("top shares");
+    assert!(!shares.is_empty());
+    for t in shares {
+        let (share, percent) = (t["share"].as_f64(), t["percent"].as_f64());
+        assert!(
+            share
+                .zip(percent)
+                .is_some_and(|(s, p)| s > 0.0 && s <= p / 100.0),
+            "{t}"
+        );
+    }
+}
+
+#[test]
+fn explain_lists_what_was_left_out_and_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lines = [
+        r#"{"resourceType":"Patient","id":"p","birthDate":"1950-01-01"}"#,
+        r#"{"resourceType":"Encounter","id":"e1","status":"finished","subject":{"reference":"Patient/p"},"class":{"code":"AMB"},"period":{"start":"2025-06-01"}}"#,
+        r#"{"resourceType":"Encounter","id":"e2","status":"entered-in-error","subject":{"reference":"Patient/p"},"class":{"code":"AMB"},"period":{"start":"2025-06-02"}}"#,
+        r#"{"resourceType":"Condition","id":"c1","subject":{"reference":"Patient/p"},"code":{"coding":[{"system":"http://snomed.info/sct","code":"38341003"}]},"verificationStatus":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/condition-ver-status","code":"refuted"}]}}"#,
+    ];
+    std::fs::write(dir.path().join("all.ndjson"), lines.join("\n") + "\n").expect("write");
+    let input = dir.path().to_str().expect("utf-8");
+    let output = segmentti(&[
+        "explain",
+        "--input",
+        input,
+        "--as-of",
+        "2026-01-01",
+        "--patient",
+        "p",
+        "--lang",
+        "en",
+    ]);
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("Left out (read, counted for nothing):"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Encounter/e2: status `entered-in-error` is not counted"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Condition/c1: status `refuted` is not counted"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("Encounter/e1:"), "{stdout}");
+}

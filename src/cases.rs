@@ -84,6 +84,13 @@ pub struct CaseEncounter {
     /// Days between repeats.
     #[serde(default = "seven")]
     pub every_days: u32,
+    /// Encounter status (default `finished`; `entered-in-error`, `cancelled` and `planned` do not count).
+    #[serde(default = "finished")]
+    pub status: String,
+}
+
+fn finished() -> String {
+    "finished".into()
 }
 
 fn one() -> u32 {
@@ -103,6 +110,12 @@ pub struct CaseCondition {
     /// Clinical status (default `active`).
     #[serde(default = "active")]
     pub status: String,
+    /// Verification status (`confirmed`, `refuted`, `entered-in-error`, …); none when absent.
+    #[serde(default)]
+    pub verification: Option<String>,
+    /// Further codings of the same Condition, each `system|code` (one illness coded in several systems).
+    #[serde(default)]
+    pub also: Vec<String>,
     /// Onset day.
     pub onset: Option<Day>,
 }
@@ -306,7 +319,7 @@ pub fn resources(plan: &Plan, case: &Case, file: &Path) -> Result<Vec<Value>, Ca
                 .start
                 .plus_days(i32::try_from(r * e.every_days).unwrap_or(0));
             let mut enc = json!({
-                "resourceType": "Encounter", "id": format!("e{i}-{r}"), "status": "finished",
+                "resourceType": "Encounter", "id": format!("e{i}-{r}"), "status": e.status,
                 "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": e.class},
                 "subject": subject,
                 "period": {"start": start.to_string(), "end": start.plus_days(i32::try_from(e.days).unwrap_or(0)).to_string()},
@@ -323,12 +336,19 @@ pub fn resources(plan: &Plan, case: &Case, file: &Path) -> Result<Vec<Value>, Ca
         }
     }
     for (i, c) in case.conditions.iter().enumerate() {
-        let (system, code) = coding(plan, &c.code, file)?;
+        let mut codings = Vec::new();
+        for text in std::iter::once(&c.code).chain(&c.also) {
+            let (system, code) = coding(plan, text, file)?;
+            codings.push(json!({"system": system, "code": code}));
+        }
         let mut cond = json!({
             "resourceType": "Condition", "id": format!("c{i}"), "subject": subject,
             "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": c.status}]},
-            "code": {"coding": [{"system": system, "code": code}]},
+            "code": {"coding": codings},
         });
+        if let Some(v) = &c.verification {
+            cond["verificationStatus"] = json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": v}]});
+        }
         if let Some(onset) = c.onset {
             cond["onsetDateTime"] = json!(onset.to_string());
         }
@@ -480,4 +500,67 @@ pub fn run_case(plan: &Plan, file: &Path, case: &Case) -> Result<Outcome, CaseEr
         rules,
         explanation,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn case_gives_encounter_status_verification_and_several_codings() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/paijat-sote.yaml");
+        let mapping = model::load_file(&path).expect("model loads");
+        let plan = Plan::compile(mapping, "2026-01-01".parse().expect("day")).expect("compiles");
+        let case: Case = serde_json::from_value(json!({
+            "description": "fields", "as_of": "2026-01-01", "patient": {"birth_date": "1985-06-15"},
+            "encounters": [
+                {"class": "AMB", "start": "2025-06-01"},
+                {"class": "AMB", "start": "2025-06-02", "status": "entered-in-error"},
+            ],
+            "conditions": [
+                {"code": "icd10fi|I50", "also": ["snomed|84114007"], "verification": "refuted"},
+                {"code": "icd10fi|E11"},
+            ],
+            "expect": {"segment": "x", "features": {"contacts_12m": 1, "chronic_conditions": 1}},
+        }))
+        .expect("case parses");
+        let out = resources(&plan, &case, Path::new("t.yaml")).expect("resources");
+        let encounters: Vec<&Value> = out
+            .iter()
+            .filter(|r| r["resourceType"] == "Encounter")
+            .collect();
+        assert_eq!(encounters[0]["status"], "finished");
+        assert_eq!(encounters[1]["status"], "entered-in-error");
+        let conditions: Vec<&Value> = out
+            .iter()
+            .filter(|r| r["resourceType"] == "Condition")
+            .collect();
+        let codings = conditions[0]["code"]["coding"].as_array().expect("codings");
+        assert_eq!(codings.len(), 2);
+        assert_eq!(codings[0]["code"], "I50");
+        assert_eq!(codings[1]["system"], "http://snomed.info/sct");
+        assert_eq!(codings[1]["code"], "84114007");
+        assert_eq!(
+            conditions[0]["verificationStatus"]["coding"][0]["code"],
+            "refuted"
+        );
+        assert!(conditions[1].get("verificationStatus").is_none());
+        assert_eq!(
+            conditions[1]["code"]["coding"]
+                .as_array()
+                .expect("codings")
+                .len(),
+            1
+        );
+        // Through extraction: the erroneous contact and the refuted illness count for nothing.
+        let outcome = run_case(&plan, Path::new("t.yaml"), &case).expect("runs");
+        assert!(
+            outcome
+                .failures
+                .iter()
+                .all(|f| !f.starts_with("contacts_12m") && !f.starts_with("chronic_conditions")),
+            "{:?}",
+            outcome.failures
+        );
+    }
 }

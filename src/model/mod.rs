@@ -36,3 +36,26 @@ pub fn plan_file(path: &Path, as_of: Day) -> Result<Plan, MappingError> {
             .collect(),
     })
 }
+
+/// The smallest model the tests of other modules need: `head` (the YAML from `features:` or
+/// `prices:` on, with any code lists) and one criterion, one segment and a tree that places
+/// everyone there.
+#[cfg(test)]
+pub(crate) fn one_segment_model(head: &str) -> String {
+    format!(
+        r#"id: t
+canonical: https://example.org/t
+version: "1"
+title: {{fi: t, sv: t, en: t}}
+{head}
+criteria:
+  - id: c
+    title: {{fi: c, sv: c, en: c}}
+    levels: [{{code: low, display: {{fi: l, sv: l, en: l}}}}]
+segments:
+  - {{code: "1", order: 1, display: {{fi: s, sv: s, en: s}}, guidance: {{fi: g, sv: g, en: g}}}}
+tree:
+  - {{id: all, segment: "1", because: {{fi: b, sv: b, en: b}}}}
+"#
+    )
+}

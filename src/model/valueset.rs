@@ -551,29 +551,16 @@ mod tests {
 
     /// A model with one code list, `list` (YAML flow mapping), and `include`.
     fn model(list: &str, include: &str) -> String {
-        format!(
-            r#"id: t
-canonical: https://example.org/t
-version: "1"
-title: {{fi: t, sv: t, en: t}}
-include: [{include}]
+        crate::model::one_segment_model(&format!(
+            r#"include: [{include}]
 systems: {{snomed: http://snomed.info/sct}}
 code_lists:
   - {list}
 features:
   - id: f
     title: {{fi: k, sv: k, en: c}}
-    count: {{resource: Condition, where: [{{field: code, in: hf}}]}}
-criteria:
-  - id: c
-    title: {{fi: c, sv: c, en: c}}
-    levels: [{{code: low, display: {{fi: l, sv: l, en: l}}}}]
-segments:
-  - {{code: "1", order: 1, display: {{fi: s, sv: s, en: s}}, guidance: {{fi: g, sv: g, en: g}}}}
-tree:
-  - {{id: all, segment: "1", because: {{fi: b, sv: b, en: b}}}}
-"#
-        )
+    count: {{resource: Condition, where: [{{field: code, in: hf}}]}}"#
+        ))
     }
 
     const FRAGMENT: &str = "fragment: parts\nversion: \"1\"\ntitle: {fi: p, sv: p, en: p}\ncode_lists:\n  - {id: isa, valueset: hf.json}\n";

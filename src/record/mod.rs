@@ -522,27 +522,13 @@ mod tests {
 
     /// [`one_feature_plan`] with `prices` (`, rates: {...}`) added to its price table.
     fn priced_plan(prices: &str, aggregation: &str) -> Plan {
-        let yaml = format!(
-            r#"
-id: t
-canonical: https://example.org/t
-version: "1"
-title: {{fi: t, sv: t, en: t}}
-prices: {{currency: EUR, source: test, rules: [], otherwise: 100{prices}}}
+        let yaml = crate::model::one_segment_model(&format!(
+            r#"prices: {{currency: EUR, source: test, rules: [], otherwise: 100{prices}}}
 features:
   - id: f
     title: {{fi: k, sv: k, en: c}}
-    {aggregation}
-criteria:
-  - id: c
-    title: {{fi: c, sv: c, en: c}}
-    levels: [{{code: low, display: {{fi: l, sv: l, en: l}}}}]
-segments:
-  - {{code: "1", order: 1, display: {{fi: s, sv: s, en: s}}, guidance: {{fi: g, sv: g, en: g}}}}
-tree:
-  - {{id: all, segment: "1", because: {{fi: b, sv: b, en: b}}}}
-"#
-        );
+    {aggregation}"#
+        ));
         let mapping = load_str(&yaml).expect("model");
         Plan::compile(mapping, "2026-01-01".parse().expect("day")).expect("plan")
     }

@@ -661,14 +661,17 @@ pub fn evaluate_views<S: Sink + Send>(
     if S::PARTS == writeback::Parts::Own {
         writeback::validate::shared(plan, &concepts)?;
     }
-    // Clients who get no assessment go first, in id order: a sink ends what it held of them.
-    let mut gone: Vec<(&CompactString, crate::record::Unassessed)> = clients
+    // Clients who get no assessment go first, in id order: a sink ends what each of its
+    // targets held of them, under the client's Patient id there.
+    let mut gone: Vec<_> = clients
         .iter()
-        .filter_map(|(id, r)| r.unassessed.map(|why| (id, why)))
+        .filter_map(|(id, r)| r.unassessed.map(|why| (id, r, why)))
         .collect();
-    gone.sort_unstable();
-    for (id, why) in gone {
-        sink.unassessed(plan, id, why)?;
+    gone.sort_unstable_by_key(|(id, _, _)| *id);
+    for (id, record, why) in gone {
+        for view in views.views(id, record) {
+            sink.unassessed(plan, view.target, view.patient, why)?;
+        }
     }
     // Clients are assessed, built and encoded in parallel a chunk at a time, then handed to the
     // sink in id order, so the output does not depend on thread timing. The sink takes one chunk

@@ -18,9 +18,19 @@ use super::fhir::{FhirSink, WriteReport};
 use super::{Built, ClientResources, Sink, SinkError};
 use crate::model::plan::Plan;
 use crate::pipeline::Rejected;
+use crate::record::Unassessed;
 
 /// Clients queued per target before the assessment waits for that target.
 const QUEUE: usize = 1024;
+
+/// What a target's writer is given.
+#[derive(Debug)]
+enum Write {
+    /// An assessed client's resources.
+    Client(ClientResources),
+    /// A client who gets no assessment, by their Patient id at the target.
+    Gone(String, Unassessed),
+}
 
 /// One target's outcome.
 #[derive(Debug, Clone, Serialize)]
@@ -41,7 +51,7 @@ pub struct FanOut<'scope> {
 #[derive(Debug)]
 struct Target<'scope> {
     label: String,
-    queue: mpsc::SyncSender<ClientResources>,
+    queue: mpsc::SyncSender<Write>,
     writer: ScopedJoinHandle<'scope, (Duration, TargetOutcome)>,
 }
 
@@ -69,6 +79,23 @@ impl<'scope> FanOut<'scope> {
         Self { targets }
     }
 
+    /// Queues `write` for `target`'s writer.
+    fn send(&self, target: usize, write: Write) -> Result<(), SinkError> {
+        let Some(t) = self.targets.get(target) else {
+            return Err(SinkError::Remote(format!(
+                "no write target {target} (a bug in segmentti)"
+            )));
+        };
+        // The writer drains its queue to the end, failed or not, so a send fails only when
+        // its thread is gone.
+        t.queue.send(write).map_err(|_| {
+            SinkError::Remote(format!(
+                "the writer of {} stopped (a bug in segmentti)",
+                t.label
+            ))
+        })
+    }
+
     /// Writes what is pending at every target; per target, its name, the seconds spent
     /// writing to it, and the outcome.
     pub fn finish(self) -> Vec<(String, f64, TargetOutcome)> {
@@ -93,7 +120,7 @@ fn write(
     label: &str,
     plan: &Plan,
     sink: FhirSink,
-    clients: mpsc::Receiver<ClientResources>,
+    clients: mpsc::Receiver<Write>,
 ) -> (Duration, TargetOutcome) {
     let mut spent = Duration::ZERO;
     let mut sink = Some(sink);
@@ -102,10 +129,13 @@ fn write(
         error!(target_server = %label, error = %message, "writing to this target failed; its remaining writes are skipped");
         message
     };
-    for resources in clients {
+    for write in clients {
         let Some(s) = &mut sink else { continue };
         let started = Instant::now();
-        let sent = s.client(plan, resources);
+        let sent = match write {
+            Write::Client(resources) => s.client(plan, resources),
+            Write::Gone(patient, why) => s.unassessed(plan, 0, &patient, why),
+        };
         spent += started.elapsed();
         if let Err(e) = sent {
             sink = None;
@@ -133,20 +163,18 @@ impl Sink for FanOut<'_> {
     }
 
     fn client(&mut self, _plan: &Plan, resources: ClientResources) -> Result<(), SinkError> {
-        let Some(target) = self.targets.get(resources.target) else {
-            return Err(SinkError::Remote(format!(
-                "no write target {} (a bug in segmentti)",
-                resources.target
-            )));
-        };
-        // The writer drains its queue to the end, failed or not, so a send fails only when
-        // its thread is gone.
-        target.queue.send(resources).map_err(|_| {
-            SinkError::Remote(format!(
-                "the writer of {} stopped (a bug in segmentti)",
-                target.label
-            ))
-        })
+        let target = resources.target;
+        self.send(target, Write::Client(resources))
+    }
+
+    fn unassessed(
+        &mut self,
+        _plan: &Plan,
+        target: usize,
+        patient: &str,
+        why: Unassessed,
+    ) -> Result<(), SinkError> {
+        self.send(target, Write::Gone(patient.to_owned(), why))
     }
 
     fn rejected(&mut self, _rejected: &Rejected) -> Result<(), SinkError> {

@@ -248,7 +248,13 @@ impl Sink for FhirSink {
         Ok(())
     }
 
-    fn unassessed(&mut self, plan: &Plan, patient: &str, why: Unassessed) -> Result<(), SinkError> {
+    fn unassessed(
+        &mut self,
+        plan: &Plan,
+        _target: usize,
+        patient: &str,
+        why: Unassessed,
+    ) -> Result<(), SinkError> {
         self.retiring.push((patient.to_owned(), why));
         if self.pending.len() + self.retiring.len() >= self.batch {
             self.flush(plan)

@@ -86,11 +86,13 @@ pub trait Sink {
     fn client(&mut self, plan: &Plan, encoded: Self::Encoded) -> Result<(), SinkError>;
     /// Records a rejected input.
     fn rejected(&mut self, rejected: &Rejected) -> Result<(), SinkError>;
-    /// Takes a client who gets no assessment ([`Unassessed`]): a sink that holds earlier
-    /// results of the model (a server's active Flags) ends them. Files hold none.
+    /// Takes a client who gets no assessment ([`Unassessed`]), as `patient` at `target`: a
+    /// sink that holds earlier results of the model (a server's active Flags) ends them. Files
+    /// hold none.
     fn unassessed(
         &mut self,
         _plan: &Plan,
+        _target: usize,
         _patient: &str,
         _why: Unassessed,
     ) -> Result<(), SinkError> {

@@ -711,3 +711,41 @@ fn explain_shows_a_joined_client_with_the_sources_that_hold_it() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_death_recorded_in_one_system_ends_the_flags_in_every_system_that_holds_the_client() {
+    let (a, b) = tokio::join!(TestServer::start(), TestServer::start());
+    a.put(&[
+        patient("pa", Some("040450-904N"), None),
+        visit("e-pa", "pa"),
+    ])
+    .await;
+    b.put(&[
+        patient("pb", Some("040450-904N"), None),
+        visit("e-pb", "pb"),
+    ])
+    .await;
+    let urls = [a.base_url().to_string(), b.base_url().to_string()];
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let (output, _) = joined(&urls, &[]).await;
+    assert!(output.status.success(), "{:?}", text(&output));
+    let active = |flags: &[Value]| flags.iter().filter(|f| f["status"] == "active").count();
+    assert!(active(&all(&a, "Flag").await) >= 1);
+    assert!(active(&all(&b, "Flag").await) >= 1);
+
+    let mut died = patient("pa", Some("040450-904N"), None);
+    died["deceasedDateTime"] = json!("2025-12-01");
+    a.put(&[died]).await;
+    let (output, _) = joined(&urls, &[]).await;
+    assert!(output.status.success(), "{:?}", text(&output));
+    for server in [&a, &b] {
+        let flags = all(server, "Flag").await;
+        assert_eq!(active(&flags), 0, "{}: {flags:#?}", server.base_url());
+        assert!(
+            flags.iter().all(|f| f["extension"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|x| x["valueCode"] == "deceased"))),
+            "{flags:#?}"
+        );
+    }
+}

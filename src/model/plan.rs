@@ -89,7 +89,7 @@ const FLAT_SYSTEMS: [&str; 2] = ["http://snomed.info/sct", "http://loinc.org"];
 /// Inside the 48 bits a client's distinct set keeps of a key.
 const UNLISTED: u64 = 1 << 47;
 
-/// The bit that marks an unlisted key as a second choice ([`Plan::second_choice`]).
+/// The bit that marks an unlisted key as a second choice ([`Plan::distinct_concept`]).
 const SECOND: u64 = 1 << 46;
 
 /// The key a concept is counted by: its name, or its one code.
@@ -955,14 +955,11 @@ impl Plan {
         self.index.contains_key(&field)
     }
 
-    /// The match bits of one coding of `field`, and the key of the concept a `distinct`
-    /// feature counts it as: the listed concept (an exact code before the longest prefix), or
-    /// for a code no list holds, the coding itself, marked so that a listed concept of the
-    /// same resource is preferred ([`Plan::distinct_key`]).
-    pub fn lookup(&self, field: Field, system: &str, code: &str) -> (u128, u64) {
-        let unlisted = || concept_key(None, system, code) | UNLISTED;
+    /// The match bits of one coding of `field`, and the key of its listed concept (an exact
+    /// code before the longest prefix), if a list holds it.
+    pub fn lookup(&self, field: Field, system: &str, code: &str) -> (u128, Option<u64>) {
         let Some(index) = self.index.get(&field) else {
-            return (0, unlisted());
+            return (0, None);
         };
         // Looked up by borrowed str: this runs for every coding of every resource.
         let exact = index.exact.get(system).and_then(|codes| codes.get(code));
@@ -977,17 +974,24 @@ impl Plan {
             }
             concept = concept.or(longest);
         }
-        (mask, concept.unwrap_or_else(unlisted))
+        (mask, concept)
     }
 
-    /// `key`, counted only where the resource has no other unlisted coding: an Encounter's
-    /// `type` as its service when its `serviceType` is no listed service either.
-    pub fn second_choice(key: u64) -> u64 {
-        if key & UNLISTED != 0 {
-            key | SECOND
-        } else {
-            key
-        }
+    /// The key a `distinct` feature counts a coding by: its `listed` concept ([`Plan::lookup`]),
+    /// or for a code no list holds, the coding itself, marked so that a listed concept of the
+    /// same resource is preferred ([`Plan::distinct_key`]). A `second_choice` coding (an
+    /// Encounter's `type` taken as its service) gives way to the resource's other unlisted
+    /// codings too. Hashed only here, for the fields `distinct` features count.
+    pub fn distinct_concept(
+        listed: Option<u64>,
+        system: &str,
+        code: &str,
+        second_choice: bool,
+    ) -> u64 {
+        listed.unwrap_or_else(|| {
+            let key = concept_key(None, system, code) | UNLISTED;
+            if second_choice { key | SECOND } else { key }
+        })
     }
 
     /// Of two concept keys of one resource's codings, the one it is counted by: a listed

@@ -57,7 +57,7 @@ pub struct Fact {
     /// Condition), or a Claim or ExplanationOfBenefit without a total to cost it by.
     pub void: Option<Void>,
     /// The concept (key) `distinct` features count the resource as, one per distinct field
-    /// ([`Plan::lookup`]), with the distinct-field index; a resource has one or two, so they
+    /// ([`Plan::distinct_concept`]), with the distinct-field index; a resource has one or two, so they
     /// live inside the fact rather than in an allocation.
     pub codes: SmallVec<[(u8, u64); 2]>,
     /// A Patient's identifiers, links and last update, for joining several sources
@@ -207,21 +207,25 @@ impl Codes {
             self.void = Some(CompactString::new(code));
         }
         if matches!(field, Field::Type | Field::ServiceType) && plan.reads_service {
-            let (mask, concept) = plan.lookup(Field::Service, system, code);
             // Where neither names a listed service, the service type is the service.
-            let concept = match field {
-                Field::Type => Plan::second_choice(concept),
-                _ => concept,
-            };
-            self.add_code(plan, Field::Service, mask, concept);
+            self.add_code(plan, Field::Service, system, code, field == Field::Type);
         }
-        let (mask, concept) = plan.lookup(field, system, code);
-        self.add_code(plan, field, mask, concept);
+        self.add_code(plan, field, system, code, false);
     }
 
-    fn add_code(&mut self, plan: &Plan, field: Field, mask: u128, concept: u64) {
+    /// Matches one coding as `field` ([`Plan::distinct_concept`] for `second_choice`).
+    fn add_code(
+        &mut self,
+        plan: &Plan,
+        field: Field,
+        system: &str,
+        code: &str,
+        second_choice: bool,
+    ) {
+        let (mask, listed) = plan.lookup(field, system, code);
         self.mask |= mask;
         if let Some(slot) = plan.distinct_fields.iter().position(|f| *f == field) {
+            let concept = Plan::distinct_concept(listed, system, code, second_choice);
             // One concept per resource: its codings in several systems are one thing.
             let slot = u8::try_from(slot).unwrap_or(u8::MAX);
             match self.distinct.iter_mut().find(|(s, _)| *s == slot) {

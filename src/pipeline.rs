@@ -621,18 +621,19 @@ pub fn evaluate_views<S: Sink + Send>(
     fixed: Option<&[Threshold]>,
 ) -> Result<ModelSummary, PipelineError> {
     let _span = info_span!("evaluate", model = %plan.mapping.id).entered();
+    // Clients who get no assessment: counted, and handed to the sink before the others.
+    let mut ids: Vec<&CompactString> = Vec::with_capacity(clients.len());
+    let mut gone = Vec::new();
+    for (id, r) in clients {
+        match r.unassessed {
+            Some(why) => gone.push((id, r, why)),
+            None => ids.push(id),
+        }
+    }
     let mut not_assessed: BTreeMap<String, u64> = BTreeMap::new();
-    let mut ids: Vec<&CompactString> = clients
-        .iter()
-        .filter(|(_, r)| match r.unassessed {
-            Some(why) => {
-                *not_assessed.entry(why.as_str().to_owned()).or_default() += 1;
-                false
-            }
-            None => true,
-        })
-        .map(|(id, _)| id)
-        .collect();
+    for (_, _, why) in &gone {
+        *not_assessed.entry(why.as_str().to_owned()).or_default() += 1;
+    }
     ids.par_sort_unstable();
     COUNTERS.clients.fetch_add(ids.len() as u64, Relaxed);
     let thresholds = match fixed {
@@ -663,10 +664,6 @@ pub fn evaluate_views<S: Sink + Send>(
     }
     // Clients who get no assessment go first, in id order: a sink ends what each of its
     // targets held of them, under the client's Patient id there.
-    let mut gone: Vec<_> = clients
-        .iter()
-        .filter_map(|(id, r)| r.unassessed.map(|why| (id, r, why)))
-        .collect();
     gone.sort_unstable_by_key(|(id, _, _)| *id);
     for (id, record, why) in gone {
         for view in views.views(id, record) {
@@ -732,16 +729,11 @@ pub fn evaluate_views<S: Sink + Send>(
                     }
                     rows.for_each(|row| areas[row][a.segment] += 1);
                 }
-                for (held, (&(f, _), t)) in top_held
+                for (held, (&(f, _), &t)) in top_held
                     .iter_mut()
                     .zip(plan.percentiles.iter().zip(&thresholds))
                 {
-                    if let (Some(v), Some(t)) = (a.features[f], t)
-                        && v > 0.0
-                        && v >= *t
-                    {
-                        *held += 1;
-                    }
+                    *held += u64::from(crate::model::plan::in_top_share(a.features[f], t));
                 }
                 for (o, slot) in per_overlay.iter_mut().enumerate() {
                     if a.overlay_holds(o) {

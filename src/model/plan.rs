@@ -92,6 +92,12 @@ const UNLISTED: u64 = 1 << 47;
 /// The bit that marks an unlisted key as a second choice ([`Plan::distinct_concept`]).
 const SECOND: u64 = 1 << 46;
 
+/// Whether a client with `value` is in a top share whose threshold is `threshold`: at or above
+/// it, and above zero; never where either is missing.
+pub fn in_top_share(value: Option<f64>, threshold: Option<f64>) -> bool {
+    value.zip(threshold).is_some_and(|(v, t)| v > 0.0 && v >= t)
+}
+
 /// The key a concept is counted by: its name, or its one code.
 fn concept_key(concept: Option<&str>, system: &str, code: &str) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -347,10 +353,7 @@ impl Cond {
             }
             Self::Missing { feature, missing } => facts.features[*feature].is_none() == *missing,
             Self::TopPercent { feature, slot } => {
-                match (facts.features[*feature], facts.thresholds[*slot]) {
-                    (Some(v), Some(t)) => v > 0.0 && v >= t,
-                    _ => false,
-                }
+                in_top_share(facts.features[*feature], facts.thresholds[*slot])
             }
             Self::Level {
                 criterion,

@@ -1,7 +1,10 @@
 //! One run against a FHIR server, as `run --server` and `serve`'s schedule both do it: read the
-//! clients changed since the checkpoint by paged search, fold, evaluate with the checkpoint's
-//! population thresholds when the run is incremental, write back through [`FhirSink`] and save
-//! the checkpoint when every write was accepted. It returns a [`JobReport`] and prints nothing:
+//! clients changed since the checkpoint by paged search (or every client, on a full pass), fold,
+//! evaluate with the checkpoint's population thresholds when the run is incremental, write back
+//! through [`FhirSink`] and save the checkpoint when every write was accepted. A full run
+//! (the first, or one asked for with [`JobOptions::full`]) re-assesses every client, so
+//! segments whose evidence has left a window move on with no new data, and saves new
+//! thresholds. It returns a [`JobReport`] and prints nothing:
 //! rendering belongs to the command line, counting to the service's metrics.
 
 use std::path::PathBuf;
@@ -22,6 +25,8 @@ pub struct JobOptions {
     pub server: url::Url,
     /// What to read; `since: None` means from the checkpoint (a full run when there is none).
     pub search: SearchOptions,
+    /// Read every client whatever the checkpoint and `search.since` say: a full pass.
+    pub full: bool,
     /// Clients per write transaction.
     pub batch: usize,
     /// Read and decide, write nothing.
@@ -80,6 +85,22 @@ pub enum JobError {
     Clock(#[from] time::error::Format),
 }
 
+impl JobError {
+    /// Whether the server refused a read or a write for what it is, not what it carries (401,
+    /// 403, 404, 405; see [`crate::fhir::FhirError::is_refusal`]): the run stopped there, and
+    /// no run will do better until credentials, scopes or the base URL change.
+    pub fn is_refusal(&self) -> bool {
+        use crate::sink::SinkError;
+        use crate::source::search::SearchError;
+        match self {
+            Self::Sink(e) => e.is_refusal(),
+            Self::Pipeline(pipeline::PipelineError::Sink(SinkError::Server(e))) => e.is_refusal(),
+            Self::Pipeline(pipeline::PipelineError::Search(SearchError::Fhir(e))) => e.is_refusal(),
+            _ => false,
+        }
+    }
+}
+
 /// Runs once. Blocking: it starts its own HTTP runtimes, so call it off an async worker
 /// (`tokio::task::spawn_blocking`).
 pub fn run(options: &JobOptions, plans: &[Plan]) -> Result<JobReport, JobError> {
@@ -95,7 +116,8 @@ pub fn run(options: &JobOptions, plans: &[Plan]) -> Result<JobReport, JobError> 
         .search
         .since
         .clone()
-        .or_else(|| state.as_ref().and_then(|s| s.since.clone()));
+        .or_else(|| state.as_ref().and_then(|s| s.since.clone()))
+        .filter(|_| !options.full);
     let input = Input::Server(Box::new(ServerInput {
         client: options.client.clone(),
         options: SearchOptions {
@@ -109,7 +131,6 @@ pub fn run(options: &JobOptions, plans: &[Plan]) -> Result<JobReport, JobError> 
         ..RunOptions::default()
     };
     let folded = pipeline::fold(&input, plans, &run_options, &mut |r| {
-        tracing::warn!(origin = %r.origin, resource = r.resource.as_deref().unwrap_or("-"), reason = %r.reason, "resource rejected");
         rejected.push(r.clone());
         Ok(())
     })
@@ -117,11 +138,7 @@ pub fn run(options: &JobOptions, plans: &[Plan]) -> Result<JobReport, JobError> 
         // An incremental run with nothing changed is a success with nothing to do.
         pipeline::PipelineError::Empty(_) if since.is_some() => Ok(pipeline::Folded {
             clients: vec![Default::default(); plans.len()],
-            stats: Default::default(),
-            rejected: 0,
-            ignored: Default::default(),
-            people: Default::default(),
-            left_out: Default::default(),
+            ..Default::default()
         }),
         e => Err(e),
     })?;
@@ -154,17 +171,19 @@ pub fn run(options: &JobOptions, plans: &[Plan]) -> Result<JobReport, JobError> 
         && let Some(path) = &options.state
     {
         let mut next = state.unwrap_or_default();
-        next.server = base.to_owned();
         // Start of this run, less a margin for clocks that disagree: re-reading a client is
         // harmless (its write is skipped when nothing changed), missing one is not.
         let mark = started - time::Duration::minutes(5);
-        next.since = Some(mark.format(&time::format_description::well_known::Rfc3339)?);
-        if since.is_none() {
-            for (summary, _) in &report.models {
-                next.thresholds
-                    .insert(summary.model.clone(), summary.thresholds.clone());
-            }
-        }
+        let full_run = report
+            .models
+            .iter()
+            .map(|(s, _)| s)
+            .filter(|_| since.is_none());
+        next.advance(
+            base,
+            mark.format(&time::format_description::well_known::Rfc3339)?,
+            full_run,
+        );
         next.write(path)?;
         report.checkpoint_saved = true;
     }

@@ -3,13 +3,15 @@
 //! run (an incremental run re-evaluates only changed clients, who are no population). Written
 //! atomically (a temporary file renamed into place) and only after a run completed, so a run
 //! killed at any moment leaves the previous checkpoint, and rerunning redoes idempotent work.
+//! How a completed run moves it on ([`State::advance`], [`keep_thresholds`]) is here once, for
+//! every kind of run; when a run may move it on is the run's to decide.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::Threshold;
+use crate::pipeline::{ModelSummary, Threshold};
 
 /// What a completed run leaves for the next one.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -65,6 +67,20 @@ impl State {
         }
     }
 
+    /// Moves the checkpoint on after a completed run against `server`: changes are next read
+    /// from `since`, and the population thresholds of `full_run`'s models replace theirs (pass
+    /// the models of a full run; none for an incremental one, whose clients are no population).
+    pub fn advance<'a>(
+        &mut self,
+        server: &str,
+        since: String,
+        full_run: impl IntoIterator<Item = &'a ModelSummary>,
+    ) {
+        server.clone_into(&mut self.server);
+        self.since = Some(since);
+        keep_thresholds(&mut self.thresholds, full_run);
+    }
+
     /// Writes the checkpoint to `path` atomically.
     pub fn write(&self, path: &Path) -> Result<(), StateError> {
         let io = |source| StateError::Io {
@@ -81,6 +97,17 @@ impl State {
             .and_then(|f| f.sync_all())
             .map_err(io)?;
         std::fs::rename(&tmp, path).map_err(io)
+    }
+}
+
+/// Puts a full run's population thresholds in `into`, per model; models the run did not
+/// evaluate keep theirs.
+pub fn keep_thresholds<'a>(
+    into: &mut BTreeMap<String, Vec<Threshold>>,
+    models: impl IntoIterator<Item = &'a ModelSummary>,
+) {
+    for summary in models {
+        into.insert(summary.model.clone(), summary.thresholds.clone());
     }
 }
 

@@ -8,15 +8,23 @@
 //! checkpoint or this process's runs), since one client is no population. Without them, those
 //! tests do not hold, and the card says so.
 //!
+//! Parsing the request and evaluating run on the blocking pool, never on the runtime's workers,
+//! so that large prefetches cannot hold up `/healthz` or other calls.
+//!
 //! The language of the cards is the first of `fi`, `sv` and `en` in the call's
 //! `Accept-Language` header; without one, Finnish.
 //!
+//! A card's link opens its explanation once, within [`EXPLANATION_TTL`]: the link carries its
+//! expiry and an HMAC of id and expiry under a key drawn at start-up, so it cannot be forged or
+//! stretched. A CDS Hooks token for the link's URL (without its query) opens it as well. The
+//! explanation is the card's own text under the client's id: no more than the card showed.
+//!
 //! | problem | status |
 //! |---|---|
-//! | no, invalid, expired or replayed token | 401 |
-//! | unknown service | 404 |
+//! | no, invalid, expired or replayed token; an explanation link unsigned, forged or expired | 401 |
+//! | unknown service; an explanation already opened | 404 |
 //! | body larger than `max_body_bytes` | 413 |
-//! | not JSON, wrong `hook`, no `context.patientId`, prefetch of another client | 400 |
+//! | not JSON, wrong `hook`, no `context.patientId` or not a FHIR id, prefetch of another client | 400 |
 //! | `fhirServer` not the configured server | 403 |
 //! | no complete prefetch and no `fhirServer` | 412 |
 //! | the Patient is not on the server | 404 |
@@ -26,26 +34,26 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
+use sha2::Sha256;
 
 use super::AppState;
-use crate::fhir::{
-    BearerToken, ClientOptions, FhirClient, FhirError, RetryPolicy, new_correlation_id,
-};
+use crate::fhir::{BearerToken, FhirError, RetryPolicy, new_correlation_id};
 use crate::model::eval::{self, Lang};
 use crate::pipeline;
 
 /// The one service.
 pub const SERVICE_ID: &str = "segmentti-patient-view";
 /// How long an explanation behind a card's link can be opened.
-const EXPLANATION_TTL: Duration = Duration::from_secs(15 * 60);
+pub const EXPLANATION_TTL: Duration = Duration::from_secs(5 * 60);
 /// Explanations kept at once; the oldest go first.
 const EXPLANATIONS_KEPT: usize = 1000;
 
@@ -89,7 +97,7 @@ pub async fn call(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let response = match answer(&state, &id, &headers, body).await {
+    let response = match answer(state.clone(), &id, &headers, body).await {
         Ok(cards) => axum::Json(cards).into_response(),
         Err(refusal) => {
             tracing::info!(status = refusal.0.as_u16(), reason = %refusal.1, "CDS Hooks call refused");
@@ -138,15 +146,42 @@ pub async fn feedback(
     }
 }
 
-/// `GET /explanations/{id}`: the explanation behind a card, for a while after the card.
-pub async fn explanation(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    match state.explanations.get(&id) {
-        Some(text) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response(),
-        None => Refusal(
-            StatusCode::NOT_FOUND,
-            "no such explanation, or it has expired; open the card again".into(),
-        )
-        .into_response(),
+/// `GET /explanations/{id}`: the explanation behind a card, once, for a while after the card,
+/// to the holder of its signed link or of a CDS Hooks token for it.
+pub async fn explanation(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        match (&state.verifier, authorization) {
+            (Some(verifier), Some(authorization)) => {
+                let aud = format!("{}explanations/{id}", state.public_url);
+                verifier
+                    .verify(Some(authorization), &aud)
+                    .await
+                    .map_err(|e| Refusal(StatusCode::UNAUTHORIZED, e.to_string()))?;
+            }
+            _ => state
+                .explanations
+                .check_link(&id, uri.query().unwrap_or(""))?,
+        }
+        state.explanations.take(&id).ok_or_else(|| {
+            Refusal(
+                StatusCode::NOT_FOUND,
+                "this explanation has been opened already, or has expired; open the card again"
+                    .into(),
+            )
+        })
+    }
+    .await;
+    match result {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response(),
+        Err(refusal) => refusal.into_response(),
     }
 }
 
@@ -184,21 +219,55 @@ async fn checked(
         ),
         status => Refusal(status, e.body_text()),
     })?;
-    serde_json::from_slice(&body).map_err(|e| {
-        Refusal(
-            StatusCode::BAD_REQUEST,
-            format!("the request is not JSON: {e}"),
-        )
+    off_the_workers(state, move || {
+        serde_json::from_slice(&body).map_err(|e| {
+            Refusal(
+                StatusCode::BAD_REQUEST,
+                format!("the request is not JSON: {e}"),
+            )
+        })
+    })
+    .await
+}
+
+/// Runs `work` (parsing or evaluating a call) on the blocking pool, as one of the
+/// evaluations `state` lets run at once.
+async fn off_the_workers<T: Send + 'static>(
+    state: &AppState,
+    work: impl FnOnce() -> Result<T, Refusal> + Send + 'static,
+) -> Result<T, Refusal> {
+    let permit = state.evaluations.clone().acquire_owned().await;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        work()
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(Refusal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("evaluating the call failed: {e}"),
+        ))
     })
 }
 
+/// Whether `id` may stand as a FHIR resource id (`[A-Za-z0-9\-\.]{1,64}`) in a URL path:
+/// `.` and `..` match the pattern, but a path would read them as this and the parent folder.
+pub fn is_fhir_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
 async fn answer(
-    state: &AppState,
+    state: Arc<AppState>,
     id: &str,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Value, Refusal> {
-    let request = checked(state, id, headers, body, "").await?;
+    let request = checked(&state, id, headers, body, "").await?;
     let bad = |m: String| Refusal(StatusCode::BAD_REQUEST, m);
     match request["hook"].as_str() {
         Some("patient-view") => {}
@@ -214,14 +283,10 @@ async fn answer(
         .filter(|p| !p.is_empty())
         .ok_or_else(|| bad("the request has no `context.patientId`".into()))?
         .to_owned();
-    // A FHIR id: it goes into a URL path, so nothing else may pass.
-    if patient.len() > 64
-        || !patient
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-    {
+    // It goes into a URL path, so nothing but a FHIR id may pass.
+    if !is_fhir_id(&patient) {
         return Err(bad(
-            "`context.patientId` is not a FHIR id (A–Z, a–z, 0–9, `-`, `.`, at most 64)".into(),
+            "`context.patientId` is not a FHIR id: 1 to 64 of A–Z, a–z, 0–9, `-` and `.`, and not `.` or `..`".into(),
         ));
     }
     if let Some(server) = request.get("fhirServer").and_then(Value::as_str)
@@ -233,10 +298,27 @@ async fn answer(
         ));
     }
     let lang = language(headers);
-    let resources = match prefetched(&request, &patient)? {
+    let request = Arc::new(request);
+    let (from, about) = (request.clone(), patient.clone());
+    let resources = match off_the_workers(&state, move || prefetched(&from, &about)).await? {
         Some(resources) => resources,
-        None => fetch(state, &request, &patient).await?,
+        None => fetch(&state, &request, &patient).await?,
     };
+    let evaluating = state.clone();
+    off_the_workers(&state, move || {
+        cards(&evaluating, &patient, &resources, lang)
+    })
+    .await
+}
+
+/// The cards of `patient`, one per model, from the client's `resources`.
+fn cards(
+    state: &AppState,
+    patient: &str,
+    resources: &[Value],
+    lang: Lang,
+) -> Result<Value, Refusal> {
+    let bad = |m: String| Refusal(StatusCode::BAD_REQUEST, m);
     let refs: Vec<&Value> = resources.iter().collect();
     let plans = state
         .plans()
@@ -244,7 +326,7 @@ async fn answer(
     let thresholds = state.thresholds();
     let mut cards = Vec::new();
     for plan in plans.iter() {
-        let (record, _) = pipeline::fold_client(plan, &patient, &refs);
+        let (record, _) = pipeline::fold_client(plan, patient, &refs);
         let Some(record) = record else {
             return Err(bad(format!("the prefetch holds no Patient/{patient}")));
         };
@@ -258,24 +340,29 @@ async fn answer(
             || vec![None; plan.percentiles.len()],
             |f| pipeline::given_thresholds(plan, f),
         );
-        let a = pipeline::assess(plan, &patient, &record, &limits)
+        let a = pipeline::assess(plan, patient, &record, &limits)
             .map_err(|e| Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        let explanation = eval::explain(plan, &patient, &record, &a, lang, &[]);
-        let link = state.explanations.put(explanation.render());
+        let explanation = eval::explain(plan, patient, &record, &a, lang, &[]);
         let no_thresholds = fixed.is_none() && !plan.percentiles.is_empty();
+        let (summary, detail) = card_text(plan, &explanation, lang, no_thresholds);
+        let link = state.explanations.put(format!(
+            "Patient/{patient}  ·  {}  ·  {}\n\n{summary}\n\n{detail}",
+            explanation.model, explanation.as_of
+        ));
         cards.push(card(
             plan,
             &explanation,
             lang,
-            &format!("{}explanations/{link}", state.public_url),
-            no_thresholds,
+            summary,
+            detail,
+            &format!("{}{link}", state.public_url),
         ));
     }
     Ok(json!({ "cards": cards }))
 }
 
 /// The resources of a complete prefetch; `None` when any of the three is missing.
-fn prefetched(request: &Value, patient: &str) -> Result<Option<Vec<Value>>, Refusal> {
+pub fn prefetched(request: &Value, patient: &str) -> Result<Option<Vec<Value>>, Refusal> {
     let prefetch = &request["prefetch"];
     let (Some(p), Some(e), Some(c)) = (
         prefetch.get("patient").filter(|v| !v.is_null()),
@@ -311,20 +398,13 @@ async fn fetch(state: &AppState, request: &Value, patient: &str) -> Result<Vec<V
             "the request has neither a complete prefetch (patient, encounters, conditions) nor a `fhirServer` to read them from".into(),
         ));
     }
-    let mut options = ClientOptions::new(new_correlation_id());
-    options.timeout = state.settings.timeout;
-    options.tls = state.settings.tls.clone();
-    options.retry = RetryPolicy {
+    let retry = RetryPolicy {
         max_attempts: 2,
         ..RetryPolicy::default()
     };
-    match request["fhirAuthorization"]["access_token"].as_str() {
-        Some(token) => options.bearer = Some(BearerToken::new(token.to_owned())),
-        None => {
-            options.bearer = state.settings.bearer.clone();
-            options.smart = state.settings.smart.clone();
-        }
-    }
+    let token = request["fhirAuthorization"]["access_token"]
+        .as_str()
+        .map(BearerToken::new);
     let failed = |e: FhirError| match e.status() {
         Some(s) if s == StatusCode::NOT_FOUND || s == StatusCode::GONE => Refusal(
             StatusCode::NOT_FOUND,
@@ -338,16 +418,14 @@ async fn fetch(state: &AppState, request: &Value, patient: &str) -> Result<Vec<V
             ),
         ),
     };
-    let client = FhirClient::new(state.settings.server.clone(), options).map_err(failed)?;
-    let url = client
-        .base()
-        .join(&format!("Patient/{patient}"))
-        .map_err(|e| {
-            Refusal(
-                StatusCode::BAD_REQUEST,
-                format!("`context.patientId` cannot be a path: {e}"),
-            )
-        })?;
+    let client = state
+        .fhir
+        .for_call(&new_correlation_id(), retry, token)
+        .map_err(failed)?;
+    let url = patient_url(
+        &client.url::<&str, &str>("Patient", &[]).map_err(failed)?,
+        patient,
+    );
     let mut resources = vec![client.get(&url).await.map_err(failed)?];
     let reference = crate::fhir::patient_references([patient]);
     for kind in ["Encounter", "Condition"] {
@@ -359,6 +437,16 @@ async fn fetch(state: &AppState, request: &Value, patient: &str) -> Result<Vec<V
         }
     }
     Ok(resources)
+}
+
+/// `[base]/Patient/{id}`, the id one path segment whatever it holds (a `/` or `?` in it would be
+/// escaped, never read as a path or query); callers have checked it with [`is_fhir_id`].
+fn patient_url(patients: &url::Url, id: &str) -> url::Url {
+    let mut url = patients.clone();
+    if let Ok(mut path) = url.path_segments_mut() {
+        path.push(id);
+    }
+    url
 }
 
 /// The first of fi, sv, en in `Accept-Language`; Finnish without one.
@@ -382,13 +470,13 @@ fn language(headers: &HeaderMap) -> Lang {
         .unwrap_or(Lang::Fi)
 }
 
-fn card(
+/// A card's summary and detail (markdown), which its explanation shows as well.
+fn card_text(
     plan: &crate::model::Plan,
     e: &eval::Explanation,
     lang: Lang,
-    link: &str,
     no_thresholds: bool,
-) -> Value {
+) -> (String, String) {
     let m = &plan.mapping;
     let summary: String = format!("{}: {}", m.title.get(lang), e.segment_display)
         .chars()
@@ -415,6 +503,18 @@ fn card(
             Lang::En => "\n_No full run has finished yet: criteria about the population's top share are not applied._\n",
         });
     }
+    (summary, detail)
+}
+
+fn card(
+    plan: &crate::model::Plan,
+    e: &eval::Explanation,
+    lang: Lang,
+    summary: String,
+    detail: String,
+    link: &str,
+) -> Value {
+    let m = &plan.mapping;
     let label = match lang {
         Lang::Fi => "Perustelut",
         Lang::Sv => "Motivering",
@@ -431,29 +531,117 @@ fn card(
     })
 }
 
-/// Rendered explanations behind card links, each for [`EXPLANATION_TTL`], at most
-/// [`EXPLANATIONS_KEPT`]. The link's random id is what grants reading one.
-#[derive(Debug, Default)]
-pub struct Explanations(Mutex<VecDeque<(String, Instant, String)>>);
+/// Rendered explanations behind card links, each for [`EXPLANATION_TTL`] and one opening, at
+/// most [`EXPLANATIONS_KEPT`].
+pub struct Explanations {
+    /// Signs the links; drawn at start-up, so a link dies with the process that made it.
+    key: [u8; 32],
+    /// Id, expiry (Unix seconds) and text, oldest first.
+    kept: Mutex<VecDeque<(String, u64, String)>>,
+}
+
+impl Default for Explanations {
+    fn default() -> Self {
+        Self {
+            key: rand::random(),
+            kept: Mutex::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Explanations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Explanations").finish_non_exhaustive()
+    }
+}
 
 impl Explanations {
+    /// Keeps `text`; its link (relative to the public URL) with expiry and signature.
     fn put(&self, text: String) -> String {
+        self.put_at(text, unix_now())
+    }
+
+    fn put_at(&self, text: String, now: u64) -> String {
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        kept.retain(|(_, at, _)| at.elapsed() < EXPLANATION_TTL);
+        let expires = now + EXPLANATION_TTL.as_secs();
+        let signature: String = self
+            .mac(&id, expires)
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.retain(|(_, until, _)| *until >= now);
         if kept.len() >= EXPLANATIONS_KEPT {
             kept.pop_front();
         }
-        kept.push_back((id.clone(), Instant::now(), text));
-        id
+        kept.push_back((id.clone(), expires, text));
+        format!("explanations/{id}?expires={expires}&sig={signature}")
     }
 
-    fn get(&self, id: &str) -> Option<String> {
-        let kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        kept.iter()
-            .find(|(k, at, _)| k == id && at.elapsed() < EXPLANATION_TTL)
-            .map(|(_, _, t)| t.clone())
+    /// Whether `query` is the signed, unexpired link of explanation `id`.
+    fn check_link(&self, id: &str, query: &str) -> Result<(), Refusal> {
+        self.check_link_at(id, query, unix_now())
     }
+
+    fn check_link_at(&self, id: &str, query: &str, now: u64) -> Result<(), Refusal> {
+        let refused = |why: &str| Err(Refusal(StatusCode::UNAUTHORIZED, why.to_owned()));
+        let (mut expires, mut signature) = (None, None);
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            match &*k {
+                "expires" => expires = v.parse::<u64>().ok(),
+                "sig" => signature = unhex(&v),
+                _ => {}
+            }
+        }
+        let (Some(expires), Some(signature)) = (expires, signature) else {
+            return refused(
+                "an explanation opens from its card's link, or with a CDS Hooks token for its URL",
+            );
+        };
+        if self.mac(id, expires).verify_slice(&signature).is_err() {
+            return refused("this explanation link is not one this service signed");
+        }
+        if expires < now {
+            return refused("this explanation link has expired; open the card again");
+        }
+        Ok(())
+    }
+
+    /// The text of `id`, unless expired; it cannot be opened again.
+    fn take(&self, id: &str) -> Option<String> {
+        let now = unix_now();
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let at = kept
+            .iter()
+            .position(|(k, until, _)| k == id && *until >= now)?;
+        kept.remove(at).map(|(_, _, text)| text)
+    }
+
+    fn mac(&self, id: &str, expires: u64) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .expect("HMAC takes keys of any length");
+        mac.update(id.as_bytes());
+        mac.update(b"|");
+        mac.update(expires.to_string().as_bytes());
+        mac
+    }
+}
+
+fn unix_now() -> u64 {
+    time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64
+}
+
+/// The bytes of lowercase or uppercase hex; `None` for anything else.
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.is_ascii() || !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -469,5 +657,56 @@ mod tests {
             "de-DE, sv-FI;q=0.9, en;q=0.5".parse().expect("header"),
         );
         assert_eq!(language(&h), Lang::Sv);
+    }
+
+    #[test]
+    fn only_fhir_ids_pass_and_none_becomes_another_path() {
+        for id in ["a", "A-1.b", &"x".repeat(64), "..a", "a.."] {
+            assert!(is_fhir_id(id), "{id}");
+        }
+        for id in ["", ".", "..", "a/b", "a?b", "a b", "ä", &"x".repeat(65)] {
+            assert!(!is_fhir_id(id), "{id:?}");
+        }
+        let patients = url::Url::parse("https://fhir.example/r4/Patient").expect("url");
+        assert_eq!(
+            patient_url(&patients, "a.b-1").as_str(),
+            "https://fhir.example/r4/Patient/a.b-1"
+        );
+        assert_eq!(
+            patient_url(&patients, "a/b?c").as_str(),
+            "https://fhir.example/r4/Patient/a%2Fb%3Fc"
+        );
+    }
+
+    #[test]
+    fn an_explanation_opens_once_from_its_own_unexpired_signed_link() {
+        let kept = Explanations::default();
+        let now = unix_now();
+        let link = kept.put_at("card text".into(), now);
+        let (path, query) = link.split_once('?').expect("query");
+        let id = path.trim_start_matches("explanations/");
+        assert!(kept.check_link_at(id, query, now).is_ok());
+        let expired = kept
+            .check_link_at(id, query, now + EXPLANATION_TTL.as_secs() + 1)
+            .expect_err("expired");
+        assert_eq!(expired.0, StatusCode::UNAUTHORIZED);
+        let stretched = query.replace(
+            &format!("expires={}", now + EXPLANATION_TTL.as_secs()),
+            &format!("expires={}", now + 86_400),
+        );
+        assert_ne!(stretched, query);
+        assert!(
+            kept.check_link_at(id, &stretched, now).is_err(),
+            "stretched"
+        );
+        assert!(
+            kept.check_link_at("other", query, now).is_err(),
+            "another id"
+        );
+        assert!(kept.check_link_at(id, "", now).is_err(), "unsigned");
+        let other_process = Explanations::default();
+        assert!(other_process.check_link_at(id, query, now).is_err());
+        assert_eq!(kept.take(id).as_deref(), Some("card text"));
+        assert_eq!(kept.take(id), None, "single use");
     }
 }

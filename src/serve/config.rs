@@ -16,12 +16,19 @@
 //! | `[tls] ca_bundle, client_cert, client_key` | | a CA to trust and a client certificate for `server` (as `--ca-bundle`, `--client-cert`, `--client-key`) |
 //! | `models` | | mapping files |
 //! | `schedule` | `SEGMENTTI_SCHEDULE` | cron expression (UTC; five fields, or six with seconds first) of incremental runs; none: no runs |
+//! | `full_schedule` | `SEGMENTTI_FULL_SCHEDULE` | cron expression of full passes, which re-assess every client (segments age as windows move on) and refresh the population thresholds; default with a `schedule`: `0 0 2 * * *` (02:00 UTC nightly), without one: none |
+//! | `as_of` | `SEGMENTTI_AS_OF` | for tests and trials only: the assessment date (YYYY-MM-DD) in place of today's |
 //! | `state` | `SEGMENTTI_STATE` | the checkpoint file |
 //! | `batch`, `page_size`, `concurrency`, `timeout_seconds` | | as `run --server` |
 //! | `grace_minutes` | | how long a failed run leaves `/readyz` green |
+//! | `header_timeout_seconds` | | a connection that has not sent a request's headers within this is closed (default 10) |
+//! | `request_timeout_seconds` | | a request not answered within this gets 503 (default 30) |
+//! | `max_connections` | | open connections per listener; more are closed at once (default 1024) |
+//! | `metrics_token_file` | `SEGMENTTI_METRICS_TOKEN_FILE`, or the token in `SEGMENTTI_METRICS_TOKEN` | without `metrics_listen`, `/metrics` answers only this bearer token (without either, it is not served) |
 //! | `[cds] max_body_bytes` | | larger CDS Hooks requests get 413 |
 //! | `[cds] insecure_no_auth` | | accept unsigned CDS Hooks requests (local trials only) |
-//! | `[[cds.issuers]] iss, jwks_url / jwks_file` | | the EHRs trusted to sign CDS Hooks requests |
+//! | `[[cds.issuers]] iss, jwks_url / jwks_file` | | the EHRs trusted to sign CDS Hooks requests; `jwks_url` is https |
+//! | `[[cds.issuers]] insecure_http_jwks` | | allow this issuer's `jwks_url` over plain http (local trials only) |
 //!
 //! Precedence: command line over environment over file.
 
@@ -30,11 +37,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use jsonwebtoken::jwk::JwkSet;
+use secrecy::SecretString;
 use serde::Deserialize;
 
+use crate::day::Day;
 use crate::fhir::connection::Credentials;
 pub use crate::fhir::connection::{RawSmart, RawTls};
 use crate::fhir::{BearerToken, SmartConfig, TlsOptions};
+
+/// The full passes of a service with a `schedule` and no `full_schedule`: nightly, 02:00 UTC.
+pub const DEFAULT_FULL_SCHEDULE: &str = "0 0 2 * * *";
 
 /// What the file, the environment or the command line say; `None`: not said.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -56,6 +68,10 @@ pub struct RawConfig {
     /// See the module table.
     pub schedule: Option<String>,
     /// See the module table.
+    pub full_schedule: Option<String>,
+    /// See the module table.
+    pub as_of: Option<String>,
+    /// See the module table.
     pub state: Option<PathBuf>,
     /// See the module table.
     pub batch: Option<usize>,
@@ -67,6 +83,17 @@ pub struct RawConfig {
     pub timeout_seconds: Option<u64>,
     /// See the module table.
     pub grace_minutes: Option<u64>,
+    /// See the module table.
+    pub header_timeout_seconds: Option<u64>,
+    /// See the module table.
+    pub request_timeout_seconds: Option<u64>,
+    /// See the module table.
+    pub max_connections: Option<usize>,
+    /// See the module table.
+    pub metrics_token_file: Option<PathBuf>,
+    /// `SEGMENTTI_METRICS_TOKEN`: never read from the file, where it would sit in plain text.
+    #[serde(skip)]
+    pub metrics_token: Option<SecretString>,
     /// See the module table.
     pub cds: Option<RawCds>,
     /// See the module table.
@@ -99,6 +126,9 @@ pub struct RawIssuer {
     pub jwks_url: Option<String>,
     /// Its JWKS, as a file.
     pub jwks_file: Option<PathBuf>,
+    /// Allow `jwks_url` over plain http.
+    #[serde(default)]
+    pub insecure_http_jwks: bool,
 }
 
 impl RawConfig {
@@ -119,7 +149,11 @@ impl RawConfig {
             server: var("SEGMENTTI_SERVER"),
             token_file: var("SEGMENTTI_TOKEN_FILE").map(PathBuf::from),
             schedule: var("SEGMENTTI_SCHEDULE"),
+            full_schedule: var("SEGMENTTI_FULL_SCHEDULE"),
+            as_of: var("SEGMENTTI_AS_OF"),
             state: var("SEGMENTTI_STATE").map(PathBuf::from),
+            metrics_token_file: var("SEGMENTTI_METRICS_TOKEN_FILE").map(PathBuf::from),
+            metrics_token: var("SEGMENTTI_METRICS_TOKEN").map(SecretString::from),
             ..Self::default()
         }
     }
@@ -150,12 +184,21 @@ impl RawConfig {
                 over.models
             },
             schedule: over.schedule.or(self.schedule),
+            full_schedule: over.full_schedule.or(self.full_schedule),
+            as_of: over.as_of.or(self.as_of),
             state: over.state.or(self.state),
             batch: over.batch.or(self.batch),
             page_size: over.page_size.or(self.page_size),
             concurrency: over.concurrency.or(self.concurrency),
             timeout_seconds: over.timeout_seconds.or(self.timeout_seconds),
             grace_minutes: over.grace_minutes.or(self.grace_minutes),
+            header_timeout_seconds: over.header_timeout_seconds.or(self.header_timeout_seconds),
+            request_timeout_seconds: over
+                .request_timeout_seconds
+                .or(self.request_timeout_seconds),
+            max_connections: over.max_connections.or(self.max_connections),
+            metrics_token_file: over.metrics_token_file.or(self.metrics_token_file),
+            metrics_token: over.metrics_token.or(self.metrics_token),
             cds,
             smart: over.smart.or(self.smart),
             tls: over.tls.or(self.tls),
@@ -215,21 +258,37 @@ impl RawConfig {
             "",
             &mut problems,
         );
-        let today = crate::day::Day::from_date(time::OffsetDateTime::now_utc().date());
+        let as_of = self.as_of.as_deref().and_then(|t| {
+            t.parse::<Day>()
+                .map_err(|e| problems.push(format!("as_of: {e}")))
+                .ok()
+        });
+        let today = as_of.unwrap_or_else(|| Day::from_date(time::OffsetDateTime::now_utc().date()));
         for model in &self.models {
             if let Err(e) = crate::model::plan_file(model, today) {
                 problems.push(e.to_string());
             }
         }
-        let schedule = self.schedule.as_deref().and_then(|t| {
+        let cron = |problems: &mut Vec<String>, key: &str, t: &str| {
             croner::parser::CronParser::builder()
                 .seconds(croner::parser::Seconds::Optional)
                 .build()
                 .parse(t)
-                .map_err(|e| problems.push(format!("schedule `{t}` is not a cron expression: {e}\n  hint: five fields (six with seconds first), such as \"*/15 * * * *\" (UTC)")))
+                .map_err(|e| problems.push(format!("{key} `{t}` is not a cron expression: {e}\n  hint: five fields (six with seconds first), such as \"*/15 * * * *\" (UTC)")))
                 .ok()
                 .map(|c| (t.to_owned(), c))
-        });
+        };
+        let schedule = self
+            .schedule
+            .as_deref()
+            .and_then(|t| cron(&mut problems, "schedule", t));
+        // Once a checkpoint exists every scheduled run is incremental: without full passes, no
+        // segment would age and the thresholds would stay those of the first run.
+        let full_schedule = match (self.full_schedule.as_deref(), &schedule) {
+            (Some(t), _) => cron(&mut problems, "full_schedule", t),
+            (None, Some(_)) => cron(&mut problems, "full_schedule", DEFAULT_FULL_SCHEDULE),
+            (None, None) => None,
+        };
         let positive =
             |problems: &mut Vec<String>, key: &str, v: Option<usize>, default: usize| match v {
                 Some(0) => {
@@ -247,6 +306,38 @@ impl RawConfig {
             self.page_size.map(|v| v as usize),
             100,
         ) as u32;
+        let limits = Limits {
+            header_timeout: Duration::from_secs(positive(
+                &mut problems,
+                "header_timeout_seconds",
+                self.header_timeout_seconds.map(|v| v as usize),
+                10,
+            ) as u64),
+            request_timeout: Duration::from_secs(positive(
+                &mut problems,
+                "request_timeout_seconds",
+                self.request_timeout_seconds.map(|v| v as usize),
+                30,
+            ) as u64),
+            max_connections: positive(&mut problems, "max_connections", self.max_connections, 1024),
+        };
+        let metrics_token = match (self.metrics_token_file.as_deref(), self.metrics_token) {
+            (Some(path), _) => match std::fs::read_to_string(path) {
+                Ok(text) if !text.trim().is_empty() => Some(SecretString::from(text.trim())),
+                Ok(_) => {
+                    problems.push(format!("metrics_token_file {} is empty", path.display()));
+                    None
+                }
+                Err(e) => {
+                    problems.push(format!(
+                        "cannot read metrics_token_file {}: {e}",
+                        path.display()
+                    ));
+                    None
+                }
+            },
+            (None, token) => token,
+        };
         let cds = self.cds.unwrap_or_default();
         let max_body = positive(
             &mut problems,
@@ -258,6 +349,13 @@ impl RawConfig {
         for raw in &cds.issuers {
             let keys = match (&raw.jwks_url, &raw.jwks_file) {
                 (Some(u), None) => match url::Url::parse(u) {
+                    Ok(u) if u.scheme() != "https" && !raw.insecure_http_jwks => {
+                        problems.push(format!(
+                            "issuer {}: jwks_url `{u}` is not https: anyone on the way could swap the keys CDS Hooks calls are verified with\n  hint: serve the JWKS over https, or set insecure_http_jwks = true in this [[cds.issuers]] (local trials only)",
+                            raw.iss
+                        ));
+                        None
+                    }
                     Ok(u) => Some(KeySource::Url(u)),
                     Err(e) => {
                         problems.push(format!(
@@ -320,6 +418,8 @@ impl RawConfig {
             tls,
             models: self.models,
             schedule,
+            full_schedule,
+            as_of,
             state: self.state,
             batch,
             page_size,
@@ -327,6 +427,8 @@ impl RawConfig {
             timeout: Duration::from_secs(self.timeout_seconds.unwrap_or(60)),
             grace: Duration::from_secs(self.grace_minutes.unwrap_or(120) * 60),
             max_body,
+            limits,
+            metrics_token,
             auth: if cds.insecure_no_auth {
                 CdsAuth::Insecure
             } else {
@@ -362,6 +464,10 @@ pub struct Settings {
     pub models: Vec<PathBuf>,
     /// The schedule of runs, as written and parsed.
     pub schedule: Option<(String, croner::Cron)>,
+    /// The schedule of full passes, as written and parsed.
+    pub full_schedule: Option<(String, croner::Cron)>,
+    /// The assessment date in place of today's (tests and trials).
+    pub as_of: Option<Day>,
     /// The checkpoint.
     pub state: Option<PathBuf>,
     /// Clients per write transaction.
@@ -376,8 +482,23 @@ pub struct Settings {
     pub grace: Duration,
     /// Largest CDS Hooks request body.
     pub max_body: usize,
+    /// What one caller may hold of the listeners.
+    pub limits: Limits,
+    /// The bearer token `/metrics` answers on the CDS Hooks listener.
+    pub metrics_token: Option<SecretString>,
     /// Who may call CDS Hooks.
     pub auth: CdsAuth,
+}
+
+/// Bounds on each listener, so that no caller can hold the service.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// From a connection's start (or its last answer) to a request's complete headers.
+    pub header_timeout: Duration,
+    /// From a request's headers to its answer.
+    pub request_timeout: Duration,
+    /// Open connections per listener.
+    pub max_connections: usize,
 }
 
 /// Who may call the CDS Hooks endpoints.
@@ -477,5 +598,75 @@ mod tests {
         let merged = file.overlay(cli);
         assert_eq!(merged.listen.as_deref(), Some("127.0.0.1:2"));
         assert_eq!(merged.batch, Some(5));
+    }
+
+    /// A valid configuration with one issuer whose keys are at `jwks_url`, plus `extra` lines.
+    fn with_issuer(jwks_url: &str, issuer_extra: &str, extra: &str) -> RawConfig {
+        toml::from_str(&format!(
+            "listen = \"127.0.0.1:0\"\nserver = \"http://127.0.0.1:1/\"\nmodels = [\"{}/mappings/paijat-sote.yaml\"]\n{extra}\n[[cds.issuers]]\niss = \"https://ehr.example.org/\"\njwks_url = \"{jwks_url}\"\n{issuer_extra}\n",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .expect("toml")
+    }
+
+    #[test]
+    fn an_http_jwks_url_is_refused_unless_the_issuer_says_insecure() {
+        let text = with_issuer("http://ehr.example.org/jwks", "", "")
+            .check()
+            .expect_err("plain http")
+            .to_string();
+        assert!(
+            text.contains("issuer https://ehr.example.org/: jwks_url `http://ehr.example.org/jwks` is not https")
+                && text.contains("insecure_http_jwks = true"),
+            "{text}"
+        );
+        with_issuer(
+            "http://ehr.example.org/jwks",
+            "insecure_http_jwks = true",
+            "",
+        )
+        .check()
+        .expect("allowed by name");
+        with_issuer("https://ehr.example.org/jwks", "", "")
+            .check()
+            .expect("https");
+    }
+
+    #[test]
+    fn a_schedule_brings_nightly_full_passes_and_as_of_is_checked() {
+        let https = "https://ehr.example.org/jwks";
+        let none = with_issuer(https, "", "").check().expect("valid");
+        assert!(none.schedule.is_none() && none.full_schedule.is_none());
+        let nightly = with_issuer(https, "", "schedule = \"*/15 * * * *\"")
+            .check()
+            .expect("valid");
+        assert_eq!(
+            nightly.full_schedule.map(|(t, _)| t).as_deref(),
+            Some(DEFAULT_FULL_SCHEDULE)
+        );
+        let own = with_issuer(
+            https,
+            "",
+            "full_schedule = \"0 30 3 * * Sun\"\nas_of = \"2025-03-01\"",
+        )
+        .check()
+        .expect("valid");
+        assert_eq!(
+            own.full_schedule.map(|(t, _)| t).as_deref(),
+            Some("0 30 3 * * Sun")
+        );
+        assert_eq!(own.as_of, Some("2025-03-01".parse().expect("day")));
+        let text = with_issuer(
+            https,
+            "",
+            "full_schedule = \"nightly\"\nas_of = \"1.3.2025\"",
+        )
+        .check()
+        .expect_err("problems")
+        .to_string();
+        assert!(
+            text.contains("full_schedule `nightly`") && text.contains("as_of: `1.3.2025`"),
+            "{text}"
+        );
     }
 }

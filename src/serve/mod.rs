@@ -6,7 +6,7 @@
 //!
 //! - [`config`]: file + environment + command line → checked [`config::Settings`].
 //! - [`cds`]: discovery, the service, feedback, explanation links.
-//! - [`jwt`]: the CDS Hooks token check (issuer's JWKS, `aud`, `exp`, `jti` replay).
+//! - [`jwt`]: the CDS Hooks token check (issuer's JWKS, `aud`, `exp`, `nbf`, `iat`, `jti` replay).
 //! - [`metrics`]: counters and the Prometheus text.
 //!
 //! Runs never overlap: one task runs them one after another, and a tick that falls while a run
@@ -15,11 +15,24 @@
 //! process exits 0. A run cannot be cut short: stopping between batches would leave clients of
 //! one run on two assessments.
 //!
+//! | tick of | run |
+//! |---|---|
+//! | `schedule` | incremental: the clients changed since the checkpoint, with the thresholds of the last full run (a full run while there is no checkpoint) |
+//! | `full_schedule` (nightly, 02:00 UTC, by default when there is a `schedule`) | a full pass: every client assessed again as of today, so a segment whose evidence has left its window (a last contact over 12 months ago) moves on with no new data; its population thresholds are saved in the checkpoint and used by cards |
+//! | both at once | the full pass; one that fell due during a run is made when it ends, and a failed one again at the next `schedule` tick |
+//!
+//! Each listener bounds what one caller can hold ([`config::Limits`]): a connection that has not
+//! sent a request's headers within `header_timeout_seconds` is closed, a request not answered
+//! within `request_timeout_seconds` gets 503, and connections beyond `max_connections` are
+//! closed as soon as they are accepted. With `metrics_listen`, health has a listener of its own
+//! that a flood of the CDS Hooks one cannot reach. The FHIR server is reached through one
+//! [`FhirClient`] for the life of the process (one token, one connection pool).
+//!
 //! | endpoint | answers |
 //! |---|---|
 //! | `GET /healthz` | 200 while the process runs |
-//! | `GET /readyz` | 200 when the FHIR server answers `/metadata` and the last run succeeded, or failed less than `grace_minutes` after the last success (or start); else 503 with the reason |
-//! | `GET /metrics` | Prometheus text, see [`metrics`] |
+//! | `GET /readyz` | 200 when the FHIR server answers `/metadata` (asked at most every [`PROBE_TTL`]) and the last run succeeded, or failed less than `grace_minutes` after the last success (or start); else 503 with the reason |
+//! | `GET /metrics` | Prometheus text, see [`metrics`]; on the CDS Hooks listener only with `metrics_token` as a bearer token, and without one not at all |
 
 pub mod cds;
 pub mod config;
@@ -31,21 +44,30 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use tokio::sync::watch;
-use tracing::{Instrument, error, info, info_span, warn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::day::Day;
-use crate::fhir::{ClientOptions, FhirClient, FhirError, new_correlation_id};
+use crate::fhir::{ClientOptions, FhirClient, FhirError, RetryPolicy, new_correlation_id};
 use crate::job::{self, JobError, JobOptions};
 use crate::model::{MappingError, Plan};
 use crate::pipeline::{OnInvalid, Threshold};
 use crate::source::search::SearchOptions;
-use crate::state::{State as Checkpoint, StateError};
-use config::{CdsAuth, Settings};
+use crate::state::{State as Checkpoint, StateError, keep_thresholds};
+use config::{CdsAuth, Limits, Settings};
+
+/// How long one answer of the FHIR server to `/readyz`'s probe stands for the next ones, so
+/// that unauthenticated probes cannot drive load on the server or its token endpoint.
+pub const PROBE_TTL: Duration = Duration::from_secs(5);
 
 /// Why the service could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +87,9 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// The client of the FHIR server could not be built (its TLS files, its credentials).
+    #[error(transparent)]
+    Fhir(#[from] FhirError),
     /// Serving failed.
     #[error("the service stopped: {0}")]
     Io(#[from] std::io::Error),
@@ -82,6 +107,14 @@ pub struct AppState {
     /// `None`: `insecure_no_auth`.
     pub verifier: Option<jwt::Verifier>,
     explanations: cds::Explanations,
+    /// CDS calls parsed or evaluated at once: one core fewer than the machine has (at least
+    /// one), so that the runtime's workers always find a core for `/healthz` and the rest.
+    evaluations: Arc<Semaphore>,
+    /// The one client of the configured server; calls and runs take [`FhirClient::for_call`]s.
+    fhir: FhirClient,
+    /// The last answer to `/readyz`'s probe: when, and why not, if it failed. Held while a
+    /// probe is under way, so that concurrent `/readyz` calls wait for one probe.
+    probe: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
     plans: Mutex<Option<(Day, Arc<Vec<Plan>>)>>,
     thresholds: RwLock<BTreeMap<String, Vec<Threshold>>>,
     runs: Mutex<RunStatus>,
@@ -91,13 +124,17 @@ pub struct AppState {
 struct RunStatus {
     /// Last success, or the start before the first.
     since_ok: Instant,
-    last_failed: bool,
+    /// Why the last run failed; `None` when it succeeded (or none has run).
+    last_failed: Option<String>,
 }
 
 impl AppState {
     /// The models compiled for today (recompiled when the day changes, since windows end today).
     pub fn plans(&self) -> Result<Arc<Vec<Plan>>, MappingError> {
-        let today = Day::from_date(time::OffsetDateTime::now_utc().date());
+        let today = self
+            .settings
+            .as_of
+            .unwrap_or_else(|| Day::from_date(time::OffsetDateTime::now_utc().date()));
         let mut cached = self.plans.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((day, plans)) = cached.as_ref()
             && *day == today
@@ -129,14 +166,49 @@ impl AppState {
         url::Url::parse(server).is_ok_and(|u| normal(&u) == normal(&self.settings.server))
     }
 
+    /// The process's client of the server, for a run with its own correlation id.
     fn client(&self, correlation_id: String) -> Result<FhirClient, FhirError> {
-        let mut options = ClientOptions::new(correlation_id);
-        options.timeout = self.settings.timeout;
-        options.bearer = self.settings.bearer.clone();
-        options.smart = self.settings.smart.clone();
-        options.tls = self.settings.tls.clone();
-        FhirClient::new(self.settings.server.clone(), options)
+        self.fhir
+            .for_call(&correlation_id, RetryPolicy::default(), None)
     }
+
+    /// Whether the FHIR server answers `/metadata`, asked at most once per [`PROBE_TTL`].
+    async fn server_answers(&self) -> Result<(), String> {
+        let mut last = self.probe.lock().await;
+        if let Some((at, answer)) = last.as_ref()
+            && at.elapsed() < PROBE_TTL
+        {
+            return answer.clone();
+        }
+        let answer = match self.client(new_correlation_id()) {
+            Ok(client) => {
+                match tokio::time::timeout(Duration::from_secs(5), client.capabilities()).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(format!(
+                        "the FHIR server does not answer: {}",
+                        e.to_string().lines().next().unwrap_or_default()
+                    )),
+                    Err(_) => Err("the FHIR server did not answer within 5 s".to_owned()),
+                }
+            }
+            Err(e) => Err(format!(
+                "the FHIR server does not answer: {}",
+                e.to_string().lines().next().unwrap_or_default()
+            )),
+        };
+        *last = Some((Instant::now(), answer.clone()));
+        answer
+    }
+}
+
+/// The process's one client of `settings.server`.
+fn server_client(settings: &Settings) -> Result<FhirClient, FhirError> {
+    let mut options = ClientOptions::new(new_correlation_id());
+    options.timeout = settings.timeout;
+    options.bearer = settings.bearer.clone();
+    options.smart = settings.smart.clone();
+    options.tls = settings.tls.clone();
+    FhirClient::new(settings.server.clone(), options)
 }
 
 /// The CDS Hooks routes (`/cds-services`, `/explanations`).
@@ -150,16 +222,35 @@ pub fn cds_app(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// The operations routes (`/healthz`, `/readyz`, `/metrics`).
+/// The operations routes (`/healthz`, `/readyz`, and `/metrics` when it may be served: see
+/// the module docs).
 pub fn ops_app(state: Arc<AppState>) -> Router {
-    Router::new()
+    let mut app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .with_state(state)
+        .route("/readyz", get(readyz));
+    if state.settings.metrics_listen.is_some() || state.settings.metrics_token.is_some() {
+        app = app.route("/metrics", get(metrics_text));
+    }
+    app.with_state(state)
 }
 
-async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    // On its own listener, /metrics is as open as the listener's address; on the CDS Hooks
+    // one, it answers its token only.
+    if state.settings.metrics_listen.is_none()
+        && !state
+            .settings
+            .metrics_token
+            .as_ref()
+            .is_some_and(|token| bearer_is(&headers, token.expose_secret()))
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "/metrics needs the metrics token as a bearer token\n",
+        )
+            .into_response();
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -167,36 +258,114 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         )],
         state.metrics.render(),
     )
+        .into_response()
 }
 
-async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+/// Whether `headers` carry `Authorization: Bearer <expected>`. The digests are compared, so
+/// the time taken says nothing about how much of the token a guess got right.
+fn bearer_is(headers: &HeaderMap, expected: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| Sha256::digest(given.trim()) == Sha256::digest(expected))
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, String) {
     let (since_ok, failed) = {
         let runs = state.runs.lock().unwrap_or_else(|p| p.into_inner());
-        (runs.since_ok, runs.last_failed)
+        (runs.since_ok, runs.last_failed.clone())
     };
-    if failed && since_ok.elapsed() > state.settings.grace {
+    if let Some(reason) = failed
+        && since_ok.elapsed() > state.settings.grace
+    {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            "the last run failed and the grace period has passed\n".to_owned(),
+            format!(
+                "the last run failed and the grace period has passed: {}\n",
+                reason.lines().next().unwrap_or_default()
+            ),
         );
     }
-    let reachable = match state.client(new_correlation_id()) {
-        Ok(client) => tokio::time::timeout(Duration::from_secs(5), client.capabilities()).await,
-        Err(e) => Ok(Err(e)),
-    };
-    match reachable {
-        Ok(Ok(_)) => (StatusCode::OK, "ready\n".to_owned()),
-        Ok(Err(e)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "the FHIR server does not answer: {}\n",
-                e.to_string().lines().next().unwrap_or_default()
-            ),
-        ),
+    match state.server_answers().await {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
+    }
+}
+
+/// Serves `app` on `listener` until `stop`, within `limits` (see the module docs); then lets
+/// the connections finish their requests, and returns when the last has closed.
+async fn serve_bounded(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    stop: watch::Receiver<bool>,
+) {
+    let app = app.layer(middleware::from_fn_with_state(
+        limits.request_timeout,
+        deadline,
+    ));
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    loop {
+        let mut until_stop = stop.clone();
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = until_stop.wait_for(|s| *s) => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, or a connection reset before it was accepted:
+                // pausing lets others close rather than spinning on the error.
+                warn!(error = %e, "cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // Closed at once rather than left in the backlog, where it would still hold a slot.
+            debug!(
+                limit = limits.max_connections,
+                "connection limit reached: connection closed"
+            );
+            continue;
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |request| {
+            tower_service::Service::call(&mut app.clone(), request)
+        });
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        let mut until_stop = stop.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                _ = until_stop.wait_for(|s| *s) => connection.as_mut().graceful_shutdown(),
+            }
+            let _ = connection.await;
+        });
+    }
+    // Every connection holds a permit until it closes: all of them back means all are done.
+    let _ = permits.acquire_many(limits.max_connections as u32).await;
+}
+
+/// Answers 503 to a request that takes longer than `limit`, body and all.
+async fn deadline(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "the FHIR server did not answer within 5 s\n".to_owned(),
-        ),
+            [(header::RETRY_AFTER, "5")],
+            format!(
+                "the request was not answered within {} s; try again later\n",
+                limit.as_secs()
+            ),
+        )
+            .into_response(),
     }
 }
 
@@ -234,7 +403,7 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
                 // The default is only right when the EHR calls this very address.
                 warn!(aud = %public_url, "public_url is not set: tokens must carry this audience");
             }
-            Some(jwt::Verifier::new(issuers.clone()))
+            Some(jwt::Verifier::new(issuers.clone(), &settings.tls)?)
         }
     };
     let mut thresholds = BTreeMap::new();
@@ -249,19 +418,24 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
         metrics: metrics::Metrics::default(),
         verifier,
         explanations: cds::Explanations::default(),
+        evaluations: Arc::new(Semaphore::new(
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get().saturating_sub(1))
+                .max(1),
+        )),
+        fhir: server_client(&settings)?,
+        probe: tokio::sync::Mutex::new(None),
         plans: Mutex::new(None),
         thresholds: RwLock::new(thresholds),
         runs: Mutex::new(RunStatus {
             since_ok: Instant::now(),
-            last_failed: false,
+            last_failed: None,
         }),
         settings,
     });
     state.plans()?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
+    let limits = state.settings.limits;
     let mut app = cds_app(state.clone());
     let mut servers = Vec::new();
     match ops_listener {
@@ -270,26 +444,35 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
                 "segmentti serve: health and metrics on http://{}/",
                 ops.local_addr()?
             );
-            servers.push(tokio::spawn(
-                axum::serve(ops, ops_app(state.clone()))
-                    .with_graceful_shutdown(stopped(stop_rx.clone()))
-                    .into_future(),
-            ));
+            servers.push(tokio::spawn(serve_bounded(
+                ops,
+                ops_app(state.clone()),
+                limits,
+                stop_rx.clone(),
+            )));
         }
-        None => app = app.merge(ops_app(state.clone())),
+        None => {
+            if state.settings.metrics_token.is_none() {
+                info!(
+                    "/metrics is not served: set metrics_listen, or metrics_token_file for a token"
+                );
+            }
+            app = app.merge(ops_app(state.clone()));
+        }
     }
     eprintln!("segmentti serve: CDS Hooks on http://{bound}/cds-services");
-    servers.push(tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
-            .into_future(),
-    ));
+    servers.push(tokio::spawn(serve_bounded(
+        listener,
+        app,
+        limits,
+        stop_rx.clone(),
+    )));
     let scheduler = tokio::spawn(schedule(state.clone(), stop_rx.clone()));
     wait_for_signal().await;
     info!("stopping: no new calls or runs; a run under way finishes first");
     let _ = stop_tx.send(true);
     for server in servers {
-        server.await.map_err(std::io::Error::other)??;
+        server.await.map_err(std::io::Error::other)?;
     }
     scheduler.await.map_err(std::io::Error::other)?;
     info!("stopped");
@@ -318,33 +501,65 @@ async fn wait_for_signal() {
     }
 }
 
-/// Runs on the schedule, one run at a time, until told to stop.
+/// Runs on the schedules, one run at a time, until told to stop: a tick of `full_schedule` is
+/// a full pass, a tick of `schedule` an incremental run (a full one while there is no
+/// checkpoint). A full pass that fell due during another run is made as soon as it ends, and
+/// one that failed is made again at the next incremental tick rather than a day later.
 async fn schedule(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
-    let Some((text, cron)) = state.settings.schedule.clone() else {
+    let (incremental, full) = (&state.settings.schedule, &state.settings.full_schedule);
+    if incremental.is_none() && full.is_none() {
         return;
-    };
-    info!(schedule = %text, "runs scheduled (UTC)");
+    }
+    info!(
+        schedule = incremental.as_ref().map_or("none", |(t, _)| t.as_str()),
+        full_schedule = full.as_ref().map_or("none", |(t, _)| t.as_str()),
+        "runs scheduled (UTC)"
+    );
+    let mut full_due = next_tick(full.as_ref(), chrono::Utc::now());
     loop {
         let now = chrono::Utc::now();
-        let Ok(next) = cron.find_next_occurrence(&now, false) else {
-            warn!(schedule = %text, "the schedule has no next time; no more runs");
-            return;
+        let next_incremental = next_tick(incremental.as_ref(), now);
+        let (at, is_full) = match (next_incremental, full_due) {
+            (Some(i), Some(f)) if i < f => (i, false),
+            (_, Some(f)) => (f, true),
+            (Some(i), None) => (i, false),
+            (None, None) => {
+                warn!("the schedules have no next time; no more runs");
+                return;
+            }
         };
-        let wait = (next - now).to_std().unwrap_or_default();
+        let wait = (at - now).to_std().unwrap_or_default();
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         // Awaited to the end even when a stop arrives meanwhile: see the module docs.
-        run_once(&state).await;
+        let succeeded = run_once(&state, is_full).await;
+        if is_full {
+            let now = chrono::Utc::now();
+            full_due = if succeeded {
+                next_tick(full.as_ref(), now)
+            } else {
+                next_tick(incremental.as_ref(), now).or(next_tick(full.as_ref(), now))
+            };
+        }
         if *stop.borrow() {
             return;
         }
     }
 }
 
-/// One run, with its own correlation id, off the async workers.
-async fn run_once(state: &Arc<AppState>) {
+/// The first tick of `schedule` after `after`.
+fn next_tick(
+    schedule: Option<&(String, croner::Cron)>,
+    after: chrono::DateTime<chrono::Utc>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    schedule.and_then(|(_, cron)| cron.find_next_occurrence(&after, false).ok())
+}
+
+/// One run, with its own correlation id, off the async workers; `full`: a full pass. Returns
+/// whether it succeeded.
+async fn run_once(state: &Arc<AppState>, full: bool) -> bool {
     let correlation_id = new_correlation_id();
     let span = info_span!("run", correlation_id = %correlation_id);
     state.metrics.run_started();
@@ -361,6 +576,7 @@ async fn run_once(state: &Arc<AppState>) {
                 patients: Vec::new(),
                 since: None,
             },
+            full,
             batch: worker.settings.batch,
             dry_run: false,
             state: worker.settings.state.clone(),
@@ -378,9 +594,7 @@ async fn run_once(state: &Arc<AppState>) {
         Ok(report) => {
             if report.since.is_none() {
                 let mut t = state.thresholds.write().unwrap_or_else(|p| p.into_inner());
-                for (summary, _) in &report.models {
-                    t.insert(summary.model.clone(), summary.thresholds.clone());
-                }
+                keep_thresholds(&mut t, report.models.iter().map(|(s, _)| s));
             }
             let refused = report.refused();
             if refused > 0 {
@@ -388,20 +602,22 @@ async fn run_once(state: &Arc<AppState>) {
                 error!(refused, "the server refused some clients' results");
             }
             info!(
+                full = report.since.is_none(),
                 read = report.read,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 checkpoint = report.checkpoint_saved,
                 "run done"
             );
             runs.since_ok = Instant::now();
-            runs.last_failed = false;
+            runs.last_failed = None;
         }
         Err(e) => {
             error!(error = %e, "run failed");
-            runs.last_failed = true;
+            runs.last_failed = Some(e.to_string());
         }
     }
     state
         .metrics
         .run_ended(started.elapsed(), result.as_ref().ok(), unix);
+    result.is_ok()
 }

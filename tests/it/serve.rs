@@ -20,10 +20,12 @@ use crate::support::{Synth, fixture, root, segmentti, synth, text};
 const SERVICE: &str = "segmentti-patient-view";
 
 /// A running `segmentti serve`, killed on drop unless it exited.
-struct Serve {
+pub(crate) struct Serve {
     child: Child,
-    cds: String,
-    ops: String,
+    /// The CDS Hooks listener's base, such as `http://127.0.0.1:4711`.
+    pub(crate) cds: String,
+    /// The health listener's base (the CDS Hooks one without `metrics_listen`).
+    pub(crate) ops: String,
     /// What it said on stderr up to listening.
     said: String,
 }
@@ -35,16 +37,22 @@ impl Drop for Serve {
     }
 }
 
-fn start(config: &Path) -> Serve {
+pub(crate) fn start(config: &Path) -> Serve {
     start_with(&["--config", config.to_str().expect("utf-8")])
 }
 
 fn start_with(args: &[&str]) -> Serve {
+    start_with_env(args, &[])
+}
+
+/// `segmentti serve` with `args` and the environment variables `env`.
+pub(crate) fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Serve {
     let mut child = Command::new(env!("CARGO_BIN_EXE_segmentti"))
         .arg("serve")
         .args(args)
         .current_dir(root())
         .env_remove("SEGMENTTI_LOG")
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -82,10 +90,15 @@ fn start_with(args: &[&str]) -> Serve {
     }
 }
 
-fn config(dir: &Path, server: &TestServer, jwks: &str, schedule: &str) -> std::path::PathBuf {
+pub(crate) fn config(
+    dir: &Path,
+    server: &TestServer,
+    jwks: &str,
+    schedule: &str,
+) -> std::path::PathBuf {
     let path = dir.join("segmentti.toml");
     let text = format!(
-        "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nserver = \"{}\"\nmodels = [\"mappings/paijat-sote.yaml\"]\n{schedule}\nstate = \"{}\"\nbatch = 10\n\n[cds]\nmax_body_bytes = 65536\n\n[[cds.issuers]]\niss = \"https://fhir-ehr.example.com/\"\njwks_url = \"{jwks}\"\n",
+        "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\nserver = \"{}\"\nmodels = [\"mappings/paijat-sote.yaml\"]\n{schedule}\nstate = \"{}\"\nbatch = 10\n\n[cds]\nmax_body_bytes = 65536\n\n[[cds.issuers]]\niss = \"https://fhir-ehr.example.com/\"\njwks_url = \"{jwks}\"\ninsecure_http_jwks = true\n",
         server.base_url(),
         dir.join("state.json").display()
     );
@@ -133,7 +146,7 @@ fn token(key: &EncodingKey, aud: &str, exp_in: i64) -> String {
 }
 
 /// The specification's `patient-view` example request, about `patient` on `fhir_server`.
-fn request(fhir_server: &str, patient: &str) -> Value {
+pub(crate) fn request(fhir_server: &str, patient: &str) -> Value {
     json!({
         "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
         "fhirServer": fhir_server,
@@ -162,7 +175,11 @@ async fn metrics(http: &reqwest::Client, serve: &Serve) -> prometheus_parse::Scr
         .expect("Prometheus text")
 }
 
-fn sample(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> f64 {
+pub(crate) fn sample(
+    scrape: &prometheus_parse::Scrape,
+    name: &str,
+    label: Option<(&str, &str)>,
+) -> f64 {
     scrape
         .samples
         .iter()
@@ -177,7 +194,7 @@ fn sample(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &s
 }
 
 /// Waits until `/metrics` satisfies `ok`.
-async fn until(
+pub(crate) async fn until(
     http: &reqwest::Client,
     serve: &Serve,
     what: &str,
@@ -216,7 +233,7 @@ async fn stop_during_a_run(http: &reqwest::Client, mut serve: Serve) {
 }
 
 /// Per patient, the codes of its active segment Flags.
-async fn active_segments(server: &TestServer) -> BTreeMap<String, Vec<String>> {
+pub(crate) async fn active_segments(server: &TestServer) -> BTreeMap<String, Vec<String>> {
     let mapping =
         segmentti::model::load_file(&root().join("mappings/paijat-sote.yaml")).expect("model");
     let codes: BTreeSet<String> = mapping
@@ -529,28 +546,7 @@ async fn the_quick_start_without_a_file_warns_and_answers_unsigned_calls_from_pr
         "{}",
         serve.said
     );
-    let opts = segmentti::synth::SynthOptions {
-        clients: 1,
-        seed: 3,
-        flavor: segmentti::synth::CodeFlavor::Finnish,
-        as_of: segmentti::day::Day::from_date(time::OffsetDateTime::now_utc().date()),
-        area: None,
-        bills: segmentti::synth::Bills::None,
-        records: false,
-        shapes: false,
-    };
-    let client = segmentti::synth::client(&opts, 0);
-    let id = client.patient["id"].as_str().expect("id").to_owned();
-    let bundle = |resources: Vec<Value>| {
-        json!({"resourceType": "Bundle", "type": "searchset",
-               "entry": resources.into_iter().map(|r| json!({"resource": r, "search": {"mode": "match"}})).collect::<Vec<_>>()})
-    };
-    let mut body = request("http://127.0.0.1:9/fhir", &id);
-    body["prefetch"] = json!({
-        "patient": client.patient,
-        "encounters": bundle(client.encounters),
-        "conditions": bundle(client.conditions),
-    });
+    let body = with_prefetch("http://127.0.0.1:9/fhir");
     let http = reqwest::Client::new();
     let answer = http
         .post(format!("{}/cds-services/{SERVICE}", serve.cds))
@@ -582,4 +578,31 @@ async fn the_quick_start_without_a_file_warns_and_answers_unsigned_calls_from_pr
         .await
         .expect("healthz");
     assert_eq!(health.status(), 200);
+}
+
+/// A `patient-view` request about a synthetic client, with a complete prefetch.
+pub(crate) fn with_prefetch(fhir_server: &str) -> Value {
+    let opts = segmentti::synth::SynthOptions {
+        clients: 1,
+        seed: 3,
+        flavor: segmentti::synth::CodeFlavor::Finnish,
+        as_of: segmentti::day::Day::from_date(time::OffsetDateTime::now_utc().date()),
+        area: None,
+        bills: segmentti::synth::Bills::None,
+        records: false,
+        shapes: false,
+    };
+    let client = segmentti::synth::client(&opts, 0);
+    let id = client.patient["id"].as_str().expect("id").to_owned();
+    let bundle = |resources: Vec<Value>| {
+        json!({"resourceType": "Bundle", "type": "searchset",
+               "entry": resources.into_iter().map(|r| json!({"resource": r, "search": {"mode": "match"}})).collect::<Vec<_>>()})
+    };
+    let mut body = request(fhir_server, &id);
+    body["prefetch"] = json!({
+        "patient": client.patient,
+        "encounters": bundle(client.encounters),
+        "conditions": bundle(client.conditions),
+    });
+    body
 }

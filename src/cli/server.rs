@@ -25,6 +25,8 @@ use segmentti::synth::{self, SynthOptions};
 
 /// Exit code: done, but the server refused some clients' results.
 pub const EXIT_REFUSED: u8 = 4;
+/// Exit code: stopped, the server refused a read or write for what it is (401, 403, 404, 405).
+pub const EXIT_NOT_ALLOWED: u8 = 8;
 
 /// How to reach a FHIR server.
 #[derive(Debug, Clone, Args)]
@@ -101,7 +103,7 @@ impl ServerArgs {
         options.tls = self.tls();
         if self.auth == AuthArg::Bearer {
             let token = match &self.token_file {
-                Some(path) => std::fs::read_to_string(path)
+                Some(path) => segmentti::fhir::auth::read_secret(path, "token file")
                     .with_context(|| format!("cannot read the token file {}", path.display()))?,
                 None => std::env::var("SEGMENTTI_TOKEN")
                     .context("--auth bearer needs --token-file or SEGMENTTI_TOKEN")?,
@@ -133,7 +135,7 @@ impl ServerArgs {
         let (Some(client_id), Some(key_path)) = (&self.client_id, &self.private_key) else {
             bail!("--auth smart needs --client-id and --private-key");
         };
-        let pem = std::fs::read_to_string(key_path)
+        let pem = segmentti::fhir::auth::read_secret(key_path, "private key")
             .with_context(|| format!("cannot read the private key {}", key_path.display()))?;
         let algorithm = if jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).is_ok() {
             jsonwebtoken::Algorithm::ES384
@@ -223,12 +225,20 @@ pub fn run(
         client: server.client(url)?,
         server: url.clone(),
         search: server.search(server.since.clone()),
+        full: false,
         batch: write.batch,
         dry_run: write.dry_run,
         state: write.state.clone(),
         on_invalid: write.on_invalid,
     };
-    let report = job::run(&options, plans)?;
+    let report = match job::run(&options, plans) {
+        Ok(report) => report,
+        Err(e) if e.is_refusal() => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(EXIT_NOT_ALLOWED));
+        }
+        Err(e) => return Err(e.into()),
+    };
     if write.json {
         let out = json!({
             "input": report.input,

@@ -6,11 +6,13 @@
 //! client id, `aud` = the token endpoint, `exp` in five minutes, a fresh `jti`), trades it for
 //! an access token, keeps the token until a minute before it expires, and fetches a new one
 //! when the FHIR server answers 401. [`super::FhirClient`] asks [`Auth::header_for`] per
-//! request. This module does not log, and nothing in it prints a token or key:
-//! [`BearerToken`]'s `Debug` shows `[redacted]`, it has no `Display`, and header values are
-//! marked sensitive.
+//! request. Nothing in it prints a token or key: [`BearerToken`]'s `Debug` shows `[redacted]`,
+//! it has no `Display`, and header values are marked sensitive. It logs one thing:
+//! [`read_secret`] warns, once per file, when a file holding a token or key can be read by
+//! others than its owner (the path and mode, never the contents).
 
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -152,6 +154,18 @@ fn bearer_header(token: &str) -> Result<HeaderValue, FhirError> {
 /// Tokens kept this long before their expiry are fetched anew.
 const REFRESH_MARGIN: Duration = Duration::from_secs(60);
 
+/// The longest a token is kept, whatever `expires_in` the token endpoint gave: the number is
+/// the server's, and one near `u64::MAX` would overflow an [`Instant`] (a panic, issue 24).
+const LONGEST_KEPT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// When a token fetched at `now` that lives `lifetime` is to be fetched anew: a minute before
+/// it expires (half its life for short ones), at most [`LONGEST_KEPT`] ahead.
+fn refresh_at(now: Instant, lifetime: Duration) -> Instant {
+    let lifetime = lifetime.min(LONGEST_KEPT);
+    let kept = lifetime.saturating_sub(REFRESH_MARGIN).max(lifetime / 2);
+    now.checked_add(kept).unwrap_or(now)
+}
+
 /// The SMART Backend Services token source.
 pub(super) struct SmartBackend {
     config: SmartConfig,
@@ -230,7 +244,7 @@ impl SmartBackend {
             return Ok(value.clone());
         }
         let (value, lifetime) = self.fetch().await?;
-        let until = Instant::now() + lifetime.saturating_sub(REFRESH_MARGIN).max(lifetime / 2);
+        let until = refresh_at(Instant::now(), lifetime);
         *token = Some((value.clone(), until));
         Ok(value)
     }
@@ -299,6 +313,46 @@ impl SmartBackend {
     }
 }
 
+/// Reads a file that holds a secret (a bearer token, a private key), after
+/// [`warn_if_exposed`].
+pub fn read_secret(path: &Path, what: &str) -> std::io::Result<String> {
+    warn_if_exposed(path, what);
+    std::fs::read_to_string(path)
+}
+
+/// Warns, once per file and process, when a file holding a secret can be read by its group or
+/// by others (`mode & 0o077`): anyone else on the machine can then act as this client. A file
+/// that cannot be inspected is left to the read that follows to report.
+pub fn warn_if_exposed(path: &Path, what: &str) {
+    #[cfg(unix)]
+    {
+        use std::collections::BTreeSet;
+        use std::os::unix::fs::PermissionsExt;
+        use std::path::PathBuf;
+        static WARNED: std::sync::Mutex<BTreeSet<PathBuf>> = std::sync::Mutex::new(BTreeSet::new());
+        let Ok(metadata) = std::fs::metadata(path) else {
+            return;
+        };
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o077 == 0 {
+            return;
+        }
+        let first = WARNED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.to_owned());
+        if first {
+            tracing::warn!(
+                file = %path.display(),
+                mode = %format_args!("{mode:o}"),
+                "the {what} {} can be read by other users than its owner\nhint: chmod 600 {}",
+                path.display(),
+                path.display()
+            );
+        }
+    }
+}
+
 /// Whether two URLs share scheme, host and port (default ports made explicit).
 pub(super) fn same_origin(a: &Url, b: &Url) -> bool {
     a.origin() == b.origin()
@@ -338,6 +392,61 @@ mod tests {
                     .is_none(),
                 "{other} got the token"
             );
+        }
+    }
+
+    #[test]
+    fn a_token_lifetime_is_kept_to_a_day() {
+        let now = Instant::now();
+        assert_eq!(
+            refresh_at(now, Duration::from_secs(u64::MAX)),
+            now + LONGEST_KEPT - REFRESH_MARGIN
+        );
+        assert_eq!(
+            refresh_at(now, Duration::from_secs(300)),
+            now + Duration::from_secs(240)
+        );
+        assert_eq!(
+            refresh_at(now, Duration::from_secs(60)),
+            now + Duration::from_secs(30)
+        );
+    }
+
+    /// Issue 24, finding 11: `expires_in` of `u64::MAX` panicked with an `Instant` overflow.
+    #[tokio::test]
+    async fn a_huge_expires_in_from_the_token_endpoint_does_not_panic() {
+        use wiremock::matchers::method;
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200).set_body_raw(
+                format!(
+                    r#"{{"access_token": "t0k3n", "token_type": "bearer", "expires_in": {}}}"#,
+                    u64::MAX
+                ),
+                "application/json",
+            ))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let base = Url::parse(&format!("{}/fhir/", server.uri())).expect("valid");
+        let smart = SmartConfig {
+            token_url: Url::parse(&format!("{}/token", server.uri())).expect("valid"),
+            client_id: "segmentti".into(),
+            key_pem: SecretString::from(include_str!("../../tests/fixtures/keys/test-es384.pem")),
+            algorithm: Algorithm::ES384,
+            key_id: None,
+            scope: "system/Flag.write".into(),
+        };
+        let auth = Auth::new(Some(&Credentials::Smart(smart)), &reqwest::Client::new())
+            .expect("a valid key");
+        for _ in 0..2 {
+            let header = auth
+                .header_for(&base, &base)
+                .await
+                .expect("a token")
+                .expect("same origin");
+            assert_eq!(header.to_str().expect("ascii"), "Bearer t0k3n");
         }
     }
 

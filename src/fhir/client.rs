@@ -82,6 +82,14 @@ impl ClientOptions {
     }
 }
 
+/// `X-Correlation-Id`'s value.
+fn correlation_header(id: &str) -> Result<HeaderValue, FhirError> {
+    HeaderValue::from_str(id).map_err(|_| FhirError::InvalidOption {
+        option: "correlation id",
+        reason: "it contains characters an HTTP header cannot carry".into(),
+    })
+}
+
 /// A fresh random correlation id (a UUID) for a run.
 pub fn new_correlation_id() -> String {
     uuid::Builder::from_random_bytes(rand::random())
@@ -127,12 +135,7 @@ impl FhirClient {
     /// `https://fhir.example.org/fhir`. Nothing is sent until the first request.
     pub fn new(base: Url, options: ClientOptions) -> Result<Self, FhirError> {
         let base = service_base(base)?;
-        let correlation_id = HeaderValue::from_str(&options.correlation_id).map_err(|_| {
-            FhirError::InvalidOption {
-                option: "correlation id",
-                reason: "it contains characters an HTTP header cannot carry".into(),
-            }
-        })?;
+        let correlation_id = correlation_header(&options.correlation_id)?;
         let credentials = match (options.bearer, options.smart) {
             (Some(_), Some(_)) => {
                 return Err(FhirError::InvalidOption {
@@ -267,6 +270,29 @@ impl FhirClient {
     /// The retry policy requests of this client follow.
     pub fn retry_policy(&self) -> &RetryPolicy {
         &self.retry
+    }
+
+    /// This client for one call or run of a long-lived process: its connections and (unless
+    /// `bearer` replaces them with a caller's token) its credentials and their token are
+    /// shared, the correlation id and retry policy are the call's own.
+    pub fn for_call(
+        &self,
+        correlation_id: &str,
+        retry: RetryPolicy,
+        bearer: Option<BearerToken>,
+    ) -> Result<Self, FhirError> {
+        let auth = match bearer {
+            Some(token) => Auth::new(Some(&Credentials::Bearer(token)), &self.http)?,
+            None => self.auth.clone(),
+        };
+        Ok(Self {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            timeout: self.timeout,
+            retry,
+            correlation_id: correlation_header(correlation_id)?,
+            auth,
+        })
     }
 
     /// `GET url`: the answer's JSON (`Null` for an empty body). A URL on another origin than

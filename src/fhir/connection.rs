@@ -73,7 +73,7 @@ impl Credentials {
             });
         };
         let bearer = token_file.and_then(|path| {
-            std::fs::read_to_string(path)
+            super::auth::read_secret(path, "token file")
                 .map_err(|e| problem(format!("token_file {}: {e}", path.display())))
                 .ok()
                 .map(|t| BearerToken::new(t.trim().to_owned()))
@@ -120,7 +120,7 @@ fn read_smart(raw: &RawSmart, problem: &mut impl FnMut(String)) -> Option<SmartC
             ))
         })
         .ok();
-    let pem = std::fs::read_to_string(&raw.private_key)
+    let pem = super::auth::read_secret(&raw.private_key, "private key")
         .map_err(|e| {
             problem(format!(
                 "smart.private_key {}: {e}",

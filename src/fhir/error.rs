@@ -11,6 +11,11 @@
 //! | [`FhirError::Status`] | 408, 429, 5xx | the server answered an error status |
 //! | [`FhirError::InvalidJson`] | yes | a body cut short (proxies do this) or not JSON |
 //! | the others | no | configuration, or a server that answers something unexpected |
+//!
+//! Of the statuses that are not retried, two kinds decide what a run does next:
+//! [`FhirError::is_refusal`] (401, 403, 404, 405: the server will not let this client do this
+//! here, whatever is sent, so the run stops) and [`FhirError::is_content_error`] (400, 409,
+//! 412, 422: this content was refused, so other content may still land).
 
 use std::fmt;
 use std::time::Duration;
@@ -107,7 +112,7 @@ pub enum FhirError {
         "{method} {} answered {status}{}\nhint: {}",
         redact(.url),
         outcome_suffix(.outcome.as_ref()),
-        status_hint(*.status)
+        status_hint(*.status, .method, .url)
     )]
     Status {
         /// The request's method.
@@ -263,6 +268,46 @@ impl FhirError {
     }
 }
 
+impl FhirError {
+    /// Whether the server refused the request for what it is, not for what it carries: 401
+    /// (credentials), 403 (permission), 404 (no such endpoint), 405 (no such interaction).
+    /// Sending other content, or the same again, cannot help: the run stops.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self.status().map(|s| s.as_u16()),
+            Some(401 | 403 | 404 | 405)
+        )
+    }
+
+    /// Whether another writer changed what a conditional write was conditional on: 409, 412,
+    /// or a 400 whose OperationOutcome reports an entry's 412 (servers that answer a failed
+    /// transaction with one status do that; hfs 0.2.7 says `Entry failed with status 412`).
+    /// Reading again and deciding again may succeed.
+    pub fn is_conflict(&self) -> bool {
+        match self.status().map(|s| s.as_u16()) {
+            Some(409 | 412) => true,
+            Some(400) => self.outcome().is_some_and(|o| {
+                o.issues.iter().any(|i| {
+                    i.code == "conflict"
+                        || i.diagnostics
+                            .as_deref()
+                            .is_some_and(|d| d.contains("status 412") || d.contains("If-Match"))
+                })
+            }),
+            _ => false,
+        }
+    }
+
+    /// Whether the server refused what the request carries: 400, 409, 412, 422. Another
+    /// request (one client's resources alone, or a fresh read of what changed) may succeed.
+    pub fn is_content_error(&self) -> bool {
+        matches!(
+            self.status().map(|s| s.as_u16()),
+            Some(400 | 409 | 412 | 422)
+        )
+    }
+}
+
 /// 408, 429 and every 5xx.
 pub fn retryable_status(status: StatusCode) -> bool {
     status == StatusCode::REQUEST_TIMEOUT
@@ -287,27 +332,53 @@ impl Retryable for FhirError {
     }
 }
 
-fn status_hint(status: StatusCode) -> &'static str {
+/// What to do about an error status. The refusals name what was asked (`read Patient`), since
+/// that is what a scope or an access rule has to allow.
+fn status_hint(status: StatusCode, method: &Method, url: &Url) -> String {
+    let asked = asked(method, url);
     match status.as_u16() {
-        401 => "the server wants credentials: check the bearer token and that it has not expired",
-        403 => {
-            "the credentials lack a permission: check the token's scopes and the server's access rules"
-        }
-        404 => "check the base URL and the resource type; the server does not know this path",
+        401 => "the server did not accept the credentials: check the bearer token, or the SMART client id, key and token URL, and that the token has not expired".into(),
+        403 => format!(
+            "the credentials may not {asked}: check the client's scopes and the server's access rules for it"
+        ),
+        404 => format!(
+            "the server has no endpoint to {asked}: check that the base URL is the FHIR service base (such as https://fhir.example.org/fhir) and that the server serves this type"
+        ),
+        405 => format!(
+            "the server does not allow {method} to {asked}: check the base URL and that the server supports this interaction"
+        ),
         408 | 429 => {
-            "the server is busy; this was retried as the retry policy allows: try later or lower the load"
+            "the server is busy; this was retried as the retry policy allows: try later or lower the load".into()
         }
         409 | 412 => {
-            "another writer changed the same resource; run again, conditional writes are safe to repeat"
+            "another writer changed the same resource; run again, conditional writes are safe to repeat".into()
         }
         300..=399 => {
-            "the server redirected to another origin, which this client does not follow (credentials stay on the base's origin); use the target's base instead"
+            "the server redirected to another origin, which this client does not follow (credentials stay on the base's origin); use the target's base instead".into()
         }
-        400 | 422 => "the server rejected the content; the OperationOutcome above says why",
+        400 | 422 => "the server rejected the content; the OperationOutcome above says why".into(),
         s if s >= 500 => {
-            "the server failed; this was retried as the retry policy allows: look at the server's log or try later"
+            "the server failed; this was retried as the retry policy allows: look at the server's log or try later".into()
         }
-        _ => "the server refused the request; the OperationOutcome above, if any, says why",
+        _ => "the server refused the request; the OperationOutcome above, if any, says why".into(),
+    }
+}
+
+/// What a request asked for, in an operator's words: `read Patient`, `write Flag`, or `send a
+/// transaction` (a `POST` to the base names no type; the sink says which types it carried).
+fn asked(method: &Method, url: &Url) -> String {
+    let resource_type = url
+        .path_segments()
+        .into_iter()
+        .flatten()
+        .rev()
+        .find(|s| s.starts_with(|c: char| c.is_ascii_uppercase()));
+    match resource_type {
+        Some(t) if method == Method::GET => format!("read {t}"),
+        Some(t) => format!("write {t}"),
+        None if method == Method::POST => "send a transaction".into(),
+        None if method == Method::GET => "read this endpoint".into(),
+        None => "use this endpoint".into(),
     }
 }
 
@@ -532,6 +603,73 @@ mod tests {
                 "{code}"
             );
         }
+    }
+
+    fn status(code: u16, method: Method, at: &str) -> FhirError {
+        FhirError::Status {
+            method,
+            status: StatusCode::from_u16(code).expect("valid"),
+            url: url(at).into(),
+            outcome: None,
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn refusals_and_content_errors_are_told_apart() {
+        for code in [401, 403, 404, 405] {
+            let e = status(code, Method::POST, "http://h/");
+            assert!(e.is_refusal() && !e.is_content_error(), "{code}");
+        }
+        for code in [400, 409, 412, 422] {
+            let e = status(code, Method::POST, "http://h/");
+            assert!(e.is_content_error() && !e.is_refusal(), "{code}");
+        }
+        for code in [408, 410, 413, 429, 500] {
+            let e = status(code, Method::POST, "http://h/");
+            assert!(!e.is_content_error() && !e.is_refusal(), "{code}");
+        }
+    }
+
+    #[test]
+    fn a_conflict_is_a_409_a_412_or_a_400_that_reports_an_entrys_412() {
+        assert!(status(412, Method::POST, "http://h/").is_conflict());
+        assert!(status(409, Method::PUT, "http://h/Flag/1").is_conflict());
+        let with = |text: &str| FhirError::Status {
+            method: Method::POST,
+            status: StatusCode::BAD_REQUEST,
+            url: url("http://h/").into(),
+            outcome: Some(OperationOutcomeSummary {
+                issues: vec![OutcomeIssue {
+                    severity: "error".into(),
+                    code: "processing".into(),
+                    diagnostics: Some(text.into()),
+                }],
+            }),
+            retry_after: None,
+        };
+        assert!(with("Transaction failed at entry 0: Entry failed with status 412").is_conflict());
+        assert!(!with("Flag.status: required").is_conflict());
+        assert!(!status(400, Method::POST, "http://h/").is_conflict());
+    }
+
+    #[test]
+    fn a_refusal_names_what_was_asked_and_what_to_do() {
+        let e = status(
+            403,
+            Method::GET,
+            "https://fhir.example/r4/Patient?_count=50",
+        );
+        assert_eq!(
+            e.to_string(),
+            "GET https://fhir.example/r4/Patient?_count=50 answered 403 Forbidden\nhint: the credentials may not read Patient: check the client's scopes and the server's access rules for it"
+        );
+        let e = status(405, Method::POST, "https://fhir.example/r4");
+        assert!(
+            e.to_string()
+                .ends_with("the server does not allow POST to send a transaction: check the base URL and that the server supports this interaction"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -47,6 +47,7 @@ pub fn configure(
     if let Some(identity) = &tls.identity {
         let mut pem = read(&identity.certificate, "client certificate")?;
         pem.push(b'\n');
+        super::auth::warn_if_exposed(&identity.key, "client key");
         pem.extend(read(&identity.key, "client key")?);
         let identity = reqwest::Identity::from_pem(&pem).map_err(|_| {
             invalid(

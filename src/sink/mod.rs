@@ -63,6 +63,10 @@ pub enum SinkError {
     /// A server refused the write as a whole (after retries).
     #[error("{0}")]
     Remote(String),
+    /// A FHIR server could not be read or written, or refused segmentti's writes (boxed: it is
+    /// large, and rare).
+    #[error(transparent)]
+    Server(Box<fhir::FhirSinkError>),
     /// A resource could not be serialised.
     #[error("cannot serialise a resource for Patient/{patient}: {cause}")]
     Serialize {

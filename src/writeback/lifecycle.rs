@@ -7,12 +7,18 @@
 //! A Flag that stays gets the model's Flag `category` too, so Flags written before segmentti
 //! wrote categories (or under another category of the model) gain it; an unchanged client
 //! whose Flags lack it gets those Flags rewritten, and no new assessment.
+//!
+//! A Flag read from the server and written again (kept, ended, given a category) changes only
+//! in segmentti's own elements: status, period, category, and the extensions segmentti writes
+//! ([`FLAG_DETAIL`], [`FINGERPRINT`]); other writers' extensions and fields stay. Such a Flag
+//! keeps the server's `meta`, whose `versionId` the write is conditional on (`If-Match`, see
+//! [`crate::sink::fhir::transaction`]).
 
 use fhir_sdk::r4b::resources::Flag;
 use fhir_sdk::r4b::types::{Extension, ExtensionValue};
 use serde_json::Value;
 
-use super::{BuildError, FINGERPRINT, FLAG_CATEGORY_SYSTEM};
+use super::{BuildError, FINGERPRINT, FLAG_CATEGORY_SYSTEM, FLAG_DETAIL};
 use crate::day::Day;
 use crate::model::eval::Assessment;
 use crate::model::mapping::FLAG_CATEGORIES;
@@ -189,13 +195,38 @@ pub fn decide(
             .find(|e| e.segment == (i == 0) && e.code == code)
         {
             let mut kept = e.resource.clone();
-            kept["extension"] = value["extension"].take();
+            with_extensions(&mut kept, value["extension"].take());
             with_category(&mut kept, &category);
             value = kept;
         }
         changes.upsert.push(value);
     }
     Ok(changes)
+}
+
+/// Puts `ours` (segmentti's extensions of a new Flag, a JSON array) on the server's `flag` in
+/// place of the ones segmentti wrote before, first, as builders write them; every other
+/// writer's extension stays, in its order after them.
+fn with_extensions(flag: &mut Value, ours: Value) {
+    let Value::Array(mut merged) = ours else {
+        return;
+    };
+    let ours_url = |e: &Value| {
+        e.get("url").and_then(Value::as_str).is_some_and(|url| {
+            url == FLAG_DETAIL
+                || url == FINGERPRINT
+                || merged
+                    .iter()
+                    .any(|o| o.get("url").and_then(Value::as_str) == Some(url))
+        })
+    };
+    let theirs: Vec<Value> = flag
+        .get("extension")
+        .and_then(Value::as_array)
+        .map(|all| all.iter().filter(|e| !ours_url(e)).cloned().collect())
+        .unwrap_or_default();
+    merged.extend(theirs);
+    flag["extension"] = Value::Array(merged);
 }
 
 /// Gives the server's `flag` the `category` segmentti writes now (a JSON array of concepts),
@@ -296,14 +327,12 @@ pub fn retire(existing: &[Existing], why: Unassessed, as_of: Day) -> Changes {
     }
 }
 
-/// The server's Flag, ended at `as_of`.
+/// The server's Flag, ended at `as_of` (its `meta` kept for the version the write is
+/// conditional on).
 pub fn ended(flag: &Value, as_of: Day) -> Value {
     let mut flag = flag.clone();
     flag["status"] = Value::String("inactive".into());
     flag["period"]["end"] = Value::String(as_of.to_string());
-    if let Some(obj) = flag.as_object_mut() {
-        obj.remove("meta");
-    }
     flag
 }
 
@@ -454,6 +483,53 @@ mod tests {
             "the segment has held since the first run"
         );
         assert_ne!(segment_flag["extension"], existing[0].resource["extension"]);
+    }
+
+    #[test]
+    fn a_kept_flag_keeps_other_writers_extensions_and_takes_segmenttis_new_ones() {
+        let (plan, old, later, new, print) = same_segment_other_levels();
+        let mut existing = on_server(&plan, &old);
+        let theirs =
+            serde_json::json!({"url": "https://ehr.example/banner-colour", "valueCode": "red"});
+        existing[0].resource["extension"]
+            .as_array_mut()
+            .expect("segmentti's extensions")
+            .push(theirs.clone());
+        let changes = decide(&new, &print, &existing, later.as_of).expect("decided");
+        let extensions = changes.upsert[0]["extension"]
+            .as_array()
+            .expect("extensions");
+        let urls: Vec<&str> = extensions
+            .iter()
+            .map(|e| e["url"].as_str().expect("url"))
+            .collect();
+        assert_eq!(
+            urls,
+            [
+                FLAG_DETAIL,
+                FINGERPRINT,
+                "https://ehr.example/banner-colour"
+            ],
+            "segmentti's first (the transaction points the first at the assessment), once each"
+        );
+        assert_eq!(extensions[1]["valueString"], print.as_str());
+        assert_eq!(extensions[2], theirs);
+    }
+
+    #[test]
+    fn an_ended_flag_keeps_its_version_and_other_writers_extensions() {
+        let plan = plan();
+        let mut flag = serde_json::to_value(&resources(&plan, &assessed(&plan, &[])).0.flags[0])
+            .expect("json");
+        flag["meta"] = serde_json::json!({"versionId": "3"});
+        flag["extension"]
+            .as_array_mut()
+            .expect("extensions")
+            .push(serde_json::json!({"url": "https://ehr.example/x", "valueBoolean": true}));
+        let end = ended(&flag, "2026-06-01".parse().expect("day"));
+        assert_eq!(end["meta"]["versionId"], "3");
+        assert_eq!(end["extension"], flag["extension"]);
+        assert_eq!(end["status"], "inactive");
     }
 
     /// A Flag as an earlier segmentti wrote it: without a category.

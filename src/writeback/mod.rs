@@ -46,6 +46,12 @@ pub const FINGERPRINT: &str =
     "https://segmentti.fi/fhir/StructureDefinition/assessment-fingerprint";
 /// Where segmentti's profiles live (the `profiles/` package's canonical base).
 pub const PROFILES: &str = "https://segmentti.fi/fhir/StructureDefinition";
+/// The system of the tag on each write-back's Provenance whose code names that write (a
+/// UUIDv5 of its instant, model and targets): the Provenance is created only if no resource
+/// carries the tag yet (`ifNoneExist`), so a transaction sent again after a lost answer leaves
+/// one Provenance. A tag, since R4's Provenance has no identifier and `_tag` is searchable on
+/// every resource.
+pub const WRITE_TAG: &str = "https://segmentti.fi/fhir/CodeSystem/write";
 /// The standard extension pointing from a Flag to the resource that explains it.
 pub const FLAG_DETAIL: &str = "http://hl7.org/fhir/StructureDefinition/flag-detail";
 /// The standard extension carrying a display's translation.

@@ -120,7 +120,7 @@ pub fn prepare(args: &RunArgs, base: &url::Url, plans: &[Plan]) -> Result<Option
     };
     let mut run = BulkRun {
         input: match &downloaded {
-            Some(dir) => Input::Files(dir.clone()),
+            Some(dir) => Input::Files(dir.clone(), args.models.limits()),
             None => Input::Bulk(Box::new(BulkInput {
                 client: client.clone(),
                 exported: exported.clone(),
@@ -142,7 +142,7 @@ pub fn prepare(args: &RunArgs, base: &url::Url, plans: &[Plan]) -> Result<Option
         let mut collect =
             |batch: Batch| bulk::touched(&batch, &mut touched).map_err(|e| e.to_string());
         match &downloaded {
-            Some(dir) => segmentti::source::files::read(dir, collect)?,
+            Some(dir) => segmentti::source::files::read(dir, args.models.limits(), collect)?,
             None => runtime.block_on(bulk::stream(
                 &run.client,
                 &run.exported,
@@ -192,7 +192,8 @@ impl BulkRun {
     }
 
     /// After the run: deletes the job, removes a default work directory, and moves the
-    /// checkpoint to the export's transaction time (keeping a full run's thresholds).
+    /// checkpoint to the export's transaction time on the server's clock (keeping a full run's
+    /// thresholds); an export of unknown time leaves it where it was.
     pub fn finish(self, args: &RunArgs, models: &[ModelSummary]) -> Result<()> {
         segmentti::fhir::runtime()?.block_on(bulk::finish(
             &self.client,
@@ -205,7 +206,7 @@ impl BulkRun {
         if let (Some(path), Some(base)) = (&args.state, &args.bulk.bulk) {
             let mut next = self.state.unwrap_or_default();
             next.server = base.to_string();
-            next.since = Some(self.exported.transaction_time.clone());
+            next.since = self.exported.next_since.clone();
             if !self.incremental {
                 for m in models {
                     next.thresholds
@@ -222,7 +223,7 @@ fn render(e: &Exported, since: Option<&str>) -> String {
     let mut out = format!(
         "Export: {} file(s) as of {}{}{}\n",
         e.files.len(),
-        e.transaction_time,
+        e.transaction_time.as_deref().unwrap_or("an unknown time"),
         since
             .map(|s| format!(", changes since {s}"))
             .unwrap_or_default(),
@@ -233,8 +234,8 @@ fn render(e: &Exported, since: Option<&str>) -> String {
             "  ignored: {n} file(s) of type {t}, not asked for\n"
         ));
     }
-    for line in &e.errors {
-        out.push_str(&format!("  export error: {line}\n"));
+    if !e.errors.is_empty() {
+        out.push_str(&format!("  export errors: {}\n", e.errors));
     }
     out
 }

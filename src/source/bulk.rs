@@ -12,10 +12,17 @@
 //! export is kicked off only when the job file asks for a different export.
 //!
 //! What it trusts: the token goes only to the FHIR base's origin; an output file elsewhere is
-//! fetched without it, and refused when the manifest says it needs one. This module reads no
-//! resource beyond the client it belongs to ([`touched`]); it does not fold or write results.
+//! fetched without it, and refused when the manifest says it needs one. A file on the origin
+//! that redirects elsewhere (object storage, a pre-signed URL) is followed there without the
+//! token. Every URL it shows, in errors and logs, is redacted ([`redact`]): status and file
+//! URLs may carry signatures in their query. The error files are read line by line and only
+//! counted by severity and code ([`ExportErrors`]); their diagnostics, which may name a client,
+//! go to the debug log alone. The next `_since` is the server's `transactionTime`, never this
+//! machine's clock ([`Exported::next_since`]). This module reads no resource beyond the client
+//! it belongs to ([`touched`]); it does not fold or write results.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,9 +32,11 @@ use futures::StreamExt;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use time::OffsetDateTime;
+use time::format_description::well_known::{Rfc2822, Rfc3339};
+use tracing::{debug, info, warn};
 
-use super::files::LineBlocks;
+use super::files::{Limits, LineBlocks, SourceError};
 use super::{Batch, Resource};
 use crate::fhir::client::retry_after;
 use crate::fhir::{FhirClient, FhirError, OperationOutcomeSummary, redact};
@@ -66,8 +75,10 @@ pub struct BulkOptions {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Manifest {
-    /// The server's time when the export's data were taken: the next `_since`.
-    pub transaction_time: String,
+    /// The server's time when the export's data were taken: the next `_since`. Required by
+    /// Bulk Data, but a server that leaves it out is read all the same ([`Exported::next_since`]).
+    #[serde(default)]
+    pub transaction_time: Option<String>,
     /// The kick-off request.
     #[serde(default)]
     pub request: String,
@@ -106,13 +117,22 @@ struct Job {
     manifest: Option<Manifest>,
     /// Output URLs already downloaded.
     downloaded: BTreeSet<String>,
+    /// The server's clock (its `Date` header, RFC 3339) when it accepted the kick-off: the
+    /// next `_since` when the manifest has no `transactionTime`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    accepted_at: Option<String>,
 }
 
 /// A finished export, its files not yet read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Exported {
-    /// The manifest's transaction time: the `_since` of the next incremental run.
-    pub transaction_time: String,
+    /// The manifest's transaction time, when it has a valid one.
+    pub transaction_time: Option<String>,
+    /// The `_since` of the next incremental run, on the server's clock: the transaction time;
+    /// without one, when the server accepted the kick-off; without that, the `_since` this
+    /// export was asked with (the checkpoint does not move). `None` only for a full export
+    /// whose time is not known at all: the next run then exports everything again.
+    pub next_since: Option<String>,
     /// The status URL (to delete the job once the run is done).
     pub status: String,
     /// The data files of the types asked for, in the manifest's order.
@@ -121,13 +141,135 @@ pub struct Exported {
     pub requires_access_token: bool,
     /// Files of types not asked for, per type: neither downloaded nor read.
     pub ignored: BTreeMap<String, usize>,
-    /// What the error files said, one line per issue.
-    pub errors: Vec<String>,
+    /// What the error files said, counted.
+    pub errors: ExportErrors,
     /// Whether this run resumed an export a previous run started.
     pub resumed: bool,
     /// The job as last written, and where: [`download`] records its files in it.
     job: Job,
     job_path: PathBuf,
+}
+
+/// What the export's error files (OperationOutcome NDJSON) said, counted as they are read a
+/// block of lines at a time: issues per severity and code, and where the first ones are. Never
+/// their diagnostics, which may name a client; those are logged at debug, one per issue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExportErrors {
+    /// Error files read.
+    pub files: usize,
+    /// Issues per `severity code`; past [`KINDS`] distinct ones, the rest count as `other`.
+    pub kinds: BTreeMap<String, u64>,
+    /// Where the first [`FIRST`] issues are (file and line) and their `severity code`.
+    pub first: Vec<String>,
+    /// Lines that are not an OperationOutcome.
+    pub unreadable: u64,
+}
+
+/// At most this many distinct `severity code`s are counted apart: a server's file cannot grow
+/// the summary beyond it.
+pub const KINDS: usize = 16;
+/// The first this many issues are located.
+pub const FIRST: usize = 3;
+
+impl ExportErrors {
+    /// All the issues counted.
+    pub fn issues(&self) -> u64 {
+        self.kinds.values().sum()
+    }
+
+    /// Whether the error files held nothing.
+    pub fn is_empty(&self) -> bool {
+        self.issues() == 0 && self.unreadable == 0
+    }
+
+    /// Counts the error file downloaded to `path`, named `name` (its redacted URL).
+    fn read(&mut self, path: &Path, name: Arc<str>) -> Result<(), BulkError> {
+        let mut file = std::fs::File::open(path).map_err(|source| BulkError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut lines = LineBlocks::new(name, Limits::DEFAULT);
+        loop {
+            let (read, batch) = lines.fill(&mut file)?;
+            if let Some(batch) = batch {
+                self.add(&batch);
+            }
+            if read == 0 {
+                break;
+            }
+        }
+        if let Some(batch) = lines.finish() {
+            self.add(&batch);
+        }
+        self.files += 1;
+        Ok(())
+    }
+
+    /// Counts the OperationOutcomes of one block of lines.
+    fn add(&mut self, batch: &Batch) {
+        let (origins, resources) = batch.resources();
+        for (i, resource) in resources.into_iter().enumerate() {
+            let outcome = match resource {
+                Resource::Text(text) => OperationOutcomeSummary::from_body(text.as_bytes()),
+                Resource::Value(value) => OperationOutcomeSummary::from_value(value),
+                Resource::Unreadable(_) => None,
+            };
+            let Some(outcome) = outcome else {
+                self.unreadable += 1;
+                continue;
+            };
+            for issue in outcome.issues {
+                let kind = format!("{} {}", code(&issue.severity), code(&issue.code));
+                debug!(
+                    origin = %origins.get(i),
+                    kind = %kind,
+                    diagnostics = issue.diagnostics.as_deref().unwrap_or(""),
+                    "an export error"
+                );
+                if self.first.len() < FIRST {
+                    self.first.push(format!("{} ({kind})", origins.get(i)));
+                }
+                let kind = if self.kinds.len() < KINDS || self.kinds.contains_key(&kind) {
+                    kind
+                } else {
+                    "other".to_owned()
+                };
+                *self.kinds.entry(kind).or_default() += 1;
+            }
+        }
+    }
+}
+
+/// A severity or issue code as shown: FHIR codes are short words with hyphens, so anything else
+/// a server sends (which could be anything) is shown as `?`.
+fn code(text: &str) -> &str {
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '-';
+    if (1..=32).contains(&text.len()) && text.chars().all(word) {
+        text
+    } else {
+        "?"
+    }
+}
+
+impl fmt::Display for ExportErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} issue(s) in {} error file(s)",
+            self.issues(),
+            self.files
+        )?;
+        for (n, (kind, count)) in self.kinds.iter().enumerate() {
+            write!(f, "{} {kind} {count}", if n == 0 { ":" } else { "," })?;
+        }
+        if !self.first.is_empty() {
+            write!(f, "; first at {}", self.first.join(", "))?;
+        }
+        if self.unreadable > 0 {
+            write!(f, "; {} line(s) not an OperationOutcome", self.unreadable)?;
+        }
+        Ok(())
+    }
 }
 
 /// Why an export failed.
@@ -246,6 +388,9 @@ pub enum BulkError {
         /// What is wrong.
         cause: String,
     },
+    /// A downloaded file could not be read (or passed a limit of the line reader).
+    #[error(transparent)]
+    Source(#[from] SourceError),
     /// The work directory could not be used.
     #[error("cannot use {path}: {source}\nhint: check that the work directory is writable")]
     Io {
@@ -301,24 +446,27 @@ pub async fn export(client: &FhirClient, options: &BulkOptions) -> Result<Export
         .filter(|j| j.kick_off == kick_off.as_str())
         .unwrap_or_default();
     let resumed = !job.status.is_empty();
-    if resumed {
-        info!(status = %job.status, "resuming the export a previous run started");
-    } else {
+    if !resumed {
         let files_dir = options.work_dir.join("files");
         if files_dir.exists() {
             clear_dir(&files_dir)?;
         }
+        let (status, accepted_at) = start(client, &kick_off).await?;
         job = Job {
             kick_off: kick_off.to_string(),
-            status: start(client, &kick_off).await?.to_string(),
+            status: status.to_string(),
+            accepted_at,
             ..Job::default()
         };
         write_job(&job_path, &job)?;
     }
     let status = Url::parse(&job.status).map_err(|e| BulkError::Manifest {
-        status_url: job.status.clone(),
+        status_url: format!("(the status URL in {})", job_path.display()),
         cause: format!("the status URL is not a URL: {e}"),
     })?;
+    if resumed {
+        info!(status = %redact(&status), "resuming the export a previous run started");
+    }
     let manifest = match job.manifest.clone() {
         Some(m) => m,
         None => {
@@ -353,9 +501,11 @@ pub async fn export(client: &FhirClient, options: &BulkOptions) -> Result<Export
             "the export holds files of types not asked for; they are not read"
         );
     }
-    let mut errors = Vec::new();
+    let mut errors = ExportErrors::default();
     for file in &manifest.error {
-        let target = options.work_dir.join("errors.ndjson.part");
+        // On disk first, so a download that breaks off is fetched again from its start
+        // without counting its lines twice; then read a block of lines at a time.
+        let target = options.work_dir.join("errors.ndjson");
         fetch(
             client,
             file,
@@ -364,20 +514,37 @@ pub async fn export(client: &FhirClient, options: &BulkOptions) -> Result<Export
             options.download_timeout,
         )
         .await?;
-        let text = std::fs::read_to_string(&target).map_err(io(&target))?;
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            match OperationOutcomeSummary::from_body(line.as_bytes()) {
-                Some(outcome) => errors.push(outcome.to_string()),
-                None => errors.push(format!(
-                    "an error file line that is not an OperationOutcome: {}",
-                    short(line)
-                )),
-            }
-        }
+        errors.read(&target, Arc::from(shown(&file.url)))?;
         let _ = std::fs::remove_file(&target);
     }
+    if !errors.is_empty() {
+        warn!(
+            issues = errors.issues(),
+            files = errors.files,
+            "the export's error files report resources the server could not export"
+        );
+    }
+    let transaction_time = manifest.transaction_time.as_deref().and_then(instant);
+    let next_since = match (&transaction_time, &job.accepted_at) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(accepted)) => {
+            warn!(
+                accepted_at = %accepted,
+                "the export's manifest has no valid transactionTime; the next export asks for changes since the server accepted this one"
+            );
+            Some(accepted.clone())
+        }
+        (None, None) => {
+            warn!(
+                since = options.since.as_deref().unwrap_or("none"),
+                "the export's manifest has no valid transactionTime and the server sent no Date; the checkpoint keeps the since this export was asked with"
+            );
+            options.since.clone()
+        }
+    };
     Ok(Exported {
-        transaction_time: manifest.transaction_time,
+        transaction_time,
+        next_since,
         status: job.status.clone(),
         files,
         requires_access_token: manifest.requires_access_token,
@@ -510,8 +677,9 @@ pub async fn finish(client: &FhirClient, exported: &Exported, work_dir: &Path) {
     let _ = std::fs::remove_file(work_dir.join("job.json"));
 }
 
-/// The kick-off: `202 Accepted` with the status URL in `Content-Location`.
-async fn start(client: &FhirClient, url: &Url) -> Result<Url, BulkError> {
+/// The kick-off: `202 Accepted` with the status URL in `Content-Location`; with it, the
+/// server's clock from its `Date` header (RFC 3339), when it sent one.
+async fn start(client: &FhirClient, url: &Url) -> Result<(Url, Option<String>), BulkError> {
     let mut headers = HeaderMap::new();
     headers.insert(
         header::ACCEPT,
@@ -537,15 +705,20 @@ async fn start(client: &FhirClient, url: &Url) -> Result<Url, BulkError> {
         };
         let status = response.status();
         if status == StatusCode::ACCEPTED {
-            let location = response
-                .headers()
-                .get(header::CONTENT_LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| url.join(v).ok());
-            return location.ok_or_else(|| BulkError::NoStatusUrl {
-                url: redact(url).to_string(),
-                status,
-            });
+            let header = |name| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v: &HeaderValue| v.to_str().ok())
+            };
+            let location = header(header::CONTENT_LOCATION).and_then(|v| url.join(v).ok());
+            let accepted_at = header(header::DATE).and_then(http_date);
+            return location
+                .map(|l| (l, accepted_at))
+                .ok_or_else(|| BulkError::NoStatusUrl {
+                    url: redact(url).to_string(),
+                    status,
+                });
         }
         if crate::fhir::error::retryable_status(status) && attempt < policy.max_attempts {
             let wait = retry_after(response.headers());
@@ -605,7 +778,8 @@ async fn poll(
                         .get("x-progress")
                         .and_then(|v| v.to_str().ok())
                     {
-                        progress = p.to_owned();
+                        // The server's words, shown in logs and messages: a line's worth.
+                        progress = p.chars().take(120).collect();
                     }
                     info!(progress = %progress, "export in progress");
                     retry.unwrap_or(Duration::from_secs(1))
@@ -632,7 +806,7 @@ async fn poll(
         let wait = wait.min(options.max_poll_interval);
         if started.elapsed() + wait > options.timeout {
             return Err(BulkError::TimedOut {
-                status_url: status_url.to_string(),
+                status_url: redact(status_url).to_string(),
                 after: started.elapsed(),
                 progress,
                 job: job.to_owned(),
@@ -660,11 +834,9 @@ async fn fetch(
     mut target: Target<'_>,
     timeout: Duration,
 ) -> Result<(), BulkError> {
-    let shown =
-        || Url::parse(&file.url).map_or_else(|_| file.url.clone(), |u| redact(&u).to_string());
     let failed = |cause: String, hint: &'static str| BulkError::Download {
         resource_type: file.resource_type.clone(),
-        url: shown(),
+        url: shown(&file.url),
         cause,
         hint,
     };
@@ -698,7 +870,7 @@ async fn fetch(
             Err(e) if handed > 0 => {
                 return Err(BulkError::BrokeOff {
                     resource_type: file.resource_type.clone(),
-                    url: shown(),
+                    url: shown(&file.url),
                     lines: handed,
                     cause: e.describe(),
                 });
@@ -712,6 +884,12 @@ async fn fetch(
                 ));
             }
             Err(Fetch::Io(path, source)) => return Err(BulkError::Io { path, source }),
+            Err(e @ Fetch::Redirect(_)) => {
+                return Err(failed(
+                    e.describe(),
+                    "the server's redirects for this file cannot be followed safely; have it serve the file over https, with at most a few redirects",
+                ));
+            }
             Err(e) if attempt < policy.max_attempts && e.retryable() => {
                 warn!(attempt, file = %file.resource_type, cause = %e.describe(), "download failed; trying again");
                 tokio::time::sleep(policy.delay(attempt, None)).await;
@@ -733,6 +911,7 @@ enum Fetch {
     Body(String),
     Io(PathBuf, std::io::Error),
     Stopped(String),
+    Redirect(String),
 }
 
 impl Fetch {
@@ -740,14 +919,14 @@ impl Fetch {
         match self {
             Self::Status(s) => crate::fhir::error::retryable_status(*s),
             Self::Transport(_) | Self::Body(_) => true,
-            Self::Io(..) | Self::Stopped(_) => false,
+            Self::Io(..) | Self::Stopped(_) | Self::Redirect(_) => false,
         }
     }
 
     fn describe(&self) -> String {
         match self {
             Self::Status(s) => format!("the server answered {s}"),
-            Self::Transport(e) | Self::Stopped(e) => e.clone(),
+            Self::Transport(e) | Self::Stopped(e) | Self::Redirect(e) => e.clone(),
             Self::Body(e) => format!("the body broke off or is corrupt: {e}"),
             Self::Io(path, e) => format!("{}: {e}", path.display()),
         }
@@ -757,16 +936,47 @@ impl Fetch {
 /// The `GET` of a file: client, URL, headers and timeout.
 type Request<'a> = (&'a FhirClient, &'a Url, HeaderMap, Duration);
 
-/// The body of a file, once the server said it is there.
+/// The most redirects one file may go through.
+const MAX_REDIRECTS: usize = 5;
+
+/// The body of a file, once the server said it is there. The HTTP client follows redirects on
+/// the base's origin itself (token and all) and stops at any other; such a redirect, to object
+/// storage or a pre-signed URL, is followed here, through [`FhirClient::exchange`] again, which
+/// sends the token to the base's origin alone. A redirect from `https` to `http` is refused: a
+/// pre-signed URL is as good as a token to whoever reads it on the way.
 async fn open((client, url, headers, timeout): Request<'_>) -> Result<reqwest::Response, Fetch> {
-    let response = client
-        .exchange(Method::GET, url, headers, Some(timeout))
-        .await
-        .map_err(|e| Fetch::Transport(e.to_string()))?;
-    if !response.status().is_success() {
-        return Err(Fetch::Status(response.status()));
+    let mut url = url.clone();
+    for _ in 0..=MAX_REDIRECTS {
+        let response = client
+            .exchange(Method::GET, &url, headers.clone(), Some(timeout))
+            .await
+            .map_err(|e| Fetch::Transport(e.to_string()))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let next = response
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| url.join(v).ok());
+        let Some(next) = next.filter(|_| status.is_redirection()) else {
+            return Err(Fetch::Status(status));
+        };
+        if url.scheme() == "https" && next.scheme() != "https" {
+            return Err(Fetch::Redirect(format!(
+                "{} redirected to {}, off https",
+                redact(&url),
+                redact(&next)
+            )));
+        }
+        debug!(from = %redact(&url), to = %redact(&next), status = status.as_u16(), "following the file's redirect");
+        url = next;
     }
-    Ok(response)
+    Err(Fetch::Redirect(format!(
+        "more than {MAX_REDIRECTS} redirects, the last to {}",
+        redact(&url)
+    )))
 }
 
 /// Downloads a file to `target`, through `target.part`.
@@ -795,10 +1005,13 @@ async fn fetch_lines(
     handed: &mut u64,
 ) -> Result<(), Fetch> {
     let mut body = open(request).await?.bytes_stream();
-    let mut lines = LineBlocks::new(name.clone());
+    let mut lines = LineBlocks::new(name.clone(), Limits::DEFAULT);
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| Fetch::Body(e.without_url().to_string()))?;
-        if let Some(batch) = lines.push(&chunk) {
+        if let Some(batch) = lines
+            .push(&chunk)
+            .map_err(|e| Fetch::Stopped(e.to_string()))?
+        {
             emit(batch).map_err(Fetch::Stopped)?;
             *handed = lines.lines();
         }
@@ -840,6 +1053,18 @@ fn clear_dir(dir: &Path) -> Result<(), BulkError> {
     Ok(())
 }
 
+/// A manifest's URL as messages show it ([`redact`]); one that is not a URL loses its query,
+/// which may be a signature all the same.
+fn shown(url: &str) -> String {
+    Url::parse(url).map_or_else(
+        |_| match url.split_once(['?', '#']) {
+            Some((before, _)) => format!("{before}?…"),
+            None => url.to_owned(),
+        },
+        |u| redact(&u).to_string(),
+    )
+}
+
 /// A resource type as a file-name part (a server could send anything).
 fn safe_name(resource_type: &str) -> String {
     resource_type
@@ -849,8 +1074,19 @@ fn safe_name(resource_type: &str) -> String {
         .collect()
 }
 
-fn short(line: &str) -> String {
-    line.chars().take(120).collect()
+/// An RFC 3339 instant as given, when it is one: a server's string goes into the next
+/// kick-off's query, so anything else is not taken.
+fn instant(text: &str) -> Option<String> {
+    OffsetDateTime::parse(text, &Rfc3339)
+        .ok()
+        .map(|_| text.to_owned())
+}
+
+/// An HTTP `Date` (`Sun, 06 Nov 1994 08:49:37 GMT`) as an RFC 3339 instant.
+fn http_date(text: &str) -> Option<String> {
+    OffsetDateTime::parse(text, &Rfc2822)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
 }
 
 #[cfg(test)]
@@ -905,5 +1141,89 @@ mod tests {
         assert_eq!(m.output[0].count, Some(2));
         assert!(m.error.is_empty());
         assert_eq!(safe_name("../Patient"), "Patient");
+        let m: Manifest = serde_json::from_str(r#"{"request":"x","output":[]}"#)
+            .expect("a manifest without transactionTime is read");
+        assert_eq!(m.transaction_time, None);
+    }
+
+    #[test]
+    fn error_files_are_counted_by_severity_and_code_without_their_diagnostics() {
+        let lines = [
+            r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"processing","diagnostics":"Patient 010101-123N born 1950-01-01"}]}"#,
+            "",
+            r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"processing"},{"severity":"warning","code":"010101-123N is not a code"}]}"#,
+            r#"{"resourceType":"Patient","id":"p1","birthDate":"1950-01-01"}"#,
+            "not json 010101-123N",
+        ];
+        let mut errors = ExportErrors::default();
+        errors.add(&Batch::Lines {
+            file: Arc::from("https://f.example/err.ndjson?sig=…"),
+            first_line: 1,
+            lines: lines.len(),
+            text: lines.join("\n"),
+        });
+        errors.files += 1;
+        assert_eq!(errors.issues(), 3);
+        assert_eq!(errors.unreadable, 2);
+        let shown = errors.to_string();
+        assert_eq!(
+            shown,
+            "3 issue(s) in 1 error file(s): error processing 2, warning ? 1; first at https://f.example/err.ndjson?sig=…:1 (error processing), https://f.example/err.ndjson?sig=…:3 (error processing), https://f.example/err.ndjson?sig=…:3 (warning ?); 2 line(s) not an OperationOutcome"
+        );
+        assert!(
+            !shown.contains("010101") && !shown.contains("1950"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_server_cannot_grow_the_error_summary_past_its_kinds() {
+        let text: String = (0..100)
+            .map(|i| {
+                format!(
+                    "{{\"resourceType\":\"OperationOutcome\",\"issue\":[{{\"severity\":\"error\",\"code\":\"c{i}\"}}]}}\n"
+                )
+            })
+            .collect();
+        let mut errors = ExportErrors::default();
+        errors.add(&Batch::Lines {
+            file: Arc::from("e"),
+            first_line: 1,
+            lines: 100,
+            text,
+        });
+        assert_eq!(errors.kinds.len(), KINDS + 1);
+        assert_eq!(errors.kinds["other"], 100 - KINDS as u64);
+        assert_eq!(errors.first.len(), FIRST);
+    }
+
+    #[test]
+    fn manifest_urls_are_shown_without_their_query_values() {
+        assert_eq!(
+            shown("https://s.example/b/f.ndjson?X-Amz-Signature=abc"),
+            "https://s.example/b/f.ndjson?X-Amz-Signature=…"
+        );
+        assert_eq!(shown("/relative/f.ndjson?sig=abc"), "/relative/f.ndjson?…");
+    }
+
+    #[test]
+    fn server_times_are_taken_only_as_instants() {
+        assert_eq!(
+            instant("2026-01-01T00:00:00.123+02:00").as_deref(),
+            Some("2026-01-01T00:00:00.123+02:00")
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "2026-01-01",
+            "2026-01-01T00:00:00Z&_type=Patient",
+        ] {
+            assert_eq!(instant(bad), None, "{bad}");
+        }
+        assert_eq!(
+            http_date("Sun, 06 Nov 1994 08:49:37 GMT").as_deref(),
+            Some("1994-11-06T08:49:37Z")
+        );
+        assert_eq!(http_date("Sunday, 06-Nov-94 08:49:37"), None);
     }
 }

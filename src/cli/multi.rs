@@ -133,7 +133,7 @@ impl Sources {
         }
         for path in &models.input {
             sources.push(Source {
-                input: Input::Files(path.clone()),
+                input: Input::Files(path.clone(), models.limits()),
                 name: path.display().to_string(),
                 server: None,
                 may_be_missing: allowed(sources.len()),

@@ -71,8 +71,17 @@ pub struct Matcher {
 struct FieldIndex {
     /// Per code system, per code.
     exact: FxHashMap<String, FxHashMap<String, Listed>>,
-    /// Per code system, per code prefix.
-    prefix: FxHashMap<String, FxHashMap<String, Listed>>,
+    /// Per code system, its code prefixes.
+    prefix: FxHashMap<String, Prefixes>,
+}
+
+/// The listed prefixes of one code system, and the longest one's length: a code's prefixes
+/// are looked up only that far, so a coding costs the same whatever the length of its code
+/// (every prefix of a megabyte-long code took a minute to hash).
+#[derive(Debug, Default)]
+struct Prefixes {
+    codes: FxHashMap<String, Listed>,
+    longest: usize,
 }
 
 /// A listed code: the bits of the lists that hold it, and its concept's key.
@@ -508,17 +517,19 @@ impl<'m> Compiler<'m> {
         }
         let bit = 1u128 << self.matchers.len();
         for entry in &code_list.codes {
-            let system = self.system_url(&entry.system);
+            let system = system_url(self.mapping, &entry.system);
             let concept = concept_key(entry.concept.as_deref(), &system, &entry.code);
             let index = self.index.entry(field).or_default();
             let flat = FLAT_SYSTEMS.contains(&system.as_str());
             let table = match code_list.matching {
-                Matching::Prefix if !flat => &mut index.prefix,
-                _ => &mut index.exact,
+                Matching::Prefix if !flat => {
+                    let prefixes = index.prefix.entry(system).or_default();
+                    prefixes.longest = prefixes.longest.max(entry.code.len());
+                    &mut prefixes.codes
+                }
+                _ => index.exact.entry(system).or_default(),
             };
             let listed = table
-                .entry(system)
-                .or_default()
                 .entry(entry.code.clone())
                 .or_insert(Listed { mask: 0, concept });
             listed.mask |= bit;
@@ -969,8 +980,9 @@ impl Plan {
         let (mut mask, mut concept) = exact.map_or((0, None), |l| (l.mask, Some(l.concept)));
         if let Some(prefixes) = index.prefix.get(system) {
             let mut longest = None;
-            for end in (1..=code.len()).filter(|&end| code.is_char_boundary(end)) {
-                if let Some(l) = prefixes.get(&code[..end]) {
+            let ends = 1..=code.len().min(prefixes.longest);
+            for end in ends.filter(|&end| code.is_char_boundary(end)) {
+                if let Some(l) = prefixes.codes.get(&code[..end]) {
                     mask |= l.mask;
                     longest = Some(l.concept);
                 }
@@ -1362,6 +1374,29 @@ mod tests {
                 Claim,
                 ExplanationOfBenefit
             ]
+        );
+    }
+
+    #[test]
+    fn prefix_lookup_costs_the_same_for_a_code_of_any_length() {
+        use crate::model::load::load_str;
+        let text = include_str!("../../mappings/paijat-sote.yaml");
+        let plan = Plan::compile(load_str(text).expect("model"), Day::EPOCH).expect("plan");
+        let icd10 = "urn:oid:1.2.246.537.6.1";
+        let (mask, concept) = plan.lookup(Field::Code, icd10, "F32.1");
+        assert!(
+            mask != 0 && concept.is_some(),
+            "F32.1 is listed by its prefix F3"
+        );
+        // Hashing every prefix of this code took about a minute (issue 24, finding 3).
+        let long = format!("F3{}", "9".repeat(1_280_000));
+        let started = std::time::Instant::now();
+        assert_eq!(plan.lookup(Field::Code, icd10, &long), (mask, concept));
+        assert_eq!(plan.lookup(Field::Code, icd10, &long[1..]), (0, None));
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(500),
+            "two look-ups of a 1.28 MB code took {:?}",
+            started.elapsed()
         );
     }
 

@@ -8,6 +8,7 @@ mod cli;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -27,8 +28,8 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match cli.log_format {
-        cli::LogFormat::Text => builder.init(),
-        cli::LogFormat::Json => builder.json().init(),
+        cli::LogFormat::Text => builder.with_ansi(colour()).init(),
+        cli::LogFormat::Json => builder.json().with_ansi(false).init(),
     }
     match cli::run(cli) {
         Ok(code) => code,
@@ -37,4 +38,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether text logs may carry ANSI colour: only on a terminal, and not when `NO_COLOR` is set
+/// to anything but the empty string (no-color.org). A file or pipe gets plain text.
+fn colour() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

@@ -394,8 +394,9 @@ fn read_source(
 ) {
     let started = Instant::now();
     let mut theirs = Vec::new();
+    // The fold logs its rejections (a summary at WARN) inside this span, which names the source.
+    let _span = tracing::info_span!("source", name = %source.name).entered();
     let folded = pipeline::fold(&source.input, plans, options, &mut |r| {
-        warn!(source = %source.name, origin = %r.origin, resource = r.resource.as_deref().unwrap_or("-"), reason = %r.reason, "resource rejected");
         theirs.push(r.clone());
         Ok(())
     });

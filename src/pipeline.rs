@@ -19,7 +19,7 @@ use crate::model::eval::{self, Assessment};
 use crate::model::plan::Plan;
 use crate::progress::COUNTERS;
 use crate::record::join::Identity;
-use crate::record::{ClientRecord, Fold, FoldStats, Rejection, extract};
+use crate::record::{ClientRecord, Fault, Fold, FoldStats, Rejection, extract};
 use crate::sink::{ClientResources, Sink, SinkError};
 use crate::source::files::SourceError;
 use crate::source::{Batch, Origins, Resource};
@@ -30,8 +30,8 @@ use crate::writeback::{self, BuildError};
 /// Where resources come from.
 #[derive(Debug, Clone)]
 pub enum Input {
-    /// A file or directory of NDJSON or Bundles.
-    Files(PathBuf),
+    /// A file or directory of NDJSON or Bundles, and what one file may cost.
+    Files(PathBuf, crate::source::files::Limits),
     /// The built-in synthetic population.
     Synthetic(SynthOptions),
     /// A FHIR server, by paged search.
@@ -63,7 +63,7 @@ pub struct BulkInput {
 impl std::fmt::Display for Input {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Files(p) => write!(f, "{}", p.display()),
+            Self::Files(p, _) => write!(f, "{}", p.display()),
             Self::Synthetic(o) => write!(
                 f,
                 "synthetic population ({} clients, seed {})",
@@ -85,13 +85,16 @@ pub enum OnInvalid {
     Fail,
 }
 
-/// A resource that was not used, and why.
+/// A resource that was not used, and why: a line of `rejected.ndjson`. It locates the
+/// resource and says what is wrong; it holds no copy of the resource or of any value in it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Rejected {
     /// File and line (or entry) it came from.
     pub origin: String,
     /// `Type/id` when known.
     pub resource: Option<String>,
+    /// What kind of fault, the key of the run's summary of rejections.
+    pub fault: Fault,
     /// What is wrong and what to do.
     pub reason: String,
 }
@@ -110,7 +113,7 @@ pub enum PipelineError {
     Bulk(#[from] crate::source::bulk::BulkError),
     /// `--on-invalid=fail` and a resource was invalid.
     #[error("invalid input at {}{}: {}\nhint: fix the resource, or run with --on-invalid=skip to record it in rejected.ndjson and go on", .0.origin, .0.resource.as_deref().map(|r| format!(" ({r})")).unwrap_or_default(), .0.reason)]
-    Invalid(Rejected),
+    Invalid(Box<Rejected>),
     /// The input held no resources at all.
     #[error(
         "the input {0} holds no resources\nhint: check that the export finished and the path is right"
@@ -148,7 +151,7 @@ pub struct RunOptions {
 }
 
 /// Every plan's fold after the read.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Folded {
     /// Per plan, the clients.
     pub clients: Vec<rustc_hash::FxHashMap<CompactString, ClientRecord>>,
@@ -164,6 +167,8 @@ pub struct Folded {
     pub people: rustc_hash::FxHashMap<CompactString, Identity>,
     /// Per plan, what counted for nothing of [`RunOptions::watch`]'s client.
     pub left_out: Vec<Vec<crate::record::LeftOut>>,
+    /// Per plan, the concepts `distinct` features counted for [`RunOptions::watch`]'s client.
+    pub counted: Vec<Vec<crate::record::Counted>>,
 }
 
 /// Reads `input` and folds it for every plan. Rejections go to `on_reject` in input order.
@@ -186,6 +191,7 @@ pub fn fold(
         .map(|plan| Fold::watching(plan, options.watch.clone()))
         .collect();
     let mut rejected = 0u64;
+    let mut log = RejectLog::new();
     let mut ignored: BTreeMap<String, u64> = BTreeMap::new();
     let mut items = 0u64;
     let mut failure: Option<PipelineError> = None;
@@ -258,10 +264,12 @@ pub fn fold(
                 let r = Rejected {
                     origin: batch.origins.get(i).to_string(),
                     resource: r.resource,
+                    fault: r.fault,
                     reason: r.reason,
                 };
+                log.add(&r);
                 if options.on_invalid == OnInvalid::Fail {
-                    failure = Some(PipelineError::Invalid(r));
+                    failure = Some(PipelineError::Invalid(Box::new(r)));
                     break 'batches;
                 }
                 if let Err(e) = on_reject(&r) {
@@ -269,11 +277,16 @@ pub fn fold(
                     break 'batches;
                 }
             }
+            log.report_if_due();
         }
         reader.join().unwrap_or_else(|_| {
             Err(SourceError::Stopped("the reader thread panicked".into()).into())
         })
     });
+    // With --on-invalid=fail the one rejection is the run's error.
+    if !matches!(failure, Some(PipelineError::Invalid(_))) {
+        log.report();
+    }
     if let Some(f) = failure {
         return Err(f);
     }
@@ -284,6 +297,7 @@ pub fn fold(
     let mut clients = Vec::new();
     let mut stats = FoldStats::default();
     let left_out = folds.iter().map(|f| f.left_out().to_vec()).collect();
+    let counted = folds.iter().map(|f| f.counted().to_vec()).collect();
     for (i, fold) in folds.into_iter().enumerate() {
         let (mut map, s) = fold.into_clients();
         let absent: Vec<CompactString> = map
@@ -302,13 +316,15 @@ pub fn fold(
             let r = Rejected {
                 origin: input.to_string(),
                 resource: Some(format!("Patient/{id}")),
+                fault: Fault::MissingPatient,
                 reason: format!(
                     "{count} resource(s) refer to Patient/{id}, which is not in the input; include the Patient in the export"
                 ),
             };
             rejected += 1;
+            log.add(&r);
             if options.on_invalid == OnInvalid::Fail {
-                return Err(PipelineError::Invalid(r));
+                return Err(PipelineError::Invalid(Box::new(r)));
             }
             on_reject(&r)?;
         }
@@ -317,6 +333,7 @@ pub fn fold(
         }
         clients.push(map);
     }
+    log.report();
     if clients.first().is_some_and(|c| c.is_empty()) {
         return Err(PipelineError::NoClients(input.to_string()));
     }
@@ -337,7 +354,87 @@ pub fn fold(
         ignored,
         people,
         left_out,
+        counted,
     })
+}
+
+/// The rejections of a run, told to the operator: each one at debug, and per fault one WARN
+/// line with its count and first location, at the end of the read and every
+/// [`REJECT_REPORT_EVERY`] while a long one goes on. A run over a bad export rejects thousands
+/// of resources for a handful of reasons; a line each buries everything else in the log, and
+/// `rejected.ndjson` (or the server run's report) holds them all anyway.
+struct RejectLog {
+    faults: BTreeMap<Fault, Tally>,
+    reported: std::time::Instant,
+    every: std::time::Duration,
+}
+
+/// One fault's rejections: how many, how many were already reported, and the first.
+struct Tally {
+    count: u64,
+    reported: u64,
+    first: Rejected,
+}
+
+/// Time between two reports of the rejections of a long read.
+const REJECT_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl RejectLog {
+    fn new() -> Self {
+        Self::every(REJECT_REPORT_EVERY)
+    }
+
+    fn every(every: std::time::Duration) -> Self {
+        Self {
+            faults: BTreeMap::new(),
+            reported: std::time::Instant::now(),
+            every,
+        }
+    }
+
+    fn add(&mut self, r: &Rejected) {
+        debug!(origin = %r.origin, resource = r.resource.as_deref().unwrap_or("-"), fault = %r.fault, reason = %r.reason, "resource rejected");
+        self.faults
+            .entry(r.fault)
+            .or_insert_with(|| Tally {
+                count: 0,
+                reported: 0,
+                first: r.clone(),
+            })
+            .count += 1;
+    }
+
+    /// [`RejectLog::report`] when it is time to; how many lines it wrote.
+    fn report_if_due(&mut self) -> usize {
+        if self.reported.elapsed() < self.every {
+            return 0;
+        }
+        self.report()
+    }
+
+    /// One line per fault with rejections since the last report, `count` being the run's
+    /// total; how many lines it wrote.
+    fn report(&mut self) -> usize {
+        self.reported = std::time::Instant::now();
+        let mut lines = 0;
+        for (fault, tally) in &mut self.faults {
+            if tally.count == tally.reported {
+                continue;
+            }
+            lines += 1;
+            tally.reported = tally.count;
+            let first = &tally.first;
+            tracing::warn!(
+                fault = %fault,
+                count = tally.count,
+                first = %first.origin,
+                resource = first.resource.as_deref().unwrap_or("-"),
+                reason = %first.reason,
+                "resources rejected"
+            );
+        }
+        lines
+    }
 }
 
 /// Of two models' rejections of one resource, the one that names its own fault: "not read by
@@ -384,7 +481,7 @@ fn read_input(
 ) -> Result<(), PipelineError> {
     let mut send = |batch: Batch| tx.send(batch).map_err(|_| "the run stopped".to_owned());
     match input {
-        Input::Files(path) => Ok(crate::source::files::read(&path, send)?),
+        Input::Files(path, limits) => Ok(crate::source::files::read(&path, limits, send)?),
         Input::Synthetic(opts) => Ok(crate::source::synthetic::read(&opts, kinds, send)?),
         Input::Server(server) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -418,6 +515,7 @@ fn extract_resource(plan: &Plan, resource: Resource<'_>) -> Result<crate::record
         Resource::Unreadable(reason) => Err(Rejection {
             other_type: None,
             resource: None,
+            fault: Fault::Unreadable,
             reason: reason.to_owned(),
         }),
     }
@@ -1070,6 +1168,35 @@ pub fn top_share(values: &mut [f64], fraction: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rejections_are_reported_once_per_fault_and_again_only_when_more_came() {
+        let rejected = |fault, line: u32| Rejected {
+            origin: format!("Encounter.ndjson:{line}"),
+            resource: None,
+            fault,
+            reason: "r".into(),
+        };
+        let mut log = RejectLog::every(std::time::Duration::from_secs(3600));
+        for line in 1..=300 {
+            let fault =
+                [Fault::BadDate, Fault::BadReference, Fault::UnknownType][line as usize % 3];
+            log.add(&rejected(fault, line));
+        }
+        assert_eq!(log.report_if_due(), 0, "not yet due");
+        assert_eq!(log.report(), 3, "one line per fault");
+        assert_eq!(log.report(), 0, "nothing new");
+        assert_eq!(log.faults[&Fault::BadReference].count, 100);
+        assert_eq!(
+            log.faults[&Fault::BadReference].first.origin,
+            "Encounter.ndjson:1"
+        );
+        let mut often = RejectLog::every(std::time::Duration::ZERO);
+        often.add(&rejected(Fault::BadDate, 1));
+        assert_eq!(often.report_if_due(), 1, "a long read reports as it goes");
+        often.add(&rejected(Fault::BadId, 2));
+        assert_eq!(often.report_if_due(), 1, "only the fault with more");
+    }
 
     #[test]
     fn lorenz_curve_and_age_bands() {

@@ -19,12 +19,14 @@
 //! the code list a `last_value` feature selects by names the score, and with it the unit.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 
 use compact_str::CompactString;
 use serde::Deserialize;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use smallvec::SmallVec;
 
+use super::shape;
 use crate::day::Day;
 use crate::model::mapping::Field;
 use crate::model::plan::Plan;
@@ -60,11 +62,25 @@ pub struct Fact {
     /// ([`Plan::distinct_concept`]), with the distinct-field index; a resource has one or two, so they
     /// live inside the fact rather than in an allocation.
     pub codes: SmallVec<[(u8, u64); 2]>,
+    /// The codings behind [`Fact::codes`], as recorded, when the plan keeps them for an
+    /// explanation ([`Plan::keep_codings`]); `None` in runs.
+    pub codings: Option<Box<[KeptCoding]>>,
     /// A Patient's identifiers, links and last update, for joining several sources
     /// ([`super::join`]); `None` for other resources and for Patients that have none.
     pub person: Option<Box<Person>>,
     /// Why a Patient's client gets no assessment at the as-of date; `None` for other resources.
     pub unassessed: Option<Unassessed>,
+}
+
+/// One coding of a field that `distinct` features count, kept for `explain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptCoding {
+    /// The distinct-field index ([`Plan::distinct_fields`]).
+    pub slot: u8,
+    /// The code system's URL.
+    pub system: CompactString,
+    /// The code.
+    pub code: CompactString,
 }
 
 /// Why a resource that was read counts for nothing.
@@ -143,14 +159,70 @@ pub struct Person {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
 pub struct Rejection {
-    /// `Type/id` when known, so a rejected resource can be found.
+    /// `Type/id` when known (and the id a valid FHIR id), so a rejected resource can be found.
     pub resource: Option<String>,
-    /// What is wrong and what to do.
+    /// What kind of fault: what rejections are counted and summarised by.
+    pub fault: Fault,
+    /// What is wrong and what to do. It names elements and describes values by their shape
+    /// ([`super::shape`]); it never copies a value from the input.
     pub reason: String,
     /// The resource's type when it is a FHIR R4 type segmentti does not read, such as
     /// `Observation`: no broken resource, only one not asked for, which a Bulk export may
     /// hold (the run counts those as ignored); `None` for anything else, `Foo` included.
     pub other_type: Option<CompactString>,
+}
+
+/// The kinds of fault a resource is rejected for, as `rejected.ndjson` and the run's WARN
+/// summary name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Fault {
+    /// Not one JSON object: malformed or truncated JSON, or a line the reader could not read.
+    Unreadable,
+    /// A JSON object without `resourceType`.
+    NoResourceType,
+    /// A `resourceType` that segmentti or the model does not read, or no FHIR type at all.
+    UnknownType,
+    /// An element whose JSON does not follow FHIR R4.
+    NotR4,
+    /// No id, or one that is not a FHIR id.
+    BadId,
+    /// No reference to the client (`subject` or `patient`), or one that is not `Patient/id`.
+    BadReference,
+    /// A date element that is not a FHIR date.
+    BadDate,
+    /// The same Patient twice in the input.
+    DuplicatePatient,
+    /// Resources that refer to a Patient the input does not hold.
+    MissingPatient,
+}
+
+impl Fault {
+    /// As `rejected.ndjson` and the logs name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unreadable => "unreadable",
+            Self::NoResourceType => "no-resource-type",
+            Self::UnknownType => "unknown-type",
+            Self::NotR4 => "not-r4",
+            Self::BadId => "bad-id",
+            Self::BadReference => "bad-reference",
+            Self::BadDate => "bad-date",
+            Self::DuplicatePatient => "duplicate-patient",
+            Self::MissingPatient => "missing-patient",
+        }
+    }
+}
+
+impl serde::Serialize for Fault {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What a resource's JSON is scanned for: the strings the fold needs, borrowed where the JSON
@@ -189,6 +261,8 @@ struct Scan<'a> {
 struct Codes {
     mask: u128,
     distinct: SmallVec<[(u8, u64); 2]>,
+    /// The codings behind `distinct`, when the plan keeps them.
+    kept: Vec<KeptCoding>,
     /// A Condition's `verificationStatus`, when it is one the model does not count.
     void: Option<CompactString>,
 }
@@ -228,6 +302,13 @@ impl Codes {
             let concept = Plan::distinct_concept(listed, system, code, second_choice);
             // One concept per resource: its codings in several systems are one thing.
             let slot = u8::try_from(slot).unwrap_or(u8::MAX);
+            if plan.keep_codings {
+                self.kept.push(KeptCoding {
+                    slot,
+                    system: system.into(),
+                    code: code.into(),
+                });
+            }
             match self.distinct.iter_mut().find(|(s, _)| *s == slot) {
                 Some((_, key)) => *key = Plan::distinct_key(*key, concept),
                 None => self.distinct.push((slot, concept)),
@@ -239,8 +320,9 @@ impl Codes {
 /// The code system of Condition.verificationStatus (a required binding in FHIR R4).
 const VERIFICATION_STATUS: &str = "http://terminology.hl7.org/CodeSystem/condition-ver-status";
 
-/// The keys a scan looks at; everything else is skipped unparsed.
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+/// The keys a scan looks at; everything else is skipped unparsed. A key's name in messages is
+/// its `Debug` name in camelCase ([`Key::element`]), as the JSON spells it.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(field_identifier, rename_all = "camelCase")]
 enum Key {
     ResourceType,
@@ -278,6 +360,17 @@ enum Key {
     ValueInteger,
     #[serde(other)]
     Other,
+}
+
+impl Key {
+    /// The element as the JSON names it: `birthDate` for [`Key::BirthDate`].
+    fn element(self) -> String {
+        let name = format!("{self:?}");
+        let mut chars = name.chars();
+        chars.next().map_or_else(String::new, |first| {
+            first.to_ascii_lowercase().to_string() + chars.as_str()
+        })
+    }
 }
 
 /// A string, borrowed from the input when it has no escapes.
@@ -403,9 +496,10 @@ impl<'de> Visitor<'de> for Codings<'_, '_> {
     }
 }
 
-/// Scans one resource.
+/// Scans one resource, noting in `at` the element it reads, so that an error can name it.
 struct ResourceSeed<'p> {
     plan: &'p Plan,
+    at: &'p Cell<Option<Key>>,
 }
 
 impl<'de> DeserializeSeed<'de> for ResourceSeed<'_> {
@@ -428,6 +522,7 @@ impl<'de> Visitor<'de> for ResourceSeed<'_> {
         let mut scan = Scan::default();
         let text = |t: Option<Text<'de>>| t.map(|t| t.0);
         while let Some(key) = map.next_key::<Key>()? {
+            self.at.set(Some(key));
             let concept = |field| ConceptSeed {
                 plan,
                 field,
@@ -501,6 +596,7 @@ impl<'de> Visitor<'de> for ResourceSeed<'_> {
                 }
             }
         }
+        self.at.set(None);
         Ok(scan)
     }
 }
@@ -620,8 +716,9 @@ pub fn extract_str(plan: &Plan, text: &str) -> Result<Fact, Rejection> {
 }
 
 fn extract_str_serde(plan: &Plan, text: &str) -> Result<Fact, Rejection> {
+    let at = Cell::new(None);
     let mut de = serde_json::Deserializer::from_str(text);
-    let scanned = ResourceSeed { plan }
+    let scanned = ResourceSeed { plan, at: &at }
         .deserialize(&mut de)
         .and_then(|scan| de.end().map(|()| scan));
     match scanned {
@@ -629,6 +726,7 @@ fn extract_str_serde(plan: &Plan, text: &str) -> Result<Fact, Rejection> {
         Err(e) => Err(explain_parse_error(
             plan,
             serde_json::from_str::<JustType<'_>>(text).ok(),
+            at.get(),
             &e,
         )),
     }
@@ -636,100 +734,141 @@ fn extract_str_serde(plan: &Plan, text: &str) -> Result<Fact, Rejection> {
 
 /// Extracts the fact of one resource given as a JSON value (Bundle entries).
 pub fn extract_value(plan: &Plan, value: &serde_json::Value) -> Result<Fact, Rejection> {
-    match (ResourceSeed { plan }).deserialize(value) {
+    let at = Cell::new(None);
+    match (ResourceSeed { plan, at: &at }).deserialize(value) {
         Ok(scan) => extract(plan, scan),
         Err(e) => Err(explain_parse_error(
             plan,
             JustType::deserialize(value).ok(),
+            at.get(),
             &e,
         )),
     }
 }
 
+/// A rejection of a resource that is not one JSON object of a type the plan reads, or one with
+/// an element serde could not read (`at`, when the scan had reached one). serde's message
+/// quotes the offending value: it is kept with the value described, not copied.
 fn explain_parse_error(
     plan: &Plan,
     head: Option<JustType<'_>>,
+    at: Option<Key>,
     e: &serde_json::Error,
 ) -> Rejection {
+    let cause = shape::redact_quoted(&e.to_string());
     match head {
         Some(JustType {
             resource_type: Some(t),
             id,
         }) => {
-            let resource = id.map(|id| format!("{t}/{id}"));
+            let resource = id.and_then(|id| shown(&t, &id));
             match ResourceKind::parse(&t).filter(|k| plan.reads_kind(*k)) {
                 None => unknown_type(plan, &t, resource),
-                Some(_) => Rejection {
-                    other_type: None,
-                    resource,
-                    reason: format!(
-                        "{t} does not follow FHIR R4: {e}; fix the resource at its source"
-                    ),
-                },
+                Some(kind) => {
+                    let element = at.map_or_else(String::new, |k| format!(" at `{}`", k.element()));
+                    Rejection {
+                        other_type: None,
+                        resource,
+                        fault: Fault::NotR4,
+                        reason: format!(
+                            "{kind} does not follow FHIR R4{element}: {cause}; fix the resource at its source"
+                        ),
+                    }
+                }
             }
         }
         Some(JustType {
             resource_type: None,
             ..
-        }) => Rejection {
-            other_type: None,
-            resource: None,
-            reason: "JSON object without resourceType; each line must be one FHIR resource".into(),
-        },
+        }) => no_resource_type(),
         None if e.is_eof() => Rejection {
             other_type: None,
             resource: None,
-            reason: format!("truncated JSON ({e}); the file may be cut short, export it again"),
+            fault: Fault::Unreadable,
+            reason: format!("truncated JSON ({cause}); the file may be cut short, export it again"),
         },
         None => Rejection {
             other_type: None,
             resource: None,
-            reason: format!("malformed JSON ({e}); each line must be one FHIR resource"),
+            fault: Fault::Unreadable,
+            reason: format!("malformed JSON ({cause}); each line must be one FHIR resource"),
         },
     }
 }
 
+fn no_resource_type() -> Rejection {
+    Rejection {
+        other_type: None,
+        resource: None,
+        fault: Fault::NoResourceType,
+        reason: "JSON object without resourceType; each line must be one FHIR resource".into(),
+    }
+}
+
+/// `Type/id` for messages, when both may be shown: an R4 type and a valid FHIR id.
+fn shown(resource_type: &str, id: &str) -> Option<String> {
+    (crate::types::is_r4_resource_type(resource_type) && shape::is_fhir_id(id))
+        .then(|| format!("{resource_type}/{id}"))
+}
+
 /// A resource of a type this plan does not read: no FHIR type at all, one segmentti never
-/// reads, or one only a model with features over it reads.
+/// reads, or one only a model with features over it reads. Only an R4 type is named; anything
+/// else in `resourceType` is described.
 fn unknown_type(plan: &Plan, t: &str, resource: Option<String>) -> Rejection {
+    let r4 = crate::types::is_r4_resource_type(t);
     let reason = if ResourceKind::parse(t).is_some() {
         format!(
             "resourceType `{t}` is not read by model {} (no feature of it names {t}); leave it out of the input, or add a feature over it to the model",
             plan.mapping.id
         )
     } else {
+        let what = if r4 {
+            format!("resourceType `{t}`")
+        } else {
+            format!(
+                "resourceType ({}) is no FHIR R4 resource type and",
+                shape::describe(t)
+            )
+        };
         format!(
-            "resourceType `{t}` is not read by segmentti (it reads Patient, Encounter and Condition, and Observation, EpisodeOfCare, Claim and ExplanationOfBenefit for models that name them); leave it out of the input"
+            "{what} is not read by segmentti (it reads Patient, Encounter and Condition, and Observation, EpisodeOfCare, Claim and ExplanationOfBenefit for models that name them); leave it out of the input"
         )
     };
     Rejection {
-        other_type: crate::types::is_r4_resource_type(t).then(|| CompactString::new(t)),
+        other_type: r4.then(|| CompactString::new(t)),
         resource,
+        fault: Fault::UnknownType,
         reason,
     }
 }
 
 fn extract(plan: &Plan, scan: Scan<'_>) -> Result<Fact, Rejection> {
     let Some(resource_type) = scan.resource_type.as_deref() else {
-        return Err(Rejection {
-            other_type: None,
-            resource: None,
-            reason: "JSON object without resourceType; each line must be one FHIR resource".into(),
-        });
+        return Err(no_resource_type());
     };
     let Some(kind) = ResourceKind::parse(resource_type).filter(|k| plan.reads_kind(*k)) else {
         return Err(unknown_type(
             plan,
             resource_type,
-            scan.id.map(|id| format!("{resource_type}/{id}")),
+            scan.id.as_deref().and_then(|id| shown(resource_type, id)),
         ));
     };
-    let Some(id) = scan.id.as_deref().filter(|id| !id.is_empty()) else {
-        return Err(Rejection {
-            other_type: None,
-            resource: None,
-            reason: format!("{kind} without id; every resource needs its logical id"),
-        });
+    let id = match scan.id.as_deref() {
+        Some(id) if shape::is_fhir_id(id) => id,
+        found => {
+            let what = found.map_or_else(
+                || "without id".to_owned(),
+                |id| format!("with an id that is not a FHIR id ({})", shape::describe(id)),
+            );
+            return Err(Rejection {
+                other_type: None,
+                resource: None,
+                fault: Fault::BadId,
+                reason: format!(
+                    "{kind} {what}; every resource needs its logical id, 1 to 64 letters, digits, '-' and '.'"
+                ),
+            });
+        }
     };
     let resource = || Some(format!("{kind}/{id}"));
     let day = |s: &Option<Cow<'_, str>>, what: &str| -> Result<Option<Day>, Rejection> {
@@ -738,7 +877,11 @@ fn extract(plan: &Plan, scan: Scan<'_>) -> Result<Fact, Rejection> {
             Some(text) => Day::parse_fhir(text).map(Some).ok_or_else(|| Rejection {
                 other_type: None,
                 resource: resource(),
-                reason: format!("{what} `{text}` is not a FHIR date"),
+                fault: Fault::BadDate,
+                reason: format!(
+                    "{what} is not a FHIR date ({}); a date is YYYY, YYYY-MM or YYYY-MM-DD, a dateTime starts with one; fix the resource at its source",
+                    shape::describe(text)
+                ),
             }),
         }
     };
@@ -753,6 +896,7 @@ fn extract(plan: &Plan, scan: Scan<'_>) -> Result<Fact, Rejection> {
         value: None,
         void: None,
         codes: SmallVec::new(),
+        codings: None,
         person: None,
         unassessed: None,
     };
@@ -781,14 +925,21 @@ fn extract(plan: &Plan, scan: Scan<'_>) -> Result<Fact, Rejection> {
         return Err(Rejection {
             other_type: None,
             resource: resource(),
-            reason: format!("{kind} without {element}; it cannot be tied to a client"),
+            fault: Fault::BadReference,
+            reason: format!(
+                "{kind} without {element}.reference; it cannot be tied to a client, give it a Patient/id reference"
+            ),
         });
     };
-    let Some(patient) = patient_id(reference) else {
+    let Some(patient) = patient_id(reference).filter(|id| shape::is_fhir_id(id)) else {
         return Err(Rejection {
             other_type: None,
             resource: resource(),
-            reason: format!("{element} `{reference}` is not a Patient reference"),
+            fault: Fault::BadReference,
+            reason: format!(
+                "{element}.reference is {}, not Patient/id; resolve it to the Patient's id before the export",
+                shape::describe_reference(reference)
+            ),
         });
     };
     fact.patient = CompactString::new(patient);
@@ -830,6 +981,7 @@ fn extract(plan: &Plan, scan: Scan<'_>) -> Result<Fact, Rejection> {
                     return Err(Rejection {
                         other_type: None,
                         resource: resource(),
+                        fault: Fault::NotR4,
                         reason,
                     });
                 }
@@ -849,6 +1001,9 @@ fn extract(plan: &Plan, scan: Scan<'_>) -> Result<Fact, Rejection> {
     }
     fact.mask = scan.codes.mask;
     fact.codes = scan.codes.distinct;
+    if !scan.codes.kept.is_empty() {
+        fact.codings = Some(scan.codes.kept.into_boxed_slice());
+    }
     if kind == ResourceKind::Encounter
         && let Some(prices) = &plan.prices
     {
@@ -905,12 +1060,22 @@ fn billed_total<'t>(
         return Ok(Total::Amount(value));
     };
     match money.currency.as_ref().map(|c| c.0.as_ref()) {
+        // Unpriced currencies are counted by name in the summary, so only a code is kept.
+        Some(found) if !is_currency_code(found) => Err(format!(
+            "{kind}.total's currency is not an ISO 4217 code ({}); fix the resource at its source",
+            shape::describe(found)
+        )),
         Some(found) if found != prices.currency => match prices.rates.get(found) {
             Some(rate) => Ok(Total::Amount(value * rate)),
             None => Ok(Total::Unpriced(found)),
         },
         _ => Ok(Total::Amount(value)),
     }
+}
+
+/// Whether `code` has the shape of an ISO 4217 currency code: three capital letters.
+fn is_currency_code(code: &str) -> bool {
+    code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase())
 }
 
 /// The identity facts of a Patient's scan, when it has any.
@@ -951,5 +1116,90 @@ mod tests {
         assert_eq!(patient_id("Group/1"), None);
         assert_eq!(patient_id("Patient/"), None);
         assert_eq!(patient_id("123"), None);
+    }
+
+    /// A Finnish identity code, a name and a birth date: what no rejection may copy.
+    const PERSONAL: [&str; 4] = ["010203A123B", "Virtanen", "1950-13-45", "19500101"];
+
+    fn billed_plan() -> Plan {
+        let yaml = crate::model::one_segment_model(
+            r#"prices: {currency: EUR, source: test, rules: [], otherwise: 100}
+features:
+  - id: f
+    title: {fi: k, sv: k, en: c}
+    cost: {resource: Encounter, window: P12M, billed: [Claim]}"#,
+        );
+        let mapping = crate::model::load::load_str(&yaml).expect("model");
+        Plan::compile(mapping, "2026-01-01".parse().expect("day")).expect("plan")
+    }
+
+    #[test]
+    fn rejections_describe_personal_data_without_copying_it() {
+        let plan = billed_plan();
+        let enc = r#""resourceType":"Encounter","id":"e1""#;
+        let cases = [
+            (
+                format!(
+                    r#"{{{enc},"subject":{{"reference":"Patient?identifier=urn:oid:1.2.246.21|010203A123B"}}}}"#
+                ),
+                Fault::BadReference,
+                "subject.reference is a conditional reference with an identifier, not Patient/id",
+            ),
+            (
+                format!(r#"{{{enc},"subject":{{"reference":"Patient/Matti Virtanen"}}}}"#),
+                Fault::BadReference,
+                "whose id is not a FHIR id (14 characters, letters and spaces)",
+            ),
+            (
+                r#"{"resourceType":"Patient","id":"p1","birthDate":"1950-13-45"}"#.to_owned(),
+                Fault::BadDate,
+                "birthDate is not a FHIR date (10 characters, digits and '-')",
+            ),
+            (
+                r#"{"resourceType":"Patient","id":"010203A123B Virtanen"}"#.to_owned(),
+                Fault::BadId,
+                "Patient with an id that is not a FHIR id (20 characters, digits, letters and spaces)",
+            ),
+            (
+                r#"{"resourceType":"Patient","id":"p1","birthDate":19500101}"#.to_owned(),
+                Fault::NotR4,
+                "Patient does not follow FHIR R4 at `birthDate`: invalid type: integer (8 characters, digits)",
+            ),
+            (
+                r#"{"resourceType":"Patient","id":"p1","active":"010203A123B"}"#.to_owned(),
+                Fault::NotR4,
+                "at `active`: invalid type: string (11 characters, digits and letters)",
+            ),
+            (
+                r#"{"resourceType":"Virtanen","id":"010203A123B"}"#.to_owned(),
+                Fault::UnknownType,
+                "resourceType (8 characters, letters) is no FHIR R4 resource type",
+            ),
+            (
+                r#""010203A123B""#.to_owned(),
+                Fault::Unreadable,
+                "malformed JSON (invalid type: string (11 characters, digits and letters)",
+            ),
+            (
+                r#"{"resourceType":"Claim","id":"c1","patient":{"reference":"Patient/p1"},"total":{"value":5,"currency":"Virtanen"}}"#.to_owned(),
+                Fault::NotR4,
+                "Claim.total's currency is not an ISO 4217 code (8 characters, letters)",
+            ),
+        ];
+        for (line, fault, reason) in cases {
+            let value: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+            let rejections = [
+                extract_str(&plan, &line).expect_err("rejected"),
+                extract_value(&plan, &value).expect_err("rejected"),
+            ];
+            for r in rejections {
+                assert_eq!(r.fault, fault, "{line}: {r:?}");
+                assert!(r.reason.contains(reason), "{line}: {}", r.reason);
+                let shown = format!("{} {:?}", r.reason, r.resource);
+                for personal in PERSONAL {
+                    assert!(!shown.contains(personal), "{personal} in {shown}");
+                }
+            }
+        }
     }
 }

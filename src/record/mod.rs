@@ -3,7 +3,9 @@
 //! accumulator per feature and a capped list of the resources that counted. Memory grows with
 //! the number of clients, never with the number of resources. This module reads no files and
 //! knows nothing of segments: it turns [`Fact`]s into [`ClientRecord`]s, and ([`join`]) the
-//! records of several sources into whole clients.
+//! records of several sources into whole clients. A resource it cannot use is a [`Rejection`]
+//! whose reason names elements and describes values by their [`shape`], never copying them:
+//! a bad reference or date may hold an identity code or a birth date.
 //!
 //! A `billed` cost keeps, per client, one sum per billing source (Claim, ExplanationOfBenefit)
 //! beside the price table's sum over Encounters, and a bit per source seen: three numbers per
@@ -15,11 +17,12 @@
 
 pub mod extract;
 pub mod join;
+pub mod shape;
 
 use compact_str::CompactString;
 use rustc_hash::FxHashMap;
 
-pub use extract::{Fact, Rejection, Unassessed, Void};
+pub use extract::{Fact, Fault, KeptCoding, Rejection, Unassessed, Void};
 
 use crate::day::Day;
 use crate::model::plan::{Aggregate, Plan};
@@ -327,6 +330,23 @@ pub struct LeftOut {
     pub why: Void,
 }
 
+/// One concept a `distinct` feature counted for the watched client, and the resource and
+/// codings it was recorded with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Counted {
+    /// The feature's index.
+    pub feature: usize,
+    /// The concept's key ([`Plan::distinct_concept`]).
+    pub key: u64,
+    /// The resource's type.
+    pub kind: ResourceKind,
+    /// The resource's id.
+    pub id: CompactString,
+    /// Its codings of the feature's field, as (system URL, code), when the plan keeps them
+    /// ([`Plan::keep_codings`]).
+    pub codings: Vec<(CompactString, CompactString)>,
+}
+
 /// The running fold over every client.
 #[derive(Debug)]
 pub struct Fold<'p> {
@@ -336,6 +356,7 @@ pub struct Fold<'p> {
     /// One client whose left-out resources are kept, for `explain`.
     watch: Option<CompactString>,
     left_out: Vec<LeftOut>,
+    counted: Vec<Counted>,
 }
 
 impl<'p> Fold<'p> {
@@ -347,6 +368,7 @@ impl<'p> Fold<'p> {
             stats: FoldStats::default(),
             watch: None,
             left_out: Vec::new(),
+            counted: Vec::new(),
         }
     }
 
@@ -363,6 +385,11 @@ impl<'p> Fold<'p> {
         &self.left_out
     }
 
+    /// The concepts `distinct` features counted for the watched client, in input order.
+    pub fn counted(&self) -> &[Counted] {
+        &self.counted
+    }
+
     /// Folds one fact. A second Patient resource with the same id is refused, since its data
     /// would otherwise be counted twice.
     pub fn apply(&mut self, fact: Fact) -> Result<(), Rejection> {
@@ -376,6 +403,7 @@ impl<'p> Fold<'p> {
                 return Err(Rejection {
                     other_type: None,
                     resource: Some(format!("Patient/{}", fact.id)),
+                    fault: Fault::DuplicatePatient,
                     reason: "the same Patient appears twice in the input; keep one copy".into(),
                 });
             }
@@ -451,6 +479,21 @@ impl<'p> Fold<'p> {
                             let entry = tag | (hash & !TAG_MASK);
                             if let Err(at) = record.distinct.binary_search(&entry) {
                                 record.distinct.insert(at, entry);
+                            }
+                            if self.watch.as_deref() == Some(fact.patient.as_str()) {
+                                self.counted.push(Counted {
+                                    feature: i,
+                                    key: *hash,
+                                    kind: fact.kind,
+                                    id: fact.id.clone(),
+                                    codings: fact
+                                        .codings
+                                        .iter()
+                                        .flat_map(|c| c.iter())
+                                        .filter(|c| c.slot == *f)
+                                        .map(|c| (c.system.clone(), c.code.clone()))
+                                        .collect(),
+                                });
                             }
                         }
                     }

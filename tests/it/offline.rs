@@ -202,7 +202,7 @@ fn bad_resources_are_skipped_into_rejected_ndjson_with_file_line_and_reason() {
         ("Condition.ndjson", b"{bad json\n", "Condition.ndjson:6", "malformed JSON"),
         ("Encounter.ndjson", b"{\"resourceType\":\"Encounter\",\"subject\":{\"reference\":\"Patient/p1\"}}\n", "Encounter.ndjson:27", "Encounter without id"),
         ("Encounter.ndjson", b"{\"resourceType\":\"Encounter\",\"id\":\"nosub\"}\n", "Encounter.ndjson:27", "without subject"),
-        ("Condition.ndjson", b"{\"resourceType\":\"Foo\",\"id\":\"o1\"}\n", "Condition.ndjson:6", "resourceType `Foo` is not read by segmentti"),
+        ("Condition.ndjson", b"{\"resourceType\":\"Foo\",\"id\":\"o1\"}\n", "Condition.ndjson:6", "is no FHIR R4 resource type and is not read by segmentti"),
         ("Encounter.ndjson", b"{\"resourceType\":\"Encounter\",\"id\":\"g1\",\"subject\":{\"reference\":\"Patient/ghost\"}}\n", "Patient/ghost", "not in the input"),
         ("Patient.ndjson", b"{\"resourceType\":\"Patient\",\"id\":\"caf\xe9\"}\n", "Patient.ndjson:4", "not UTF-8"),
         ("Condition.ndjson", b"{\"resourceType\":\"Condition\",\"id\":\"cut\",\"subject\":{\"refer", "Condition.ndjson:6", "truncated JSON"),

@@ -30,3 +30,4 @@ export SEGMENTTI_HFS
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked
+bash scripts/fuzz.sh

@@ -12,6 +12,7 @@
 //! | 5 | done, but some clients' built resources broke a rule of `writeback::validate` and were not written (each named in the summary) |
 //! | 6 | `conformance`: a required check failed (the table says which and why) |
 //! | 7 | done, but some write targets of a joined run failed (each named on stderr); the others were written |
+//! | 8 | stopped: the server refused a read or a write for what it is, not what it carries (401, 403, 404, 405); the message names the server, the status and what to fix |
 
 mod bulk;
 mod conformance;
@@ -35,6 +36,7 @@ use segmentti::progress;
 use segmentti::shard::{self, Shard, ThresholdPart};
 use segmentti::sink::Sink;
 use segmentti::sink::files::FileSink;
+use segmentti::source::files::Limits;
 use segmentti::synth::{self, CodeFlavor, SynthFormat, SynthOptions};
 
 /// The model used when `--model` is not given: Päijät-Sote's four tiers, built into the binary.
@@ -67,6 +69,10 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+    /// A FHIR package (a .tgz, or its unpacked folder) that code lists name ValueSets from by
+    /// canonical URL (`valueset: http://…/ValueSet/x`, or `…|version`). Repeatable.
+    #[arg(long = "package", global = true)]
+    pub packages: Vec<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -158,8 +164,16 @@ pub struct ExpandArgs {
 pub struct ModelArgs {
     /// A file or directory of NDJSON (Bulk Data output, .ndjson.gz too) or Bundles. Without it,
     /// the built-in synthetic population. `run --write-to` takes several, and servers beside.
+    /// In a directory, links to files are followed and links to directories are not.
     #[arg(long)]
     pub input: Vec<PathBuf>,
+    /// The longest NDJSON line read; a longer one is rejected (file and line) and skipped.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::DEFAULT.max_line_bytes)]
+    pub max_line_bytes: usize,
+    /// The most bytes a .ndjson.gz file or a Bulk download read into a work directory may
+    /// expand to; past it the run stops with an error.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::DEFAULT.max_decompressed_bytes)]
+    pub max_decompressed_bytes: u64,
     /// Mapping files (repeatable); default: the built-in Päijät-Sote model.
     #[arg(long = "model")]
     pub models: Vec<PathBuf>,
@@ -400,6 +414,7 @@ pub struct ExplainArgs {
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    model::package::give(model::package::Packages::read(&cli.packages)?);
     match cli.command {
         Command::Run(args) => run_command(*args),
         Command::Synth(args) => synth_command(args),
@@ -428,10 +443,18 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 impl ModelArgs {
+    /// What one input file may cost.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_line_bytes: self.max_line_bytes,
+            max_decompressed_bytes: self.max_decompressed_bytes,
+        }
+    }
+
     fn input(&self, as_of: Day) -> Result<Input> {
         Ok(
             match (self.input.as_slice(), self.server.server.as_slice()) {
-                ([path], []) => Input::Files(path.clone()),
+                ([path], []) => Input::Files(path.clone(), self.limits()),
                 ([], [url]) => self.server_input(self.server.client(url)?),
                 ([], []) => Input::Synthetic(SynthOptions {
                     clients: self.clients,
@@ -950,13 +973,23 @@ fn explain_command(args: ExplainArgs) -> Result<ExitCode> {
     let [patient] = args.models.server.patients.as_slice() else {
         bail!("explain takes exactly one --patient ID");
     };
+    // What was typed may be an identity code by mistake: it is described, never repeated.
+    if !segmentti::record::shape::is_fhir_id(patient) {
+        bail!(
+            "--patient is not a FHIR id ({})\nhint: explain takes the Patient's logical id, not an identity code",
+            segmentti::record::shape::describe(patient)
+        );
+    }
     if multi::several(&args.models, &args.join) {
         let plans = args.models.plans(args.models.as_of()?)?;
         let explanations = multi::explain(&args, &plans, patient)?;
         return print_explanations(&explanations, args.json);
     }
     let as_of = args.models.as_of()?;
-    let plans = args.models.plans(as_of)?;
+    let mut plans = args.models.plans(as_of)?;
+    for plan in &mut plans {
+        plan.keep_codings = true;
+    }
     let input = args.models.input(as_of)?;
     let given = match (&args.state, &args.thresholds) {
         (Some(path), _) => {
@@ -981,12 +1014,16 @@ fn explain_command(args: ExplainArgs) -> Result<ExitCode> {
         Ok(())
     })?;
     let mut explanations = Vec::new();
-    for ((plan, clients), left_out) in plans.iter().zip(&folded.clients).zip(&folded.left_out) {
+    for (((plan, clients), left_out), counted) in plans
+        .iter()
+        .zip(&folded.clients)
+        .zip(&folded.left_out)
+        .zip(&folded.counted)
+    {
         let Some(record) = clients.get(patient.as_str()) else {
+            // Not repeated: an identity code typed by mistake can be a valid id.
             bail!(
-                "Patient/{} is not in {}\nhint: check the id; explain takes the Patient's logical id, not an identity code",
-                patient,
-                input
+                "the Patient given with --patient is not in {input}\nhint: check the id; explain takes the Patient's logical id, not an identity code"
             );
         };
         let id = plan.mapping.id.as_str();
@@ -1025,6 +1062,7 @@ fn explain_command(args: ExplainArgs) -> Result<ExitCode> {
                 reason: l.why.reason(),
             })
             .collect();
+        explanation.name_concepts(plan, counted);
         explanations.push(explanation);
     }
     print_explanations(&explanations, args.json)

@@ -5,9 +5,9 @@
 use serde::Serialize;
 
 use super::mapping::Text;
-use super::plan::{Facts, Plan};
+use super::plan::{Aggregate, Facts, Plan};
 use crate::day::Day;
-use crate::record::ClientRecord;
+use crate::record::{ClientRecord, Counted};
 
 /// One client's result.
 #[derive(Debug, Clone, PartialEq)]
@@ -250,6 +250,20 @@ pub struct FeatureValue {
     pub title: String,
     /// Its value; `null` when the client has none.
     pub value: Option<f64>,
+    /// For a `distinct` count with the input at hand (`explain`), what it counted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub concepts: Vec<ConceptLine>,
+}
+
+/// One concept a `distinct` count counted.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConceptLine {
+    /// Its name in the model's lists, or its code for one no list holds.
+    pub name: String,
+    /// The codings it was recorded with, as `system code` in the model's system names.
+    pub codes: Vec<String>,
+    /// The resources that recorded it, `Type/id`.
+    pub resources: Vec<String>,
 }
 
 /// One overlay that holds.
@@ -301,6 +315,7 @@ pub fn explain(
         id: m.features[i].id.clone(),
         title: m.features[i].title.get(lang).to_owned(),
         value: a.features[i],
+        concepts: Vec::new(),
     };
     let path = (0..=a.node)
         .map(|n| Step {
@@ -371,6 +386,51 @@ pub fn explain(
 }
 
 impl Explanation {
+    /// Names what each `distinct` count of the explanation counted, from the fold's record of
+    /// the client ([`crate::record::Fold::counted`]).
+    pub fn name_concepts(&mut self, plan: &Plan, counted: &[Counted]) {
+        for f in self.criteria.iter_mut().flat_map(|c| &mut c.features) {
+            let Some(i) = plan.mapping.features.iter().position(|m| m.id == f.id) else {
+                continue;
+            };
+            let Aggregate::Distinct { field } = plan.features[i].aggregate else {
+                continue;
+            };
+            let field = plan.distinct_fields[field];
+            let mut lines: Vec<(u64, ConceptLine)> = Vec::new();
+            for c in counted.iter().filter(|c| c.feature == i) {
+                let at = match lines.iter().position(|(key, _)| *key == c.key) {
+                    Some(at) => at,
+                    None => {
+                        lines.push((c.key, ConceptLine::default()));
+                        lines.len() - 1
+                    }
+                };
+                let line = &mut lines[at].1;
+                let resource = format!("{}/{}", c.kind, c.id);
+                if !line.resources.contains(&resource) {
+                    line.resources.push(resource);
+                }
+                for (system, code) in &c.codings {
+                    let text = format!("{} {code}", plan.system_name(system));
+                    if plan.counts_as(field, system, code, c.key) && !line.codes.contains(&text) {
+                        line.codes.push(text);
+                    }
+                }
+            }
+            f.concepts = lines
+                .into_iter()
+                .map(|(key, mut line)| {
+                    line.name = plan.concept_name(key).map_or_else(
+                        || line.codes.first().cloned().unwrap_or_default(),
+                        str::to_owned,
+                    );
+                    line
+                })
+                .collect();
+        }
+    }
+
     /// The explanation as text for a professional.
     pub fn render(&self) -> String {
         let mut out = format!(
@@ -396,7 +456,17 @@ impl Explanation {
             ));
             for f in &c.features {
                 let value = f.value.map_or_else(|| "–".to_owned(), format_number);
-                out.push_str(&format!("      {} = {value}\n", f.title));
+                let concepts: Vec<String> = f
+                    .concepts
+                    .iter()
+                    .map(|c| format!("{} ({})", c.name, c.codes.join(", ")))
+                    .collect();
+                let counted = if concepts.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", concepts.join("; "))
+                };
+                out.push_str(&format!("      {} = {value}{counted}\n", f.title));
             }
         }
         if !self.overlays.is_empty() {

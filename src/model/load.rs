@@ -15,6 +15,7 @@ use yaml_rust2::scanner::{Marker, TScalarStyle};
 use super::include;
 pub use super::include::Loaded;
 use super::mapping::{Fragment, Mapping};
+use super::package::{self, Packages};
 
 /// A line and column in a mapping file, both counted from 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,14 +186,23 @@ pub fn load_file(path: &Path) -> Result<Mapping, MappingError> {
 }
 
 /// Loads and checks a model or a file to include; a model's `include:` files are read relative
-/// to `path`.
+/// to `path`, and ValueSets named by canonical from the packages the command line gave
+/// ([`package::given`]).
 pub fn check_file(path: &Path) -> Result<Loaded, MappingError> {
+    check_file_with(path, package::given())
+}
+
+/// [`check_file`] with ValueSets named by canonical taken from `packages`.
+pub fn check_file_with(path: &Path, packages: &Packages) -> Result<Loaded, MappingError> {
     let text = read_text(path).map_err(|source| MappingError::Io {
         path: path.to_owned(),
         source,
     })?;
     let dir = path.parent().unwrap_or(Path::new(""));
     let read = |name: &str| {
+        if package::is_canonical(name) {
+            return packages.valueset(name);
+        }
         let file = dir.join(name);
         read_text(&file).map(|text| (file, text))
     };

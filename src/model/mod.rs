@@ -15,6 +15,7 @@ pub mod eval;
 pub mod include;
 pub mod load;
 pub mod mapping;
+pub mod package;
 pub mod plan;
 pub mod valueset;
 

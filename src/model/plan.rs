@@ -53,6 +53,9 @@ pub struct Plan {
     /// A filter or `distinct` feature reads [`Field::Service`]: Encounter types and service
     /// types are matched a second time, as services.
     pub reads_service: bool,
+    /// Facts keep the codings their `distinct` concepts come from, so that an explanation can
+    /// name them; off in runs, where nothing reads them.
+    pub keep_codings: bool,
 }
 
 /// A compiled (field, code list) pair: one bit of a resource's match mask.
@@ -105,6 +108,15 @@ const SECOND: u64 = 1 << 46;
 /// it, and above zero; never where either is missing.
 pub fn in_top_share(value: Option<f64>, threshold: Option<f64>) -> bool {
     value.zip(threshold).is_some_and(|(v, t)| v > 0.0 && v >= t)
+}
+
+/// The URL of a code system the mapping names by `system` (a short name or a URL).
+fn system_url(mapping: &Mapping, system: &str) -> String {
+    mapping
+        .systems
+        .get(system)
+        .cloned()
+        .unwrap_or_else(|| system.to_owned())
 }
 
 /// The key a concept is counted by: its name, or its one code.
@@ -487,14 +499,6 @@ struct Compiler<'m> {
 impl<'m> Compiler<'m> {
     fn list(&self, id: &str) -> Option<&'m mapping::CodeList> {
         self.mapping.code_lists.iter().find(|l| l.id == id)
-    }
-
-    fn system_url(&self, system: &str) -> String {
-        self.mapping
-            .systems
-            .get(system)
-            .cloned()
-            .unwrap_or_else(|| system.to_owned())
     }
 
     fn matcher(&mut self, field: Field, list: &str, pointer: &str) -> Result<usize, CompileError> {
@@ -935,6 +939,7 @@ impl Plan {
         Ok(Plan {
             not_counted,
             reads_service,
+            keep_codings: false,
             mapping,
             as_of,
             matchers,
@@ -1014,6 +1019,46 @@ impl Plan {
     /// the order of the codings.
     pub fn distinct_key(a: u64, b: u64) -> u64 {
         a.min(b)
+    }
+
+    /// What a person calls the concept a `distinct` feature counted as `key`: its listed
+    /// concept's name or the entry's display; `None` for a code no list holds. For
+    /// explanations: it searches every list.
+    pub fn concept_name(&self, key: u64) -> Option<&str> {
+        self.mapping
+            .code_lists
+            .iter()
+            .flat_map(|l| &l.codes)
+            .find(|e| {
+                concept_key(
+                    e.concept.as_deref(),
+                    &system_url(&self.mapping, &e.system),
+                    &e.code,
+                ) == key
+            })
+            .map(|e| match (&e.concept, e.display.is_empty()) {
+                (Some(name), _) => name.as_str(),
+                (None, false) => e.display.as_str(),
+                (None, true) => e.code.as_str(),
+            })
+    }
+
+    /// Whether the coding `system|code` of `field` is (one of) what a `distinct` feature
+    /// counted as `key`.
+    pub fn counts_as(&self, field: Field, system: &str, code: &str, key: u64) -> bool {
+        match self.lookup(field, system, code).1 {
+            Some(listed) => listed == key,
+            None => concept_key(None, system, code) == key & !(UNLISTED | SECOND),
+        }
+    }
+
+    /// The short name the mapping gives a code system's URL, or the URL.
+    pub fn system_name<'a>(&'a self, url: &'a str) -> &'a str {
+        self.mapping
+            .systems
+            .iter()
+            .find(|(_, u)| u.as_str() == url)
+            .map_or(url, |(name, _)| name.as_str())
     }
 
     /// Index of the first tree node that holds for these criterion levels.

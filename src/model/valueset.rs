@@ -20,6 +20,7 @@ use super::check::is_system_url;
 use super::include::Reader;
 use super::load::{Diagnostic, MappingError, parse_yaml};
 use super::mapping::{CodeEntry, CodeList};
+use super::package;
 
 /// The `expansion.parameter` that records which version of the ValueSet was expanded.
 pub const USED_VERSION: &str = "used-valueset-version";
@@ -328,8 +329,22 @@ pub(super) fn resolve(
             continue;
         };
         let pointer = format!("/code_lists/{i}/valueset");
-        let (file, text) = match read(&base.join(&name).to_string_lossy()) {
+        let canonical = package::is_canonical(&name);
+        let found = if canonical {
+            read(&name)
+        } else {
+            read(&base.join(&name).to_string_lossy())
+        };
+        let (file, text) = match found {
             Ok(found) => found,
+            Err(e) if canonical => {
+                out.push(Diagnostic::new(
+                    pointer,
+                    format!("cannot find ValueSet {name} of code list `{}`: {e}", list.id),
+                    "give the FHIR package that holds it with --package, or a ValueSet file beside the model",
+                ));
+                continue;
+            }
             Err(e) => {
                 out.push(Diagnostic::new(
                     pointer,
@@ -382,7 +397,8 @@ pub fn named_files(path: &Path) -> Result<Vec<PathBuf>, MappingError> {
     for (file, document) in &files {
         let dir = file.parent().unwrap_or(Path::new(""));
         for list in items(document, "code_lists") {
-            if let Some(name) = member(list, "valueset") {
+            // A package's ValueSets are its publisher's to expand, not ours to rewrite.
+            if let Some(name) = member(list, "valueset").filter(|n| !package::is_canonical(n)) {
                 let named = dir.join(name);
                 if !out.contains(&named) {
                     out.push(named);

@@ -163,6 +163,48 @@ fn snomed_ct_coded_long_term_illnesses_are_recognised_once_each() {
 }
 
 #[test]
+fn explain_names_the_illnesses_a_count_counted_and_the_codes_they_came_as() {
+    let line = |stdout: &str| {
+        stdout
+            .lines()
+            .find(|l| l.contains("Pitkäaikaissairaudet ="))
+            .unwrap_or_else(|| panic!("no long-term illness count in\n{stdout}"))
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(
+        line(&explain(MARTINA, &[])),
+        "Pitkäaikaissairaudet = 3: stroke (snomed 230690007); copd (snomed 185086009); heart-failure (snomed 88805009)"
+    );
+    // Type 2 diabetes and its neuropathy are one illness, recorded in two Conditions.
+    let dirk = line(&explain(DIRK, &[]));
+    assert!(
+        dirk.contains("diabetes-type-2 (snomed 44054006, snomed 368581000119106)"),
+        "{dirk}"
+    );
+    let json: Value = serde_json::from_str(&explain(DIRK, &["--json"])).expect("json");
+    let concepts = json[0]["criteria"]
+        .as_array()
+        .expect("criteria")
+        .iter()
+        .flat_map(|c| c["features"].as_array().expect("features"))
+        .find(|f| f["id"] == "chronic_conditions")
+        .map(|f| f["concepts"].clone())
+        .expect("chronic_conditions");
+    let diabetes = concepts
+        .as_array()
+        .expect("concepts")
+        .iter()
+        .find(|c| c["name"] == "diabetes-type-2")
+        .expect("diabetes");
+    assert_eq!(
+        diabetes["resources"].as_array().map(Vec::len),
+        Some(2),
+        "{diabetes}"
+    );
+}
+
+#[test]
 fn the_dead_are_explained_as_not_assessed() {
     let stdout = explain(BEATRICE, &[]);
     assert!(stdout.contains("the client has died"), "{stdout}");

@@ -1,11 +1,13 @@
 //! The integration tests, one binary with a module per theme.
 
+mod abuse;
 mod bench;
 mod bills;
 mod bulk;
 mod conformance;
 mod external;
 mod faults;
+mod fuzz_regressions;
 mod harness;
 mod k8s;
 mod mappings;
@@ -16,6 +18,7 @@ mod refusals;
 mod report;
 mod roundtrip;
 mod serve;
+mod serve_ageing;
 mod server_client;
 mod shards;
 mod smart;

@@ -277,3 +277,81 @@ fn expand_without_valuesets_has_nothing_to_do() {
     assert!(output.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("nothing to expand"), "{stdout}");
 }
+
+#[test]
+fn a_valueset_named_by_canonical_comes_from_the_package_given() {
+    let (dir, model, _) = setup();
+    std::fs::write(
+        &model,
+        MODEL.replace(
+            "valueset: hf.json",
+            "valueset: \"https://example.org/fhir/ValueSet/heart-failure|1.0.0\"",
+        ),
+    )
+    .expect("model");
+    let package = dir.path().join("example.hf");
+    std::fs::create_dir_all(package.join("package")).expect("package/");
+    std::fs::write(
+        package.join("package/package.json"),
+        r#"{"name": "example.hf", "version": "1.0.0"}"#,
+    )
+    .expect("package.json");
+    std::fs::copy(
+        fixture("valuesets/heart-failure.json"),
+        package.join("package/ValueSet-heart-failure.json"),
+    )
+    .expect("valueset");
+    let model_arg = model.to_str().expect("utf-8");
+
+    let without = segmentti(&["check-mapping", model_arg]);
+    let (stdout, stderr) = text(&without);
+    assert!(!without.status.success(), "{stdout}");
+    assert!(
+        stderr
+            .contains("cannot find ValueSet https://example.org/fhir/ValueSet/heart-failure|1.0.0")
+            && stderr.contains("--package"),
+        "{stderr}"
+    );
+
+    let package_arg = package.to_str().expect("utf-8");
+    let checked = segmentti(&["check-mapping", model_arg, "--package", package_arg]);
+    assert!(checked.status.success(), "{:?}", text(&checked));
+    // 88805009 is enumerated in the package's ValueSet: the first client has heart failure.
+    let out = dir.path().join("out");
+    let output = crate::support::run_files(
+        &dir.path().join("input"),
+        &out,
+        &[
+            "--model",
+            model_arg,
+            "--package",
+            package_arg,
+            "--progress",
+            "off",
+        ],
+    );
+    assert!(output.status.success(), "{:?}", text(&output));
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).expect("summary"))
+            .expect("json");
+    let counts: Vec<u64> = summary["models"][0]["segments"]
+        .as_array()
+        .expect("segments")
+        .iter()
+        .map(|s| s["count"].as_u64().expect("count"))
+        .collect();
+    assert_eq!(counts, [1, 1]);
+
+    std::fs::write(
+        &model,
+        MODEL.replace(
+            "valueset: hf.json",
+            "valueset: \"https://example.org/fhir/ValueSet/heart-failure|2.0.0\"",
+        ),
+    )
+    .expect("model");
+    let other_version = segmentti(&["check-mapping", model_arg, "--package", package_arg]);
+    let (_, stderr) = text(&other_version);
+    assert!(!other_version.status.success());
+    assert!(stderr.contains("not in the packages given"), "{stderr}");
+}

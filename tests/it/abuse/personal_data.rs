@@ -304,3 +304,25 @@ fn logs_to_a_pipe_carry_no_colour() {
         assert!(!stderr.contains('\u{1b}'), "{args:?}: {stderr:?}");
     }
 }
+
+#[test]
+fn an_identity_code_given_to_explain_as_the_patient_is_not_repeated() {
+    let input = fixture("offline/basic");
+    let input = input.to_str().expect("utf-8");
+    // As typed, the identity code is a valid FHIR id that no Patient has; with a pipe, it is
+    // no FHIR id at all.
+    for (typed, said) in [
+        (
+            PERSONAL[0].to_owned(),
+            "the Patient given with --patient is not in",
+        ),
+        (format!("{}|x", PERSONAL[0]), "--patient is not a FHIR id"),
+    ] {
+        let output = segmentti(&["explain", "--input", input, "--patient", &typed]);
+        let (stdout, stderr) = text(&output);
+        assert!(!output.status.success());
+        assert!(stderr.contains(said), "{stderr}");
+        assert_clean("explain stdout", &stdout);
+        assert_clean("explain stderr", &stderr);
+    }
+}

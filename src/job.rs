@@ -181,7 +181,7 @@ pub fn run(options: &JobOptions, plans: &[Plan]) -> Result<JobReport, JobError> 
             .filter(|_| since.is_none());
         next.advance(
             base,
-            mark.format(&time::format_description::well_known::Rfc3339)?,
+            Some(mark.format(&time::format_description::well_known::Rfc3339)?),
             full_run,
         );
         next.write(path)?;

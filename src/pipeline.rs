@@ -58,6 +58,8 @@ pub struct BulkInput {
     pub exported: crate::source::bulk::Exported,
     /// How long one file may take to arrive (and to be folded, which paces it).
     pub download_timeout: std::time::Duration,
+    /// What one line and one file may cost.
+    pub limits: crate::source::files::Limits,
 }
 
 impl std::fmt::Display for Input {
@@ -502,6 +504,7 @@ fn read_input(
                 &bulk.client,
                 &bulk.exported,
                 bulk.download_timeout,
+                bulk.limits,
                 &mut send,
             ))?)
         }

@@ -68,16 +68,16 @@ impl State {
     }
 
     /// Moves the checkpoint on after a completed run against `server`: changes are next read
-    /// from `since`, and the population thresholds of `full_run`'s models replace theirs (pass
+    /// from `since` (`None`: the next run reads everything), and the population thresholds of `full_run`'s models replace theirs (pass
     /// the models of a full run; none for an incremental one, whose clients are no population).
     pub fn advance<'a>(
         &mut self,
         server: &str,
-        since: String,
+        since: Option<String>,
         full_run: impl IntoIterator<Item = &'a ModelSummary>,
     ) {
         server.clone_into(&mut self.server);
-        self.since = Some(since);
+        self.since = since;
         keep_thresholds(&mut self.thresholds, full_run);
     }
 

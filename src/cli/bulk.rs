@@ -125,6 +125,7 @@ pub fn prepare(args: &RunArgs, base: &url::Url, plans: &[Plan]) -> Result<Option
                 client: client.clone(),
                 exported: exported.clone(),
                 download_timeout: options.download_timeout,
+                limits: args.models.limits(),
             })),
         },
         exported,
@@ -147,6 +148,7 @@ pub fn prepare(args: &RunArgs, base: &url::Url, plans: &[Plan]) -> Result<Option
                 &run.client,
                 &run.exported,
                 options.download_timeout,
+                args.models.limits(),
                 &mut collect,
             ))?,
         }
@@ -205,14 +207,11 @@ impl BulkRun {
         }
         if let (Some(path), Some(base)) = (&args.state, &args.bulk.bulk) {
             let mut next = self.state.unwrap_or_default();
-            next.server = base.to_string();
-            next.since = self.exported.next_since.clone();
-            if !self.incremental {
-                for m in models {
-                    next.thresholds
-                        .insert(m.model.clone(), m.thresholds.clone());
-                }
-            }
+            next.advance(
+                base.as_str(),
+                self.exported.next_since.clone(),
+                models.iter().filter(|_| !self.incremental),
+            );
             next.write(path)?;
         }
         Ok(())

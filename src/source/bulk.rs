@@ -603,6 +603,7 @@ pub async fn stream(
     client: &FhirClient,
     exported: &Exported,
     timeout: Duration,
+    limits: Limits,
     emit: &mut (dyn FnMut(Batch) -> Result<(), String> + Send),
 ) -> Result<(), BulkError> {
     for file in &exported.files {
@@ -610,7 +611,7 @@ pub async fn stream(
             client,
             file,
             exported.requires_access_token,
-            Target::Fold(&mut *emit),
+            Target::Fold(&mut *emit, limits),
             timeout,
         )
         .await?;
@@ -820,8 +821,11 @@ async fn poll(
 enum Target<'a> {
     /// To this file (through `.part`, renamed when complete).
     Disk(&'a Path),
-    /// Into the fold, a block of lines at a time.
-    Fold(&'a mut (dyn FnMut(Batch) -> Result<(), String> + Send)),
+    /// Into the fold, a block of lines at a time, within the reader's limits.
+    Fold(
+        &'a mut (dyn FnMut(Batch) -> Result<(), String> + Send),
+        Limits,
+    ),
 }
 
 /// Fetches one file into `target`, trying again on transport errors, truncated bodies and bad
@@ -862,7 +866,9 @@ async fn fetch(
         let request = (client, &url, headers.clone(), timeout);
         let fetched = match &mut target {
             Target::Disk(path) => fetch_to(request, path).await,
-            Target::Fold(emit) => fetch_lines(request, &name, &mut **emit, &mut handed).await,
+            Target::Fold(emit, limits) => {
+                fetch_lines(request, &name, *limits, &mut **emit, &mut handed).await
+            }
         };
         match fetched {
             Ok(()) => return Ok(()),
@@ -1001,11 +1007,12 @@ async fn fetch_to(request: Request<'_>, target: &Path) -> Result<(), Fetch> {
 async fn fetch_lines(
     request: Request<'_>,
     name: &Arc<str>,
+    limits: Limits,
     emit: &mut (dyn FnMut(Batch) -> Result<(), String> + Send),
     handed: &mut u64,
 ) -> Result<(), Fetch> {
     let mut body = open(request).await?.bytes_stream();
-    let mut lines = LineBlocks::new(name.clone(), Limits::DEFAULT);
+    let mut lines = LineBlocks::new(name.clone(), limits);
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| Fetch::Body(e.without_url().to_string()))?;
         if let Some(batch) = lines

@@ -161,7 +161,7 @@ pub fn read(
     for file in list(path)? {
         let name: Arc<str> = Arc::from(file.display().to_string());
         if file.extension().is_some_and(|e| e == "json") {
-            read_json(&file, &name, &mut emit)?;
+            read_json(&file, &name, limits, &mut emit)?;
         } else {
             read_ndjson(&file, &name, limits, &mut emit)?;
         }
@@ -516,15 +516,34 @@ fn split_lines(
         .collect()
 }
 
+/// Reads a JSON file (a Bundle or one resource) whole: one document, held to the limit of one
+/// line, so that a file past it is a located reject and the other files are still read.
 fn read_json(
     file: &Path,
     name: &Arc<str>,
+    limits: Limits,
     emit: &mut impl FnMut(Batch) -> Result<(), String>,
 ) -> Result<(), SourceError> {
-    let bytes = std::fs::read(file).map_err(|source| SourceError::Io {
+    let io = |source| SourceError::Io {
         path: file.to_owned(),
         source,
-    })?;
+    };
+    let size = std::fs::metadata(file).map_err(io)?.len();
+    if size > limits.max_line_bytes as u64 {
+        return emit(Batch::Items(vec![Item {
+            origin: Origin {
+                file: name.clone(),
+                line: 1,
+                entry: false,
+            },
+            payload: Payload::Unreadable(format!(
+                "a JSON file of {size} bytes, over the limit of one document ({} bytes), skipped unread; raise --max-line-bytes if it is a real Bundle",
+                limits.max_line_bytes
+            )),
+        }]))
+        .map_err(SourceError::Stopped);
+    }
+    let bytes = std::fs::read(file).map_err(io)?;
     let not = |reason: String| SourceError::NotAResource {
         path: file.to_owned(),
         reason,

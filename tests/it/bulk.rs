@@ -13,6 +13,7 @@ use std::time::Duration;
 use reqwest::Url;
 use segmentti::fhir::{BearerToken, ClientOptions, FhirClient, RetryPolicy};
 use segmentti::source::bulk::{self, BulkError, BulkOptions, Level};
+use segmentti::source::files::Limits;
 use serde_json::json;
 use wiremock::matchers::{method, path, query_param};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
@@ -337,9 +338,13 @@ async fn expired_corrupt_and_cross_origin_files_are_reported_by_name() {
             .await
             .expect("the export completes");
         let downloaded = bulk::download(&client, &exported, &options).await;
-        let streamed = bulk::stream(&client, &exported, options.download_timeout, &mut |_| {
-            panic!("{case}: nothing is handed on")
-        })
+        let streamed = bulk::stream(
+            &client,
+            &exported,
+            options.download_timeout,
+            Limits::DEFAULT,
+            &mut |_| panic!("{case}: nothing is handed on"),
+        )
         .await;
         for (how, result) in [("download", downloaded.err()), ("stream", streamed.err())] {
             let e = result
@@ -541,10 +546,16 @@ async fn stream_lines(server: &MockServer) -> (Result<(), BulkError>, usize) {
         .await
         .expect("the export completes");
     let mut lines = 0;
-    let streamed = bulk::stream(&client, &exported, options.download_timeout, &mut |batch| {
-        lines += batch.resources().1.len();
-        Ok(())
-    })
+    let streamed = bulk::stream(
+        &client,
+        &exported,
+        options.download_timeout,
+        Limits::DEFAULT,
+        &mut |batch| {
+            lines += batch.resources().1.len();
+            Ok(())
+        },
+    )
     .await;
     (streamed, lines)
 }

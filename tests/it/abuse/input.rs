@@ -336,3 +336,31 @@ fn issue_24_directory_links_are_not_followed_so_loops_end_and_nothing_is_read_tw
         );
     }
 }
+
+#[test]
+fn issue_24_a_bundle_file_over_the_limit_is_a_located_reject_and_the_other_files_are_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = three_clients(dir.path());
+    let out = dir.path().join("out");
+    let marker = "BUNDLECONTENT";
+    let entry = json!({"resource": condition("big", "p1", &marker.repeat(2 * MIB / marker.len()))});
+    let bundle = json!({"resourceType": "Bundle", "type": "collection", "entry": [entry]});
+    std::fs::write(input.join("Big.json"), bundle.to_string()).expect("write");
+    let limit = MIB.to_string();
+    let run = run(&input, &out, &["--max-line-bytes", &limit]);
+    let (stdout, stderr) = text(&run.output);
+    assert_eq!(run.output.status.code(), Some(3), "{stdout}\n{stderr}");
+    let rejected = ndjson(&out.join("rejected.ndjson"));
+    assert_eq!(rejected.len(), 1, "{rejected:#?}");
+    assert!(
+        rejected[0]["origin"]
+            .as_str()
+            .is_some_and(|o| o.ends_with("Big.json:1"))
+            && rejected[0]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("over the limit of one document")),
+        "{rejected:#?}"
+    );
+    assert!(!format!("{stdout}{stderr}{rejected:?}").contains(marker));
+    assert_eq!(segments(&out).len(), 3, "the other files are read");
+}

@@ -15,6 +15,7 @@ use segmentti::model::load::load_str;
 use segmentti::model::plan::Plan;
 use segmentti::record::Fold;
 use segmentti::record::extract::{extract_str, extract_value};
+use segmentti::serve::cds::{Resources, parse_call};
 use segmentti::source::Resource;
 use segmentti::source::files::{Limits, LineBlocks, bundle_entries};
 use serde_json::Value;
@@ -92,18 +93,25 @@ pub fn mapping(data: &[u8]) {
     }
 }
 
-/// The JSON body of a CDS Hooks `patient-view` call: its prefetch read as the service reads it,
-/// and the client it names folded, assessed and explained under every shipped model.
+/// The server the CDS target trusts: the one the corpus's calls name.
+const TRUSTED_SERVER: &str = "http://127.0.0.1:1/fhir";
+
+/// The JSON body of a CDS Hooks `patient-view` call: every check the service makes of it (hook,
+/// `context.patientId`, `fhirServer`, prefetch), and the client a complete prefetch brings
+/// folded, assessed and explained under every shipped model.
 pub fn cds_request(data: &[u8]) {
     let Ok(request) = serde_json::from_slice::<Value>(data) else {
         return;
     };
-    let Some(patient) = request["context"]["patientId"].as_str() else {
+    // Parsed here, with its type from `parse_call`'s, since this crate has no `url` of its own.
+    let trusted = TRUSTED_SERVER.parse().expect("a URL");
+    let Ok(call) = parse_call(&request, &trusted) else {
         return;
     };
-    let Ok(Some(resources)) = segmentti::serve::cds::prefetched(&request, patient) else {
+    let Resources::Prefetched(resources) = call.resources else {
         return;
     };
+    let patient = call.patient.as_str();
     let refs: Vec<&Value> = resources.iter().collect();
     for plan in plans() {
         if let (Some(record), _) = segmentti::pipeline::fold_client(plan, patient, &refs) {

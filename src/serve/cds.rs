@@ -1,5 +1,6 @@
 //! CDS Hooks 2.0: discovery, the `patient-view` service and card feedback. A call is checked
-//! (token, size, hook, `context.patientId`, `fhirServer`) before anything is read; the client's
+//! (token, size, hook, `context.patientId`, `fhirServer`) before anything is read, the body's
+//! part by one pure function, [`parse_call`], which the fuzzer drives as well; the client's
 //! Patient, Encounters and Conditions come from the prefetch, or else are read from the one
 //! trusted server with the call's `fhirAuthorization` token (without one, with the service's
 //! own credentials: the caller is already a verified EHR). That read retries once at most, since
@@ -49,6 +50,7 @@ use super::AppState;
 use crate::fhir::{BearerToken, FhirError, RetryPolicy, new_correlation_id};
 use crate::model::eval::{self, Lang};
 use crate::pipeline;
+use crate::types::PatientId;
 
 /// The one service.
 pub const SERVICE_ID: &str = "segmentti-patient-view";
@@ -268,6 +270,45 @@ async fn answer(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Value, Refusal> {
     let request = checked(&state, id, headers, body, "").await?;
+    let lang = language(headers);
+    let trusted = state.settings.server.clone();
+    let call = off_the_workers(&state, move || parse_call(&request, &trusted)).await?;
+    let patient = call.patient.as_str().to_owned();
+    let resources = match call.resources {
+        Resources::Prefetched(resources) => resources,
+        Resources::OnServer(token) => fetch(&state, &patient, token).await?,
+    };
+    let evaluating = state.clone();
+    off_the_workers(&state, move || {
+        cards(&evaluating, &patient, &resources, lang)
+    })
+    .await
+}
+
+/// A `patient-view` call that passed [`parse_call`]: whose cards, and where the client's
+/// resources come from.
+#[derive(Debug)]
+pub struct Call {
+    /// `context.patientId`, a FHIR id (see [`is_fhir_id`]).
+    pub patient: PatientId,
+    /// The prefetch, or the server to read the client from.
+    pub resources: Resources,
+}
+
+/// Where a call's client comes from.
+#[derive(Debug)]
+pub enum Resources {
+    /// A complete prefetch of this client: the Patient, then its Encounters and Conditions.
+    Prefetched(Vec<Value>),
+    /// The trusted server, read with the call's `fhirAuthorization` token when it has one.
+    OnServer(Option<BearerToken>),
+}
+
+/// Checks the body of a `patient-view` call, in order: `hook`, `context.patientId`,
+/// `fhirServer` against `trusted` (the configured server), then the prefetch. Pure, so that
+/// the fuzzer reaches every refusal the service gives before it reads anything; the token and
+/// size checks, which need the service, come before it in [`call`].
+pub fn parse_call(request: &Value, trusted: &url::Url) -> Result<Call, Refusal> {
     let bad = |m: String| Refusal(StatusCode::BAD_REQUEST, m);
     match request["hook"].as_str() {
         Some("patient-view") => {}
@@ -281,34 +322,47 @@ async fn answer(
     let patient = request["context"]["patientId"]
         .as_str()
         .filter(|p| !p.is_empty())
-        .ok_or_else(|| bad("the request has no `context.patientId`".into()))?
-        .to_owned();
+        .ok_or_else(|| bad("the request has no `context.patientId`".into()))?;
     // It goes into a URL path, so nothing but a FHIR id may pass.
-    if !is_fhir_id(&patient) {
+    if !is_fhir_id(patient) {
         return Err(bad(
             "`context.patientId` is not a FHIR id: 1 to 64 of A–Z, a–z, 0–9, `-` and `.`, and not `.` or `..`".into(),
         ));
     }
-    if let Some(server) = request.get("fhirServer").and_then(Value::as_str)
-        && !state.trusts(server)
+    let server = request.get("fhirServer").and_then(Value::as_str);
+    if let Some(server) = server
+        && !trusts(trusted, server)
     {
         return Err(Refusal(
             StatusCode::FORBIDDEN,
             "`fhirServer` is not the FHIR server this service is configured to trust; it is never called".into(),
         ));
     }
-    let lang = language(headers);
-    let request = Arc::new(request);
-    let (from, about) = (request.clone(), patient.clone());
-    let resources = match off_the_workers(&state, move || prefetched(&from, &about)).await? {
-        Some(resources) => resources,
-        None => fetch(&state, &request, &patient).await?,
+    let resources = match prefetched(request, patient)? {
+        Some(resources) => Resources::Prefetched(resources),
+        None if server.is_some() => Resources::OnServer(
+            request["fhirAuthorization"]["access_token"]
+                .as_str()
+                .map(BearerToken::new),
+        ),
+        None => {
+            return Err(Refusal(
+                StatusCode::PRECONDITION_FAILED,
+                "the request has neither a complete prefetch (patient, encounters, conditions) nor a `fhirServer` to read them from".into(),
+            ));
+        }
     };
-    let evaluating = state.clone();
-    off_the_workers(&state, move || {
-        cards(&evaluating, &patient, &resources, lang)
+    Ok(Call {
+        patient: PatientId::new(patient),
+        resources,
     })
-    .await
+}
+
+/// Whether `server` (a request's `fhirServer`) is `trusted`, the configured server; a trailing
+/// `/` makes no difference.
+fn trusts(trusted: &url::Url, server: &str) -> bool {
+    let normal = |u: &url::Url| u.as_str().trim_end_matches('/').to_owned();
+    url::Url::parse(server).is_ok_and(|u| normal(&u) == normal(trusted))
 }
 
 /// The cards of `patient`, one per model, from the client's `resources`.
@@ -362,7 +416,7 @@ fn cards(
 }
 
 /// The resources of a complete prefetch; `None` when any of the three is missing.
-pub fn prefetched(request: &Value, patient: &str) -> Result<Option<Vec<Value>>, Refusal> {
+fn prefetched(request: &Value, patient: &str) -> Result<Option<Vec<Value>>, Refusal> {
     let prefetch = &request["prefetch"];
     let (Some(p), Some(e), Some(c)) = (
         prefetch.get("patient").filter(|v| !v.is_null()),
@@ -390,21 +444,16 @@ pub fn prefetched(request: &Value, patient: &str) -> Result<Option<Vec<Value>>, 
     Ok(Some(resources))
 }
 
-/// Reads the client from the trusted server with the call's `fhirAuthorization`.
-async fn fetch(state: &AppState, request: &Value, patient: &str) -> Result<Vec<Value>, Refusal> {
-    if request.get("fhirServer").and_then(Value::as_str).is_none() {
-        return Err(Refusal(
-            StatusCode::PRECONDITION_FAILED,
-            "the request has neither a complete prefetch (patient, encounters, conditions) nor a `fhirServer` to read them from".into(),
-        ));
-    }
+/// Reads the client from the trusted server with the call's `fhirAuthorization` `token`.
+async fn fetch(
+    state: &AppState,
+    patient: &str,
+    token: Option<BearerToken>,
+) -> Result<Vec<Value>, Refusal> {
     let retry = RetryPolicy {
         max_attempts: 2,
         ..RetryPolicy::default()
     };
-    let token = request["fhirAuthorization"]["access_token"]
-        .as_str()
-        .map(BearerToken::new);
     let failed = |e: FhirError| match e.status() {
         Some(s) if s == StatusCode::NOT_FOUND || s == StatusCode::GONE => Refusal(
             StatusCode::NOT_FOUND,
@@ -676,6 +725,158 @@ mod tests {
             patient_url(&patients, "a/b?c").as_str(),
             "https://fhir.example/r4/Patient/a%2Fb%3Fc"
         );
+    }
+
+    const TRUSTED: &str = "https://fhir.example/r4";
+
+    fn parsed(request: Value) -> Result<Call, Refusal> {
+        parse_call(&request, &url::Url::parse(TRUSTED).expect("url"))
+    }
+
+    fn refusal(request: Value) -> (StatusCode, String) {
+        let Refusal(status, message) = parsed(request).expect_err("a refusal");
+        (status, message)
+    }
+
+    fn bundle() -> Value {
+        json!({"resourceType": "Bundle", "type": "searchset", "entry": []})
+    }
+
+    #[test]
+    fn a_call_with_a_complete_prefetch_brings_its_resources() {
+        let call = parsed(json!({
+            "hook": "patient-view",
+            "fhirServer": format!("{TRUSTED}/"),
+            "context": {"patientId": "p-1.a"},
+            "prefetch": {
+                "patient": {"resourceType": "Patient", "id": "p-1.a"},
+                "encounters": {"resourceType": "Bundle", "type": "searchset", "entry": [
+                    {"resource": {"resourceType": "Encounter", "id": "e1"}, "search": {"mode": "match"}}
+                ]},
+                "conditions": bundle(),
+            }
+        }))
+        .expect("a good call");
+        assert_eq!(call.patient.as_str(), "p-1.a");
+        let Resources::Prefetched(resources) = call.resources else {
+            panic!("expected the prefetch, got {:?}", call.resources);
+        };
+        let ids: Vec<_> = resources.iter().map(|r| r["id"].as_str()).collect();
+        assert_eq!(ids, [Some("p-1.a"), Some("e1")]);
+    }
+
+    #[test]
+    fn a_call_without_a_prefetch_reads_the_trusted_server_with_its_token() {
+        let call = parsed(json!({
+            "hook": "patient-view",
+            "fhirServer": TRUSTED,
+            "fhirAuthorization": {"access_token": "secret", "token_type": "Bearer"},
+            "context": {"patientId": "p1"},
+            "prefetch": {"patient": null, "encounters": bundle(), "conditions": bundle()}
+        }))
+        .expect("a good call");
+        assert!(
+            matches!(call.resources, Resources::OnServer(Some(_))),
+            "{call:?}"
+        );
+        assert!(!format!("{call:?}").contains("secret"), "{call:?}");
+    }
+
+    #[test]
+    fn each_refusal_of_a_call_has_its_status_and_message() {
+        let bad = StatusCode::BAD_REQUEST;
+        let call =
+            |patient: &str| json!({"hook": "patient-view", "context": {"patientId": patient}});
+        let cases = [
+            (json!({}), bad, "the request has no `hook`"),
+            (
+                json!({"hook": "order-select", "context": {"patientId": "p1"}}),
+                bad,
+                "this service answers the `patient-view` hook, not `order-select`",
+            ),
+            (
+                json!({"hook": "patient-view"}),
+                bad,
+                "the request has no `context.patientId`",
+            ),
+            (call(""), bad, "the request has no `context.patientId`"),
+            (call(".."), bad, "`context.patientId` is not a FHIR id"),
+            (
+                call("p1/../Patient"),
+                bad,
+                "`context.patientId` is not a FHIR id",
+            ),
+            (
+                json!({"hook": "patient-view", "fhirServer": "https://evil.example/r4", "context": {"patientId": "p1"}}),
+                StatusCode::FORBIDDEN,
+                "`fhirServer` is not the FHIR server this service is configured to trust",
+            ),
+            (
+                json!({"hook": "patient-view", "fhirServer": "not a url", "context": {"patientId": "p1"}}),
+                StatusCode::FORBIDDEN,
+                "`fhirServer` is not the FHIR server",
+            ),
+            (
+                json!({"hook": "patient-view", "context": {"patientId": "p1"}, "prefetch": {
+                    "patient": {"resourceType": "Patient", "id": "p2"},
+                    "encounters": bundle(), "conditions": bundle()}}),
+                bad,
+                "prefetch `patient` is not Patient/p1",
+            ),
+            (
+                json!({"hook": "patient-view", "context": {"patientId": "p1"}, "prefetch": {
+                    "patient": {"resourceType": "Patient", "id": "p1"},
+                    "encounters": {"resourceType": "Encounter"}, "conditions": bundle()}}),
+                bad,
+                "prefetch `encounters` and `conditions` must be searchset Bundles",
+            ),
+            (
+                call("p1"),
+                StatusCode::PRECONDITION_FAILED,
+                "the request has neither a complete prefetch",
+            ),
+        ];
+        for (request, status, message) in cases {
+            let (got, text) = refusal(request.clone());
+            assert_eq!(got, status, "{request}: {text}");
+            assert!(text.starts_with(message), "{request}: {text}");
+        }
+    }
+
+    /// The fuzz corpus's refusal inputs stay on the paths they are named after, so that the
+    /// fuzzer starts from each refusal (the target trusts the server its corpus names).
+    #[test]
+    fn the_fuzz_corpus_refusals_are_refused_where_their_names_say() {
+        let trusted = url::Url::parse("http://127.0.0.1:1/fhir").expect("url");
+        let corpus = [
+            (
+                include_str!("../../fuzz/corpus/cds_request/prefetch.json"),
+                None,
+            ),
+            (
+                include_str!("../../fuzz/corpus/cds_request/wrong-hook.json"),
+                Some((StatusCode::BAD_REQUEST, "this service answers")),
+            ),
+            (
+                include_str!("../../fuzz/corpus/cds_request/dot-dot-patient.json"),
+                Some((StatusCode::BAD_REQUEST, "`context.patientId` is not")),
+            ),
+            (
+                include_str!("../../fuzz/corpus/cds_request/untrusted-server.json"),
+                Some((StatusCode::FORBIDDEN, "`fhirServer` is not")),
+            ),
+        ];
+        for (text, refused) in corpus {
+            let request: Value = serde_json::from_str(text).expect("JSON");
+            match (parse_call(&request, &trusted), refused) {
+                (Ok(_), None) => {}
+                (Err(Refusal(status, message)), Some((want, start))) => {
+                    assert_eq!(status, want, "{message}");
+                    assert!(message.starts_with(start), "{message}");
+                }
+                (got, want) => panic!("expected {want:?}, got {got:?}"),
+            }
+        }
     }
 
     #[test]

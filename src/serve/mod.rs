@@ -160,12 +160,6 @@ impl AppState {
             .clone()
     }
 
-    /// Whether `server` (a request's `fhirServer`) is the configured server.
-    pub fn trusts(&self, server: &str) -> bool {
-        let normal = |u: &url::Url| u.as_str().trim_end_matches('/').to_owned();
-        url::Url::parse(server).is_ok_and(|u| normal(&u) == normal(&self.settings.server))
-    }
-
     /// The process's client of the server, for a run with its own correlation id.
     fn client(&self, correlation_id: String) -> Result<FhirClient, FhirError> {
         self.fhir

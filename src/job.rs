@@ -90,12 +90,9 @@ impl JobError {
     /// 403, 404, 405; see [`crate::fhir::FhirError::is_refusal`]): the run stopped there, and
     /// no run will do better until credentials, scopes or the base URL change.
     pub fn is_refusal(&self) -> bool {
-        use crate::sink::SinkError;
-        use crate::source::search::SearchError;
         match self {
             Self::Sink(e) => e.is_refusal(),
-            Self::Pipeline(pipeline::PipelineError::Sink(SinkError::Server(e))) => e.is_refusal(),
-            Self::Pipeline(pipeline::PipelineError::Search(SearchError::Fhir(e))) => e.is_refusal(),
+            Self::Pipeline(e) => e.is_refusal(),
             _ => false,
         }
     }

@@ -7,8 +7,12 @@
 //! Every source is read before anything is written, all of them at once (a thread each, so a
 //! run waits for its slowest source rather than for their sum): a source that cannot be read
 //! stops the run, once the others are read, with nothing written, unless it may be missing
-//! (`--allow-partial`); then the run goes on without it and says so. A target that fails while
-//! writing fails alone ([`FanOut`]). Like [`crate::job`], it prints nothing and returns a
+//! (`--allow-partial`); then the run goes on without it and says so. A source that refuses the
+//! read for what it is (401, 403, 404, 405: [`MultiError::is_refusal`]) is not down but closed
+//! to segmentti, so it stops the run with nothing written even when it may be missing. A target
+//! that fails while writing fails alone ([`FanOut`]), and so does one that refuses: nothing
+//! more is sent to it, the others are written, and the report says which refused
+//! ([`MultiReport::refusing_targets`]). Like [`crate::job`], it prints nothing and returns a
 //! [`MultiReport`]; incremental runs (checkpoints) are not supported here yet.
 
 use std::borrow::Cow;
@@ -139,17 +143,35 @@ pub struct MultiReport {
 }
 
 impl MultiReport {
-    /// Targets whose writes failed, with what they said (each once, over all models).
+    /// Targets whose writes failed (down after retries), with what they said (each once, over
+    /// all models).
     pub fn failed_targets(&self) -> Vec<(&str, &str)> {
-        let mut failed: Vec<(&str, &str)> = Vec::new();
+        self.targets_with(|o| match o {
+            TargetOutcome::Failed(message) => Some(message),
+            _ => None,
+        })
+    }
+
+    /// Targets that refused a write for what it is (401, 403, 404, 405), with what they said
+    /// (each once, over all models).
+    pub fn refusing_targets(&self) -> Vec<(&str, &str)> {
+        self.targets_with(|o| match o {
+            TargetOutcome::NotAllowed(message) => Some(message),
+            _ => None,
+        })
+    }
+
+    /// The targets whose outcome has a `message`, with it, each once.
+    fn targets_with(&self, message: fn(&TargetOutcome) -> Option<&str>) -> Vec<(&str, &str)> {
+        let mut found: Vec<(&str, &str)> = Vec::new();
         for t in self.models.iter().flat_map(|m| &m.targets) {
-            if let TargetOutcome::Failed(message) = &t.outcome
-                && !failed.iter().any(|(name, _)| *name == t.target)
+            if let Some(message) = message(&t.outcome)
+                && !found.iter().any(|(name, _)| *name == t.target)
             {
-                failed.push((&t.target, message));
+                found.push((&t.target, message));
             }
         }
-        failed
+        found
     }
 
     /// Clients whose results a target refused, over all models and targets.
@@ -159,7 +181,7 @@ impl MultiReport {
             .flat_map(|m| &m.targets)
             .map(|t| match &t.outcome {
                 TargetOutcome::Written(r) => r.refused.len(),
-                TargetOutcome::Failed(_) => 0,
+                TargetOutcome::Failed(_) | TargetOutcome::NotAllowed(_) => 0,
             })
             .sum()
     }
@@ -183,6 +205,14 @@ pub enum MultiError {
         /// Why (in the message, not as a source: it would be printed twice).
         cause: pipeline::PipelineError,
     },
+    /// A source refused the read for what it is (401, 403, 404, 405); nothing was written.
+    #[error("{name} refused segmentti's read, so nothing was written: {cause}")]
+    Refused {
+        /// The source.
+        name: String,
+        /// The server's answer, with what to fix (in the message, not as a source).
+        cause: pipeline::PipelineError,
+    },
     /// No source could be read.
     #[error("no source could be read, so nothing was written\nhint: check the sources named above")]
     NothingRead,
@@ -192,6 +222,20 @@ pub enum MultiError {
     /// A target's sink could not start.
     #[error(transparent)]
     Sink(#[from] FhirSinkError),
+}
+
+impl MultiError {
+    /// Whether a server refused a read for what it is (see
+    /// [`crate::fhir::FhirError::is_refusal`]): no run does better until its credentials,
+    /// scopes or base URL change.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            Self::Refused { .. } => true,
+            Self::Pipeline(e) => e.is_refusal(),
+            Self::Sink(e) => e.is_refusal(),
+            Self::Read { .. } | Self::NothingRead => false,
+        }
+    }
 }
 
 /// The sources read and joined, before anything is assessed.
@@ -258,6 +302,12 @@ pub fn read_joined(
                     clients: folded.clients,
                     people: folded.people,
                     base: source.server.as_ref().map(|c| c.base().to_string()),
+                });
+            }
+            Err(cause) if cause.is_refusal() => {
+                return Err(MultiError::Refused {
+                    name: source.name.clone(),
+                    cause,
                 });
             }
             Err(cause) if source.may_be_missing => {

@@ -139,6 +139,20 @@ pub enum PipelineError {
     Unplaced(String, String),
 }
 
+impl PipelineError {
+    /// Whether a server refused a read or a write for what it is, not what it carries (401,
+    /// 403, 404, 405; see [`crate::fhir::FhirError::is_refusal`]): no run does better until
+    /// credentials, scopes or the base URL change.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            Self::Sink(SinkError::Server(e)) => e.is_refusal(),
+            Self::Search(crate::source::search::SearchError::Fhir(e)) => e.is_refusal(),
+            Self::Bulk(e) => e.is_refusal(),
+            _ => false,
+        }
+    }
+}
+
 /// Options of a run.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {

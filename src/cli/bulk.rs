@@ -3,20 +3,23 @@
 //! (resumably, and kept) and read like any NDJSON input. With a checkpoint (`--state`), the
 //! next run exports only what changed since the last export's transaction time (`_since`) and
 //! reads the clients it touches again, whole, by search on the same server, with the population
-//! thresholds of the last full run. Results go to `--out` either way.
+//! thresholds of the last full run. Results go to `--out` either way. A server that refuses the
+//! kick-off, a status poll or a file for what it is (401, 403, 404, 405) stops the run with exit
+//! code 8 ([`exit_on_refusal`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use clap::Args;
 
 use segmentti::fhir::FhirClient;
 use segmentti::model::Plan;
-use segmentti::pipeline::{BulkInput, Input, ModelSummary, ServerInput};
+use segmentti::pipeline::{BulkInput, Input, ModelSummary, PipelineError, ServerInput};
 use segmentti::shard::Thresholds;
 use segmentti::source::Batch;
-use segmentti::source::bulk::{self, BulkOptions, Exported, Level};
+use segmentti::source::bulk::{self, BulkError, BulkOptions, Exported, Level};
 use segmentti::source::search::SearchOptions;
 use segmentti::state::State;
 
@@ -216,6 +219,24 @@ impl BulkRun {
         }
         Ok(())
     }
+}
+
+/// A run that failed because the server refused a request for what it is (the export's
+/// kick-off, poll or a file: [`BulkError::is_refusal`]; or an incremental run's search of the
+/// clients it touched: [`PipelineError::is_refusal`]) ends with its message and exit code 8,
+/// like a server run; any other error is handed back as it is.
+pub fn exit_on_refusal(e: anyhow::Error) -> Result<ExitCode> {
+    let refused = e.chain().any(|c| match c.downcast_ref::<PipelineError>() {
+        Some(p) => p.is_refusal(),
+        None => c
+            .downcast_ref::<BulkError>()
+            .is_some_and(BulkError::is_refusal),
+    });
+    if !refused {
+        return Err(e);
+    }
+    eprintln!("error: {e:#}");
+    Ok(ExitCode::from(super::server::EXIT_NOT_ALLOWED))
 }
 
 fn render(e: &Exported, since: Option<&str>) -> String {

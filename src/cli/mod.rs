@@ -12,7 +12,7 @@
 //! | 5 | done, but some clients' built resources broke a rule of `writeback::validate` and were not written (each named in the summary) |
 //! | 6 | `conformance`: a required check failed (the table says which and why) |
 //! | 7 | done, but some write targets of a joined run failed (each named on stderr); the others were written |
-//! | 8 | stopped: the server refused a read or a write for what it is, not what it carries (401, 403, 404, 405); the message names the server, the status and what to fix |
+//! | 8 | stopped: the server refused a read or a write for what it is, not what it carries (401, 403, 404, 405), in a server, Bulk Data or joined run; the message names the server, the status and what to fix. In a joined run a refusing target stops alone (nothing more is sent to it, the others are written) and 8 comes before 7 |
 
 mod bulk;
 mod conformance;
@@ -416,7 +416,7 @@ pub struct ExplainArgs {
 pub fn run(cli: Cli) -> Result<ExitCode> {
     model::package::give(model::package::Packages::read(&cli.packages)?);
     match cli.command {
-        Command::Run(args) => run_command(*args),
+        Command::Run(args) => run_command(*args).or_else(bulk::exit_on_refusal),
         Command::Synth(args) => synth_command(args),
         Command::Explain(args) => explain_command(args),
         Command::CheckMapping { files } => check_command(&files),

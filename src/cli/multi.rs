@@ -55,6 +55,7 @@ pub struct JoinArgs {
     join_key_file: Option<PathBuf>,
     /// A source (a --server URL or an --input path) the run may go on without when it cannot
     /// be read (repeatable); any other source down stops the run before anything is written.
+    /// A source that refuses the read (401, 403, 404, 405) stops the run all the same.
     #[arg(long = "allow-partial")]
     allow_partial: Vec<String>,
     /// Put the identifiers of duplicate Patients into the report (they are personal data).
@@ -199,7 +200,14 @@ pub fn run(args: &RunArgs, plans: &[Plan]) -> Result<ExitCode> {
         join: spec(join)?,
         shard: args.shard,
     };
-    let report = multi::run(&options, plans)?;
+    let report = match multi::run(&options, plans) {
+        Ok(report) => report,
+        Err(e) if e.is_refusal() => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(super::server::EXIT_NOT_ALLOWED));
+        }
+        Err(e) => return Err(e.into()),
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -207,6 +215,10 @@ pub fn run(args: &RunArgs, plans: &[Plan]) -> Result<ExitCode> {
     }
     if args.stats {
         print!("{}", stats(&report));
+    }
+    let refusing = report.refusing_targets();
+    for (target, message) in &refusing {
+        eprintln!("error: stopped writing to {target}: {message}");
     }
     let failed = report.failed_targets();
     for (target, message) in &failed {
@@ -216,7 +228,10 @@ pub fn run(args: &RunArgs, plans: &[Plan]) -> Result<ExitCode> {
         );
     }
     let summaries: Vec<ModelSummary> = report.models.iter().map(|m| m.summary.clone()).collect();
-    Ok(if !failed.is_empty() {
+    // A refusal comes first: running again does not help until an operator fixes it.
+    Ok(if !refusing.is_empty() {
+        ExitCode::from(super::server::EXIT_NOT_ALLOWED)
+    } else if !failed.is_empty() {
         ExitCode::from(EXIT_TARGET_FAILED)
     } else if super::report_invalid(&summaries) {
         ExitCode::from(super::EXIT_INVALID)
@@ -275,7 +290,7 @@ fn stats(report: &MultiReport) -> String {
     for t in report.models.iter().flat_map(|m| &m.targets) {
         let (entries, transactions) = match &t.outcome {
             TargetOutcome::Written(r) => (r.entries, r.transactions),
-            TargetOutcome::Failed(_) => (0, 0),
+            TargetOutcome::Failed(_) | TargetOutcome::NotAllowed(_) => (0, 0),
         };
         match targets.iter_mut().find(|(name, ..)| *name == t.target) {
             Some(sum) => {
@@ -379,6 +394,11 @@ fn render(report: &MultiReport, dry_run: bool) -> String {
                 }
                 TargetOutcome::Failed(message) => out.push_str(&format!(
                     "  {}: FAILED: {}\n",
+                    t.target,
+                    message.lines().next().unwrap_or_default()
+                )),
+                TargetOutcome::NotAllowed(message) => out.push_str(&format!(
+                    "  {}: REFUSED: {}\n",
                     t.target,
                     message.lines().next().unwrap_or_default()
                 )),

@@ -273,10 +273,7 @@ impl FhirError {
     /// (credentials), 403 (permission), 404 (no such endpoint), 405 (no such interaction).
     /// Sending other content, or the same again, cannot help: the run stops.
     pub fn is_refusal(&self) -> bool {
-        matches!(
-            self.status().map(|s| s.as_u16()),
-            Some(401 | 403 | 404 | 405)
-        )
+        self.status().is_some_and(refusal_status)
     }
 
     /// Whether another writer changed what a conditional write was conditional on: 409, 412,
@@ -306,6 +303,11 @@ impl FhirError {
             Some(400 | 409 | 412 | 422)
         )
     }
+}
+
+/// 401, 403, 404 and 405: see [`FhirError::is_refusal`].
+pub fn refusal_status(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 401 | 403 | 404 | 405)
 }
 
 /// 408, 429 and every 5xx.

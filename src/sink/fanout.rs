@@ -5,7 +5,10 @@
 //! holds the others back only when its queue is full. A target that fails (down after
 //! retries) fails alone: its writes stop, the error is kept for the report and the exit
 //! code, and the other targets go on; the next run completes it, since nothing written is
-//! written again. It decides nothing about what to write.
+//! written again. A target that refuses a write for what it is (401, 403, 404, 405) stops
+//! alike at once, nothing more is sent to it, and its outcome says it was refused, not down:
+//! running again does not help until its credentials, scopes or base URL are fixed. It
+//! decides nothing about what to write.
 
 use std::sync::mpsc;
 use std::thread::{Scope, ScopedJoinHandle};
@@ -40,6 +43,9 @@ pub enum TargetOutcome {
     Written(WriteReport),
     /// The target failed; what it said. Writes sent before the failure stay.
     Failed(String),
+    /// The target refused a read or write for what it is (401, 403, 404, 405; see
+    /// [`crate::fhir::FhirError::is_refusal`]); what it said. Nothing more was sent to it.
+    NotAllowed(String),
 }
 
 /// Several FHIR servers, by target number, each written from its own thread of `scope`.
@@ -123,14 +129,18 @@ fn write(
     clients: mpsc::Receiver<Write>,
 ) -> (Duration, TargetOutcome) {
     let mut spent = Duration::ZERO;
-    let mut sink = Some(sink);
-    let mut failure = None;
-    let fail = |message: String| {
-        error!(target_server = %label, error = %message, "writing to this target failed; its remaining writes are skipped");
-        message
+    // The sink while it works; its outcome once it failed.
+    let mut sink = Ok(sink);
+    let fail = |refused: bool, message: String| {
+        error!(target_server = %label, refused, error = %message, "writing to this target failed; its remaining writes are skipped");
+        if refused {
+            TargetOutcome::NotAllowed(message)
+        } else {
+            TargetOutcome::Failed(message)
+        }
     };
     for write in clients {
-        let Some(s) = &mut sink else { continue };
+        let Ok(s) = &mut sink else { continue };
         let started = Instant::now();
         let sent = match write {
             Write::Client(resources) => s.client(plan, resources),
@@ -138,19 +148,20 @@ fn write(
         };
         spent += started.elapsed();
         if let Err(e) = sent {
-            sink = None;
-            failure = Some(fail(e.to_string()));
+            let refused = matches!(&e, SinkError::Server(e) if e.is_refusal());
+            sink = Err(fail(refused, e.to_string()));
         }
     }
-    let Some(sink) = sink else {
-        return (spent, TargetOutcome::Failed(failure.unwrap_or_default()));
+    let sink = match sink {
+        Ok(sink) => sink,
+        Err(outcome) => return (spent, outcome),
     };
     let started = Instant::now();
     let finished = sink.finish(plan);
     spent += started.elapsed();
     let outcome = match finished {
         Ok(report) => TargetOutcome::Written(report),
-        Err(e) => TargetOutcome::Failed(fail(e.to_string())),
+        Err(e) => fail(e.is_refusal(), e.to_string()),
     };
     (spent, outcome)
 }

@@ -18,8 +18,11 @@
 //! URLs may carry signatures in their query. The error files are read line by line and only
 //! counted by severity and code ([`ExportErrors`]); their diagnostics, which may name a client,
 //! go to the debug log alone. The next `_since` is the server's `transactionTime`, never this
-//! machine's clock ([`Exported::next_since`]). This module reads no resource beyond the client
-//! it belongs to ([`touched`]); it does not fold or write results.
+//! machine's clock ([`Exported::next_since`]). A refusal for what a request is (401, 403, 404,
+//! 405 on the kick-off, a poll or a file) is [`BulkError::Refused`], never retried; the job is
+//! kept for the next run unless the server no longer knows it (404 on the status URL). This
+//! module reads no resource beyond the client it belongs to ([`touched`]); it does not fold or
+//! write results.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -39,6 +42,7 @@ use tracing::{debug, info, warn};
 use super::files::{Limits, LineBlocks, SourceError};
 use super::{Batch, Resource};
 use crate::fhir::client::retry_after;
+use crate::fhir::error::refusal_status;
 use crate::fhir::{FhirClient, FhirError, OperationOutcomeSummary, redact};
 
 /// Which population to export.
@@ -291,6 +295,23 @@ pub enum BulkError {
         /// The server's OperationOutcome.
         outcome: Option<OperationOutcomeSummary>,
     },
+    /// The server refused the kick-off, the status poll or a file for what it is, not what it
+    /// carries (401, 403, 404, 405): asking again cannot help, so the run stops at once.
+    #[error(
+        "the export's {step} {url} answered {status}{}\nhint: {}",
+        outcome.as_ref().map(|o| format!(": {o}")).unwrap_or_default(),
+        step.hint(*status)
+    )]
+    Refused {
+        /// What was asked.
+        step: Step,
+        /// Its URL (redacted).
+        url: String,
+        /// The status.
+        status: StatusCode,
+        /// The server's OperationOutcome.
+        outcome: Option<OperationOutcomeSummary>,
+    },
     /// The kick-off answer had no status URL.
     #[error(
         "the export kick-off {url} answered {status} without a Content-Location\nhint: the server does not follow the Bulk Data async pattern"
@@ -402,6 +423,69 @@ pub enum BulkError {
     },
 }
 
+impl BulkError {
+    /// Whether the server refused a request for what it is (see
+    /// [`FhirError::is_refusal`]): the run stopped, and its exit code says so.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            Self::Fhir(e) => e.is_refusal(),
+            Self::Refused { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// What to do when the server no longer has an export's files.
+const EXPIRED_FILES: &str = "the export's files have expired; delete job.json in the work directory (--work-dir, or OUT/.bulk) and run again to start a new export";
+
+/// Which request of an export a server refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// The `$export` kick-off.
+    KickOff,
+    /// A poll of the status URL.
+    Status,
+    /// The download of an output or error file, by its resource type.
+    File(String),
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::KickOff => f.write_str("kick-off"),
+            Self::Status => f.write_str("status URL"),
+            Self::File(resource_type) => write!(f, "{resource_type} file"),
+        }
+    }
+}
+
+impl Step {
+    /// What to do about a refusal of this step.
+    fn hint(&self, status: StatusCode) -> &'static str {
+        match (status.as_u16(), self) {
+            (401, _) => {
+                "the server did not accept the credentials: check the bearer token, or the SMART client id, key and token URL, and that the token has not expired"
+            }
+            (403, Self::KickOff) => {
+                "the credentials may not export: check the client's scopes (system/*.read, or read scopes for the types exported) and the server's access rules for Bulk Data"
+            }
+            (403, _) => {
+                "the credentials may not read this export: check the client's scopes; the job is kept, so the same command resumes it once they are fixed"
+            }
+            (404 | 405, Self::KickOff) => {
+                "the server has no Bulk Data $export by GET at this level: check that the base URL is the FHIR service base, the --bulk-level or --group (the Group must exist), and that the server supports Bulk Data 2.0"
+            }
+            (404, Self::Status) => {
+                "the server no longer knows this export (it expired or was deleted): the job file is removed, so the next run starts a new export"
+            }
+            (404, Self::File(_)) => EXPIRED_FILES,
+            _ => {
+                "the server does not allow GET on the export's URLs: check that it supports Bulk Data 2.0; the job is kept in the work directory"
+            }
+        }
+    }
+}
+
 /// The kick-off URL of an export.
 pub fn kick_off_url(client: &FhirClient, options: &BulkOptions) -> Result<Url, FhirError> {
     let mut url = client.base().clone();
@@ -473,8 +557,14 @@ pub async fn export(client: &FhirClient, options: &BulkOptions) -> Result<Export
             let polled = poll(client, &status, options, &job_path).await;
             let m = match polled {
                 Ok(m) => m,
-                Err(e @ BulkError::Failed { .. }) => {
-                    // A failed job cannot be resumed: the next run starts afresh.
+                Err(
+                    e @ (BulkError::Failed { .. }
+                    | BulkError::Refused {
+                        status: StatusCode::NOT_FOUND,
+                        ..
+                    }),
+                ) => {
+                    // A failed or forgotten job cannot be resumed: the next run starts afresh.
                     let _ = std::fs::remove_file(&job_path);
                     return Err(e);
                 }
@@ -727,10 +817,23 @@ async fn start(client: &FhirClient, url: &Url) -> Result<(Url, Option<String>), 
             continue;
         }
         let body = response.bytes().await.unwrap_or_default();
-        return Err(BulkError::KickOff {
-            url: redact(url).to_string(),
-            status,
-            outcome: OperationOutcomeSummary::from_body(&body),
+        let (url, outcome) = (
+            redact(url).to_string(),
+            OperationOutcomeSummary::from_body(&body),
+        );
+        return Err(if refusal_status(status) {
+            BulkError::Refused {
+                step: Step::KickOff,
+                url,
+                status,
+                outcome,
+            }
+        } else {
+            BulkError::KickOff {
+                url,
+                status,
+                outcome,
+            }
         });
     }
 }
@@ -796,10 +899,23 @@ async fn poll(
                     policy.delay(failures, retry)
                 } else {
                     let body = response.bytes().await.unwrap_or_default();
-                    return Err(BulkError::Failed {
-                        status_url: redact(status_url).to_string(),
-                        status,
-                        outcome: OperationOutcomeSummary::from_body(&body),
+                    let (url, outcome) = (
+                        redact(status_url).to_string(),
+                        OperationOutcomeSummary::from_body(&body),
+                    );
+                    return Err(if refusal_status(status) {
+                        BulkError::Refused {
+                            step: Step::Status,
+                            url,
+                            status,
+                            outcome,
+                        }
+                    } else {
+                        BulkError::Failed {
+                            status_url: url,
+                            status,
+                            outcome,
+                        }
                     });
                 }
             }
@@ -881,12 +997,18 @@ async fn fetch(
                     cause: e.describe(),
                 });
             }
-            Err(Fetch::Status(status))
-                if status == StatusCode::NOT_FOUND || status == StatusCode::GONE =>
-            {
+            Err(Fetch::Status(status)) if refusal_status(status) => {
+                return Err(BulkError::Refused {
+                    step: Step::File(file.resource_type.clone()),
+                    url: shown(&file.url),
+                    status,
+                    outcome: None,
+                });
+            }
+            Err(Fetch::Status(StatusCode::GONE)) => {
                 return Err(failed(
-                    format!("the server answered {status}"),
-                    "the export's files have expired; delete job.json in the work directory (--work-dir, or OUT/.bulk) and run again to start a new export",
+                    format!("the server answered {}", StatusCode::GONE),
+                    EXPIRED_FILES,
                 ));
             }
             Err(Fetch::Io(path, source)) => return Err(BulkError::Io { path, source }),
@@ -1100,6 +1222,36 @@ fn http_date(text: &str) -> Option<String> {
 mod tests {
     use super::*;
     use crate::fhir::ClientOptions;
+
+    #[test]
+    fn refusals_are_told_from_failures_and_say_what_to_fix_per_step() {
+        let refused = |step: Step, code: u16| BulkError::Refused {
+            step,
+            url: "https://fhir.example.org/fhir/status/1?sig=…".into(),
+            status: StatusCode::from_u16(code).expect("a status"),
+            outcome: None,
+        };
+        for code in [401, 403, 404, 405] {
+            assert!(refused(Step::Status, code).is_refusal(), "{code}");
+        }
+        let failed = BulkError::Failed {
+            status_url: "https://fhir.example.org/fhir/status/1".into(),
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            outcome: None,
+        };
+        assert!(!failed.is_refusal());
+        assert_eq!(
+            refused(Step::File("Encounter".into()), 404).to_string(),
+            format!(
+                "the export's Encounter file https://fhir.example.org/fhir/status/1?sig=… answered 404 Not Found\nhint: {EXPIRED_FILES}"
+            )
+        );
+        let hint = |step: Step, code: u16| refused(step, code).to_string();
+        assert!(hint(Step::KickOff, 403).contains("hint: the credentials may not export"));
+        assert!(hint(Step::Status, 403).contains("resumes it once they are fixed"));
+        assert!(hint(Step::Status, 404).contains("the job file is removed"));
+        assert!(hint(Step::KickOff, 404).contains("--bulk-level or --group"));
+    }
 
     fn options(level: Level) -> BulkOptions {
         BulkOptions {

@@ -4,7 +4,10 @@
 //! content stops the run after one attempt with exit code 8 and a message naming the server,
 //! the status and what to fix; nothing is written and the checkpoint stays. A 412 means read
 //! the Flags again and resend, a bounded number of times. Credential files others can read are
-//! warned about once, by name.
+//! warned about once, by name. Joined runs and Bulk Data runs stop on a refusal with the same
+//! exit code: a source that refuses its read stops the run with nothing written, even when it
+//! may be missing; a target that refuses its writes gets nothing more while the others are
+//! written; a Bulk export refused at its kick-off, status poll or a file stops at once.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -13,7 +16,10 @@ use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
-use crate::support::{segmentti, text};
+use crate::bulk::{file, finished, group_run, kick_off, manifest};
+use crate::harness::TestServer;
+use crate::roundtrip::all;
+use crate::support::{Synth, segmentti, synth, text};
 
 /// The exit code of a run the server refused for what it is.
 const EXIT_NOT_ALLOWED: i32 = 8;
@@ -295,4 +301,260 @@ async fn a_token_file_others_can_read_is_warned_about_by_name_once() {
         !stderr.contains("can be read by other users"),
         "an owner-only file is fine: {stderr}"
     );
+}
+
+/// The error lines of a run's stderr: from the first `error: ` to the end.
+fn error_of(stderr: &str) -> String {
+    stderr
+        .lines()
+        .skip_while(|l| !l.starts_with("error: "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `run --write-to each` over a test server loaded with 20 clients and `mock`, plus `extra`,
+/// off the async runtime (the mock needs it): the output.
+async fn joined_with(
+    health: &TestServer,
+    mock: &MockServer,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args: Vec<String> = [
+        "run",
+        "--server",
+        health.base_url().as_str(),
+        "--server",
+        &mock.uri(),
+        "--write-to",
+        "each",
+        "--as-of",
+        "2026-01-01",
+        "--json",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    tokio::task::spawn_blocking(move || {
+        segmentti(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .expect("the child finished")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_of_a_joined_run_that_refuses_gets_nothing_more_and_the_others_are_written() {
+    let health = TestServer::start().await;
+    synth(
+        20,
+        3,
+        Synth::Server(health.base_url().as_str()),
+        &["--service-area", "health"],
+    );
+    let mock = three_clients().await;
+    Mock::given(method("POST"))
+        .respond_with(fhir_json(403, outcome("forbidden", "no write access")))
+        .mount(&mock)
+        .await;
+    // One client per transaction: three would be sent if a refusal only failed its batch.
+    let output = joined_with(&health, &mock, &["--batch", "1"]).await;
+    let (stdout, stderr) = text(&output);
+    assert_eq!(
+        output.status.code(),
+        Some(EXIT_NOT_ALLOWED),
+        "a refusal, not a target down (7)\n{stderr}"
+    );
+    let error = error_of(&stderr);
+    assert!(
+        error.starts_with(&format!(
+            "error: stopped writing to {0}/: {0}/ refused segmentti's write of Observation, Flag and Provenance: 403 ",
+            mock.uri()
+        )) && error.contains("hint: the token has no write scope"),
+        "names the target, the status and what to fix:\n{error}"
+    );
+    assert_eq!(
+        requests(&mock, "POST", "/").await,
+        1,
+        "nothing more sent to the refusing target"
+    );
+    let run: Value = serde_json::from_str(&stdout).expect("the report is JSON");
+    let outcomes: Vec<&Value> = run["models"][0]["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .map(|t| &t["outcome"])
+        .collect();
+    assert_eq!(outcomes[0]["written"]["observations"], 20, "{run:#}");
+    assert!(outcomes[1]["not_allowed"].is_string(), "{run:#}");
+    assert_eq!(
+        all(&health, "Observation").await.len(),
+        20,
+        "the other target is written in full"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_of_a_joined_run_that_refuses_its_read_stops_the_run_even_if_it_may_be_missing() {
+    let health = TestServer::start().await;
+    synth(
+        20,
+        3,
+        Synth::Server(health.base_url().as_str()),
+        &["--service-area", "health"],
+    );
+    let mock = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(fhir_json(401, outcome("login", "token expired")))
+        .mount(&mock)
+        .await;
+    let refusing = format!("{}/", mock.uri());
+    let output = joined_with(&health, &mock, &["--allow-partial", &refusing]).await;
+    let (_, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(EXIT_NOT_ALLOWED), "{stderr}");
+    let error = error_of(&stderr);
+    assert!(
+        error.starts_with(&format!(
+            "error: {refusing} refused segmentti's read, so nothing was written: GET {}/Patient?_count=",
+            mock.uri()
+        )) && error.contains("answered 401 ")
+            && error.contains("hint: the server did not accept the credentials"),
+        "names the source, the status and what to fix:\n{error}"
+    );
+    assert!(
+        all(&health, "Observation").await.is_empty() && all(&health, "Flag").await.is_empty(),
+        "--allow-partial is for a source down, not one closed to segmentti: nothing written"
+    );
+    assert_eq!(requests(&mock, "POST", "/").await, 0);
+}
+
+/// Which request of a Bulk export the scripted server refuses.
+#[derive(Debug, Clone, Copy)]
+enum Refuses {
+    KickOff,
+    Status,
+    File,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_export_refused_at_kick_off_poll_or_file_stops_with_exit_8() {
+    // The status and the file carry a signature in their query: it never reaches a message.
+    const SIGNATURE: &str = "s3cr3t-signature";
+    for (step, status, hint) in [
+        (
+            Refuses::KickOff,
+            401,
+            "the server did not accept the credentials",
+        ),
+        (Refuses::KickOff, 403, "the credentials may not export"),
+        (
+            Refuses::KickOff,
+            404,
+            "the server has no Bulk Data $export by GET at this level",
+        ),
+        (
+            Refuses::KickOff,
+            405,
+            "the server has no Bulk Data $export by GET at this level",
+        ),
+        (
+            Refuses::Status,
+            403,
+            "the credentials may not read this export",
+        ),
+        (
+            Refuses::Status,
+            404,
+            "the server no longer knows this export",
+        ),
+        (
+            Refuses::File,
+            401,
+            "the server did not accept the credentials",
+        ),
+        (
+            Refuses::File,
+            403,
+            "the credentials may not read this export",
+        ),
+        (
+            Refuses::File,
+            405,
+            "the server does not allow GET on the export's URLs",
+        ),
+    ] {
+        let server = MockServer::start().await;
+        let refusal = fhir_json(status, outcome("forbidden", "not for you"));
+        let (asked, shown) = match step {
+            Refuses::KickOff => {
+                Mock::given(method("GET"))
+                    .and(path("/Group/county/$export"))
+                    .respond_with(refusal)
+                    .mount(&server)
+                    .await;
+                ("/Group/county/$export", "kick-off")
+            }
+            Refuses::Status => {
+                Mock::given(method("GET"))
+                    .and(path("/Group/county/$export"))
+                    .respond_with(ResponseTemplate::new(202).insert_header(
+                        "Content-Location",
+                        format!("{}/status/1?sig={SIGNATURE}", server.uri()).as_str(),
+                    ))
+                    .mount(&server)
+                    .await;
+                Mock::given(method("GET"))
+                    .and(path("/status/1"))
+                    .respond_with(refusal)
+                    .mount(&server)
+                    .await;
+                ("/status/1", "status URL")
+            }
+            Refuses::File => {
+                kick_off(&server, 1).await;
+                let signed = format!("/files/p.ndjson?sig={SIGNATURE}");
+                finished(&server, manifest(&server, &[("Patient", &signed)], false)).await;
+                file(&server, "/files/errors.ndjson", "").await;
+                Mock::given(method("GET"))
+                    .and(path("/files/p.ndjson"))
+                    .respond_with(refusal)
+                    .mount(&server)
+                    .await;
+                ("/files/p.ndjson", "Patient file")
+            }
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = dir.path().join("out");
+        let output = group_run(&server.uri(), &out, &[]);
+        let (stdout, stderr) = text(&output);
+        let case = format!("{step:?} {status}");
+        assert_eq!(
+            output.status.code(),
+            Some(EXIT_NOT_ALLOWED),
+            "{case}\n{stdout}\n{stderr}"
+        );
+        let error = error_of(&stderr);
+        assert!(
+            error.starts_with(&format!(
+                "error: the export's {shown} {}{asked}",
+                server.uri()
+            )) && error.contains(&format!(" answered {status} "))
+                && error.contains(&format!("hint: {hint}")),
+            "{case}: names the server, the status and what to fix:\n{error}"
+        );
+        assert!(!stderr.contains(SIGNATURE), "{case}: redacted: {stderr}");
+        assert_eq!(
+            requests(&server, "GET", asked).await,
+            1,
+            "{case}: refused once, not retried"
+        );
+        assert!(
+            !out.join("summary.json").exists(),
+            "{case}: no results of a run that stopped"
+        );
+        let job = out.join(".bulk/job.json");
+        match (step, status) {
+            (Refuses::Status, 404) => assert!(!job.exists(), "{case}: a forgotten job is dropped"),
+            (Refuses::Status, _) => assert!(job.exists(), "{case}: the job is kept to resume"),
+            _ => {}
+        }
+    }
 }

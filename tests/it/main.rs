@@ -9,6 +9,7 @@ mod external;
 mod faults;
 mod fuzz_regressions;
 mod harness;
+mod identity;
 mod k8s;
 mod mappings;
 mod multi;

@@ -973,14 +973,20 @@ fn explain_command(args: ExplainArgs) -> Result<ExitCode> {
     let [patient] = args.models.server.patients.as_slice() else {
         bail!("explain takes exactly one --patient ID");
     };
+    let several = multi::several(&args.models, &args.join);
+    // A client of several sources may be named within one of them: SOURCE/Patient/ID.
+    let id = match patient.rsplit_once("/Patient/") {
+        Some((_, id)) if several => id,
+        _ => patient.as_str(),
+    };
     // What was typed may be an identity code by mistake: it is described, never repeated.
-    if !segmentti::record::shape::is_fhir_id(patient) {
+    if !segmentti::record::shape::is_fhir_id(id) {
         bail!(
             "--patient is not a FHIR id ({})\nhint: explain takes the Patient's logical id, not an identity code",
-            segmentti::record::shape::describe(patient)
+            segmentti::record::shape::describe(id)
         );
     }
-    if multi::several(&args.models, &args.join) {
+    if several {
         let plans = args.models.plans(args.models.as_of()?)?;
         let explanations = multi::explain(&args, &plans, patient)?;
         return print_explanations(&explanations, args.json);

@@ -1,5 +1,5 @@
 //! The `segmentti` binary: parse the command line, start logging on stderr, run the command,
-//! turn its outcome into an exit code (see `cli.rs` for the table).
+//! turn its outcome into an exit code (the table is `cli/exit.rs`).
 
 mod cli;
 
@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            cli::exit::Exit::Failed.into()
         }
     }
 }

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::pipeline::{AgeBand, AreaCounts, CostConcentration, Share};
+pub use crate::run::summary::{AgeBand, AreaCounts, CostConcentration, Share};
+use crate::run::summary::{ModelSummary, Summary};
 
 /// Why a report could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -93,27 +94,6 @@ pub struct Transitions {
     pub gone: u64,
 }
 
-#[derive(Deserialize)]
-struct Summary {
-    models: Vec<SummaryModel>,
-}
-
-#[derive(Deserialize)]
-struct SummaryModel {
-    model: String,
-    version: String,
-    as_of: String,
-    clients: u64,
-    segments: Vec<Share>,
-    overlays: Vec<Share>,
-    #[serde(default)]
-    age_bands: Vec<AgeBand>,
-    #[serde(default)]
-    service_areas: Vec<AreaCounts>,
-    #[serde(default)]
-    cost_concentration: Option<CostConcentration>,
-}
-
 /// Reads a run (and the one before it) into a report.
 pub fn build(run: &Path, previous: Option<&Path>) -> Result<Report, ReportError> {
     let summary = read_summary(run)?;
@@ -166,7 +146,7 @@ pub fn build(run: &Path, previous: Option<&Path>) -> Result<Report, ReportError>
 type SegmentFlags = HashMap<(String, String), String>;
 
 fn transitions(
-    m: &SummaryModel,
+    m: &ModelSummary,
     from_as_of: String,
     before: &SegmentFlags,
     now: &SegmentFlags,

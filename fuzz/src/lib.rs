@@ -9,8 +9,8 @@
 
 use std::sync::{Arc, OnceLock};
 
-use segmentti::day::Day;
-use segmentti::model::eval::{self, Lang};
+use segmentti::assess::eval::{self, Lang};
+use segmentti::fhir::day::Day;
 use segmentti::model::load::load_str;
 use segmentti::model::plan::Plan;
 use segmentti::record::Fold;
@@ -114,7 +114,7 @@ pub fn cds_request(data: &[u8]) {
     let patient = call.patient.as_str();
     let refs: Vec<&Value> = resources.iter().collect();
     for plan in plans() {
-        if let (Some(record), _) = segmentti::pipeline::fold_client(plan, patient, &refs) {
+        if let (Some(record), _) = segmentti::run::pipeline::fold_client(plan, patient, &refs) {
             explain(plan, patient, &record);
         }
     }
@@ -128,7 +128,7 @@ fn assess_all(plan: &Plan, fold: Fold<'_>) {
 
 fn explain(plan: &Plan, patient: &str, record: &segmentti::record::ClientRecord) {
     let thresholds = vec![None; plan.percentiles.len()];
-    if let Ok(a) = segmentti::pipeline::assess(plan, patient, record, &thresholds) {
+    if let Ok(a) = segmentti::run::pipeline::assess(plan, patient, record, &thresholds) {
         let _ = eval::explain(plan, patient, record, &a, Lang::En, &[]).render();
     }
 }

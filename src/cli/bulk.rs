@@ -16,14 +16,16 @@ use clap::Args;
 
 use segmentti::fhir::FhirClient;
 use segmentti::model::Plan;
-use segmentti::pipeline::{BulkInput, Input, ModelSummary, PipelineError, ServerInput};
-use segmentti::shard::Thresholds;
+use segmentti::run::pipeline::{BulkInput, Input, PipelineError, ServerInput};
+use segmentti::run::shard::Thresholds;
+use segmentti::run::state::State;
+use segmentti::run::summary::ModelSummary;
 use segmentti::source::Batch;
 use segmentti::source::bulk::{self, BulkError, BulkOptions, Exported, Level};
 use segmentti::source::search::SearchOptions;
-use segmentti::state::State;
 
 use super::RunArgs;
+use super::exit::Exit;
 
 /// `run --bulk`: read by a Bulk Data `$export` instead of paged search.
 #[derive(Debug, Args)]
@@ -236,7 +238,7 @@ pub fn exit_on_refusal(e: anyhow::Error) -> Result<ExitCode> {
         return Err(e);
     }
     eprintln!("error: {e:#}");
-    Ok(ExitCode::from(super::server::EXIT_NOT_ALLOWED))
+    Ok(Exit::NotAllowed.into())
 }
 
 fn render(e: &Exported, since: Option<&str>) -> String {

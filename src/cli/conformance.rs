@@ -10,12 +10,10 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use segmentti::conformance::{self, report};
-use segmentti::day::Day;
+use segmentti::fhir::day::Day;
 
+use super::exit::Exit;
 use super::server::ServerArgs;
-
-/// Exit code: a required check failed.
-pub const EXIT_NONCONFORMANT: u8 = 6;
 
 /// `conformance`.
 #[derive(Debug, Args)]
@@ -59,7 +57,7 @@ pub fn run(args: &ConformanceArgs) -> Result<ExitCode> {
         write(path, &report::junit(&report)?)?;
     }
     Ok(if report.required_failures().next().is_some() {
-        ExitCode::from(EXIT_NONCONFORMANT)
+        Exit::Nonconformant.into()
     } else {
         ExitCode::SUCCESS
     })

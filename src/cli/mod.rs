@@ -1,21 +1,11 @@
 //! The command line: clap subcommands, each a thin call into the library, and the exit codes.
 //! `anyhow` lives here and in `main.rs` only. Output meant for people and pipes (tables,
 //! explanations, JSON) goes to stdout; logs go to stderr.
-//!
-//! | exit code | meaning |
-//! |---|---|
-//! | 0 | done |
-//! | 1 | failed: nothing usable was written (the error says why) |
-//! | 2 | usage error (bad flags) |
-//! | 3 | done with rejects: some inputs were skipped and recorded in `rejected.ndjson` |
-//! | 4 | done, but the server refused some clients' results (each reported with its OperationOutcome) |
-//! | 5 | done, but some clients' built resources broke a rule of `writeback::validate` and were not written (each named in the summary) |
-//! | 6 | `conformance`: a required check failed (the table says which and why) |
-//! | 7 | done, but some write targets of a joined run failed (each named on stderr); the others were written |
-//! | 8 | stopped: the server refused a read or a write for what it is, not what it carries (401, 403, 404, 405), in a server, Bulk Data or joined run; the message names the server, the status and what to fix. In a joined run a refusing target stops alone (nothing more is sent to it, the others are written) and 8 comes before 7 |
+//! The exit codes and their precedence are in [`exit`].
 
 mod bulk;
 mod conformance;
+pub mod exit;
 mod multi;
 mod profiles;
 mod serve;
@@ -27,28 +17,27 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use segmentti::cases;
-use segmentti::day::Day;
-use segmentti::model::eval::{self, Lang};
+use exit::Exit;
+
+use segmentti::assess::cases;
+use segmentti::assess::eval::{self, Lang};
+use segmentti::assess::thresholds::{self, Basis};
+use segmentti::fhir::day::Day;
 use segmentti::model::{self, Plan, load};
-use segmentti::pipeline::{self, Input, ModelSummary, OnInvalid, RunOptions};
-use segmentti::progress;
-use segmentti::shard::{self, Shard, ThresholdPart};
+use segmentti::run::pipeline::{self, Input, OnInvalid, RunOptions};
+use segmentti::run::progress;
+use segmentti::run::shard::{self, Shard, ThresholdPart};
+use segmentti::run::summary::{ModelSummary, Summary};
 use segmentti::sink::Sink;
 use segmentti::sink::files::FileSink;
 use segmentti::source::files::Limits;
-use segmentti::synth::{self, CodeFlavor, SynthFormat, SynthOptions};
+use segmentti::source::synth::{self, CodeFlavor, SynthFormat, SynthOptions};
 
 /// The model used when `--model` is not given: Päijät-Sote's four tiers, built into the binary.
 pub const DEFAULT_MODEL: &str = include_str!("../../mappings/paijat-sote.yaml");
 const DEFAULT_MODEL_NAME: &str = "mappings/paijat-sote.yaml (built in)";
 /// The as-of date of the embedded default, so that its output never changes.
 pub const DEFAULT_AS_OF: &str = "2026-01-01";
-
-/// Exit code: done with rejects.
-pub const EXIT_REJECTS: u8 = 3;
-/// Exit code: done, but some clients' resources broke a rule and were not written.
-pub const EXIT_INVALID: u8 = 5;
 
 /// Prints the clients whose resources broke a rule; whether there were any.
 fn report_invalid(models: &[ModelSummary]) -> bool {
@@ -586,7 +575,7 @@ fn run_command(args: RunArgs) -> Result<ExitCode> {
     let folded = pipeline::fold(&input, &plans, &options, &mut |r| sink.rejected(r))?;
     let fold_seconds = started.elapsed().as_secs_f64();
     let fold_usage = Usage::now();
-    let write_peak_known = args.stats && segmentti::bench::reset_peak_rss();
+    let write_peak_known = args.stats && segmentti::run::bench::reset_peak_rss();
     let mut models = Vec::new();
     for (plan, clients) in plans.iter().zip(&folded.clients) {
         let fixed = thresholds
@@ -595,7 +584,7 @@ fn run_command(args: RunArgs) -> Result<ExitCode> {
             .map(Vec::as_slice);
         models.push(pipeline::evaluate(plan, clients, &mut sink, fixed)?);
     }
-    let summary = RunSummary {
+    let summary = Summary {
         input: input.to_string(),
         resources: folded
             .stats
@@ -654,13 +643,11 @@ fn run_command(args: RunArgs) -> Result<ExitCode> {
             fold_usage.peak_rss
         );
     }
-    Ok(if report_invalid(&summary.models) {
-        ExitCode::from(EXIT_INVALID)
-    } else if folded.rejected > 0 {
-        ExitCode::from(EXIT_REJECTS)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(Exit::worst([
+        report_invalid(&summary.models).then_some(Exit::Invalid),
+        (folded.rejected > 0).then_some(Exit::Rejects),
+    ])
+    .into())
 }
 
 /// The process's CPU time and peak memory so far, at the end of one stage of a run.
@@ -675,125 +662,9 @@ struct Usage {
 impl Usage {
     fn now() -> Self {
         Self {
-            cpu: segmentti::bench::cpu_seconds().unwrap_or(f64::NAN),
-            peak_rss: segmentti::bench::peak_rss_bytes().unwrap_or(0),
+            cpu: segmentti::run::bench::cpu_seconds().unwrap_or(f64::NAN),
+            peak_rss: segmentti::run::bench::peak_rss_bytes().unwrap_or(0),
         }
-    }
-}
-
-/// What `run` prints and keeps in `summary.json`.
-#[derive(Debug, Clone, serde::Serialize)]
-struct RunSummary {
-    input: String,
-    resources: std::collections::BTreeMap<String, u64>,
-    after_as_of: u64,
-    rejected: u64,
-    /// Resources of FHIR types that no model reads, per type: left aside, not rejected.
-    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    ignored: std::collections::BTreeMap<String, u64>,
-    /// Bills in a currency the model has no rate for, per currency: costed by the price table.
-    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    unpriced_bills: std::collections::BTreeMap<compact_str::CompactString, u64>,
-    /// Files of an export's manifest of types not asked for, per type: not even downloaded.
-    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    ignored_files: std::collections::BTreeMap<String, usize>,
-    models: Vec<ModelSummary>,
-    /// Kept out of `summary.json`, which lives in that directory anyway and must not differ
-    /// between two runs into different directories.
-    #[serde(skip)]
-    out: String,
-}
-
-impl RunSummary {
-    /// The table printed after a run; wall time is printed but kept out of `summary.json`, so
-    /// that file is byte-identical across reruns.
-    fn render(&self, seconds: f64) -> String {
-        let resources: u64 = self.resources.values().sum();
-        let mut out = format!(
-            "Input: {} ({} resources, {:.1} s)\n",
-            self.input, resources, seconds
-        );
-        for m in &self.models {
-            out.push_str(&format!(
-                "\nModel {} {} · as of {} · {} clients\n",
-                m.model, m.version, m.as_of, m.clients
-            ));
-            out.push_str(&format!(
-                "  {:<13} {:<45} {:>8} {:>7} {:>7}\n",
-                "code", "segment", "clients", "share", "cost"
-            ));
-            for s in m.segments.iter().chain(&m.overlays) {
-                let cost = s
-                    .cost_share
-                    .map_or_else(|| "–".to_owned(), |c| format!("{:.1} %", c * 100.0));
-                out.push_str(&format!(
-                    "  {:<13} {:<45} {:>8} {:>5.1} % {:>7}\n",
-                    truncate(&s.code, 13),
-                    truncate(&s.display, 45),
-                    s.count,
-                    s.share * 100.0,
-                    cost
-                ));
-            }
-            if !m.not_assessed.is_empty() {
-                out.push_str(&format!(
-                    "  Not assessed (no assessment, no active Flag): {}\n",
-                    counts(&m.not_assessed)
-                ));
-            }
-            for t in m.top_shares.iter().filter(|t| t.note.is_some()) {
-                out.push_str(&format!(
-                    "  Top {} % by {}: {}\n",
-                    t.percent,
-                    t.feature,
-                    t.note.as_deref().unwrap_or_default()
-                ));
-            }
-            if let Some(share) = m.top_decile_cost_share {
-                out.push_str(&format!(
-                    "  The 10 % most costly clients hold {:.1} % of the cost.\n",
-                    share * 100.0
-                ));
-            }
-        }
-        out.push_str(&format!("\nRejected inputs: {}", self.rejected));
-        if self.rejected > 0 {
-            out.push_str(&format!(" (see {}/rejected.ndjson)", self.out));
-        }
-        let mut by_count: Vec<(&String, &u64)> = self.ignored.iter().collect();
-        by_count.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-        let ignored: Vec<String> = by_count
-            .into_iter()
-            .map(|(t, n)| format!("{t} {}", thousands(*n)))
-            .chain(
-                self.ignored_files
-                    .iter()
-                    .map(|(t, n)| format!("{n} file(s) of {t}, not downloaded")),
-            )
-            .collect();
-        if !ignored.is_empty() {
-            out.push_str(&format!(
-                "\nIgnored (no model reads them): {}",
-                ignored.join(", ")
-            ));
-        }
-        if !self.unpriced_bills.is_empty() {
-            out.push_str(&format!(
-                "\nBills in currencies the model has no rate for (their clients costed by the price table): {}",
-                counts(&self.unpriced_bills)
-            ));
-        }
-        if self.after_as_of > 0 {
-            out.push_str(&format!(
-                "\nResources after the as-of date (read, not counted): {}",
-                self.after_as_of
-            ));
-        }
-        out.push_str(&format!(
-            "\nWritten: {0}/Observation.ndjson, {0}/Flag.ndjson, {0}/summary.json\n",
-            self.out
-        ));
-        out
     }
 }
 
@@ -859,7 +730,7 @@ fn thresholds_command(args: ThresholdsArgs) -> Result<ExitCode> {
     let columns = plans
         .iter()
         .zip(&folded.clients)
-        .map(|(plan, clients)| pipeline::threshold_columns(plan, clients))
+        .map(|(plan, clients)| segmentti::assess::thresholds::threshold_columns(plan, clients))
         .collect();
     let part = ThresholdPart::new(args.shard, &plans, columns);
     let clients = folded.clients.first().map_or(0, |c| c.len());
@@ -878,36 +749,6 @@ fn thresholds_command(args: ThresholdsArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// `deceased 110, inactive 3`.
-fn counts<K: std::fmt::Display>(counts: &std::collections::BTreeMap<K, u64>) -> String {
-    let parts: Vec<String> = counts
-        .iter()
-        .map(|(k, n)| format!("{k} {}", thousands(*n)))
-        .collect();
-    parts.join(", ")
-}
-
-/// `84715` as `84 715`: counts in the printed summary are read at a glance.
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(' ');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_owned()
-    } else {
-        s.chars().take(n - 1).chain(['…']).collect()
-    }
 }
 
 fn synth_command(args: SynthArgs) -> Result<ExitCode> {
@@ -999,7 +840,7 @@ fn explain_command(args: ExplainArgs) -> Result<ExitCode> {
     let input = args.models.input(as_of)?;
     let given = match (&args.state, &args.thresholds) {
         (Some(path), _) => {
-            let state = segmentti::state::State::read(path)?.ok_or_else(|| {
+            let state = segmentti::run::state::State::read(path)?.ok_or_else(|| {
                 anyhow::anyhow!(
                     "the state file {} does not exist\nhint: give the --state of a completed server run",
                     path.display()
@@ -1046,8 +887,8 @@ fn explain_command(args: ExplainArgs) -> Result<ExitCode> {
             }
             continue;
         }
-        let thresholds = match given.as_ref().map(|g| g.get(id)) {
-            Some(Some(given)) => pipeline::given_thresholds(plan, given),
+        let basis = match given.as_ref().map(|g| g.get(id)) {
+            Some(Some(given)) => Basis::Given(given),
             Some(None) => bail!(
                 "the thresholds given hold none for model `{id}`\nhint: use the checkpoint of a full run of this model"
             ),
@@ -1055,10 +896,11 @@ fn explain_command(args: ExplainArgs) -> Result<ExitCode> {
                 eprintln!(
                     "warning: model `{id}` has top_percent tests, which compare with the whole population; without --state or --thresholds they do not hold for this client"
                 );
-                vec![None; plan.percentiles.len()]
+                Basis::Unknown
             }
-            None => pipeline::population_thresholds(plan, clients),
+            None => Basis::Population(clients),
         };
+        let thresholds = thresholds::of(plan, basis);
         let a = pipeline::assess(plan, patient, record, &thresholds)?;
         let mut explanation = eval::explain(plan, patient, record, &a, args.lang, &[]);
         explanation.left_out = left_out
@@ -1354,16 +1196,16 @@ fn bench_command(args: BenchArgs) -> Result<ExitCode> {
                 .iter()
                 .filter(|d| *d != dir && d.join(".complete").exists())
             {
-                segmentti::bench::evict(other)?;
+                segmentti::run::bench::evict(other)?;
             }
             // One untimed pass puts the files in the page cache, so no measurement pays for
             // the disk; with one size they stay there from the first round on.
             if round == 0 || sizes.len() > 1 {
-                segmentti::bench::parse_floor(dir)?;
+                segmentti::run::bench::parse_floor(dir)?;
             }
             let out = args.work_dir.join(format!("out-{clients}"));
             // Floor and run take turns, so a slow spell of the host falls on both alike.
-            let floor = segmentti::bench::parse_floor(dir)?;
+            let floor = segmentti::run::bench::parse_floor(dir)?;
             (t.resources, t.bytes) = (floor.resources, floor.bytes);
             t.floors.push(floor.elapsed.as_secs_f64());
             let (elapsed, stdout) = timed(&exe, dir, &out, &[])?;

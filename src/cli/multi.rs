@@ -1,5 +1,5 @@
 //! `run` over several sources: repeatable `--server` and `--input`, joined into whole clients
-//! and written back with `--write-to each|URL` (see [`segmentti::multi`]), and `explain` of one
+//! and written back with `--write-to each|URL` (see [`segmentti::run::multi`]), and `explain` of one
 //! such client. This module turns flags into [`MultiOptions`] and the report into text or
 //! JSON; the join key comes from a file or the environment, never from the command line, and
 //! is never printed.
@@ -16,21 +16,20 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use compact_str::CompactString;
+use segmentti::assess::eval::{self, Explanation, HeldBy};
 use segmentti::fhir::FhirClient;
 use segmentti::model::Plan;
-use segmentti::model::eval::{self, Explanation, HeldBy};
-use segmentti::multi::{self, MultiOptions, MultiReport, Source, WriteTo};
-use segmentti::pipeline::{self, Input, ModelSummary, OnInvalid};
 use segmentti::record::join::{Holder, IDENTITY_CODE, JoinSpec};
+use segmentti::run::multi::{self, MultiOptions, MultiReport, Source, WriteTo};
+use segmentti::run::pipeline::{self, Input, OnInvalid};
+use segmentti::run::summary::ModelSummary;
 use segmentti::sink::fanout::TargetOutcome;
 
+use super::exit::Exit;
 use super::{ExplainArgs, ModelArgs, RunArgs};
 
 /// The environment variable holding the join key.
 const JOIN_KEY_VAR: &str = "SEGMENTTI_JOIN_KEY";
-
-/// Exit code: done, but some write targets could not be written (named on stderr).
-pub const EXIT_TARGET_FAILED: u8 = 7;
 
 /// Where a joined run writes.
 #[derive(Debug, Clone, Args)]
@@ -204,7 +203,7 @@ pub fn run(args: &RunArgs, plans: &[Plan]) -> Result<ExitCode> {
         Ok(report) => report,
         Err(e) if e.is_refusal() => {
             eprintln!("error: {e}");
-            return Ok(ExitCode::from(super::server::EXIT_NOT_ALLOWED));
+            return Ok(Exit::NotAllowed.into());
         }
         Err(e) => return Err(e.into()),
     };
@@ -228,20 +227,14 @@ pub fn run(args: &RunArgs, plans: &[Plan]) -> Result<ExitCode> {
         );
     }
     let summaries: Vec<ModelSummary> = report.models.iter().map(|m| m.summary.clone()).collect();
-    // A refusal comes first: running again does not help until an operator fixes it.
-    Ok(if !refusing.is_empty() {
-        ExitCode::from(super::server::EXIT_NOT_ALLOWED)
-    } else if !failed.is_empty() {
-        ExitCode::from(EXIT_TARGET_FAILED)
-    } else if super::report_invalid(&summaries) {
-        ExitCode::from(super::EXIT_INVALID)
-    } else if report.refused() > 0 {
-        ExitCode::from(super::server::EXIT_REFUSED)
-    } else if report.rejected_count() > 0 {
-        ExitCode::from(super::EXIT_REJECTS)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(Exit::worst([
+        (!refusing.is_empty()).then_some(Exit::NotAllowed),
+        (!failed.is_empty()).then_some(Exit::TargetFailed),
+        super::report_invalid(&summaries).then_some(Exit::Invalid),
+        (report.refused() > 0).then_some(Exit::Refused),
+        (report.rejected_count() > 0).then_some(Exit::Rejects),
+    ])
+    .into())
 }
 
 /// How clients are joined, from the flags.
@@ -309,7 +302,7 @@ fn stats(report: &MultiReport) -> String {
     }
     let clients = report.join.clients;
     let after_join = report.rss_after_join_bytes.unwrap_or(0);
-    let peak = segmentti::bench::peak_rss_bytes().unwrap_or(0);
+    let peak = segmentti::run::bench::peak_rss_bytes().unwrap_or(0);
     out.push_str(&format!(
         "  join  {clients} clients: resident {:.1} MiB right after the join ({:.0} bytes per client), peak {:.1} MiB\nstats: clients={clients} rss_after_join_bytes={after_join} peak_rss_bytes={peak}\n",
         after_join as f64 / 1048576.0,
@@ -465,7 +458,7 @@ pub fn explain(args: &ExplainArgs, plans: &[Plan], patient: &str) -> Result<Vec<
     let mut explanations = Vec::new();
     for (plan, clients) in plans.iter().zip(&read.joined.clients) {
         let record = &clients[client];
-        let thresholds = pipeline::population_thresholds(plan, clients);
+        let thresholds = segmentti::assess::thresholds::population_thresholds(plan, clients);
         let a = pipeline::assess(plan, id, record, &thresholds)?;
         let mut explanation = eval::explain(plan, id, record, &a, args.lang, &names);
         explanation.held_by = held_by.clone();

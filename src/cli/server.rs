@@ -16,17 +16,15 @@ use segmentti::fhir::{
     BearerToken, ClientIdentity, ClientOptions, FhirClient, SmartConfig, TlsOptions,
     new_correlation_id,
 };
-use segmentti::job::{self, JobOptions};
 use segmentti::model::Plan;
-use segmentti::pipeline::{ModelSummary, OnInvalid};
+use segmentti::run::job::{self, JobOptions};
+use segmentti::run::pipeline::OnInvalid;
+use segmentti::run::summary::ModelSummary;
 use segmentti::sink::fhir::WriteReport;
 use segmentti::source::search::SearchOptions;
-use segmentti::synth::{self, SynthOptions};
+use segmentti::source::synth::{self, SynthOptions};
 
-/// Exit code: done, but the server refused some clients' results.
-pub const EXIT_REFUSED: u8 = 4;
-/// Exit code: stopped, the server refused a read or write for what it is (401, 403, 404, 405).
-pub const EXIT_NOT_ALLOWED: u8 = 8;
+use super::exit::Exit;
 
 /// How to reach a FHIR server.
 #[derive(Debug, Clone, Args)]
@@ -235,7 +233,7 @@ pub fn run(
         Ok(report) => report,
         Err(e) if e.is_refusal() => {
             eprintln!("error: {e}");
-            return Ok(ExitCode::from(EXIT_NOT_ALLOWED));
+            return Ok(Exit::NotAllowed.into());
         }
         Err(e) => return Err(e.into()),
     };
@@ -263,22 +261,19 @@ pub fn run(
         print!("{}", stats(&report));
     }
     let summaries: Vec<ModelSummary> = report.models.iter().map(|(s, _)| s.clone()).collect();
-    Ok(if super::report_invalid(&summaries) {
-        ExitCode::from(super::EXIT_INVALID)
-    } else if report.refused() > 0 {
-        ExitCode::from(EXIT_REFUSED)
-    } else if report.rejected_count > 0 {
-        ExitCode::from(super::EXIT_REJECTS)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(Exit::worst([
+        super::report_invalid(&summaries).then_some(Exit::Invalid),
+        (report.refused() > 0).then_some(Exit::Refused),
+        (report.rejected_count > 0).then_some(Exit::Rejects),
+    ])
+    .into())
 }
 
 /// Read and write rates of a server run; the `stats:` line is for tools (benchmarks) to parse.
-fn stats(report: &segmentti::job::JobReport) -> String {
+fn stats(report: &segmentti::run::job::JobReport) -> String {
     let written: u64 = report.models.iter().map(|(_, w)| w.entries).sum();
     let transactions: u64 = report.models.iter().map(|(_, w)| w.transactions).sum();
-    let rss = segmentti::bench::peak_rss_bytes().unwrap_or(0);
+    let rss = segmentti::run::bench::peak_rss_bytes().unwrap_or(0);
     let (read_s, write_s) = (report.read_seconds, report.write_seconds);
     format!(
         "\nStats: read {} resources in {read_s:.2} s ({:.0}/s); wrote {written} resources in {transactions} transaction(s) in {write_s:.2} s ({:.0}/s); peak RSS {:.0} MiB\nstats: read={} read_seconds={read_s:.3} written={written} transactions={transactions} write_seconds={write_s:.3} peak_rss_bytes={rss}\n",

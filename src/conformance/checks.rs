@@ -12,16 +12,15 @@ use time::format_description::well_known::Rfc3339;
 
 use super::http::{Answer, Http, Problem, reference};
 use super::{Check, CheckId, ConformanceError, Outcome, Report};
-use crate::day::Day;
+use crate::assess::eval::{Assessment, assess};
 use crate::fhir::bundle::{resource_type, search_outcomes};
+use crate::fhir::day::Day;
 use crate::fhir::{FhirClient, entry_outcomes, matches, next_link, redact};
-use crate::model::eval::{Assessment, assess};
 use crate::model::mapping::{DEFAULT_FLAG_CATEGORY, FLAG_CATEGORIES, Mapping};
 use crate::model::plan::Plan;
-use crate::pipeline;
 use crate::record::ClientRecord;
-use crate::sink::ClientResources;
 use crate::sink::fhir::{conditional, transaction};
+use crate::writeback::ClientResources;
 use crate::writeback::lifecycle::{Existing, decide};
 use crate::writeback::{
     Concepts, FLAG_CATEGORY_SYSTEM, OBSERVATION_CATEGORY_SYSTEM, SEGMENTTI_SYSTEM,
@@ -115,7 +114,7 @@ impl Run {
     /// The resources a run writes for `patient` with assessment `a`.
     fn build(&self, patient: &str, a: &Assessment) -> Result<ClientResources, NotPassed> {
         let record = ClientRecord::empty(&self.plan);
-        pipeline::build(&self.plan, &self.concepts, patient, &record, a)
+        crate::writeback::build(&self.plan, &self.concepts, patient, &record, a)
             .map_err(|e| NotPassed::Fail(e.to_string()))
     }
 

@@ -49,8 +49,8 @@ pub mod report;
 
 use serde::Serialize;
 
-use crate::day::Day;
 use crate::fhir::FhirClient;
+use crate::fhir::day::Day;
 use crate::model::mapping::Mapping;
 
 pub use checks::{TEST_SYSTEM, TEST_TAG};

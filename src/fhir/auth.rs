@@ -155,7 +155,7 @@ fn bearer_header(token: &str) -> Result<HeaderValue, FhirError> {
 const REFRESH_MARGIN: Duration = Duration::from_secs(60);
 
 /// The longest a token is kept, whatever `expires_in` the token endpoint gave: the number is
-/// the server's, and one near `u64::MAX` would overflow an [`Instant`] (a panic, issue 24).
+/// the server's, and one near `u64::MAX` would overflow an [`Instant`] (a panic).
 const LONGEST_KEPT: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// When a token fetched at `now` that lives `lifetime` is to be fetched anew: a minute before

@@ -27,8 +27,7 @@ use super::retry::RetryPolicy;
 /// The value of a `patient` search parameter for `ids`: `Patient/a,Patient/b`. The typed form
 /// matters for speed, not meaning: a bare id may name a Patient on any server, so a server
 /// matches it by suffix, which hfs 0.2.7 does with `LIKE '%/id'` over every stored reference
-/// (no index), while `Patient/id` is an exact, indexed match. Measured on hfs with 1 000
-/// clients, 100 Patients' 3 254 Encounters: 38.5 s bare, 1.3 s typed, and the bare cost
+/// (no index), while `Patient/id` is an exact, indexed match: the bare form costs a scan that
 /// grows with everything the server holds.
 pub fn patient_references<'a>(ids: impl IntoIterator<Item = &'a str>) -> String {
     let mut joined = String::new();

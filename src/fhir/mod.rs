@@ -1,9 +1,12 @@
-//! The HTTP side of FHIR: a client for one FHIR R4 server's REST API, with its errors, the
-//! retry policy, credentials and the reading of the Bundles servers answer with. Besides
-//! [`crate::source`] and [`crate::sink`], this is the only module that touches the network.
-//! It deals in `serde_json::Value`: which resources to read, how to fold them and what to
-//! write back belong to the source, record, writeback and sink modules.
+//! FHIR itself, the bottom layer every other module stands on: the value types every stage
+//! shares ([`day`], [`types`]) and the HTTP side, a client for one FHIR R4 server's REST API with
+//! its errors, the retry policy, credentials and the reading of the Bundles servers answer with.
+//! Besides [`crate::source`] and [`crate::sink`], this is the only module that touches the
+//! network. It deals in `serde_json::Value`: which resources to read, how to fold them and what
+//! to write back belong to the source, record, writeback and sink modules.
 //!
+//! - [`day`]: calendar days, parsed once from a FHIR `date` or `dateTime`.
+//! - [`types`]: patient ids, references, segment codes, model ids, canonical URLs.
 //! - [`client`]: [`FhirClient`] (`get`, `search`, [`Pages`], `transaction`,
 //!   `update_conditional`, `capabilities`) and its [`ClientOptions`].
 //! - [`retry`]: [`RetryPolicy`], full-jitter backoff honouring `Retry-After`.
@@ -21,9 +24,11 @@ pub mod auth;
 pub mod bundle;
 pub mod client;
 pub mod connection;
+pub mod day;
 pub mod error;
 pub mod retry;
 pub mod tls;
+pub mod types;
 
 pub use auth::{AssertionClaims, BearerToken, Credentials, SmartConfig};
 pub use bundle::{EntryOutcome, entry_outcomes, matches, next_link};

@@ -13,8 +13,8 @@ use super::mapping::{
     TreeNode, known_statuses,
 };
 use super::plan::Plan;
-use crate::day::Day;
-use crate::types::ResourceKind;
+use crate::fhir::day::Day;
+use crate::fhir::types::ResourceKind;
 
 /// The most criterion-level combinations the tree check walks; more is reported, not walked.
 const MAX_COMBINATIONS: usize = 1_000_000;

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Canonical, ModelId, ResourceKind, SegmentCode};
+use crate::fhir::types::{Canonical, ModelId, ResourceKind, SegmentCode};
 
 /// A segmentation model: what to compute from a client's resources and how to place the
 /// client in a segment.

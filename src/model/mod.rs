@@ -8,10 +8,8 @@
 //! - [`check`]: what the schema cannot see (references, unreachable tree nodes).
 //! - [`valueset`]: code lists from FHIR ValueSet files, and pinning a server's expansion.
 //! - [`plan`]: a mapping compiled for one as-of date: indexes, code sets, windows.
-//! - [`eval`]: features → criteria → question tree → segment, overlays, explanations.
 
 pub mod check;
-pub mod eval;
 pub mod include;
 pub mod load;
 pub mod mapping;
@@ -24,7 +22,7 @@ use std::path::Path;
 pub use load::{MappingError, load_file};
 pub use plan::Plan;
 
-use crate::day::Day;
+use crate::fhir::day::Day;
 
 /// Loads the mapping at `path` and compiles it for `as_of`.
 pub fn plan_file(path: &Path, as_of: Day) -> Result<Plan, MappingError> {

@@ -640,7 +640,7 @@ features:
             "the listed code is kept with its concept, the ValueSet's 84114007 counts once"
         );
         assert_eq!(m.code_lists[1].codes[0].code, "88805009");
-        assert!(super::super::plan::Plan::compile(m, crate::day::Day::EPOCH).is_ok());
+        assert!(super::super::plan::Plan::compile(m, crate::fhir::day::Day::EPOCH).is_ok());
     }
 
     #[test]

@@ -16,10 +16,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::day::Day;
+use crate::fhir::day::Day;
 use crate::model::Plan;
-use crate::pipeline::{self, Input, RunOptions};
-use crate::synth::{CodeFlavor, SynthOptions};
+use crate::run::pipeline::{self, Input, RunOptions};
+use crate::source::synth::{CodeFlavor, SynthOptions};
 use crate::writeback::Concepts;
 
 /// The package's canonical base: every StructureDefinition, CodeSystem and ValueSet of
@@ -342,7 +342,7 @@ fn examples(plans: &[Plan], as_of: Day) -> Result<Vec<Value>, ProfileError> {
         flavor: CodeFlavor::Finnish,
         as_of,
         area: None,
-        bills: crate::synth::Bills::None,
+        bills: crate::source::synth::Bills::None,
         records: false,
         shapes: false,
     };
@@ -356,15 +356,17 @@ fn examples(plans: &[Plan], as_of: Day) -> Result<Vec<Value>, ProfileError> {
     let mut out = Vec::new();
     for (plan, clients) in plans.iter().zip(&folded.clients) {
         let concepts = Concepts::new(plan).map_err(|e| fail(&e))?;
-        let thresholds = pipeline::population_thresholds(plan, clients);
+        let thresholds = crate::assess::thresholds::population_thresholds(plan, clients);
         let mut ids: Vec<_> = clients.iter().filter(|(_, r)| r.has_patient).collect();
         ids.sort_by(|a, b| a.0.cmp(b.0));
-        let mut best: Option<crate::sink::ClientResources> = None;
+        let mut best: Option<crate::writeback::ClientResources> = None;
         for (id, record) in ids {
             let a = pipeline::assess(plan, id, record, &thresholds).map_err(|e| fail(&e))?;
-            let built = pipeline::build(plan, &concepts, id, record, &a).map_err(|e| fail(&e))?;
-            let weight =
-                |r: &crate::sink::ClientResources| (r.flags.len(), r.observation.component.len());
+            let built =
+                crate::writeback::build(plan, &concepts, id, record, &a).map_err(|e| fail(&e))?;
+            let weight = |r: &crate::writeback::ClientResources| {
+                (r.flags.len(), r.observation.component.len())
+            };
             if best.as_ref().is_none_or(|b| weight(&built) > weight(b)) {
                 best = Some(built);
             }

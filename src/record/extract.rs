@@ -27,10 +27,10 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess,
 use smallvec::SmallVec;
 
 use super::shape;
-use crate::day::Day;
+use crate::fhir::day::Day;
+use crate::fhir::types::ResourceKind;
 use crate::model::mapping::Field;
 use crate::model::plan::Plan;
-use crate::types::ResourceKind;
 
 mod scan;
 
@@ -807,7 +807,7 @@ fn no_resource_type() -> Rejection {
 
 /// `Type/id` for messages, when both may be shown: an R4 type and a valid FHIR id.
 fn shown(resource_type: &str, id: &str) -> Option<String> {
-    (crate::types::is_r4_resource_type(resource_type) && shape::is_fhir_id(id))
+    (crate::fhir::types::is_r4_resource_type(resource_type) && shape::is_fhir_id(id))
         .then(|| format!("{resource_type}/{id}"))
 }
 
@@ -815,7 +815,7 @@ fn shown(resource_type: &str, id: &str) -> Option<String> {
 /// reads, or one only a model with features over it reads. Only an R4 type is named; anything
 /// else in `resourceType` is described.
 fn unknown_type(plan: &Plan, t: &str, resource: Option<String>) -> Rejection {
-    let r4 = crate::types::is_r4_resource_type(t);
+    let r4 = crate::fhir::types::is_r4_resource_type(t);
     let reason = if ResourceKind::parse(t).is_some() {
         format!(
             "resourceType `{t}` is not read by model {} (no feature of it names {t}); leave it out of the input, or add a feature over it to the model",

@@ -31,8 +31,8 @@ use hmac::{Hmac, Mac};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
-use super::ClientRecord;
 use super::extract::{Person, patient_id};
+use super::{ClientRecord, Clients};
 use crate::model::plan::Plan;
 
 /// The Finnish personal identity code, the default join system.
@@ -156,7 +156,7 @@ pub struct Identity {
 #[derive(Debug, Default)]
 pub struct SourceFold {
     /// Per plan, the clients by local Patient id.
-    pub clients: Vec<FxHashMap<CompactString, ClientRecord>>,
+    pub clients: Vec<Clients>,
     /// The identities of its Patients, by local id.
     pub people: FxHashMap<CompactString, Identity>,
     /// The server's base URL, for links from other sources to its Patients; `None` for files.
@@ -188,7 +188,7 @@ pub struct Holder {
 pub struct Joined {
     /// Per plan, the clients by client id: the join key, or `{source}:{local id}` for a
     /// client without one.
-    pub clients: Vec<FxHashMap<CompactString, ClientRecord>>,
+    pub clients: Vec<Clients>,
     /// Per client id, the sources holding the client, in source order.
     pub holders: FxHashMap<CompactString, Vec<Holder>>,
     /// What the join did.

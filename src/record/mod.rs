@@ -24,9 +24,9 @@ use rustc_hash::FxHashMap;
 
 pub use extract::{Fact, Fault, KeptCoding, Rejection, Unassessed, Void};
 
-use crate::day::Day;
+use crate::fhir::day::Day;
+use crate::fhir::types::{ResourceKind, ResourceRef};
 use crate::model::plan::{Aggregate, Plan};
-use crate::types::{ResourceKind, ResourceRef};
 
 /// How many contributing resources of each type a client keeps for the assessment's supporting information and
 /// explanations; the most recent win, and the full count is kept beside them. Kept per type so
@@ -78,6 +78,9 @@ impl Evidence {
         }
     }
 }
+
+/// Every client of a fold, by Patient id (as the source names the Patient).
+pub type Clients = FxHashMap<CompactString, ClientRecord>;
 
 /// One client's accumulated facts.
 #[derive(Debug, Clone)]
@@ -351,7 +354,7 @@ pub struct Counted {
 #[derive(Debug)]
 pub struct Fold<'p> {
     plan: &'p Plan,
-    clients: FxHashMap<CompactString, ClientRecord>,
+    clients: Clients,
     stats: FoldStats,
     /// One client whose left-out resources are kept, for `explain`.
     watch: Option<CompactString>,
@@ -514,7 +517,7 @@ impl<'p> Fold<'p> {
     }
 
     /// The clients, in no particular order.
-    pub fn into_clients(self) -> (FxHashMap<CompactString, ClientRecord>, FoldStats) {
+    pub fn into_clients(self) -> (Clients, FoldStats) {
         (self.clients, self.stats)
     }
 }
@@ -542,6 +545,20 @@ fn keep_recent(list: &mut Vec<Evidence>, new: Evidence) {
     {
         list[oldest] = new;
     }
+}
+
+/// A resource that was not used, and why: a line of `rejected.ndjson`. It locates the
+/// resource and says what is wrong; it holds no copy of the resource or of any value in it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Rejected {
+    /// File and line (or entry) it came from.
+    pub origin: String,
+    /// `Type/id` when known.
+    pub resource: Option<String>,
+    /// What kind of fault, the key of the run's summary of rejections.
+    pub fault: Fault,
+    /// What is wrong and what to do.
+    pub reason: String,
 }
 
 #[cfg(test)]

@@ -88,7 +88,7 @@ pub fn describe_reference(reference: &str) -> String {
                 describe(id)
             );
         }
-        if crate::types::is_r4_resource_type(kind) {
+        if crate::fhir::types::is_r4_resource_type(kind) {
             return format!("a reference to a {kind}");
         }
     }

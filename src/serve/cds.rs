@@ -47,10 +47,11 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use super::AppState;
+use crate::assess::eval::{self, Lang};
+use crate::assess::thresholds::{self, Basis};
+use crate::fhir::types::PatientId;
 use crate::fhir::{BearerToken, FhirError, RetryPolicy, new_correlation_id};
-use crate::model::eval::{self, Lang};
-use crate::pipeline;
-use crate::types::PatientId;
+use crate::run::pipeline;
 
 /// The one service.
 pub const SERVICE_ID: &str = "segmentti-patient-view";
@@ -390,10 +391,7 @@ fn cards(
             continue;
         }
         let fixed = thresholds.get(plan.mapping.id.as_str());
-        let limits = fixed.map_or_else(
-            || vec![None; plan.percentiles.len()],
-            |f| pipeline::given_thresholds(plan, f),
-        );
+        let limits = thresholds::of(plan, fixed.map_or(Basis::Unknown, |f| Basis::Given(f)));
         let a = pipeline::assess(plan, patient, &record, &limits)
             .map_err(|e| Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         let explanation = eval::explain(plan, patient, &record, &a, lang, &[]);

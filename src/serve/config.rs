@@ -40,9 +40,9 @@ use jsonwebtoken::jwk::JwkSet;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use crate::day::Day;
 use crate::fhir::connection::Credentials;
 pub use crate::fhir::connection::{RawSmart, RawTls};
+use crate::fhir::day::Day;
 use crate::fhir::{BearerToken, SmartConfig, TlsOptions};
 
 /// The full passes of a service with a `schedule` and no `full_schedule`: nightly, 02:00 UTC.

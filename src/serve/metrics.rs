@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::job::JobReport;
+use crate::run::job::JobReport;
 
 /// Every number `/metrics` shows.
 #[derive(Debug, Default)]

@@ -1,8 +1,8 @@
 //! `segmentti serve`: one long-running process that runs incremental segmentation on a
 //! schedule, answers CDS Hooks 2.0 `patient-view` calls with one card per model, and exposes
 //! `/healthz`, `/readyz` and `/metrics`. It owns the process's life: listeners, the schedule,
-//! SIGTERM. It reads and writes FHIR only through [`crate::job`] (runs) and the trusted
-//! server's [`crate::fhir::FhirClient`] (cards), and evaluates through [`crate::pipeline`].
+//! SIGTERM. It reads and writes FHIR only through [`crate::run::job`] (runs) and the trusted
+//! server's [`crate::fhir::FhirClient`] (cards), and evaluates through [`crate::run::pipeline`].
 //!
 //! - [`config`]: file + environment + command line → checked [`config::Settings`].
 //! - [`cds`]: discovery, the service, feedback, explanation links.
@@ -56,13 +56,14 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::day::Day;
+use crate::assess::thresholds::Threshold;
+use crate::fhir::day::Day;
 use crate::fhir::{ClientOptions, FhirClient, FhirError, RetryPolicy, new_correlation_id};
-use crate::job::{self, JobError, JobOptions};
 use crate::model::{MappingError, Plan};
-use crate::pipeline::{OnInvalid, Threshold};
+use crate::run::job::{self, JobError, JobOptions};
+use crate::run::pipeline::OnInvalid;
+use crate::run::state::{State as Checkpoint, StateError, keep_thresholds};
 use crate::source::search::SearchOptions;
-use crate::state::{State as Checkpoint, StateError, keep_thresholds};
 use config::{CdsAuth, Limits, Settings};
 
 /// How long one answer of the FHIR server to `/readyz`'s probe stands for the next ones, so

@@ -2,9 +2,8 @@
 //! go straight to the disk, and at [`DirectFile::finish`] the short tail is padded to a block
 //! and the file cut back to its true length. A run's output (gigabytes at national scale) is
 //! written once and read by another program, so caching it only evicts the input, and on a
-//! virtual machine every page of cache the kernel fills costs a fresh page of host memory:
-//! writing 2 GB took 0.7–5.9 s of system time through the cache and 0.2 s direct on the 2-core
-//! test machine. Where the file system refuses `O_DIRECT` (tmpfs), or on another OS, the file
+//! virtual machine every page of cache the kernel fills costs a fresh page of host memory and
+//! system time. Where the file system refuses `O_DIRECT` (tmpfs), or on another OS, the file
 //! is written through the cache as any other. This module moves bytes; it never looks at them.
 
 use std::fs::File;
@@ -21,11 +20,9 @@ const BLOCK: usize = 4096;
 const CAPACITY: usize = 2 << 20;
 
 /// Buffers per file: while one fills, the others wait for the writer or are being written. With
-/// two, the thread handing clients to the sink in order waited for the disk whenever one write
-/// was slow (its writer thread not scheduled at once on two busy cores, or the disk itself):
-/// 0.45 s of a 4.1 s evaluate-and-write stage at 300 000 clients, 1.8 s of 12.8 s at a million,
-/// with both cores idle meanwhile. Up to eight of 2 MiB: 0.01 s at 300 000, for at most 16 MiB per
-/// file.
+/// only two, the thread handing clients to the sink in order waits for the disk whenever one
+/// write is slow (the writer thread not scheduled at once, or the disk itself) while the cores
+/// idle; eight absorb such stalls, for at most 16 MiB per file.
 const BUFFERS: usize = 8;
 
 /// A buffer of [`CAPACITY`] bytes starting on a [`BLOCK`] boundary.

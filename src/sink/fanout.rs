@@ -18,10 +18,11 @@ use serde::Serialize;
 use tracing::error;
 
 use super::fhir::{FhirSink, WriteReport};
-use super::{Built, ClientResources, Sink, SinkError};
+use super::{Sink, SinkError};
 use crate::model::plan::Plan;
-use crate::pipeline::Rejected;
+use crate::record::Rejected;
 use crate::record::Unassessed;
+use crate::writeback::{Built, ClientResources};
 
 /// Clients queued per target before the assessment waits for that target.
 const QUEUE: usize = 1024;

@@ -28,14 +28,15 @@ use serde_json::{Value, json};
 use tokio::runtime::Runtime;
 use tracing::{info, warn};
 
-use super::{Built, ClientResources, Sink, SinkError};
+use super::{Sink, SinkError};
 use crate::fhir::{FhirClient, FhirError, matches, patient_references};
 use crate::model::plan::Plan;
-use crate::pipeline::Rejected;
+use crate::record::Rejected;
 use crate::record::Unassessed;
 use crate::record::extract::patient_id;
 use crate::writeback::WRITE_TAG;
 use crate::writeback::lifecycle::{self, Changes, Existing};
+use crate::writeback::{Built, ClientResources};
 
 /// How many times a batch is read and decided again after a 412 before its clients are
 /// written one by one.

@@ -14,9 +14,10 @@ use std::thread::JoinHandle;
 use serde::Serialize;
 
 use super::direct::DirectFile;
-use super::{Built, ClientResources, Sink, SinkError};
+use super::{Sink, SinkError};
 use crate::model::plan::Plan;
-use crate::pipeline::Rejected;
+use crate::record::Rejected;
+use crate::writeback::{Built, ClientResources};
 use crate::writeback::{Parts, ndjson};
 
 const FILES: [&str; 3] = ["Observation.ndjson", "Flag.ndjson", "rejected.ndjson"];

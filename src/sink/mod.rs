@@ -11,40 +11,10 @@ pub mod fanout;
 pub mod fhir;
 pub mod files;
 
-use fhir_sdk::r4b::resources::{Flag, Observation};
-
-use crate::model::eval::Assessment;
 use crate::model::plan::Plan;
-use crate::pipeline::Rejected;
-use crate::record::Unassessed;
-use crate::writeback::{Concepts, Parts};
-
-/// One client's resources, as built.
-#[derive(Debug, Clone)]
-pub struct ClientResources {
-    /// Which target of a sink writing to several gets them (0 when there is one).
-    pub target: usize,
-    /// The client's Patient id (at the target).
-    pub patient: String,
-    /// The assessment.
-    pub observation: Observation,
-    /// Which of the assessment's elements were built.
-    pub parts: Parts,
-    /// The segment Flag first, then overlay Flags.
-    pub flags: Vec<Flag>,
-    /// The assessment's fingerprint (see [`crate::writeback::lifecycle`]).
-    pub fingerprint: String,
-}
-
-/// What a client's resources were built from, for a sink that encodes them from the model's
-/// parts serialised once ([`crate::writeback::ndjson`]) rather than serialising each anew.
-#[derive(Debug, Clone, Copy)]
-pub struct Built<'a> {
-    /// The model's codes and components.
-    pub concepts: &'a Concepts,
-    /// The assessment the resources say.
-    pub assessment: &'a Assessment,
-}
+use crate::record::{Rejected, Unassessed};
+use crate::writeback::Parts;
+use crate::writeback::{Built, ClientResources};
 
 /// Why a sink failed.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,8 @@
 //! [`crate::record::extract`]'s job.
 //!
 //! - [`files`]: a file or directory of NDJSON (Bulk Data output, `.ndjson.gz` too) or Bundles.
-//! - [`synthetic`]: the built-in synthetic population, generated on the fly.
+//! - [`synthetic`]: the built-in synthetic population, generated on the fly by [`synth`].
+//! - [`synth`]: the deterministic synthetic population itself, also written out by `synth`.
 //! - [`search`]: a live FHIR server, by paged search.
 //! - [`bulk`]: a Bulk Data `$export`, its files streamed as they download (cut into lines as
 //!   [`files`] cuts a file), or downloaded into a work directory that [`files`] reads.
@@ -13,6 +14,7 @@
 pub mod bulk;
 pub mod files;
 pub mod search;
+pub mod synth;
 pub mod synthetic;
 
 use std::fmt;

@@ -1,12 +1,12 @@
-//! The built-in synthetic population as a source: [`crate::synth`] generates each client's
+//! The built-in synthetic population as a source: [`crate::source::synth`] generates each client's
 //! resources as NDJSON lines on the fly, so the embedded default needs no files and no server.
 
 use std::sync::Arc;
 
 use super::files::SourceError;
 use super::{BATCH, Batch, Item, Origin, Payload};
-use crate::synth::{self, SynthOptions};
-use crate::types::ResourceKind;
+use crate::fhir::types::ResourceKind;
+use crate::source::synth::{self, SynthOptions};
 
 /// Generates the population of `opts`, handing batches of items to `emit`. Like a server asked
 /// for the types the models read (`kinds`), it gives those types only, with care records

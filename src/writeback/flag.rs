@@ -9,7 +9,7 @@ use fhir_sdk::r4b::resources::Flag;
 use fhir_sdk::r4b::types::{CodeableConcept, Extension, ExtensionValue, Period};
 
 use super::{BuildError, BusinessId, Concepts, FLAG_DETAIL, Written, fhir_date, reference};
-use crate::model::eval::Assessment;
+use crate::assess::eval::Assessment;
 use crate::model::plan::Plan;
 
 /// What every Flag of one assessment shares: whose it is, the reference to its Observation
@@ -123,10 +123,10 @@ mod tests {
         let contacts = plan.features.iter().position(|f| f.id == "contacts_12m");
         values[contacts.expect("feature")] = Some(20.0);
         let thresholds = vec![Some(10.0); plan.percentiles.len()];
-        let a = crate::model::eval::assess(&plan, values, &thresholds).expect("placed");
+        let a = crate::assess::eval::assess(&plan, values, &thresholds).expect("placed");
         let concepts = super::super::Concepts::new(&plan).expect("concepts");
         let record = ClientRecord::empty(&plan);
-        let built = crate::pipeline::build(&plan, &concepts, "p1", &record, &a).expect("built");
+        let built = crate::writeback::build(&plan, &concepts, "p1", &record, &a).expect("built");
         assert!(built.flags.len() > 1, "an overlay Flag too");
         built
             .flags

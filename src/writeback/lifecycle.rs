@@ -19,12 +19,12 @@ use fhir_sdk::r4b::types::{Extension, ExtensionValue};
 use serde_json::Value;
 
 use super::{BuildError, FINGERPRINT, FLAG_CATEGORY_SYSTEM, FLAG_DETAIL};
-use crate::day::Day;
-use crate::model::eval::Assessment;
+use crate::assess::eval::Assessment;
+use crate::fhir::day::Day;
 use crate::model::mapping::FLAG_CATEGORIES;
 use crate::model::plan::Plan;
 use crate::record::Unassessed;
-use crate::sink::ClientResources;
+use crate::writeback::ClientResources;
 
 /// What a client's assessment looks like, compactly: segment, every criterion level, and the
 /// overlays with the rules that hold. Two assessments with the same fingerprint need no write.
@@ -179,7 +179,7 @@ pub fn decide(
             .any(|(segment, code)| *segment == e.segment && *code == e.code);
         // A Flag started on the same day as the new one has the new one's identifier: the
         // new Flag's conditional write replaces it in place, and ending it in the same
-        // transaction would address one resource twice, which servers refuse (issue 8: `serve`
+        // transaction would address one resource twice, which servers refuse (`serve`
         // reassesses several times a day).
         let replaced = values.iter().any(|v| same_identifier(v, &e.identifier));
         if !kept && !replaced {
@@ -351,10 +351,10 @@ fn to_json<T: serde::Serialize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::eval;
+    use crate::assess::eval;
     use crate::model::load::load_str;
-    use crate::pipeline::build;
     use crate::record::ClientRecord;
+    use crate::writeback::build;
 
     fn plan() -> Plan {
         let mapping =

@@ -6,6 +6,7 @@
 //! compile or build error here rather than a server's rejection later. The clock is never
 //! read: the as-of date is passed in. No I/O.
 
+pub mod assemble;
 pub mod flag;
 pub mod lifecycle;
 pub mod ndjson;
@@ -16,14 +17,15 @@ use fhir_sdk::r4b::types::{
     Reference,
 };
 
-use crate::day::Day;
-use crate::model::eval::Assessment;
+use crate::assess::eval::Assessment;
+use crate::fhir::day::Day;
 use crate::model::mapping::{Attribute, DEFAULT_FLAG_CATEGORY, FLAG_CATEGORIES, Text};
 use crate::model::plan::Plan;
 use fhir_sdk::r4b::resources::{ObservationComponent, ObservationComponentValue};
 
 pub mod validate;
 
+pub use assemble::{Built, ClientResources, View, Views, Whole, build, build_view};
 pub use flag::{overlay_flag, segment_flag};
 pub use observation::{Parts, assessment};
 

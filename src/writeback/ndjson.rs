@@ -1,8 +1,8 @@
 //! A client's resources as JSON lines, joined from parts serialised once per run. Most of an
 //! assessment Observation is the same for every client of a segment: the codes, the model, each
 //! criterion's level and the displays in three languages, about nine tenths of its bytes.
-//! Serialising the typed resource again for every client took longer than reading the input,
-//! so [`Encoded::new`] serialises each of the model's parts ([`Concepts`]) once, with
+//! Serialising the typed resource again for every client would cost more than reading the
+//! input, so [`Encoded::new`] serialises each of the model's parts ([`Concepts`]) once, with
 //! fhir-sdk's own serialiser, and [`observation`] and [`flag`] write a client's ids and
 //! references around them in the order fhir-sdk writes the elements.
 //!
@@ -15,7 +15,7 @@ use fhir_sdk::r4b::resources::{Flag, Observation};
 use serde::Serialize;
 
 use super::{Components, Concepts};
-use crate::model::eval::Assessment;
+use crate::assess::eval::Assessment;
 use crate::model::plan::Plan;
 
 /// The parts of one model's resources, serialised.
@@ -208,8 +208,8 @@ mod tests {
 
     use super::*;
     use crate::model::load::load_str;
-    use crate::pipeline::{self, Input, RunOptions};
-    use crate::synth::{Bills, CodeFlavor, SynthOptions};
+    use crate::run::pipeline::{self, Input, RunOptions};
+    use crate::source::synth::{Bills, CodeFlavor, SynthOptions};
     use crate::writeback::Parts::Own;
 
     const MODELS: [&str; 5] = [
@@ -251,12 +251,13 @@ mod tests {
             )
             .expect("folded");
             let clients = &folded.clients[0];
-            let thresholds = pipeline::population_thresholds(&plan, clients);
+            let thresholds = crate::assess::thresholds::population_thresholds(&plan, clients);
             let concepts = Concepts::new(&plan).expect("concepts");
             let (mut segments, mut overlay_flags) = (BTreeSet::new(), 0);
             for (id, record) in clients {
                 let a = pipeline::assess(&plan, id, record, &thresholds).expect("placed");
-                let built = pipeline::build(&plan, &concepts, id, record, &a).expect("built");
+                let built =
+                    crate::writeback::build(&plan, &concepts, id, record, &a).expect("built");
                 let mut line = Vec::new();
                 observation(&concepts, &a, &built.observation, &mut line).expect("line");
                 assert_eq!(

@@ -12,7 +12,7 @@ use super::{
     BuildError, BusinessId, Concepts, Elsewhere, SUPPORTING_INFO, SUPPORTING_INFO_CAP,
     SUPPORTING_INFO_COUNT, SUPPORTING_INFO_ELSEWHERE, Written, fhir_date, reference,
 };
-use crate::model::eval::Assessment;
+use crate::assess::eval::Assessment;
 use crate::model::mapping::Text;
 use crate::model::plan::Plan;
 use crate::record::ClientRecord;
@@ -40,7 +40,7 @@ pub fn decisive_references(record: &ClientRecord, a: &Assessment) -> Vec<String>
     }
     chosen.sort_by(|x, y| {
         let diagnosis =
-            |e: &crate::record::Evidence| e.kind != crate::types::ResourceKind::Condition;
+            |e: &crate::record::Evidence| e.kind != crate::fhir::types::ResourceKind::Condition;
         diagnosis(x)
             .cmp(&diagnosis(y))
             .then_with(|| y.day().cmp(&x.day()))
@@ -172,7 +172,7 @@ mod tests {
         let plan = Plan::compile(mapping, "2026-01-01".parse().expect("day")).expect("plan");
         let record = ClientRecord::empty(&plan);
         let thresholds = vec![None; plan.percentiles.len()];
-        let a = crate::pipeline::assess(&plan, "p1", &record, &thresholds).expect("placed");
+        let a = crate::run::pipeline::assess(&plan, "p1", &record, &thresholds).expect("placed");
         let concepts = Concepts::new(&plan).expect("concepts");
         let obs =
             assessment(&plan, &concepts, ("p1", &record), &a, &[], Parts::All).expect("built");

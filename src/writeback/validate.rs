@@ -22,13 +22,13 @@ use super::{
     SEGMENTTI_SYSTEM, SUPPORTING_INFO, SUPPORTING_INFO_CAP, SUPPORTING_INFO_COUNT, Written,
     fhir_date, model_system,
 };
+use crate::fhir::types::ResourceKind;
 use crate::model::mapping::DEFAULT_FLAG_CATEGORY;
 use crate::model::plan::Plan;
-use crate::sink::ClientResources;
-use crate::types::ResourceKind;
+use crate::writeback::ClientResources;
 
 /// A built resource that breaks a rule.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("{resource} of Patient/{patient} breaks the rule: {rule}")]
 pub struct Invalid {
     /// `Type/id` of the resource.
@@ -367,9 +367,10 @@ mod tests {
         let plan = Plan::compile(mapping, "2026-01-01".parse().expect("day")).expect("plan");
         let record = ClientRecord::empty(&plan);
         let thresholds = vec![None; plan.percentiles.len()];
-        let a = crate::pipeline::assess(&plan, "p1", &record, &thresholds).expect("placed");
+        let a = crate::run::pipeline::assess(&plan, "p1", &record, &thresholds).expect("placed");
         let concepts = super::super::Concepts::new(&plan).expect("concepts");
-        let resources = crate::pipeline::build(&plan, &concepts, "p1", &record, &a).expect("built");
+        let resources =
+            crate::writeback::build(&plan, &concepts, "p1", &record, &a).expect("built");
         (plan, resources)
     }
 

@@ -5,10 +5,10 @@
 
 use std::path::Path;
 
+use segmentti::fhir::types::ResourceKind;
 use segmentti::fhir::{ClientOptions, FhirClient};
 use segmentti::source::search::{self, SearchOptions};
 use segmentti::source::{Batch, Resource};
-use segmentti::types::ResourceKind;
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};

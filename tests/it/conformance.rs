@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use reqwest::Url;
 use segmentti::conformance::{self, CheckId, Outcome, Report, TEST_SYSTEM};
-use segmentti::day::Day;
+use segmentti::fhir::day::Day;
 use segmentti::fhir::{BearerToken, ClientOptions, FhirClient, RetryPolicy, matches};
 use segmentti::model::mapping::Mapping;
 use serde_json::{Value, json};

@@ -11,6 +11,7 @@ mod fuzz_regressions;
 mod harness;
 mod identity;
 mod k8s;
+mod layers;
 mod mappings;
 mod multi;
 mod offline;

@@ -456,14 +456,14 @@ async fn a_target_down_for_writes_fails_alone_and_the_exit_code_says_so() {
     load(&health, "health", 20);
     // A system that answers searches but fails every write: one Patient, the first person of
     // the synthetic population, under a local id of its own.
-    let person = segmentti::synth::client(
-        &segmentti::synth::SynthOptions {
+    let person = segmentti::source::synth::client(
+        &segmentti::source::synth::SynthOptions {
             clients: 1,
             seed: 3,
-            flavor: segmentti::synth::CodeFlavor::Finnish,
+            flavor: segmentti::source::synth::CodeFlavor::Finnish,
             as_of: "2026-01-01".parse().expect("day"),
             area: None,
-            bills: segmentti::synth::Bills::None,
+            bills: segmentti::source::synth::Bills::None,
             records: false,
             shapes: false,
         },

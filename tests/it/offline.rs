@@ -341,7 +341,9 @@ fn explain_shows_the_tree_path_criteria_and_resources() {
     ]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
-        text(&output).1.contains("the Patient given with --patient is not in"),
+        text(&output)
+            .1
+            .contains("the Patient given with --patient is not in"),
         "{:?}",
         text(&output)
     );

@@ -582,17 +582,17 @@ async fn the_quick_start_without_a_file_warns_and_answers_unsigned_calls_from_pr
 
 /// A `patient-view` request about a synthetic client, with a complete prefetch.
 pub(crate) fn with_prefetch(fhir_server: &str) -> Value {
-    let opts = segmentti::synth::SynthOptions {
+    let opts = segmentti::source::synth::SynthOptions {
         clients: 1,
         seed: 3,
-        flavor: segmentti::synth::CodeFlavor::Finnish,
-        as_of: segmentti::day::Day::from_date(time::OffsetDateTime::now_utc().date()),
+        flavor: segmentti::source::synth::CodeFlavor::Finnish,
+        as_of: segmentti::fhir::day::Day::from_date(time::OffsetDateTime::now_utc().date()),
         area: None,
-        bills: segmentti::synth::Bills::None,
+        bills: segmentti::source::synth::Bills::None,
         records: false,
         shapes: false,
     };
-    let client = segmentti::synth::client(&opts, 0);
+    let client = segmentti::source::synth::client(&opts, 0);
     let id = client.patient["id"].as_str().expect("id").to_owned();
     let bundle = |resources: Vec<Value>| {
         json!({"resourceType": "Bundle", "type": "searchset",

@@ -231,7 +231,7 @@ fn related_kinds() -> Vec<&'static str> {
         .expect("the default model compiles");
     segmentti::model::plan::kinds_read(&[plan])
         .into_iter()
-        .filter(|k| *k != segmentti::types::ResourceKind::Patient)
+        .filter(|k| *k != segmentti::fhir::types::ResourceKind::Patient)
         .map(|k| k.as_str())
         .collect()
 }

@@ -435,9 +435,9 @@ fn quote_bits(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fhir::types::ResourceKind;
     use crate::model::load::load_str;
-    use crate::synth::{Bills, CodeFlavor, SynthOptions};
-    use crate::types::ResourceKind;
+    use crate::source::synth::{Bills, CodeFlavor, SynthOptions};
 
     fn plan(text: &str) -> Plan {
         let as_of = "2026-01-01".parse().expect("day");
@@ -459,7 +459,7 @@ mod tests {
             records: true,
             shapes: false,
         };
-        crate::synth::lines(&opts).collect()
+        crate::source::synth::lines(&opts).collect()
     }
 
     /// The scanner reads every synthetic line but the Claims and the scores (their numbers are

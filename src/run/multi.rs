@@ -12,7 +12,7 @@
 //! to segmentti, so it stops the run with nothing written even when it may be missing. A target
 //! that fails while writing fails alone ([`FanOut`]), and so does one that refuses: nothing
 //! more is sent to it, the others are written, and the report says which refused
-//! ([`MultiReport::refusing_targets`]). Like [`crate::job`], it prints nothing and returns a
+//! ([`MultiReport::refusing_targets`]). Like [`crate::run::job`], it prints nothing and returns a
 //! [`MultiReport`]; incremental runs (checkpoints) are not supported here yet.
 
 use std::borrow::Cow;
@@ -23,17 +23,19 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 use tracing::{info, warn};
 
+use crate::assess::thresholds::Threshold;
 use crate::fhir::FhirClient;
 use crate::model::Plan;
-use crate::pipeline::{
-    self, Input, ModelSummary, OnInvalid, Rejected, RunOptions, Threshold, View, Views,
-};
 use crate::record::ClientRecord;
+use crate::record::Rejected;
 use crate::record::join::{self, Holder, JoinReport, JoinSpec, SourceFold};
-use crate::shard::Shard;
+use crate::run::pipeline::{self, Input, OnInvalid, RunOptions};
+use crate::run::shard::Shard;
+use crate::run::summary::ModelSummary;
 use crate::sink::fanout::{FanOut, TargetOutcome};
 use crate::sink::fhir::{FhirSink, FhirSinkError};
 use crate::writeback::Elsewhere;
+use crate::writeback::{View, Views};
 
 /// One source of a joined run.
 #[derive(Debug, Clone)]
@@ -348,21 +350,21 @@ pub fn read_joined(
     })
 }
 
-/// Runs once. Blocking, like [`crate::job::run`].
+/// Runs once. Blocking, like [`crate::run::job::run`].
 pub fn run(options: &MultiOptions, plans: &[Plan]) -> Result<MultiReport, MultiError> {
     let ReadJoined {
         reads,
         rejected,
         mut joined,
     } = read_joined(&options.sources, &options.join, options.on_invalid, plans)?;
-    let rss_after_join_bytes = crate::bench::rss_bytes();
+    let rss_after_join_bytes = crate::run::bench::rss_bytes();
     // With a shard, the thresholds are the whole population's, taken before the other shards'
     // clients are dropped.
     let mut fixed: Vec<Option<Vec<Threshold>>> = vec![None; plans.len()];
     if let Some(shard) = options.shard {
         for (p, plan) in plans.iter().enumerate() {
-            let values = pipeline::population_thresholds(plan, &joined.clients[p]);
-            fixed[p] = Some(pipeline::threshold_list(plan, &values));
+            let values = crate::assess::thresholds::population_thresholds(plan, &joined.clients[p]);
+            fixed[p] = Some(crate::assess::thresholds::threshold_list(plan, &values));
             joined.clients[p].retain(|client, _| shard.holds(client));
         }
         joined.holders.retain(|client, _| shard.holds(client));

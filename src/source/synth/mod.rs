@@ -38,8 +38,8 @@ use serde_json::{Value, json};
 
 pub use self::codes::Area;
 use self::codes::{ContactKind, Diagnosis, Service};
-use crate::day::Day;
-use crate::types::ResourceKind;
+use crate::fhir::day::Day;
+use crate::fhir::types::ResourceKind;
 
 /// Which code systems the data use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1109,7 +1109,7 @@ pub fn write_dir(
         }
     }
     report.total_cost_eur = costs.iter().sum();
-    report.top_decile_cost_share = crate::pipeline::top_share(&mut costs, 0.10);
+    report.top_decile_cost_share = crate::assess::thresholds::top_share(&mut costs, 0.10);
     Ok(report)
 }
 
@@ -1669,7 +1669,7 @@ mod tests {
     fn a_tenth_of_clients_carry_most_of_the_cost() {
         let o = opts(5000);
         let mut costs: Vec<f64> = (0..o.clients).map(|i| client(&o, i).cost_eur).collect();
-        let share = crate::pipeline::top_share(&mut costs, 0.10);
+        let share = crate::assess::thresholds::top_share(&mut costs, 0.10);
         assert!(
             (0.70..=0.90).contains(&share),
             "top-decile cost share {share}"

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::{ModelSummary, Threshold};
+use crate::assess::thresholds::Threshold;
+use crate::run::summary::ModelSummary;
 
 /// What a completed run leaves for the next one.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -4,9 +4,9 @@
 
 use serde::Serialize;
 
-use super::mapping::Text;
-use super::plan::{Aggregate, Facts, Plan};
-use crate::day::Day;
+use crate::fhir::day::Day;
+use crate::model::mapping::Text;
+use crate::model::plan::{Aggregate, Facts, Plan};
 use crate::record::{ClientRecord, Counted};
 
 /// One client's result.

@@ -56,9 +56,8 @@ pub fn parse_floor(path: &Path) -> Result<Floor, SourceError> {
 }
 
 /// Asks the kernel to drop the input files under `path` from the page cache. The populations
-/// of one benchmark together outgrow this machine's page cache (25 GB of input against 23 GB
-/// of memory, of which the page cache held about 20), so each size is measured with the others
-/// dropped: otherwise the largest reads part of its input from disk while the smaller ones do
+/// of one benchmark together can outgrow the page cache, so each size is measured with the
+/// others dropped: otherwise the largest reads part of its input from disk while the smaller ones do
 /// not. Only a hint: pages in use stay.
 pub fn evict(path: &Path) -> Result<(), SourceError> {
     for file in files::list(path)? {

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::day::Day;
-use crate::model::eval::{self, Lang};
+use crate::assess::eval::{self, Lang};
+use crate::fhir::day::Day;
 use crate::model::load::{self, Diagnostic, DiagnosticAt};
 use crate::model::plan::Plan;
 use crate::model::{self, MappingError};

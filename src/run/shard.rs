@@ -21,8 +21,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::assess::thresholds::Threshold;
 use crate::model::Plan;
-use crate::pipeline::Threshold;
 
 /// One of `count` shards, numbered from 0 (as Kubernetes' `JOB_COMPLETION_INDEX`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,7 +242,7 @@ pub fn merge(parts: Vec<ThresholdPart>) -> Result<Thresholds, ShardError> {
             let thresholds = columns
                 .into_iter()
                 .map(|c| Threshold {
-                    value: crate::model::eval::top_cut(c.values, c.percent),
+                    value: crate::assess::eval::top_cut(c.values, c.percent),
                     feature: c.feature,
                     percent: c.percent,
                 })
@@ -383,7 +383,7 @@ mod tests {
             )]),
         };
         let all: Vec<f64> = (1..=20).map(f64::from).collect();
-        let whole = crate::model::eval::top_cut(all.clone(), 10.0);
+        let whole = crate::assess::eval::top_cut(all.clone(), 10.0);
         let merged = merge(vec![
             part(
                 "0/2",

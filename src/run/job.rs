@@ -11,10 +11,12 @@ use std::path::PathBuf;
 
 use crate::fhir::FhirClient;
 use crate::model::Plan;
-use crate::pipeline::{self, Input, ModelSummary, OnInvalid, Rejected, RunOptions, ServerInput};
+use crate::record::Rejected;
+use crate::run::pipeline::{self, Input, OnInvalid, RunOptions, ServerInput};
+use crate::run::state::{State, StateError};
+use crate::run::summary::ModelSummary;
 use crate::sink::fhir::{FhirSink, FhirSinkError, WriteReport};
 use crate::source::search::SearchOptions;
-use crate::state::{State, StateError};
 
 /// What one run reads, writes and remembers.
 #[derive(Debug, Clone)]

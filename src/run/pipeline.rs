@@ -12,20 +12,25 @@ use std::sync::mpsc;
 
 use compact_str::CompactString;
 use rayon::prelude::*;
-use serde::Serialize;
 use tracing::{debug, info, info_span};
 
-use crate::model::eval::{self, Assessment};
+use crate::assess::eval::{self, Assessment};
+use crate::assess::thresholds::{
+    self, Basis, CHUNK, Threshold, ratio, realised, threshold_list, top_share,
+};
 use crate::model::plan::Plan;
-use crate::progress::COUNTERS;
 use crate::record::join::Identity;
-use crate::record::{ClientRecord, Fault, Fold, FoldStats, Rejection, extract};
-use crate::sink::{ClientResources, Sink, SinkError};
+use crate::record::{ClientRecord, Clients, Fault, Fold, FoldStats, Rejected, Rejection, extract};
+use crate::run::progress::COUNTERS;
+use crate::run::summary::{
+    AGE_BANDS, AgeBand, AreaCounts, ModelSummary, Share, age_band, concentration,
+};
+use crate::sink::{Sink, SinkError};
 use crate::source::files::SourceError;
+use crate::source::synth::SynthOptions;
 use crate::source::{Batch, Origins, Resource};
-use crate::synth::SynthOptions;
 use crate::writeback::validate::Invalid;
-use crate::writeback::{self, BuildError};
+use crate::writeback::{self, BuildError, Views, Whole, build_view};
 
 /// Where resources come from.
 #[derive(Debug, Clone)]
@@ -87,20 +92,6 @@ pub enum OnInvalid {
     Fail,
 }
 
-/// A resource that was not used, and why: a line of `rejected.ndjson`. It locates the
-/// resource and says what is wrong; it holds no copy of the resource or of any value in it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Rejected {
-    /// File and line (or entry) it came from.
-    pub origin: String,
-    /// `Type/id` when known.
-    pub resource: Option<String>,
-    /// What kind of fault, the key of the run's summary of rejections.
-    pub fault: Fault,
-    /// What is wrong and what to do.
-    pub reason: String,
-}
-
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -159,7 +150,7 @@ pub struct RunOptions {
     /// What to do with invalid resources.
     pub on_invalid: OnInvalid,
     /// Only the clients of this shard; resources of other clients are read and dropped.
-    pub shard: Option<crate::shard::Shard>,
+    pub shard: Option<crate::run::shard::Shard>,
     /// Keep the Patients' join keys, for a run that joins several sources.
     pub join: Option<std::sync::Arc<crate::record::join::JoinSpec>>,
     /// Keep what counted for nothing of this client, and why, for `explain`.
@@ -170,7 +161,7 @@ pub struct RunOptions {
 #[derive(Debug, Default)]
 pub struct Folded {
     /// Per plan, the clients.
-    pub clients: Vec<rustc_hash::FxHashMap<CompactString, ClientRecord>>,
+    pub clients: Vec<Clients>,
     /// What was read (from the first plan's fold; all folds see the same resources).
     pub stats: FoldStats,
     /// How many resources were rejected.
@@ -476,7 +467,7 @@ const EXTRACT_CHUNK: usize = 256;
 /// rejections that belong to no client, so that N shards report each of them once.
 fn in_shard(
     fact: Result<crate::record::Fact, Rejection>,
-    shard: Option<crate::shard::Shard>,
+    shard: Option<crate::run::shard::Shard>,
 ) -> Result<Option<crate::record::Fact>, Rejection> {
     let Some(shard) = shard else {
         return fact.map(Some);
@@ -492,7 +483,7 @@ fn in_shard(
 /// of `kinds` only (the types the models read).
 fn read_input(
     input: Input,
-    kinds: &[crate::types::ResourceKind],
+    kinds: &[crate::fhir::types::ResourceKind],
     tx: mpsc::SyncSender<Batch>,
 ) -> Result<(), PipelineError> {
     let mut send = |batch: Batch| tx.send(batch).map_err(|_| "the run stopped".to_owned());
@@ -538,180 +529,9 @@ fn extract_resource(plan: &Plan, resource: Resource<'_>) -> Result<crate::record
     }
 }
 
-/// Counts and shares of one model's results, for the printed table and `summary.json`.
-#[derive(Debug, Clone, Serialize)]
-pub struct ModelSummary {
-    /// Model id.
-    pub model: String,
-    /// Model version.
-    pub version: String,
-    /// As-of date.
-    pub as_of: String,
-    /// Clients segmented.
-    pub clients: u64,
-    /// Clients not assessed, by why (`deceased`, `not-yet-born`, `inactive`): their Patient
-    /// says so at the as-of date.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub not_assessed: BTreeMap<String, u64>,
-    /// Per segment, light to heavy.
-    pub segments: Vec<Share>,
-    /// Per overlay.
-    pub overlays: Vec<Share>,
-    /// Total of the cost feature over all clients, when the model has one.
-    pub total_cost: Option<f64>,
-    /// Share of total cost held by the 10 % most costly clients.
-    pub top_decile_cost_share: Option<f64>,
-    /// Resources built.
-    pub written: BTreeMap<String, u64>,
-    /// The population thresholds the `top_percent` tests used.
-    pub thresholds: Vec<Threshold>,
-    /// Whom each `top_percent` test held for.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub top_shares: Vec<TopShare>,
-    /// How cost concentrates, when the model has a cost feature.
-    pub cost_concentration: Option<CostConcentration>,
-    /// Clients per age band and segment, when the model has an age feature.
-    pub age_bands: Vec<AgeBand>,
-    /// Clients per service area and segment, when the model names service areas.
-    pub service_areas: Vec<AreaCounts>,
-    /// Clients whose built resources broke a rule of [`writeback::validate`]: not written.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub invalid: Vec<Invalid>,
-}
-
-/// How cost concentrates on few clients (the brief: about 10 % of clients carry 80 % of cost).
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct CostConcentration {
-    /// Share of cost held by the most costly 1 %, 5 % and 10 % of clients.
-    pub top_1: f64,
-    /// See `top_1`.
-    pub top_5: f64,
-    /// See `top_1`.
-    pub top_10: f64,
-    /// The Lorenz curve: (share of clients, least costly first; share of cost they hold), at
-    /// every 5 %.
-    pub lorenz: Vec<(f64, f64)>,
-}
-
-/// One age band's clients per segment.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct AgeBand {
-    /// `0–17`, `18–64`, `65–74`, `75+`, or `unknown` (no birth date).
-    pub band: String,
-    /// Clients per segment, in the model's segment order.
-    pub counts: Vec<u64>,
-}
-
-/// One service area's clients per segment. A client with contacts in several areas is counted
-/// in each; the last row, `none`, holds the clients with a contact in none of them.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct AreaCounts {
-    /// The area's code (`health`, `social`, `oral`), or `none`.
-    pub area: String,
-    /// The area's name in English.
-    pub display: String,
-    /// Clients per segment, in the model's segment order.
-    pub counts: Vec<u64>,
-}
-
-/// The bands of [`AgeBand`]: lower bound (inclusive) and label.
-const AGE_BANDS: [(f64, &str); 4] = [
-    (0.0, "0–17"),
-    (18.0, "18–64"),
-    (65.0, "65–74"),
-    (75.0, "75+"),
-];
-
-fn age_band(age: Option<f64>) -> usize {
-    match age {
-        None => AGE_BANDS.len(),
-        Some(a) => AGE_BANDS
-            .iter()
-            .rposition(|(low, _)| a >= *low)
-            .unwrap_or(0),
-    }
-}
-
-/// The Lorenz curve and top shares of `costs` (sorted in place).
-fn concentration(costs: &mut [f64]) -> CostConcentration {
-    let top = |f: f64, c: &mut [f64]| top_share(c, f);
-    let (top_1, top_5, top_10) = (top(0.01, costs), top(0.05, costs), top(0.10, costs));
-    costs.sort_unstable_by(f64::total_cmp);
-    let total: f64 = costs.iter().sum();
-    let lorenz = (0..=20)
-        .map(|i| {
-            let share = f64::from(i) / 20.0;
-            let n = ((costs.len() as f64) * share).round() as usize;
-            (
-                share,
-                ratio(costs[..n.min(costs.len())].iter().sum(), total),
-            )
-        })
-        .collect();
-    CostConcentration {
-        top_1,
-        top_5,
-        top_10,
-        lorenz,
-    }
-}
-
-/// A count and its share of clients (and of cost, where the model has a cost feature).
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct Share {
-    /// Segment or overlay code.
-    pub code: String,
-    /// Its English name.
-    pub display: String,
-    /// Clients.
-    pub count: u64,
-    /// Share of all clients.
-    pub share: f64,
-    /// Share of total cost these clients hold.
-    pub cost_share: Option<f64>,
-}
-
 /// One client assessed, with, per write, how many Flags were built and the sink's encoding of
 /// them, or the rule its resources broke (then nothing of it is written anywhere).
 type Done<E> = (Assessment, Result<Vec<(usize, E)>, Invalid>);
-
-/// One write of an assessed client: the target it goes to, the client's Patient id there, the
-/// record as that target may cite it, and what counted on other sources.
-#[derive(Debug)]
-pub struct View<'a> {
-    /// The sink's target (0 when there is one).
-    pub target: usize,
-    /// The client's Patient id at the target.
-    pub patient: &'a str,
-    /// The record, its evidence limited to what the target holds.
-    pub record: std::borrow::Cow<'a, ClientRecord>,
-    /// Resources that counted on other sources, which the target cannot refer to.
-    pub elsewhere: Vec<writeback::Elsewhere>,
-}
-
-/// Which writes each assessed client gets.
-pub trait Views: Sync {
-    /// The writes of client `id`, whose (whole) record is `record`; none is fine.
-    fn views<'a>(&'a self, id: &'a str, record: &'a ClientRecord) -> Vec<View<'a>>;
-}
-
-/// One source, one sink: each client is written once, under its own id.
-#[derive(Debug, Clone, Copy)]
-pub struct Whole;
-
-impl Views for Whole {
-    fn views<'a>(&'a self, id: &'a str, record: &'a ClientRecord) -> Vec<View<'a>> {
-        vec![View {
-            target: 0,
-            patient: id,
-            record: std::borrow::Cow::Borrowed(record),
-            elsewhere: Vec::new(),
-        }]
-    }
-}
-
-/// How many clients are assessed and built in parallel before they go to the sink in order.
-const EVALUATE_CHUNK: usize = 4096;
 
 /// Assesses every client of one plan and hands their resources to `sink`, in patient-id order.
 ///
@@ -719,7 +539,7 @@ const EVALUATE_CHUNK: usize = 4096;
 /// only the changed clients, who are no population to take percentiles of.
 pub fn evaluate<S: Sink + Send>(
     plan: &Plan,
-    clients: &rustc_hash::FxHashMap<CompactString, ClientRecord>,
+    clients: &Clients,
     sink: &mut S,
     fixed: Option<&[Threshold]>,
 ) -> Result<ModelSummary, PipelineError> {
@@ -730,7 +550,7 @@ pub fn evaluate<S: Sink + Send>(
 /// once, on its whole record, and written to each source that holds it.
 pub fn evaluate_views<S: Sink + Send>(
     plan: &Plan,
-    clients: &rustc_hash::FxHashMap<CompactString, ClientRecord>,
+    clients: &Clients,
     views: &dyn Views,
     sink: &mut S,
     fixed: Option<&[Threshold]>,
@@ -751,10 +571,7 @@ pub fn evaluate_views<S: Sink + Send>(
     }
     ids.par_sort_unstable();
     COUNTERS.clients.fetch_add(ids.len() as u64, Relaxed);
-    let thresholds = match fixed {
-        Some(fixed) => given_thresholds(plan, fixed),
-        None => population_thresholds(plan, clients),
-    };
+    let thresholds = thresholds::of(plan, fixed.map_or(Basis::Population(clients), Basis::Given));
     debug!(?thresholds, "population thresholds");
     let m = &plan.mapping;
     let mut per_segment = vec![(0u64, 0f64); m.segments.len()];
@@ -800,7 +617,7 @@ pub fn evaluate_views<S: Sink + Send>(
                     if let Err(invalid) = writeback::validate::check(plan, &resources) {
                         return Ok((a, Err(invalid)));
                     }
-                    let built = crate::sink::Built {
+                    let built = crate::writeback::Built {
                         concepts: &concepts,
                         assessment: &a,
                     };
@@ -867,7 +684,7 @@ pub fn evaluate_views<S: Sink + Send>(
             Ok(())
         };
     let mut pending: Option<Vec<Result<Done<S::Encoded>, PipelineError>>> = None;
-    for chunk in ids.chunks(EVALUATE_CHUNK) {
+    for chunk in ids.chunks(CHUNK) {
         let (built, taken) = rayon::join(
             || build_chunk(chunk),
             || pending.take().map_or(Ok(()), &mut take),
@@ -959,33 +776,6 @@ pub fn evaluate_views<S: Sink + Send>(
     })
 }
 
-/// A population threshold of a `top_percent` test.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct Threshold {
-    /// Feature id.
-    pub feature: String,
-    /// The top share, in percent.
-    pub percent: f64,
-    /// The feature value at which a client is in the top share.
-    pub value: Option<f64>,
-}
-
-/// What a `top_percent` test held for in a run.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct TopShare {
-    /// Feature id.
-    pub feature: String,
-    /// The top share, in percent.
-    pub percent: f64,
-    /// Clients the test held for.
-    pub clients: u64,
-    /// Their share of the run's clients: at most `percent` / 100 ([`eval::top_cut`]).
-    pub share: f64,
-    /// Why the test held for no one, when it could not be applied.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-}
-
 /// Assesses one client of the folded population.
 pub fn assess(
     plan: &Plan,
@@ -1016,170 +806,6 @@ pub fn fold_client(
     }
     let (mut clients, _) = fold.into_clients();
     (clients.remove(patient).filter(|r| r.has_patient), rejected)
-}
-
-/// The `top_percent` thresholds over the whole folded population.
-pub fn population_thresholds(
-    plan: &Plan,
-    clients: &rustc_hash::FxHashMap<CompactString, ClientRecord>,
-) -> Vec<Option<f64>> {
-    if plan.percentiles.is_empty() {
-        return Vec::new();
-    }
-    eval::thresholds(plan, threshold_columns(plan, clients))
-}
-
-/// `plan`'s `top_percent` thresholds as kept between runs and shards, from their values in
-/// the plan's order.
-pub fn threshold_list(plan: &Plan, values: &[Option<f64>]) -> Vec<Threshold> {
-    (plan.percentiles.iter().zip(values))
-        .map(|(&(f, percent), &value)| Threshold {
-            feature: plan.features[f].id.clone(),
-            percent,
-            value,
-        })
-        .collect()
-}
-
-/// Whom each `top_percent` test held for, and why it held for no one where it could not be
-/// applied.
-fn realised(
-    plan: &Plan,
-    thresholds: &[Option<f64>],
-    held: &[u64],
-    clients: u64,
-    fixed: bool,
-) -> Vec<TopShare> {
-    threshold_list(plan, thresholds)
-        .into_iter()
-        .zip(held)
-        .map(|(t, &held)| {
-            let note = match t.value {
-                Some(_) => None,
-                None if fixed => Some("the given thresholds have no value for this test".to_owned()),
-                None if eval::top_room(clients as usize, t.percent) == 0 => Some(format!(
-                    "not applied: {clients} clients are too few for a top {} % (it needs at least {})",
-                    t.percent,
-                    (100.0 / t.percent).ceil()
-                )),
-                None => Some("no client is above zero and clear of the ties at the cut".to_owned()),
-            };
-            TopShare {
-                feature: t.feature,
-                percent: t.percent,
-                clients: held,
-                share: ratio(held as f64, clients as f64),
-                note,
-            }
-        })
-        .collect()
-}
-
-/// `plan`'s `top_percent` thresholds, in its order, from thresholds kept elsewhere (a checkpoint,
-/// a thresholds file); a test they do not cover has none and never holds.
-pub fn given_thresholds(plan: &Plan, given: &[Threshold]) -> Vec<Option<f64>> {
-    plan.percentiles
-        .iter()
-        .map(|&(f, p)| {
-            given
-                .iter()
-                .find(|t| t.feature == plan.features[f].id && t.percent == p)
-                .and_then(|t| t.value)
-        })
-        .collect()
-}
-
-/// The column of every `top_percent` test over the folded clients, for a shard's part of the
-/// population thresholds.
-pub fn threshold_columns(
-    plan: &Plan,
-    clients: &rustc_hash::FxHashMap<CompactString, ClientRecord>,
-) -> Vec<Vec<f64>> {
-    // On both cores, in runs of clients, as the id sort before it: on one core the two took
-    // 1.23 s of a million-client run while the other core waited, on both 0.53 s. A column's
-    // order does not matter ([`eval::top_cut`]).
-    // Clients who get no assessment are no part of the population a share is taken of.
-    let records: Vec<&ClientRecord> = clients
-        .values()
-        .filter(|r| r.unassessed.is_none())
-        .collect();
-    records
-        .par_chunks(EVALUATE_CHUNK)
-        .map(|chunk| eval::columns(plan, chunk.iter().map(|r| r.values(plan))))
-        .reduce(
-            || vec![Vec::new(); plan.percentiles.len()],
-            |mut all, part| {
-                all.iter_mut().zip(part).for_each(|(a, p)| a.extend(p));
-                all
-            },
-        )
-}
-
-/// Builds one client's Observation and Flags.
-pub fn build(
-    plan: &Plan,
-    concepts: &writeback::Concepts,
-    id: &str,
-    record: &ClientRecord,
-    a: &Assessment,
-) -> Result<ClientResources, BuildError> {
-    build_view(
-        plan,
-        concepts,
-        &Whole.views(id, record)[0],
-        a,
-        writeback::Parts::All,
-    )
-}
-
-/// Builds one write of a client: its Observation (with `parts` of its elements) and Flags for
-/// the view's target.
-pub fn build_view(
-    plan: &Plan,
-    concepts: &writeback::Concepts,
-    view: &View<'_>,
-    a: &Assessment,
-    parts: writeback::Parts,
-) -> Result<ClientResources, BuildError> {
-    let (id, record) = (view.patient, view.record.as_ref());
-    let observation =
-        writeback::assessment(plan, concepts, (id, record), a, &view.elsewhere, parts)?;
-    let obs_ref = format!(
-        "Observation/{}",
-        observation.id.as_deref().unwrap_or_default()
-    );
-    let fingerprint = writeback::lifecycle::fingerprint(plan, a);
-    let of = writeback::flag::Assessed {
-        patient: id,
-        observation: &obs_ref,
-        fingerprint: &fingerprint,
-    };
-    let mut flags = vec![writeback::segment_flag(plan, concepts, a, of)?];
-    for o in 0..plan.overlays.len() {
-        if a.overlay_holds(o) {
-            flags.push(writeback::overlay_flag(plan, concepts, o, of)?);
-        }
-    }
-    Ok(ClientResources {
-        target: view.target,
-        patient: id.to_owned(),
-        observation,
-        parts,
-        flags,
-        fingerprint,
-    })
-}
-
-fn ratio(a: f64, b: f64) -> f64 {
-    if b > 0.0 { a / b } else { 0.0 }
-}
-
-/// The share of the total held by the top `fraction` of values.
-pub fn top_share(values: &mut [f64], fraction: f64) -> f64 {
-    let total: f64 = values.iter().sum();
-    let keep = ((values.len() as f64) * fraction).ceil() as usize;
-    values.sort_unstable_by(|a, b| b.total_cmp(a));
-    ratio(values.iter().take(keep).sum(), total)
 }
 
 #[cfg(test)]

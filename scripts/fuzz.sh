@@ -10,8 +10,13 @@
 # AddressSanitizer to find beyond what a panic or libFuzzer's own limits already catch.
 # Each stage prints its time.
 #
+# CI builds the targets unoptimised (`--dev`): the instrumented build of the crate and all its
+# dependencies then takes about half as long, for about a fifth of the executions per second,
+# which a short run from the committed corpus can spare. For a long hunt, build optimised.
+#
 #   FUZZ_SECONDS  time per target (default 30)
 #   FUZZ_TARGETS  targets to run (default: all in fuzz/fuzz_targets/)
+#   FUZZ_RELEASE  1 to build the targets optimised (the release profile of fuzz/Cargo.toml)
 set -euo pipefail
 CARGO_FUZZ_VERSION=0.13.2
 root_dir=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,6 +28,7 @@ targets=${FUZZ_TARGETS:-$(cd fuzz/fuzz_targets && ls -- *.rs | sed 's/\.rs$//')}
 target_dir="$root_dir/target/fuzz"
 # Flags of both `build` and `run`, so that `run` finds the build up to date.
 flags=(-s none -a --codegen-units 16 --target-dir "$target_dir")
+[ "${FUZZ_RELEASE:-0}" = 1 ] || flags+=(--dev)
 
 stage_start=$SECONDS
 stage() {

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (the README's second command; CI runs exactly this).
 # Installs what the tests need (rustfmt, clippy, the pinned Helios FHIR Server), then checks
-# formatting and lints and runs every test: unit, integration (against a real FHIR server on
-# loopback) and the cases of every model.
+# formatting, lints and the API docs and runs every test: unit, integration (against a real
+# FHIR server on loopback) and the cases of every model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,5 +29,7 @@ export SEGMENTTI_HFS
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+# The API docs build with no broken or private links (deps as checked by clippy just now).
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
 cargo test --all-targets --locked
 bash scripts/fuzz.sh

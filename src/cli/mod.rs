@@ -24,12 +24,11 @@ use segmentti::assess::eval::{self, Lang};
 use segmentti::assess::thresholds::{self, Basis};
 use segmentti::fhir::day::Day;
 use segmentti::model::{self, Plan, load};
+use segmentti::run::files::{self, FileRun, Stages};
 use segmentti::run::pipeline::{self, Input, OnInvalid, RunOptions};
 use segmentti::run::progress;
 use segmentti::run::shard::{self, Shard, ThresholdPart};
 use segmentti::run::summary::{ModelSummary, Summary};
-use segmentti::sink::Sink;
-use segmentti::sink::files::FileSink;
 use segmentti::source::files::Limits;
 use segmentti::source::synth::{self, CodeFlavor, SynthFormat, SynthOptions};
 
@@ -564,108 +563,73 @@ fn run_command(args: RunArgs) -> Result<ExitCode> {
         Some(t) => Some(t),
         None => fixed_thresholds(args.thresholds.as_deref(), args.shard, &plans)?,
     };
-    let started = std::time::Instant::now();
-    let reporter = progress::Reporter::start(args.progress.display());
-    let mut sink = FileSink::create(&args.out)?;
-    let options = RunOptions {
-        on_invalid: args.on_invalid,
-        shard: args.shard,
-        ..RunOptions::default()
-    };
-    let folded = pipeline::fold(&input, &plans, &options, &mut |r| sink.rejected(r))?;
-    let fold_seconds = started.elapsed().as_secs_f64();
-    let fold_usage = Usage::now();
-    let write_peak_known = args.stats && segmentti::run::bench::reset_peak_rss();
-    let mut models = Vec::new();
-    for (plan, clients) in plans.iter().zip(&folded.clients) {
-        let fixed = thresholds
-            .as_ref()
-            .and_then(|t| t.get(plan.mapping.id.as_str()))
-            .map(Vec::as_slice);
-        models.push(pipeline::evaluate(plan, clients, &mut sink, fixed)?);
-    }
-    let summary = Summary {
-        input: input.to_string(),
-        resources: folded
-            .stats
-            .resources
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .collect(),
-        after_as_of: folded.stats.after_as_of,
-        rejected: folded.rejected,
-        ignored: folded.ignored,
-        unpriced_bills: folded.stats.unpriced_bills.clone(),
-        ignored_files: bulk
-            .as_ref()
-            .map(|b| b.ignored_files().clone())
-            .unwrap_or_default(),
-        models,
-        out: args.out.display().to_string(),
-    };
-    sink.finish(&summary)?;
-    reporter.finish();
-    let seconds = started.elapsed().as_secs_f64();
+    let ignored_files = bulk
+        .as_ref()
+        .map(|b| b.ignored_files().clone())
+        .unwrap_or_default();
+    let outcome = files::run(
+        FileRun {
+            input,
+            out: args.out.clone(),
+            on_invalid: args.on_invalid,
+            shard: args.shard,
+            thresholds,
+            ignored_files,
+            progress: args.progress.display(),
+            measure: args.stats,
+        },
+        &plans,
+    )?;
+    let summary = &outcome.summary;
     if let Some(run) = bulk {
         run.finish(&args, &summary.models)?;
     }
-    print!("{}", summary.render(seconds));
-    if args.stats {
-        let resources: u64 = summary.resources.values().sum();
-        let clients = summary.models.first().map_or(0, |m| m.clients);
-        let end = Usage::now();
-        // Without the reset, the peak since the start is all there is to know.
-        let write_rss = if write_peak_known { end.peak_rss } else { 0 };
-        let rss = fold_usage.peak_rss.max(end.peak_rss);
-        let (cpu, fold_cpu) = (end.cpu, fold_usage.cpu);
-        let write_seconds = seconds - fold_seconds;
-        let mib = |bytes: u64| {
-            if bytes == 0 {
-                "unknown".to_owned()
-            } else {
-                format!("{:.0} MiB", bytes as f64 / 1048576.0)
-            }
-        };
-        println!(
-            "\nStats:\n  read + fold       {fold_seconds:>8.2} s  {:>9.0} resources/s  CPU {fold_cpu:>6.1} s ({:.2} cores)  peak RSS {}\n  evaluate + write  {write_seconds:>8.2} s  {:>9.0} clients/s    CPU {:>6.1} s ({:.2} cores)  peak RSS {}\n  run               {seconds:>8.2} s                         CPU {cpu:>6.1} s ({:.2} cores)  peak RSS {}",
-            resources as f64 / fold_seconds.max(1e-9),
-            fold_cpu / fold_seconds.max(1e-9),
-            mib(fold_usage.peak_rss),
-            clients as f64 / write_seconds.max(1e-9),
-            cpu - fold_cpu,
-            (cpu - fold_cpu) / write_seconds.max(1e-9),
-            mib(write_rss),
-            cpu / seconds.max(1e-9),
-            mib(rss)
-        );
-        println!(
-            "stats: resources={resources} clients={clients} seconds={seconds:.3} fold_seconds={fold_seconds:.3} cpu_seconds={cpu:.2} fold_cpu_seconds={fold_cpu:.2} peak_rss_bytes={rss} fold_peak_rss_bytes={} write_peak_rss_bytes={write_rss}",
-            fold_usage.peak_rss
-        );
+    print!("{}", summary.render(outcome.seconds));
+    if let Some(stages) = &outcome.stages {
+        print!("{}", render_stages(summary, outcome.seconds, stages));
     }
     Ok(Exit::worst([
         report_invalid(&summary.models).then_some(Exit::Invalid),
-        (folded.rejected > 0).then_some(Exit::Rejects),
+        (summary.rejected > 0).then_some(Exit::Rejects),
     ])
     .into())
 }
 
-/// The process's CPU time and peak memory so far, at the end of one stage of a run.
-#[derive(Debug, Clone, Copy)]
-struct Usage {
-    /// Seconds, user and system, over all threads (`NaN` when unknown).
-    cpu: f64,
-    /// Bytes (0 when unknown).
-    peak_rss: u64,
-}
-
-impl Usage {
-    fn now() -> Self {
-        Self {
-            cpu: segmentti::run::bench::cpu_seconds().unwrap_or(f64::NAN),
-            peak_rss: segmentti::run::bench::peak_rss_bytes().unwrap_or(0),
+/// `run --stats`: each stage's time, CPU and peak memory for people, then one `stats:` line of
+/// `key=value`s for scripts (the benchmark reads it).
+fn render_stages(summary: &Summary, seconds: f64, stages: &Stages) -> String {
+    let resources: u64 = summary.resources.values().sum();
+    let clients = summary.models.first().map_or(0, |m| m.clients);
+    let (fold_seconds, fold_usage, end) = (stages.fold_seconds, stages.after_fold, stages.at_end);
+    // Without the reset, the peak since the start is all there is to know.
+    let write_rss = if stages.write_peak_known {
+        end.peak_rss
+    } else {
+        0
+    };
+    let rss = fold_usage.peak_rss.max(end.peak_rss);
+    let (cpu, fold_cpu) = (end.cpu, fold_usage.cpu);
+    let write_seconds = seconds - fold_seconds;
+    let mib = |bytes: u64| {
+        if bytes == 0 {
+            "unknown".to_owned()
+        } else {
+            format!("{:.0} MiB", bytes as f64 / 1048576.0)
         }
-    }
+    };
+    format!(
+        "\nStats:\n  read + fold       {fold_seconds:>8.2} s  {:>9.0} resources/s  CPU {fold_cpu:>6.1} s ({:.2} cores)  peak RSS {}\n  evaluate + write  {write_seconds:>8.2} s  {:>9.0} clients/s    CPU {:>6.1} s ({:.2} cores)  peak RSS {}\n  run               {seconds:>8.2} s                         CPU {cpu:>6.1} s ({:.2} cores)  peak RSS {}\nstats: resources={resources} clients={clients} seconds={seconds:.3} fold_seconds={fold_seconds:.3} cpu_seconds={cpu:.2} fold_cpu_seconds={fold_cpu:.2} peak_rss_bytes={rss} fold_peak_rss_bytes={} write_peak_rss_bytes={write_rss}\n",
+        resources as f64 / fold_seconds.max(1e-9),
+        fold_cpu / fold_seconds.max(1e-9),
+        mib(fold_usage.peak_rss),
+        clients as f64 / write_seconds.max(1e-9),
+        cpu - fold_cpu,
+        (cpu - fold_cpu) / write_seconds.max(1e-9),
+        mib(write_rss),
+        cpu / seconds.max(1e-9),
+        mib(rss),
+        fold_usage.peak_rss
+    )
 }
 
 /// The thresholds of `--thresholds`; a shard of a model with `top_percent` tests must have them,

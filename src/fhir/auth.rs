@@ -2,10 +2,10 @@
 //! base's origin (scheme, host and port). A `next` link or redirect elsewhere never sees them.
 //!
 //! Two kinds: a static bearer token, and SMART Backend Services (client credentials with a
-//! signed JWT assertion, RFC 7523): [`SmartBackend`] signs an assertion (`iss` = `sub` = the
+//! signed JWT assertion, RFC 7523): `SmartBackend` signs an assertion (`iss` = `sub` = the
 //! client id, `aud` = the token endpoint, `exp` in five minutes, a fresh `jti`), trades it for
 //! an access token, keeps the token until a minute before it expires, and fetches a new one
-//! when the FHIR server answers 401. [`super::FhirClient`] asks [`Auth::header_for`] per
+//! when the FHIR server answers 401. [`super::FhirClient`] asks `Auth::header_for` per
 //! request. Nothing in it prints a token or key: [`BearerToken`]'s `Debug` shows `[redacted]`,
 //! it has no `Display`, and header values are marked sensitive. It logs one thing:
 //! [`read_secret`] warns, once per file, when a file holding a token or key can be read by

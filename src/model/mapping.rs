@@ -2,7 +2,7 @@
 //! `deny_unknown_fields`, documented field by field because these doc comments become the
 //! JSON Schema (`mappings/schema.json`) that editors use for completion. This module only
 //! describes the shape; what a schema cannot see (unknown references, unreachable nodes) is
-//! checked in [`super::check`], and evaluation lives in [`super::plan`] and [`super::eval`].
+//! checked in [`super::check`], and evaluation lives in [`super::plan`] and [`crate::assess::eval`].
 
 use std::collections::BTreeMap;
 

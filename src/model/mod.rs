@@ -4,7 +4,7 @@
 //!
 //! - [`mapping`]: the file format, as serde structs; their doc comments are the JSON Schema.
 //! - [`load`]: YAML with positions, schema check, every problem at once with line and column.
-//! - [`include`]: files a model includes (the key-client overlay), merged with clashes reported.
+//! - [`include`](mod@include): files a model includes (the key-client overlay), merged with clashes reported.
 //! - [`check`]: what the schema cannot see (references, unreachable tree nodes).
 //! - [`valueset`]: code lists from FHIR ValueSet files, and pinning a server's expansion.
 //! - [`plan`]: a mapping compiled for one as-of date: indexes, code sets, windows.

@@ -696,7 +696,7 @@ pub fn patient_id(reference: &str) -> Option<&str> {
     (kind == "Patient" && !id.is_empty()).then_some(id)
 }
 
-/// Extracts the fact of one resource given as JSON text: by the [`scan`] fast path when it
+/// Extracts the fact of one resource given as JSON text: by the `scan` fast path when it
 /// can, else by the serde visitors, which also explain what is wrong with a broken line.
 pub fn extract_str(plan: &Plan, text: &str) -> Result<Fact, Rejection> {
     let Some(scan) = scan::scan(plan, text) else {

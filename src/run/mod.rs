@@ -4,15 +4,18 @@
 //!
 //! - [`pipeline`]: source → record → assess → writeback → sink, on a reader thread and both
 //!   cores, and the run's summary.
+//! - [`files`]: a run whose results go to files (from files, a Bulk Data export, the synthetic
+//!   population).
 //! - [`job`]: one run against a FHIR server by paged search, as `run --server` and `serve` do it.
 //! - [`multi`]: one run over several sources, joined into whole clients, written back to each.
 //! - [`shard`]: one population split over processes, and their shared thresholds.
 //! - [`state`]: the checkpoint of incremental runs, and its one advance.
 //! - [`summary`]: what a run prints and keeps in `summary.json`, read back by `report`.
 //! - [`progress`]: counters of a run and their display (bars or log lines).
-//! - [`bench`]: the parse-only floor and this process's CPU time and peak memory.
+//! - [`bench`](mod@bench): the parse-only floor and this process's CPU time and peak memory.
 
 pub mod bench;
+pub mod files;
 pub mod job;
 pub mod multi;
 pub mod pipeline;

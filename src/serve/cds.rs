@@ -579,7 +579,7 @@ fn card(
 }
 
 /// Rendered explanations behind card links, each for [`EXPLANATION_TTL`] and one opening, at
-/// most [`EXPLANATIONS_KEPT`].
+/// most `EXPLANATIONS_KEPT`.
 pub struct Explanations {
     /// Signs the links; drawn at start-up, so a link dies with the process that made it.
     key: [u8; 32],

@@ -4,7 +4,7 @@
 //! directory never holds a half-written result next to a complete one. A thread of its own
 //! asks the disk to write what has been written so far every [`SYNC_EVERY`] bytes, so the
 //! disk works while the run computes and the final sync has little left to do. The files go
-//! around the page cache where the file system allows it ([`super::direct`]).
+//! around the page cache where the file system allows it (`direct`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,7 @@
 //! Where results go. A [`Sink`] takes one client's built resources at a time and the rejected
-//! inputs, and commits at [`Sink::finish`]. Sinks know formats and destinations; they never
+//! inputs. Each commits at its own `finish`, whose inputs differ (a file sink writes the summary
+//! and renames its files into place, a server sink sends the model's last transaction), so it
+//! is not a method of the trait. Sinks know formats and destinations; they never
 //! decide what to write (that is [`crate::writeback`]'s and the pipeline's job).
 //!
 //! - [`files`]: NDJSON ready for Bulk import, `summary.json`, `rejected.ndjson`.

@@ -241,7 +241,7 @@ pub fn open(file: &Path) -> std::io::Result<Box<dyn Read + Send>> {
 const AHEAD: u64 = 64 << 20;
 
 /// A file read from start to end that asks the kernel (`POSIX_FADV_WILLNEED`) to fetch the
-/// next [`AHEAD`] bytes before they are wanted. The kernel's own readahead fetches a few
+/// next `AHEAD` bytes before they are wanted. The kernel's own readahead fetches a few
 /// hundred kilobytes at a time and waits for each, so a file that is not in the page cache (a
 /// fresh export, or one too large to stay there) is read at the disk's latency rather than its
 /// bandwidth, while the parsing threads wait. Asking is cheap for pages already cached, and only
@@ -298,7 +298,7 @@ impl Read for Readahead {
     }
 }
 
-/// NDJSON cut, as its bytes arrive, into blocks of complete lines of about [`CHUNK`] bytes:
+/// NDJSON cut, as its bytes arrive, into blocks of complete lines of about `CHUNK` bytes:
 /// the one line reader of files on disk and of Bulk Data downloads streamed into the fold
 /// ([`super::bulk`]), so both number lines, treat bytes that are not UTF-8 and keep to
 /// [`Limits`] alike.

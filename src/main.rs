@@ -8,29 +8,18 @@ mod cli;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
+use segmentti::run::telemetry::{LogFormat, init_logging};
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    let default = match cli.verbose {
-        // Progress lines are for operators of runs off a terminal; -v adds the rest.
-        0 => "warn,segmentti::progress=info",
-        1 => "info",
-        _ => "debug",
+    let format = match cli.log_format {
+        cli::LogFormat::Text => LogFormat::Text,
+        cli::LogFormat::Json => LogFormat::Json,
     };
-    let filter =
-        EnvFilter::try_from_env("SEGMENTTI_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        cli::LogFormat::Text => builder.with_ansi(colour()).init(),
-        cli::LogFormat::Json => builder.json().with_ansi(false).init(),
-    }
+    init_logging(cli.verbose, format);
     match cli::run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -38,10 +27,4 @@ fn main() -> ExitCode {
             cli::exit::Exit::Failed.into()
         }
     }
-}
-
-/// Whether text logs may carry ANSI colour: only on a terminal, and not when `NO_COLOR` is set
-/// to anything but the empty string (no-color.org). A file or pipe gets plain text.
-fn colour() -> bool {
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

@@ -302,7 +302,7 @@ fn stats(report: &MultiReport) -> String {
     }
     let clients = report.join.clients;
     let after_join = report.rss_after_join_bytes.unwrap_or(0);
-    let peak = segmentti::run::bench::peak_rss_bytes().unwrap_or(0);
+    let peak = segmentti::run::telemetry::peak_rss_bytes().unwrap_or(0);
     out.push_str(&format!(
         "  join  {clients} clients: resident {:.1} MiB right after the join ({:.0} bytes per client), peak {:.1} MiB\nstats: clients={clients} rss_after_join_bytes={after_join} peak_rss_bytes={peak}\n",
         after_join as f64 / 1048576.0,

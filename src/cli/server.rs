@@ -273,7 +273,7 @@ pub fn run(
 fn stats(report: &segmentti::run::job::JobReport) -> String {
     let written: u64 = report.models.iter().map(|(_, w)| w.entries).sum();
     let transactions: u64 = report.models.iter().map(|(_, w)| w.transactions).sum();
-    let rss = segmentti::run::bench::peak_rss_bytes().unwrap_or(0);
+    let rss = segmentti::run::telemetry::peak_rss_bytes().unwrap_or(0);
     let (read_s, write_s) = (report.read_seconds, report.write_seconds);
     format!(
         "\nStats: read {} resources in {read_s:.2} s ({:.0}/s); wrote {written} resources in {transactions} transaction(s) in {write_s:.2} s ({:.0}/s); peak RSS {:.0} MiB\nstats: read={} read_seconds={read_s:.3} written={written} transactions={transactions} write_seconds={write_s:.3} peak_rss_bytes={rss}\n",

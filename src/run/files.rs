@@ -12,11 +12,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::model::Plan;
-use crate::run::bench;
 use crate::run::pipeline::{self, Input, OnInvalid, PipelineError, RunOptions};
 use crate::run::progress::{self, Reporter};
 use crate::run::shard::{Shard, Thresholds};
 use crate::run::summary::Summary;
+use crate::run::telemetry::{self, Usage};
 use crate::sink::Sink;
 use crate::sink::files::FileSink;
 
@@ -67,25 +67,6 @@ pub struct Stages {
     pub write_peak_known: bool,
 }
 
-/// The process's CPU time and peak memory so far.
-#[derive(Debug, Clone, Copy)]
-pub struct Usage {
-    /// Seconds, user and system, over all threads (`NaN` when unknown).
-    pub cpu: f64,
-    /// Bytes (0 when unknown).
-    pub peak_rss: u64,
-}
-
-impl Usage {
-    /// The figures now.
-    pub fn now() -> Self {
-        Self {
-            cpu: bench::cpu_seconds().unwrap_or(f64::NAN),
-            peak_rss: bench::peak_rss_bytes().unwrap_or(0),
-        }
-    }
-}
-
 /// Runs `plans` over `run.input` into `run.out`.
 pub fn run(run: FileRun, plans: &[Plan]) -> Result<Outcome, PipelineError> {
     let started = Instant::now();
@@ -99,7 +80,7 @@ pub fn run(run: FileRun, plans: &[Plan]) -> Result<Outcome, PipelineError> {
     let folded = pipeline::fold(&run.input, plans, &options, &mut |r| sink.rejected(r))?;
     let fold_seconds = started.elapsed().as_secs_f64();
     let after_fold = Usage::now();
-    let write_peak_known = run.measure && bench::reset_peak_rss();
+    let write_peak_known = run.measure && telemetry::reset_peak_rss();
     let mut models = Vec::new();
     for (plan, clients) in plans.iter().zip(&folded.clients) {
         let fixed = run

@@ -12,7 +12,8 @@
 //! - [`state`]: the checkpoint of incremental runs, and its one advance.
 //! - [`summary`]: what a run prints and keeps in `summary.json`, read back by `report`.
 //! - [`progress`]: counters of a run and their display (bars or log lines).
-//! - [`bench`](mod@bench): the parse-only floor and this process's CPU time and peak memory.
+//! - [`bench`](mod@bench): the parse-only floor a run is compared with.
+//! - [`telemetry`]: logging set-up, and this process's CPU time and memory.
 
 pub mod bench;
 pub mod files;
@@ -23,3 +24,4 @@ pub mod progress;
 pub mod shard;
 pub mod state;
 pub mod summary;
+pub mod telemetry;

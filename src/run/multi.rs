@@ -357,7 +357,7 @@ pub fn run(options: &MultiOptions, plans: &[Plan]) -> Result<MultiReport, MultiE
         rejected,
         mut joined,
     } = read_joined(&options.sources, &options.join, options.on_invalid, plans)?;
-    let rss_after_join_bytes = crate::run::bench::rss_bytes();
+    let rss_after_join_bytes = crate::run::telemetry::rss_bytes();
     // With a shard, the thresholds are the whole population's, taken before the other shards'
     // clients are dropped.
     let mut fixed: Vec<Option<Vec<Threshold>>> = vec![None; plans.len()];

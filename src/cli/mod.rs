@@ -10,6 +10,7 @@ mod multi;
 mod profiles;
 mod serve;
 mod server;
+mod spec;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +19,7 @@ use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use exit::Exit;
+use spec::Mode;
 
 use segmentti::assess::cases;
 use segmentti::assess::eval::{self, Lang};
@@ -522,31 +524,23 @@ fn default_mapping() -> Result<model::mapping::Mapping> {
 }
 
 fn run_command(args: RunArgs) -> Result<ExitCode> {
+    let mode = spec::resolve(&args)?;
     let as_of = args.models.as_of()?;
     let plans = args.models.plans(as_of)?;
-    if multi::wanted(&args) {
-        return multi::run(&args, &plans);
-    }
-    if let [url] = args.models.server.server.as_slice() {
-        if args.shard.is_some() || args.thresholds.is_some() {
-            bail!(
-                "--shard and --thresholds go with file input\nhint: shard a server's population by exporting it first (Bulk Data $export) and running each shard on the files"
-            );
+    match mode {
+        Mode::Joined { write_to } => return multi::run(&args, write_to, &plans),
+        Mode::Server(url) => {
+            let write = server::WriteArgs {
+                batch: args.batch,
+                dry_run: args.dry_run,
+                json: args.json,
+                state: args.state.clone(),
+                on_invalid: args.on_invalid,
+                stats: args.stats,
+            };
+            return server::run(&args.models.server, url, &plans, &write);
         }
-        let write = server::WriteArgs {
-            batch: args.batch,
-            dry_run: args.dry_run,
-            json: args.json,
-            state: args.state.clone(),
-            on_invalid: args.on_invalid,
-            stats: args.stats,
-        };
-        return server::run(&args.models.server, url, &plans, &write);
-    }
-    if args.dry_run || (args.state.is_some() && args.bulk.bulk.is_none()) {
-        bail!(
-            "--dry-run goes with --server, --state with --server or --bulk\nhint: a run on files writes only to --out"
-        );
+        Mode::Files | Mode::Bulk => {}
     }
     let bulk = match &args.bulk.bulk {
         Some(base) => match bulk::prepare(&args, base, &plans)? {

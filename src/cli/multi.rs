@@ -29,7 +29,7 @@ use super::exit::Exit;
 use super::{ExplainArgs, ModelArgs, RunArgs};
 
 /// The environment variable holding the join key.
-const JOIN_KEY_VAR: &str = "SEGMENTTI_JOIN_KEY";
+pub const JOIN_KEY_VAR: &str = "SEGMENTTI_JOIN_KEY";
 
 /// Where a joined run writes.
 #[derive(Debug, Clone, Args)]
@@ -38,7 +38,7 @@ pub struct WriteToArg {
     /// own Patient id) or one server's URL (one of the --server sources; clients it does not
     /// hold are reported).
     #[arg(long)]
-    write_to: Option<String>,
+    pub(super) write_to: Option<String>,
 }
 
 /// How several sources are joined.
@@ -69,9 +69,9 @@ pub struct JoinArgs {
     servers: Option<PathBuf>,
 }
 
-/// Whether `run` reads several sources (or asks for a joined write-back).
-pub fn wanted(args: &RunArgs) -> bool {
-    several(&args.models, &args.join) || args.write_to.write_to.is_some()
+/// Whether the join key is given (a file or the environment), rather than drawn at random.
+pub fn has_join_key(join: &JoinArgs) -> bool {
+    join.join_key_file.is_some() || std::env::var_os(JOIN_KEY_VAR).is_some()
 }
 
 /// Whether the flags name several sources to join.
@@ -154,34 +154,12 @@ impl Sources {
     }
 }
 
-/// `run` over several sources.
-pub fn run(args: &RunArgs, plans: &[Plan]) -> Result<ExitCode> {
+/// `run` over several sources, written back as `write_to` says; the flags were checked by
+/// [`super::spec::resolve`].
+pub fn run(args: &RunArgs, write_to: &str, plans: &[Plan]) -> Result<ExitCode> {
     let join = &args.join;
-    let Some(write_to) = &args.write_to.write_to else {
-        bail!(
-            "several sources are joined into whole clients and need --write-to\nhint: --write-to each writes to every server that holds the client, --write-to URL to one of them"
-        );
-    };
-    if args.thresholds.is_some()
-        || args.state.is_some()
-        || args.bulk.bulk.is_some()
-        || args.models.server.since.is_some()
-        || !args.models.server.patients.is_empty()
-    {
-        bail!(
-            "--thresholds, --state, --bulk, --since and --patient do not go with several sources yet\nhint: run the joined sources in full (--shard divides the writing)"
-        );
-    }
-    if args.shard.is_some()
-        && join.join_key_file.is_none()
-        && std::env::var_os(JOIN_KEY_VAR).is_none()
-    {
-        bail!(
-            "--shard with several sources needs the join key: shards are chosen by it, and a random key per process would give each shard other clients\nhint: give every shard the same --join-key-file or {JOIN_KEY_VAR}"
-        );
-    }
     let named = Sources::from_flags(&args.models, join)?;
-    let write_to = match write_to.as_str() {
+    let write_to = match write_to {
         "each" => WriteTo::Each,
         url => match named.find(url).filter(|&s| s < named.servers) {
             Some(t) => WriteTo::One(t),

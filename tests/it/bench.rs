@@ -1,8 +1,29 @@
-//! `segmentti bench` end to end at a small size: it generates its own populations, times the
-//! parse-only floor and real runs, and prints every figure the national-scale floors are judged
-//! by, down to the shard count for the country.
+//! The national benchmark's harness (`benches/national`, run by `cargo bench`) end to end at a
+//! small size: it generates its own populations, times the parse-only floor and real runs, and
+//! prints every figure the national-scale floors are judged by, down to the shard count for the
+//! country.
 
-use crate::support::{Synth, run_files, segmentti, stats_line, synth, text};
+use std::path::{Path, PathBuf};
+
+use crate::support::{Synth, run_files, stats_line, synth, text};
+
+#[path = "../../benches/national/harness.rs"]
+mod harness;
+
+/// The benchmark at `clients`, `repeat` rounds, in `work`; its printed table.
+fn bench(clients: &[u64], repeat: usize, real_shapes: bool, work: &Path) -> String {
+    let options = harness::Options {
+        clients: clients.to_vec(),
+        seed: 7,
+        work_dir: work.to_path_buf(),
+        repeat,
+        real_shapes,
+    };
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_segmentti"));
+    let mut out = Vec::new();
+    harness::bench(&options, &exe, &mut out).expect("the benchmark runs");
+    String::from_utf8(out).expect("utf-8")
+}
 
 /// A number of the table, by column.
 fn number(row: &[&str], column: usize) -> f64 {
@@ -14,12 +35,8 @@ fn number(row: &[&str], column: usize) -> f64 {
 #[test]
 fn bench_prints_every_figure_for_every_size_and_the_country() {
     let work = tempfile::tempdir().expect("tempdir");
-    let work_dir = work.path().to_str().expect("utf-8 path");
     // Given out of order: the table and the linearity line go from the smaller size up.
-    let args = ["bench", "--clients", "900", "--clients", "300"];
-    let output = segmentti(&[&args[..], &["--repeat", "2", "--work-dir", work_dir]].concat());
-    let (stdout, stderr) = text(&output);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let stdout = bench(&[900, 300], 2, false, work.path());
     let rows: Vec<Vec<&str>> = stdout
         .lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
@@ -79,19 +96,7 @@ fn bench_prints_every_figure_for_every_size_and_the_country() {
 #[test]
 fn bench_with_real_shapes_parses_what_the_run_ignores() {
     let work = tempfile::tempdir().expect("tempdir");
-    let work_dir = work.path().to_str().expect("utf-8 path");
-    let output = segmentti(&[
-        "bench",
-        "--clients",
-        "300",
-        "--repeat",
-        "1",
-        "--real-shapes",
-        "--work-dir",
-        work_dir,
-    ]);
-    let (stdout, stderr) = text(&output);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let stdout = bench(&[300], 1, true, work.path());
     let population = work.path().join("synth-300-7-shapes");
     assert!(population.join("Procedure.ndjson").exists());
     let row: Vec<&str> = stdout

@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use segmentti::source::synth::{self, CodeFlavor, SynthFormat, SynthOptions};
-
-/// The as-of date of the runs: the embedded default's.
-const AS_OF: &str = "2026-01-01";
+use segmentti::source::synthetic::DEFAULT_AS_OF as AS_OF;
 
 /// What to measure.
 #[derive(Debug, Clone)]

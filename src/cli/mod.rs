@@ -33,12 +33,11 @@ use segmentti::run::shard::{self, Shard, ThresholdPart};
 use segmentti::run::summary::{ModelSummary, Summary};
 use segmentti::source::files::Limits;
 use segmentti::source::synth::{self, CodeFlavor, SynthFormat, SynthOptions};
+use segmentti::source::synthetic::DEFAULT_AS_OF;
 
 /// The model used when `--model` is not given: Päijät-Sote's four tiers, built into the binary.
 pub const DEFAULT_MODEL: &str = include_str!("../../mappings/paijat-sote.yaml");
 const DEFAULT_MODEL_NAME: &str = "mappings/paijat-sote.yaml (built in)";
-/// The as-of date of the embedded default, so that its output never changes.
-pub const DEFAULT_AS_OF: &str = "2026-01-01";
 
 /// Prints the clients whose resources broke a rule; whether there were any.
 fn report_invalid(models: &[ModelSummary]) -> bool {
@@ -748,13 +747,13 @@ fn explain_command(args: ExplainArgs) -> Result<ExitCode> {
         bail!("explain takes exactly one --patient ID");
     };
     let several = multi::several(&args.models, &args.join);
-    // A client of several sources may be named within one of them: SOURCE/Patient/ID.
-    let id = match patient.rsplit_once("/Patient/") {
-        Some((_, id)) if several => id,
-        _ => patient.as_str(),
+    let id = if several {
+        multi::named_patient(patient).1
+    } else {
+        patient.as_str()
     };
     // What was typed may be an identity code by mistake: it is described, never repeated.
-    if !segmentti::record::shape::is_fhir_id(id) {
+    if !segmentti::fhir::types::is_fhir_id(id) {
         bail!(
             "--patient is not a FHIR id ({})\nhint: explain takes the Patient's logical id, not an identity code",
             segmentti::record::shape::describe(id)

@@ -380,6 +380,16 @@ fn render(report: &MultiReport, dry_run: bool) -> String {
     out
 }
 
+/// The client `--patient` names in a joined `explain`: a Patient id, or `SOURCE/Patient/ID`
+/// for the Patient of one source (its --server URL or --input path); the source as given, and
+/// the id.
+pub fn named_patient(patient: &str) -> (Option<&str>, &str) {
+    match patient.rsplit_once("/Patient/") {
+        Some((source, id)) => (Some(source), id),
+        None => (None, patient),
+    }
+}
+
 /// `explain` of a client joined from several sources. `patient` is the client's Patient id on
 /// one of them, or `SOURCE/Patient/ID` (SOURCE as its --server URL or --input path) where the
 /// id alone names different clients on different sources.
@@ -396,14 +406,15 @@ pub fn explain(args: &ExplainArgs, plans: &[Plan], patient: &str) -> Result<Vec<
             server.options.patients.clear();
         }
     }
-    let (within, id) = match patient.rsplit_once("/Patient/") {
-        Some((flag, id)) => match named.find(flag) {
-            Some(s) => (Some(s), id),
+    let (flag, id) = named_patient(patient);
+    let within = match flag {
+        Some(flag) => match named.find(flag) {
+            Some(s) => Some(s),
             None => bail!(
                 "--patient {patient}: {flag} names no source\nhint: give the source as its --server URL or --input path"
             ),
         },
-        None => (None, patient),
+        None => None,
     };
     let read = multi::read_joined(&named.sources, &spec(&args.join)?, OnInvalid::Skip, plans)?;
     let holds = |h: &Holder| h.patient == id && within.is_none_or(|s| s == h.source);

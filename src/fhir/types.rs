@@ -295,6 +295,15 @@ const R4_TYPES: [&str; 146] = [
     "VisionPrescription",
 ];
 
+/// Whether `id` is a FHIR id: 1 to 64 of ASCII letters, digits, `-` and `.`. Only such ids may
+/// be shown in a reason, error or log; anything else is described (`record::shape`).
+pub fn is_fhir_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
 /// Whether `value` is a resource type of FHIR R4.
 pub fn is_r4_resource_type(value: &str) -> bool {
     R4_TYPES.binary_search(&value).is_ok()
@@ -309,6 +318,18 @@ impl fmt::Display for ResourceKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fhir_ids_are_short_and_plain() {
+        assert!(is_fhir_id("p1"));
+        assert!(is_fhir_id("a-1.B"));
+        assert!(is_fhir_id(&"x".repeat(64)));
+        assert!(!is_fhir_id(&"x".repeat(65)));
+        assert!(!is_fhir_id(""));
+        assert!(!is_fhir_id("Matti Meikäläinen"));
+        assert!(!is_fhir_id("a_b"));
+        assert!(!is_fhir_id("a/b"));
+    }
 
     #[test]
     fn r4_resource_types_are_known_and_others_are_not() {

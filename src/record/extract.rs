@@ -28,7 +28,7 @@ use smallvec::SmallVec;
 
 use super::shape;
 use crate::fhir::day::Day;
-use crate::fhir::types::ResourceKind;
+use crate::fhir::types::{ResourceKind, is_fhir_id, is_r4_resource_type};
 use crate::model::mapping::Field;
 use crate::model::plan::Plan;
 
@@ -807,15 +807,14 @@ fn no_resource_type() -> Rejection {
 
 /// `Type/id` for messages, when both may be shown: an R4 type and a valid FHIR id.
 fn shown(resource_type: &str, id: &str) -> Option<String> {
-    (crate::fhir::types::is_r4_resource_type(resource_type) && shape::is_fhir_id(id))
-        .then(|| format!("{resource_type}/{id}"))
+    (is_r4_resource_type(resource_type) && is_fhir_id(id)).then(|| format!("{resource_type}/{id}"))
 }
 
 /// A resource of a type this plan does not read: no FHIR type at all, one segmentti never
 /// reads, or one only a model with features over it reads. Only an R4 type is named; anything
 /// else in `resourceType` is described.
 fn unknown_type(plan: &Plan, t: &str, resource: Option<String>) -> Rejection {
-    let r4 = crate::fhir::types::is_r4_resource_type(t);
+    let r4 = is_r4_resource_type(t);
     let reason = if ResourceKind::parse(t).is_some() {
         format!(
             "resourceType `{t}` is not read by model {} (no feature of it names {t}); leave it out of the input, or add a feature over it to the model",
@@ -854,7 +853,7 @@ fn extract(plan: &Plan, scan: Scan<'_>) -> Result<Fact, Rejection> {
         ));
     };
     let id = match scan.id.as_deref() {
-        Some(id) if shape::is_fhir_id(id) => id,
+        Some(id) if is_fhir_id(id) => id,
         found => {
             let what = found.map_or_else(
                 || "without id".to_owned(),
@@ -931,7 +930,7 @@ fn extract(plan: &Plan, scan: Scan<'_>) -> Result<Fact, Rejection> {
             ),
         });
     };
-    let Some(patient) = patient_id(reference).filter(|id| shape::is_fhir_id(id)) else {
+    let Some(patient) = patient_id(reference).filter(|id| is_fhir_id(id)) else {
         return Err(Rejection {
             other_type: None,
             resource: resource(),

@@ -7,15 +7,6 @@
 
 use std::fmt::Write as _;
 
-/// Whether `id` is a FHIR id: 1 to 64 of ASCII letters, digits, `-` and `.`. Only such ids may
-/// be shown; anything else is described.
-pub fn is_fhir_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-}
-
 /// How many characters `text` has and of what kinds, in order of first appearance: letters,
 /// digits, spaces, each ASCII punctuation mark by name (`'-'`), and other characters.
 pub fn describe(text: &str) -> String {
@@ -128,18 +119,6 @@ mod tests {
     use super::*;
 
     const CODE: &str = "010203A123B";
-
-    #[test]
-    fn fhir_ids_are_short_and_plain() {
-        assert!(is_fhir_id("p1"));
-        assert!(is_fhir_id("a-1.B"));
-        assert!(is_fhir_id(&"x".repeat(64)));
-        assert!(!is_fhir_id(&"x".repeat(65)));
-        assert!(!is_fhir_id(""));
-        assert!(!is_fhir_id("Matti Meikäläinen"));
-        assert!(!is_fhir_id("a_b"));
-        assert!(!is_fhir_id("a/b"));
-    }
 
     #[test]
     fn a_description_gives_length_and_kinds_but_not_the_value() {

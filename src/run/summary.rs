@@ -265,7 +265,7 @@ pub struct Share {
 }
 
 /// `deceased 110, inactive 3`.
-fn counts<K: std::fmt::Display>(counts: &std::collections::BTreeMap<K, u64>) -> String {
+fn counts<K: std::fmt::Display>(counts: &BTreeMap<K, u64>) -> String {
     let parts: Vec<String> = counts
         .iter()
         .map(|(k, n)| format!("{k} {}", thousands(*n)))

@@ -49,7 +49,7 @@ use sha2::Sha256;
 use super::AppState;
 use crate::assess::eval::{self, Lang};
 use crate::assess::thresholds::{self, Basis};
-use crate::fhir::types::PatientId;
+use crate::fhir::types::{PatientId, is_fhir_id};
 use crate::fhir::{BearerToken, FhirError, RetryPolicy, new_correlation_id};
 use crate::run::pipeline;
 
@@ -253,15 +253,10 @@ async fn off_the_workers<T: Send + 'static>(
     })
 }
 
-/// Whether `id` may stand as a FHIR resource id (`[A-Za-z0-9\-\.]{1,64}`) in a URL path:
-/// `.` and `..` match the pattern, but a path would read them as this and the parent folder.
-pub fn is_fhir_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id != "."
-        && id != ".."
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+/// Whether `id` may stand as a FHIR resource id in a URL path: a FHIR id, and not `.` or `..`,
+/// which match the pattern but which a path would read as this and the parent folder.
+pub fn is_path_id(id: &str) -> bool {
+    is_fhir_id(id) && id != "." && id != ".."
 }
 
 async fn answer(
@@ -290,7 +285,7 @@ async fn answer(
 /// resources come from.
 #[derive(Debug)]
 pub struct Call {
-    /// `context.patientId`, a FHIR id (see [`is_fhir_id`]).
+    /// `context.patientId`, a FHIR id (see [`is_path_id`]).
     pub patient: PatientId,
     /// The prefetch, or the server to read the client from.
     pub resources: Resources,
@@ -325,7 +320,7 @@ pub fn parse_call(request: &Value, trusted: &url::Url) -> Result<Call, Refusal> 
         .filter(|p| !p.is_empty())
         .ok_or_else(|| bad("the request has no `context.patientId`".into()))?;
     // It goes into a URL path, so nothing but a FHIR id may pass.
-    if !is_fhir_id(patient) {
+    if !is_path_id(patient) {
         return Err(bad(
             "`context.patientId` is not a FHIR id: 1 to 64 of A–Z, a–z, 0–9, `-` and `.`, and not `.` or `..`".into(),
         ));
@@ -487,7 +482,7 @@ async fn fetch(
 }
 
 /// `[base]/Patient/{id}`, the id one path segment whatever it holds (a `/` or `?` in it would be
-/// escaped, never read as a path or query); callers have checked it with [`is_fhir_id`].
+/// escaped, never read as a path or query); callers have checked it with [`is_path_id`].
 fn patient_url(patients: &url::Url, id: &str) -> url::Url {
     let mut url = patients.clone();
     if let Ok(mut path) = url.path_segments_mut() {
@@ -709,10 +704,10 @@ mod tests {
     #[test]
     fn only_fhir_ids_pass_and_none_becomes_another_path() {
         for id in ["a", "A-1.b", &"x".repeat(64), "..a", "a.."] {
-            assert!(is_fhir_id(id), "{id}");
+            assert!(is_path_id(id), "{id}");
         }
         for id in ["", ".", "..", "a/b", "a?b", "a b", "ä", &"x".repeat(65)] {
-            assert!(!is_fhir_id(id), "{id:?}");
+            assert!(!is_path_id(id), "{id:?}");
         }
         let patients = url::Url::parse("https://fhir.example/r4/Patient").expect("url");
         assert_eq!(

@@ -8,6 +8,9 @@ use super::{BATCH, Batch, Item, Origin, Payload};
 use crate::fhir::types::ResourceKind;
 use crate::source::synth::{self, SynthOptions};
 
+/// The as-of date of the embedded default, so that its output never changes.
+pub const DEFAULT_AS_OF: &str = "2026-01-01";
+
 /// Generates the population of `opts`, handing batches of items to `emit`. Like a server asked
 /// for the types the models read (`kinds`), it gives those types only, with care records
 /// (Observation, EpisodeOfCare) when a model reads them; otherwise the population is what it

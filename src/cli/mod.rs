@@ -19,7 +19,7 @@ use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use exit::Exit;
-use spec::Mode;
+use spec::{Kind, RunSpec};
 
 use segmentti::assess::cases;
 use segmentti::assess::eval::{self, Lang};
@@ -381,7 +381,7 @@ pub struct ExplainArgs {
 pub fn run(cli: Cli) -> Result<ExitCode> {
     model::package::give(model::package::Packages::read(&cli.packages)?);
     match cli.command {
-        Command::Run(args) => run_command(*args).or_else(bulk::exit_on_refusal),
+        Command::Run(args) => run_command(*args),
         Command::Synth(args) => synth_command(args),
         Command::Explain(args) => explain_command(args),
         Command::CheckMapping { files } => check_command(&files),
@@ -420,21 +420,26 @@ impl ModelArgs {
             match (self.input.as_slice(), self.server.server.as_slice()) {
                 ([path], []) => Input::Files(path.clone(), self.limits()),
                 ([], [url]) => self.server_input(self.server.client(url)?),
-                ([], []) => Input::Synthetic(SynthOptions {
-                    clients: self.clients,
-                    seed: self.seed,
-                    flavor: CodeFlavor::Finnish,
-                    as_of,
-                    area: None,
-                    bills: synth::Bills::None,
-                    records: false,
-                    shapes: false,
-                }),
+                ([], []) => Input::Synthetic(self.synthetic(as_of)),
                 _ => bail!(
                     "this command reads one source: give --input or --server once\nhint: `run --write-to each` (or a server's URL) joins several sources into whole clients"
                 ),
             },
         )
+    }
+
+    /// The built-in population of `--clients` and `--seed`, as it was on `as_of`.
+    fn synthetic(&self, as_of: Day) -> SynthOptions {
+        SynthOptions {
+            clients: self.clients,
+            seed: self.seed,
+            flavor: CodeFlavor::Finnish,
+            as_of,
+            area: None,
+            bills: synth::Bills::None,
+            records: false,
+            shapes: false,
+        }
     }
 
     /// `client`'s server read by paged search with the search flags.
@@ -498,60 +503,32 @@ fn default_mapping() -> Result<model::mapping::Mapping> {
 }
 
 fn run_command(args: RunArgs) -> Result<ExitCode> {
-    let mode = spec::resolve(&args)?;
-    let as_of = args.models.as_of()?;
+    let RunSpec { as_of, kind } = spec::resolve(&args)?;
     let plans = args.models.plans(as_of)?;
-    match mode {
-        Mode::Joined { write_to } => return multi::run(&args, write_to, &plans),
-        Mode::Server(url) => {
-            let write = server::WriteArgs {
-                batch: args.batch,
-                dry_run: args.dry_run,
-                json: args.json,
-                state: args.state.clone(),
-                on_invalid: args.on_invalid,
-                stats: args.stats,
-            };
-            return server::run(&args.models.server, url, &plans, &write);
+    let (input, to) = match kind {
+        Kind::Joined(write_to, write) => return multi::run(&args, write_to, &write, &plans),
+        Kind::Server(url, write) => return server::run(&args.models.server, url, &plans, &write),
+        Kind::Bulk(base, bulk, to) => {
+            return bulk::run(&args.models, base, bulk, args.state.clone(), to, &plans);
         }
-        Mode::Files | Mode::Bulk => {}
-    }
-    let bulk = match &args.bulk.bulk {
-        Some(base) => match bulk::prepare(&args, base, &plans)? {
-            Some(run) => Some(run),
-            None => return Ok(ExitCode::SUCCESS),
-        },
-        None => None,
+        Kind::Files(path, to) => (Input::Files(path, args.models.limits()), to),
+        Kind::Synthetic(population, to) => (Input::Synthetic(population), to),
     };
-    let input = match &bulk {
-        Some(run) => run.input.clone(),
-        None => args.models.input(as_of)?,
-    };
-    let thresholds = match bulk.as_ref().and_then(|b| b.thresholds.clone()) {
-        Some(t) => Some(t),
-        None => fixed_thresholds(args.thresholds.as_deref(), args.shard, &plans)?,
-    };
-    let ignored_files = bulk
-        .as_ref()
-        .map(|b| b.ignored_files().clone())
-        .unwrap_or_default();
     let outcome = files::run(
         FileRun {
             input,
-            out: args.out.clone(),
-            on_invalid: args.on_invalid,
-            shard: args.shard,
-            thresholds,
-            ignored_files,
-            progress: args.progress.display(),
-            measure: args.stats,
+            thresholds: fixed_thresholds(to.thresholds, to.output.shard, &plans)?,
+            ignored_files: Default::default(),
+            output: to.output,
         },
         &plans,
     )?;
+    print_file_run(&outcome)
+}
+
+/// What a run to files did, for people (and with `--stats`, for scripts), and its exit code.
+fn print_file_run(outcome: &files::Outcome) -> Result<ExitCode> {
     let summary = &outcome.summary;
-    if let Some(run) = bulk {
-        run.finish(&args, &summary.models)?;
-    }
     print!("{}", summary.render(outcome.seconds));
     if let Some(stages) = &outcome.stages {
         print!("{}", render_stages(summary, outcome.seconds, stages));

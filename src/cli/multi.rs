@@ -26,6 +26,7 @@ use segmentti::run::summary::ModelSummary;
 use segmentti::sink::fanout::TargetOutcome;
 
 use super::exit::Exit;
+use super::server::WriteArgs;
 use super::{ExplainArgs, ModelArgs, RunArgs};
 
 /// The environment variable holding the join key.
@@ -155,8 +156,8 @@ impl Sources {
 }
 
 /// `run` over several sources, written back as `write_to` says; the flags were checked by
-/// [`super::spec::resolve`].
-pub fn run(args: &RunArgs, write_to: &str, plans: &[Plan]) -> Result<ExitCode> {
+/// [`super::spec::resolve`]: `write.state` is never set for one.
+pub fn run(args: &RunArgs, write_to: &str, write: &WriteArgs, plans: &[Plan]) -> Result<ExitCode> {
     let join = &args.join;
     let named = Sources::from_flags(&args.models, join)?;
     let write_to = match write_to {
@@ -171,9 +172,9 @@ pub fn run(args: &RunArgs, write_to: &str, plans: &[Plan]) -> Result<ExitCode> {
     let options = MultiOptions {
         sources: named.sources,
         write_to,
-        batch: args.batch,
-        dry_run: args.dry_run,
-        on_invalid: args.on_invalid,
+        batch: write.batch,
+        dry_run: write.dry_run,
+        on_invalid: write.on_invalid,
         join: spec(join)?,
         shard: args.shard,
     };
@@ -185,12 +186,12 @@ pub fn run(args: &RunArgs, write_to: &str, plans: &[Plan]) -> Result<ExitCode> {
         }
         Err(e) => return Err(e.into()),
     };
-    if args.json {
+    if write.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", render(&report, args.dry_run));
+        print!("{}", render(&report, write.dry_run));
     }
-    if args.stats {
+    if write.stats {
         print!("{}", stats(&report));
     }
     let refusing = report.refusing_targets();

@@ -166,7 +166,7 @@ impl ServerArgs {
         }
     }
 
-    fn search(&self, since: Option<String>) -> SearchOptions {
+    pub(super) fn search(&self, since: Option<String>) -> SearchOptions {
         SearchOptions {
             page_size: self.page_size,
             concurrency: self.concurrency,

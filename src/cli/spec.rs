@@ -1,57 +1,95 @@
-//! What kind of run a `run`'s flags ask for, decided once: files (or the synthetic population),
-//! a Bulk Data export, one server, or several sources joined. Every flag that does not go with
-//! that kind is reported at once, before a model or an input is read, as serve's configuration
-//! reports its problems.
+//! A `run`'s flags resolved into one [`RunSpec`], before a model or an input is read: what the
+//! run reads (files, the synthetic population, a Bulk Data export, one server, or several
+//! sources joined), where its results go and how. Every flag that does not go with that kind of
+//! run is reported here, all at once, as serve's configuration reports its problems; the
+//! commands that carry a spec out check nothing of the flags again.
+
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 
-use super::RunArgs;
-use super::multi;
+use segmentti::fhir::day::Day;
+use segmentti::run::files::Output;
+use segmentti::source::synth::SynthOptions;
 
-/// The kind of run the flags ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode<'a> {
-    /// Files, or the synthetic population without `--input`; results to `--out`.
-    Files,
-    /// A Bulk Data export of the `--bulk` server; results to `--out`.
-    Bulk,
-    /// One FHIR server, read by paged search and written back.
-    Server(&'a url::Url),
-    /// Several sources joined into whole clients, written back as `--write-to` says.
-    Joined {
-        /// `each`, or the URL of the one server to write to.
-        write_to: &'a str,
-    },
+use super::bulk::BulkArgs;
+use super::server::WriteArgs;
+use super::{RunArgs, multi};
+
+/// A `run`, resolved.
+#[derive(Debug)]
+pub struct RunSpec<'a> {
+    /// The assessment date.
+    pub as_of: Day,
+    /// What the run reads, and where it writes.
+    pub kind: Kind<'a>,
 }
 
-/// The kind of run `args` ask for, or every problem with their combination.
-pub fn resolve(args: &RunArgs) -> Result<Mode<'_>> {
+/// What a run reads, and where it writes.
+#[derive(Debug)]
+pub enum Kind<'a> {
+    /// A file or directory of NDJSON or Bundles; results to `--out`.
+    Files(PathBuf, ToFiles<'a>),
+    /// The built-in synthetic population; results to `--out`.
+    Synthetic(SynthOptions, ToFiles<'a>),
+    /// A Bulk Data export of the `--bulk` server; results to `--out`.
+    Bulk(&'a url::Url, &'a BulkArgs, ToFiles<'a>),
+    /// One FHIR server, read by paged search and written back.
+    Server(&'a url::Url, WriteArgs),
+    /// Several sources joined into whole clients, written back as `--write-to` says: `each`,
+    /// or the URL of the one server to write to.
+    Joined(&'a str, WriteArgs),
+}
+
+/// Where and how a run whose results go to files writes.
+#[derive(Debug)]
+pub struct ToFiles<'a> {
+    /// The output directory and how it is written.
+    pub output: Output,
+    /// The population thresholds given with `--thresholds`.
+    pub thresholds: Option<&'a Path>,
+}
+
+/// The run `args` ask for, or every problem with their combination.
+pub fn resolve(args: &RunArgs) -> Result<RunSpec<'_>> {
+    let as_of = args.models.as_of()?;
     let several = multi::several(&args.models, &args.join);
     let servers = args.models.server.server.as_slice();
     let mut problems: Vec<String> = Vec::new();
-    let mode = if several || args.write_to.write_to.is_some() {
-        joined(args, &mut problems)
+    let kind = if several || args.write_to.write_to.is_some() {
+        let write_to = joined(args, &mut problems);
+        Kind::Joined(write_to, write_args(args))
     } else if let [url] = servers {
         if args.shard.is_some() || args.thresholds.is_some() {
             problems.push(
                 "--shard and --thresholds go with file input\nhint: shard a server's population by exporting it first (Bulk Data $export) and running each shard on the files".into(),
             );
         }
-        Mode::Server(url)
+        Kind::Server(url, write_args(args))
     } else {
         if args.dry_run || (args.state.is_some() && args.bulk.bulk.is_none()) {
             problems.push(
                 "--dry-run goes with --server, --state with --server or --bulk\nhint: a run on files writes only to --out".into(),
             );
         }
-        if args.bulk.bulk.is_some() {
-            Mode::Bulk
-        } else {
-            Mode::Files
+        let to_files = ToFiles {
+            output: Output {
+                out: args.out.clone(),
+                on_invalid: args.on_invalid,
+                shard: args.shard,
+                progress: args.progress.display(),
+                measure: args.stats,
+            },
+            thresholds: args.thresholds.as_deref(),
+        };
+        match (&args.bulk.bulk, args.models.input.as_slice()) {
+            (Some(base), _) => Kind::Bulk(base, &args.bulk, to_files),
+            (None, [input]) => Kind::Files(input.clone(), to_files),
+            (None, _) => Kind::Synthetic(args.models.synthetic(as_of), to_files),
         }
     };
     match problems.as_slice() {
-        [] => Ok(mode),
+        [] => Ok(RunSpec { as_of, kind }),
         [one] => bail!("{one}"),
         all => bail!(
             "{} problems with the flags of `run`:\n{}",
@@ -61,8 +99,20 @@ pub fn resolve(args: &RunArgs) -> Result<Mode<'_>> {
     }
 }
 
+/// What a run that writes back to servers writes, and how.
+fn write_args(args: &RunArgs) -> WriteArgs {
+    WriteArgs {
+        batch: args.batch,
+        dry_run: args.dry_run,
+        json: args.json,
+        state: args.state.clone(),
+        on_invalid: args.on_invalid,
+        stats: args.stats,
+    }
+}
+
 /// A joined run, and what of its flags does not go with one.
-fn joined<'a>(args: &'a RunArgs, problems: &mut Vec<String>) -> Mode<'a> {
+fn joined<'a>(args: &'a RunArgs, problems: &mut Vec<String>) -> &'a str {
     let write_to = args.write_to.write_to.as_deref().unwrap_or_else(|| {
         problems.push(
             "several sources are joined into whole clients and need --write-to\nhint: --write-to each writes to every server that holds the client, --write-to URL to one of them".into(),
@@ -85,7 +135,7 @@ fn joined<'a>(args: &'a RunArgs, problems: &mut Vec<String>) -> Mode<'a> {
             multi::JOIN_KEY_VAR
         ));
     }
-    Mode::Joined { write_to }
+    write_to
 }
 
 #[cfg(test)]
@@ -106,23 +156,35 @@ mod tests {
 
     #[test]
     fn each_kind_of_run_is_told_by_its_flags() {
-        assert_eq!(resolve(&run_args(&[])).expect("files"), Mode::Files);
+        let kind = |flags: &[&str]| -> String {
+            let args = run_args(flags);
+            let spec = resolve(&args).expect("a run");
+            match spec.kind {
+                Kind::Files(path, _) => format!("files {}", path.display()),
+                Kind::Synthetic(population, to) => format!(
+                    "synthetic {} on {} to {}",
+                    population.clients,
+                    population.as_of,
+                    to.output.out.display()
+                ),
+                Kind::Bulk(url, _, _) => format!("bulk {url}"),
+                Kind::Server(url, write) => format!("server {url} dry {}", write.dry_run),
+                Kind::Joined(write_to, _) => format!("joined {write_to}"),
+            }
+        };
+        assert_eq!(kind(&[]), "synthetic 10000 on 2026-01-01 to out");
+        assert_eq!(kind(&["--input", "a"]), "files a");
         assert_eq!(
-            resolve(&run_args(&["--input", "a"])).expect("files"),
-            Mode::Files
+            kind(&["--bulk", "https://ehr.example/fhir"]),
+            "bulk https://ehr.example/fhir"
         );
         assert_eq!(
-            resolve(&run_args(&["--bulk", "https://ehr.example/fhir"])).expect("bulk"),
-            Mode::Bulk
+            kind(&["--server", "https://ehr.example/fhir", "--dry-run"]),
+            "server https://ehr.example/fhir dry true"
         );
-        let server = run_args(&["--server", "https://ehr.example/fhir", "--dry-run"]);
-        assert!(
-            matches!(resolve(&server), Ok(Mode::Server(u)) if u.as_str() == "https://ehr.example/fhir")
-        );
-        let joined = run_args(&["--input", "a", "--input", "b", "--write-to", "each"]);
         assert_eq!(
-            resolve(&joined).expect("joined"),
-            Mode::Joined { write_to: "each" }
+            kind(&["--input", "a", "--input", "b", "--write-to", "each"]),
+            "joined each"
         );
     }
 

@@ -2,7 +2,7 @@
 //! export), fold, assess every client of every model and write NDJSON, `rejected.ndjson` and
 //! `summary.json` into one directory. This is `segmentti run` without a server to write to, as
 //! a library call: the command line resolves its flags into a [`FileRun`] and prints the
-//! [`Outcome`]; the Bulk Data client wraps it with its kick-off and checkpoint.
+//! [`Outcome`]; a Bulk Data run ([`super::bulk`]) wraps it with its export and checkpoint.
 //!
 //! Nothing is published before the end: the file sink renames its files into place only when
 //! every model was written, so a run that fails leaves the directory as it was.
@@ -20,22 +20,29 @@ use crate::run::telemetry::{self, Usage};
 use crate::sink::Sink;
 use crate::sink::files::FileSink;
 
-/// What a file run reads, how, and where it writes.
+/// What a file run reads, and where and how it writes.
 #[derive(Debug)]
 pub struct FileRun {
     /// Where resources come from.
     pub input: Input,
+    /// Thresholds of a full population, per model, for a run that is not one (a shard, an
+    /// incremental export); without them each model's are taken over the clients read.
+    pub thresholds: Option<Thresholds>,
+    /// Files of an export's manifest of types no model reads, per type: counted in the summary.
+    pub ignored_files: BTreeMap<String, usize>,
+    /// Where and how the results are written.
+    pub output: Output,
+}
+
+/// Where and how a file run writes, whatever it reads.
+#[derive(Debug, Clone)]
+pub struct Output {
     /// The directory the results go to.
     pub out: PathBuf,
     /// What to do with a resource that cannot be used.
     pub on_invalid: OnInvalid,
     /// Only the clients of this shard.
     pub shard: Option<Shard>,
-    /// Thresholds of a full population, per model, for a run that is not one (a shard, an
-    /// incremental export); without them each model's are taken over the clients read.
-    pub thresholds: Option<Thresholds>,
-    /// Files of an export's manifest of types no model reads, per type: counted in the summary.
-    pub ignored_files: BTreeMap<String, usize>,
     /// How progress is shown.
     pub progress: progress::Display,
     /// Measure each stage's CPU time and peak memory ([`Outcome::stages`]).
@@ -49,7 +56,7 @@ pub struct Outcome {
     pub summary: Summary,
     /// Wall time of the whole run, in seconds.
     pub seconds: f64,
-    /// The stages' figures, when [`FileRun::measure`] asked for them.
+    /// The stages' figures, when [`Output::measure`] asked for them.
     pub stages: Option<Stages>,
 }
 
@@ -70,17 +77,18 @@ pub struct Stages {
 /// Runs `plans` over `run.input` into `run.out`.
 pub fn run(run: FileRun, plans: &[Plan]) -> Result<Outcome, PipelineError> {
     let started = Instant::now();
-    let reporter = Reporter::start(run.progress);
-    let mut sink = FileSink::create(&run.out)?;
+    let output = &run.output;
+    let reporter = Reporter::start(output.progress);
+    let mut sink = FileSink::create(&output.out)?;
     let options = RunOptions {
-        on_invalid: run.on_invalid,
-        shard: run.shard,
+        on_invalid: output.on_invalid,
+        shard: output.shard,
         ..RunOptions::default()
     };
     let folded = pipeline::fold(&run.input, plans, &options, &mut |r| sink.rejected(r))?;
     let fold_seconds = started.elapsed().as_secs_f64();
     let after_fold = Usage::now();
-    let write_peak_known = run.measure && telemetry::reset_peak_rss();
+    let write_peak_known = output.measure && telemetry::reset_peak_rss();
     let mut models = Vec::new();
     for (plan, clients) in plans.iter().zip(&folded.clients) {
         let fixed = run
@@ -104,11 +112,11 @@ pub fn run(run: FileRun, plans: &[Plan]) -> Result<Outcome, PipelineError> {
         unpriced_bills: folded.stats.unpriced_bills.clone(),
         ignored_files: run.ignored_files,
         models,
-        out: run.out.display().to_string(),
+        out: output.out.display().to_string(),
     };
     sink.finish(&summary)?;
     reporter.finish();
-    let stages = run.measure.then(|| Stages {
+    let stages = output.measure.then(|| Stages {
         fold_seconds,
         after_fold,
         at_end: Usage::now(),
@@ -139,13 +147,15 @@ mod tests {
         let outcome = run(
             FileRun {
                 input: Input::Files(root.join("tests/fixtures/offline/basic"), Limits::default()),
-                out: out.clone(),
-                on_invalid: OnInvalid::Skip,
-                shard: None,
                 thresholds: None,
                 ignored_files: BTreeMap::new(),
-                progress: progress::Display::Off,
-                measure: true,
+                output: Output {
+                    out: out.clone(),
+                    on_invalid: OnInvalid::Skip,
+                    shard: None,
+                    progress: progress::Display::Off,
+                    measure: true,
+                },
             },
             std::slice::from_ref(&plan),
         )

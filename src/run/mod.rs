@@ -6,6 +6,7 @@
 //!   cores, and the run's summary.
 //! - [`files`]: a run whose results go to files (from files, a Bulk Data export, the synthetic
 //!   population).
+//! - [`bulk`](mod@bulk): a run over a Bulk Data export, its kick-off, resumption and checkpoint.
 //! - [`job`]: one run against a FHIR server by paged search, as `run --server` and `serve` do it.
 //! - [`multi`]: one run over several sources, joined into whole clients, written back to each.
 //! - [`shard`]: one population split over processes, and their shared thresholds.
@@ -16,6 +17,7 @@
 //! - [`telemetry`]: logging set-up, and this process's CPU time and memory.
 
 pub mod bench;
+pub mod bulk;
 pub mod files;
 pub mod job;
 pub mod multi;

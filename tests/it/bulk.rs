@@ -12,8 +12,13 @@ use std::time::Duration;
 
 use reqwest::Url;
 use segmentti::fhir::{BearerToken, ClientOptions, FhirClient, RetryPolicy};
+use segmentti::run::bulk::BulkRun;
+use segmentti::run::files::Output;
+use segmentti::run::pipeline::OnInvalid;
+use segmentti::run::progress;
 use segmentti::source::bulk::{self, BulkError, BulkOptions, Level};
 use segmentti::source::files::Limits;
+use segmentti::source::search::SearchOptions;
 use serde_json::json;
 use wiremock::matchers::{method, path, query_param};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
@@ -388,6 +393,42 @@ async fn a_failed_job_reports_the_outcome_and_is_not_resumed() {
     assert!(!work.path().join("job.json").exists(), "{e}");
 }
 
+/// A Bulk Data run of the Päijät-Sote model against `base`, through the library, with the
+/// checkpoint `state`, into `out`.
+async fn bulk_run(base: &str, state: &Path, out: &Path) -> segmentti::run::bulk::Outcome {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let plan = segmentti::model::plan_file(
+        &root.join("mappings/paijat-sote.yaml"),
+        "2026-01-01".parse().expect("a day"),
+    )
+    .expect("the shipped model");
+    let base = Url::parse(base).expect("url");
+    let run = BulkRun {
+        client: FhirClient::new(base.clone(), ClientOptions::new("it-bulk")).expect("client"),
+        server: base,
+        level: Level::System,
+        since: None,
+        state: Some(state.to_owned()),
+        work_dir: None,
+        timeout: Duration::from_secs(300),
+        max_poll_interval: Duration::from_secs(1),
+        search: SearchOptions::default(),
+        limits: Limits::default(),
+        thresholds: None,
+        output: Output {
+            out: out.to_owned(),
+            on_invalid: OnInvalid::Skip,
+            shard: None,
+            progress: progress::Display::Off,
+            measure: false,
+        },
+    };
+    tokio::task::spawn_blocking(move || segmentti::run::bulk::run(run, &[plan]))
+        .await
+        .expect("the run's thread")
+        .expect("the run")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_checkpoint_the_next_export_reads_only_the_changed_clients_again() {
     let server = TestServer::start().await;
@@ -395,35 +436,18 @@ async fn with_a_checkpoint_the_next_export_reads_only_the_changed_clients_again(
     synth(30, 5, Synth::Server(&base), &[]);
     let dir = tempfile::tempdir().expect("temp dir");
     let state = dir.path().join("state.json");
-    let run = |out: &str| {
-        let out = dir.path().join(out);
-        let output = segmentti(&[
-            "run",
-            "--bulk",
-            &base,
-            "--as-of",
-            "2026-01-01",
-            "--state",
-            state.to_str().expect("utf-8"),
-            "--out",
-            out.to_str().expect("utf-8"),
-            "--progress",
-            "off",
-            "--bulk-poll-max",
-            "1",
-        ]);
-        let (stdout, stderr) = text(&output);
-        assert!(output.status.success(), "{stdout}\n{stderr}");
-        (stdout, out)
-    };
-    let (full, _) = run("full");
-    assert!(
-        full.contains("30 clients") && !full.contains("changes since"),
-        "{full}"
-    );
+
+    let full = bulk_run(&base, &state, &dir.path().join("full")).await;
+    assert_eq!((full.since.as_deref(), full.changed), (None, None));
+    let summary = full.run.expect("a full run").summary;
+    assert_eq!(summary.models[0].clients, 30);
     let checkpoint: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&state).expect("state")).expect("json");
-    assert!(checkpoint["since"].is_string(), "{checkpoint}");
+    assert_eq!(
+        checkpoint["since"].as_str(),
+        full.exported.transaction_time.as_deref(),
+        "the next export asks from this one's transaction time, on the server's clock"
+    );
     assert!(
         checkpoint["thresholds"]["paijat-sote"].is_array(),
         "{checkpoint}"
@@ -446,20 +470,54 @@ async fn with_a_checkpoint_the_next_export_reads_only_the_changed_clients_again(
         .await
         .expect("the new contact is stored");
 
-    let (changed, out) = run("changed");
-    assert!(
-        changed.contains("changes since") && changed.contains("Changed clients: 1"),
-        "{changed}"
-    );
+    let out = dir.path().join("changed");
+    let changed = bulk_run(&base, &state, &out).await;
+    assert_eq!(changed.since, full.exported.transaction_time);
+    assert_eq!(changed.changed, Some(1));
+    let summary = changed.run.expect("a run of the changed client").summary;
+    assert_eq!(summary.models[0].clients, 1);
     let observations = std::fs::read_to_string(out.join("Observation.ndjson")).expect("written");
     assert_eq!(observations.lines().count(), 1, "{observations}");
     assert!(
         observations.contains("\"Patient/p0000003\""),
         "{observations}"
     );
+    let checkpoint: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).expect("state")).expect("json");
+    assert_eq!(
+        checkpoint["since"].as_str(),
+        changed.exported.transaction_time.as_deref()
+    );
 
-    let (unchanged, _) = run("unchanged");
-    assert!(unchanged.contains("Changed clients: 0"), "{unchanged}");
+    let unchanged = bulk_run(&base, &state, &dir.path().join("unchanged")).await;
+    assert_eq!(unchanged.changed, Some(0));
+    assert!(
+        unchanged.run.is_none(),
+        "nothing changed, nothing to segment"
+    );
+
+    // The binary prints what the library returned.
+    let output = segmentti(&[
+        "run",
+        "--bulk",
+        &base,
+        "--as-of",
+        "2026-01-01",
+        "--state",
+        state.to_str().expect("utf-8"),
+        "--out",
+        dir.path().join("printed").to_str().expect("utf-8"),
+        "--progress",
+        "off",
+        "--bulk-poll-max",
+        "1",
+    ]);
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("changes since") && stdout.contains("Changed clients: 0"),
+        "{stdout}"
+    );
 }
 
 /// `count` Patients of about a kilobyte each, one per line: enough lines that a file of them

@@ -15,6 +15,7 @@ use crate::record::Rejected;
 use crate::run::pipeline::{self, Input, OnInvalid, RunOptions, ServerInput};
 use crate::run::state::{State, StateError};
 use crate::run::summary::ModelSummary;
+use crate::sink::Sink;
 use crate::sink::fhir::{FhirSink, FhirSinkError, WriteReport};
 use crate::source::search::SearchOptions;
 
@@ -151,7 +152,7 @@ pub fn run(options: &JobOptions, plans: &[Plan]) -> Result<JobReport, JobError> 
             .map(Vec::as_slice);
         let mut sink = FhirSink::new(options.client.clone(), options.batch, options.dry_run)?;
         let summary = pipeline::evaluate(plan, clients, &mut sink, fixed)?;
-        let report = sink.finish(plan)?;
+        let report = sink.finish(plan).map_err(pipeline::PipelineError::Sink)?;
         models.push((summary, report));
     }
     let mut report = JobReport {

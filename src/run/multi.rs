@@ -32,6 +32,7 @@ use crate::record::join::{self, Holder, JoinReport, JoinSpec, SourceFold};
 use crate::run::pipeline::{self, Input, OnInvalid, RunOptions};
 use crate::run::shard::Shard;
 use crate::run::summary::ModelSummary;
+use crate::sink::Sink;
 use crate::sink::fanout::{FanOut, TargetOutcome};
 use crate::sink::fhir::{FhirSink, FhirSinkError};
 use crate::writeback::Elsewhere;
@@ -408,9 +409,13 @@ pub fn run(options: &MultiOptions, plans: &[Plan]) -> Result<MultiReport, MultiE
                 &mut fan,
                 fixed[p].as_deref(),
             );
-            (summary, fan.finish())
+            (
+                summary,
+                fan.finish(()).map_err(pipeline::PipelineError::Sink),
+            )
         });
-        let targets = written
+        let summary = summary?;
+        let targets = written?
             .into_iter()
             .map(|(target, seconds, outcome)| TargetWrites {
                 target,
@@ -418,10 +423,7 @@ pub fn run(options: &MultiOptions, plans: &[Plan]) -> Result<MultiReport, MultiE
                 outcome,
             })
             .collect();
-        models.push(ModelWrites {
-            summary: summary?,
-            targets,
-        });
+        models.push(ModelWrites { summary, targets });
     }
     Ok(MultiReport {
         sources: reads,

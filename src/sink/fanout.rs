@@ -64,7 +64,7 @@ struct Target<'scope> {
 
 impl<'scope> FanOut<'scope> {
     /// One writer per target (with the target's name for logs and reports), writing `plan`'s
-    /// results until [`FanOut::finish`].
+    /// results until [`Sink::finish`].
     pub fn start<'env>(
         scope: &'scope Scope<'scope, 'env>,
         plan: &'scope Plan,
@@ -105,7 +105,7 @@ impl<'scope> FanOut<'scope> {
 
     /// Writes what is pending at every target; per target, its name, the seconds spent
     /// writing to it, and the outcome.
-    pub fn finish(self) -> Vec<(String, f64, TargetOutcome)> {
+    fn wait(self) -> Vec<(String, f64, TargetOutcome)> {
         self.targets
             .into_iter()
             .map(|t| {
@@ -149,8 +149,7 @@ fn write(
         };
         spent += started.elapsed();
         if let Err(e) = sent {
-            let refused = matches!(&e, SinkError::Server(e) if e.is_refusal());
-            sink = Err(fail(refused, e.to_string()));
+            sink = Err(fail(e.is_refusal(), e.to_string()));
         }
     }
     let sink = match sink {
@@ -191,5 +190,14 @@ impl Sink for FanOut<'_> {
 
     fn rejected(&mut self, _rejected: &Rejected) -> Result<(), SinkError> {
         Ok(())
+    }
+
+    type Closing<'a> = ();
+    /// Per target, its name, the seconds spent writing to it, and the outcome: a target that
+    /// fails fails alone.
+    type Written = Vec<(String, f64, TargetOutcome)>;
+
+    fn finish(self, (): ()) -> Result<Self::Written, SinkError> {
+        Ok(self.wait())
     }
 }

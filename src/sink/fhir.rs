@@ -184,12 +184,6 @@ impl FhirSink {
         })
     }
 
-    /// Writes what is still pending and returns the report.
-    pub fn finish(mut self, plan: &Plan) -> Result<WriteReport, FhirSinkError> {
-        self.flush(plan)?;
-        Ok(self.report)
-    }
-
     fn flush(&mut self, plan: &Plan) -> Result<(), FhirSinkError> {
         if self.pending.is_empty() && self.retiring.is_empty() {
             return Ok(());
@@ -400,6 +394,15 @@ impl Sink for FhirSink {
 
     fn rejected(&mut self, _rejected: &Rejected) -> Result<(), SinkError> {
         Ok(())
+    }
+
+    type Closing<'a> = &'a Plan;
+    type Written = WriteReport;
+
+    /// Writes what is still pending and returns the report.
+    fn finish(mut self, plan: &Plan) -> Result<WriteReport, SinkError> {
+        self.flush(plan)?;
+        Ok(self.report)
     }
 
     fn unassessed(

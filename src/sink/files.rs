@@ -112,7 +112,7 @@ impl FileSink {
     }
 
     /// Writes `summary.json`, flushes everything and moves the files into place.
-    pub fn finish(self, summary: &impl Serialize) -> Result<(), SinkError> {
+    fn commit(self, summary: &dyn SummaryJson) -> Result<(), SinkError> {
         drop(self.syncs);
         let synced = self.syncer.join().unwrap_or_else(|_| {
             Err((
@@ -135,13 +135,25 @@ impl FileSink {
         }
         let target = self.dir.join("summary.json");
         let tmp = partial(&self.dir, "summary.json");
-        let mut text = serde_json::to_string_pretty(summary).map_err(|e| SinkError::Serialize {
+        let mut text = summary.pretty_json().map_err(|e| SinkError::Serialize {
             patient: "-".into(),
             cause: e.to_string(),
         })?;
         text.push('\n');
         std::fs::write(&tmp, text).map_err(io(&tmp))?;
         std::fs::rename(&tmp, &target).map_err(io(&target))
+    }
+}
+
+/// What `summary.json` holds: the run's summary, whose type belongs to the run, a layer above.
+pub trait SummaryJson {
+    /// The summary as pretty-printed JSON.
+    fn pretty_json(&self) -> serde_json::Result<String>;
+}
+
+impl<T: Serialize> SummaryJson for T {
+    fn pretty_json(&self) -> serde_json::Result<String> {
+        serde_json::to_string_pretty(self)
     }
 }
 
@@ -178,5 +190,12 @@ impl Sink for FileSink {
 
     fn rejected(&mut self, rejected: &Rejected) -> Result<(), SinkError> {
         self.line(2, "-", rejected)
+    }
+
+    type Closing<'a> = &'a dyn SummaryJson;
+    type Written = ();
+
+    fn finish(self, summary: &dyn SummaryJson) -> Result<(), SinkError> {
+        self.commit(summary)
     }
 }

@@ -1,8 +1,8 @@
 //! Where results go. A [`Sink`] takes one client's built resources at a time and the rejected
-//! inputs. Each commits at its own `finish`, whose inputs differ (a file sink writes the summary
-//! and renames its files into place, a server sink sends the model's last transaction), so it
-//! is not a method of the trait. Sinks know formats and destinations; they never
-//! decide what to write (that is [`crate::writeback`]'s and the pipeline's job).
+//! inputs, and commits at [`Sink::finish`]: a file sink writes the summary and renames its
+//! files into place, a server sink sends the model's last transaction, a fan-out waits for
+//! every target. Sinks know formats and destinations; they never decide what to write (that is
+//! [`crate::writeback`]'s and the pipeline's job).
 //!
 //! - [`files`]: NDJSON ready for Bulk import, `summary.json`, `rejected.ndjson`.
 //! - [`fhir`]: a FHIR server, by idempotent transactions with the Flag lifecycle.
@@ -49,6 +49,14 @@ pub enum SinkError {
     },
 }
 
+impl SinkError {
+    /// Whether a server refused segmentti's writes for what they are (401, 403, 404, 405): no
+    /// write does better until credentials, scopes or the base URL change.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Server(e) if e.is_refusal())
+    }
+}
+
 /// A destination for results.
 pub trait Sink {
     /// A client's resources as this sink takes them (serialised lines, JSON values).
@@ -62,6 +70,13 @@ pub trait Sink {
     fn client(&mut self, plan: &Plan, encoded: Self::Encoded) -> Result<(), SinkError>;
     /// Records a rejected input.
     fn rejected(&mut self, rejected: &Rejected) -> Result<(), SinkError>;
+    /// What committing needs beside what was taken: the summary for files, the model for a
+    /// server.
+    type Closing<'a>;
+    /// What committing returns: what was written, where a sink keeps count.
+    type Written;
+    /// Commits everything taken; nothing of a sink that fails here is published as complete.
+    fn finish(self, closing: Self::Closing<'_>) -> Result<Self::Written, SinkError>;
     /// Takes a client who gets no assessment ([`Unassessed`]), as `patient` at `target`: a
     /// sink that holds earlier results of the model (a server's active Flags) ends them. Files
     /// hold none.

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::run::summary::{AgeBand, AreaCounts, CostConcentration, Share};
+pub(crate) use crate::run::summary::{AgeBand, AreaCounts, CostConcentration, Share};
 use crate::run::summary::{ModelSummary, Summary};
 
 /// Why a report could not be made.

@@ -21,7 +21,7 @@ use crate::record::{Fold, extract};
 /// One case as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Case {
+pub(crate) struct Case {
     /// What the case shows.
     pub description: String,
     /// The assessment date.
@@ -57,7 +57,7 @@ pub struct Case {
 /// The case's Patient.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CasePatient {
+pub(crate) struct CasePatient {
     /// Birth date.
     pub birth_date: Option<Day>,
 }
@@ -65,7 +65,7 @@ pub struct CasePatient {
 /// One contact, or `repeat` of them `every_days` apart.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CaseEncounter {
+pub(crate) struct CaseEncounter {
     /// HL7 v3 ActCode class (AMB, HH, VR, EMER, IMP).
     pub class: String,
     /// Contact type as `system|code` (system may be a short name of the model's `systems`).
@@ -104,7 +104,7 @@ fn seven() -> u32 {
 /// One diagnosis.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CaseCondition {
+pub(crate) struct CaseCondition {
     /// `system|code`.
     pub code: String,
     /// Clinical status (default `active`).
@@ -127,7 +127,7 @@ fn active() -> String {
 /// One finding.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CaseObservation {
+pub(crate) struct CaseObservation {
     /// `system|code`.
     pub code: String,
     /// The day it was made.
@@ -147,7 +147,7 @@ fn final_status() -> String {
 /// One period of service.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CaseEpisode {
+pub(crate) struct CaseEpisode {
     /// The service as `system|code`.
     #[serde(rename = "type")]
     pub service: String,
@@ -160,7 +160,7 @@ pub struct CaseEpisode {
 /// One Claim or ExplanationOfBenefit.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CaseBill {
+pub(crate) struct CaseBill {
     /// `billablePeriod.start`.
     pub start: Day,
     /// The total.
@@ -173,7 +173,7 @@ pub struct CaseBill {
 /// What a case expects.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Expect {
+pub(crate) struct Expect {
     /// Segment code.
     pub segment: String,
     /// Tree node id.
@@ -217,7 +217,7 @@ pub enum CaseError {
 }
 
 /// The cases folder of a model file: `mappings/x.yaml` → `mappings/x/cases/`.
-pub fn cases_dir(model: &Path) -> PathBuf {
+fn cases_dir(model: &Path) -> PathBuf {
     let stem = model
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -308,7 +308,7 @@ fn coding(plan: &Plan, text: &str, file: &Path) -> Result<(String, String), Case
 }
 
 /// The FHIR resources of a case, in the shape real data has.
-pub fn resources(plan: &Plan, case: &Case, file: &Path) -> Result<Vec<Value>, CaseError> {
+pub(crate) fn resources(plan: &Plan, case: &Case, file: &Path) -> Result<Vec<Value>, CaseError> {
     let mut out = vec![
         json!({"resourceType": "Patient", "id": "case", "birthDate": case.patient.birth_date}),
     ];
@@ -400,7 +400,7 @@ pub fn resources(plan: &Plan, case: &Case, file: &Path) -> Result<Vec<Value>, Ca
 }
 
 /// Runs one case.
-pub fn run_case(plan: &Plan, file: &Path, case: &Case) -> Result<Outcome, CaseError> {
+fn run_case(plan: &Plan, file: &Path, case: &Case) -> Result<Outcome, CaseError> {
     let mut fold = Fold::new(plan);
     for resource in resources(plan, case, file)? {
         let fact = extract::extract_value(plan, &resource)

@@ -1,6 +1,6 @@
 //! Evaluation: a client's feature values through the criteria and the question tree to a
 //! segment, the overlays beside it, and an [`Explanation`] a nurse can read. Pure: the
-//! population thresholds for `top_percent` are computed once by [`thresholds`] and passed in.
+//! population thresholds for `top_percent` are computed once by `thresholds` and passed in.
 
 use serde::Serialize;
 
@@ -28,14 +28,14 @@ pub struct Assessment {
 
 impl Assessment {
     /// Whether overlay `i` holds.
-    pub fn overlay_holds(&self, i: usize) -> bool {
+    pub(crate) fn overlay_holds(&self, i: usize) -> bool {
         !self.overlays[i].is_empty()
     }
 }
 
 /// The population threshold of every `top_percent` test, from the tests' [`columns`] over the
 /// whole population ([`top_cut`]).
-pub fn thresholds(plan: &Plan, columns: Vec<Vec<f64>>) -> Vec<Option<f64>> {
+pub(crate) fn thresholds(plan: &Plan, columns: Vec<Vec<f64>>) -> Vec<Option<f64>> {
     plan.percentiles
         .iter()
         .zip(columns)
@@ -47,7 +47,7 @@ pub fn thresholds(plan: &Plan, columns: Vec<Vec<f64>>) -> Vec<Option<f64>> {
 ///
 /// The rows are read once, keeping one column per test, so memory grows by one number per
 /// client and test, not by a row of every feature.
-pub fn columns(plan: &Plan, rows: impl Iterator<Item = Vec<Option<f64>>>) -> Vec<Vec<f64>> {
+pub(crate) fn columns(plan: &Plan, rows: impl Iterator<Item = Vec<Option<f64>>>) -> Vec<Vec<f64>> {
     let mut columns: Vec<Vec<f64>> = vec![Vec::new(); plan.percentiles.len()];
     for row in rows {
         for (column, &(feature, _)) in columns.iter_mut().zip(&plan.percentiles) {
@@ -60,7 +60,7 @@ pub fn columns(plan: &Plan, rows: impl Iterator<Item = Vec<Option<f64>>>) -> Vec
 /// How many clients a top `percent` share may hold out of `population`: whole clients, rounded
 /// down, so that "the top 5 %" is never more than 5 %. 0 means the population is too small for
 /// the share (fewer than 20 clients for 5 %).
-pub fn top_room(population: usize, percent: f64) -> usize {
+pub(crate) fn top_room(population: usize, percent: f64) -> usize {
     // The epsilon keeps 20 × 5 / 100 at 1 where floating point would give 0.999….
     ((population as f64) * percent / 100.0 + 1e-9).floor() as usize
 }
@@ -72,7 +72,7 @@ pub fn top_room(population: usize, percent: f64) -> usize {
 /// when the population is too small for the share, or no client is above zero and clear of
 /// the ties. Depends only on the multiset of values, not their order, which is what lets
 /// shards merge their columns exactly.
-pub fn top_cut(mut values: Vec<f64>, percent: f64) -> Option<f64> {
+pub(crate) fn top_cut(mut values: Vec<f64>, percent: f64) -> Option<f64> {
     let room = top_room(values.len(), percent);
     if room == 0 {
         return None;
@@ -93,7 +93,7 @@ pub fn top_cut(mut values: Vec<f64>, percent: f64) -> Option<f64> {
 }
 
 /// Places one client. `None` only when no tree node holds, which `check-mapping` rules out.
-pub fn assess(
+pub(crate) fn assess(
     plan: &Plan,
     features: Vec<Option<f64>>,
     thresholds: &[Option<f64>],
@@ -162,7 +162,7 @@ pub enum Lang {
 
 impl Text {
     /// The text in `lang`.
-    pub fn get(&self, lang: Lang) -> &str {
+    pub(crate) fn get(&self, lang: Lang) -> &str {
         match lang {
             Lang::Fi => &self.fi,
             Lang::Sv => &self.sv,
@@ -387,7 +387,7 @@ pub fn explain(
 
 impl Explanation {
     /// Names what each `distinct` count of the explanation counted, from the fold's record of
-    /// the client ([`crate::record::Fold::counted`]).
+    /// the client (`crate::record::Fold::counted`).
     pub fn name_concepts(&mut self, plan: &Plan, counted: &[Counted]) {
         for f in self.criteria.iter_mut().flat_map(|c| &mut c.features) {
             let Some(i) = plan.mapping.features.iter().position(|m| m.id == f.id) else {
@@ -506,7 +506,7 @@ impl Explanation {
 }
 
 /// A feature value as people write it: whole numbers without decimals.
-pub fn format_number(v: f64) -> String {
+fn format_number(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 {
         format!("{}", v as i64)
     } else {

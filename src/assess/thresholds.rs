@@ -1,7 +1,7 @@
 //! Population thresholds: the value at which a client is in the top share of a `top_percent`
 //! test, over the folded population, and what the test held for. One run computes them once,
 //! before any client is assessed; an incremental run or a shard takes them from elsewhere (a
-//! checkpoint, a thresholds file) through [`given_thresholds`].
+//! checkpoint, a thresholds file) through `given_thresholds`.
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -11,7 +11,7 @@ use crate::model::plan::Plan;
 use crate::record::{ClientRecord, Clients};
 
 /// How many clients are assessed (and their columns taken) in parallel at a time.
-pub const CHUNK: usize = 4096;
+pub(crate) const CHUNK: usize = 4096;
 
 /// A population threshold of a `top_percent` test.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
@@ -33,7 +33,7 @@ pub struct TopShare {
     pub percent: f64,
     /// Clients the test held for.
     pub clients: u64,
-    /// Their share of the run's clients: at most `percent` / 100 ([`eval::top_cut`]).
+    /// Their share of the run's clients: at most `percent` / 100 (`eval::top_cut`).
     pub share: f64,
     /// Why the test held for no one, when it could not be applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -41,7 +41,7 @@ pub struct TopShare {
 }
 
 /// Where a run's `top_percent` thresholds come from: the one place that turns that choice into
-/// the values [`eval::assess`] compares with.
+/// the values `eval::assess` compares with.
 #[derive(Debug, Clone, Copy)]
 pub enum Basis<'a> {
     /// The clients at hand are the population (a full run, a file run, a joined run).
@@ -73,7 +73,7 @@ pub fn population_thresholds(plan: &Plan, clients: &Clients) -> Vec<Option<f64>>
 
 /// `plan`'s `top_percent` thresholds as kept between runs and shards, from their values in
 /// the plan's order.
-pub fn threshold_list(plan: &Plan, values: &[Option<f64>]) -> Vec<Threshold> {
+pub(crate) fn threshold_list(plan: &Plan, values: &[Option<f64>]) -> Vec<Threshold> {
     (plan.percentiles.iter().zip(values))
         .map(|(&(f, percent), &value)| Threshold {
             feature: plan.features[f].id.clone(),
@@ -85,7 +85,7 @@ pub fn threshold_list(plan: &Plan, values: &[Option<f64>]) -> Vec<Threshold> {
 
 /// Whom each `top_percent` test held for, and why it held for no one where it could not be
 /// applied.
-pub fn realised(
+pub(crate) fn realised(
     plan: &Plan,
     thresholds: &[Option<f64>],
     held: &[u64],
@@ -119,7 +119,7 @@ pub fn realised(
 
 /// `plan`'s `top_percent` thresholds, in its order, from thresholds kept elsewhere (a checkpoint,
 /// a thresholds file); a test they do not cover has none and never holds.
-pub fn given_thresholds(plan: &Plan, given: &[Threshold]) -> Vec<Option<f64>> {
+fn given_thresholds(plan: &Plan, given: &[Threshold]) -> Vec<Option<f64>> {
     plan.percentiles
         .iter()
         .map(|&(f, p)| {
@@ -154,12 +154,12 @@ pub fn threshold_columns(plan: &Plan, clients: &Clients) -> Vec<Vec<f64>> {
 }
 
 /// `a / b`, or 0 when there is nothing to divide by.
-pub fn ratio(a: f64, b: f64) -> f64 {
+pub(crate) fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { 0.0 }
 }
 
 /// The share of the total held by the top `fraction` of values.
-pub fn top_share(values: &mut [f64], fraction: f64) -> f64 {
+pub(crate) fn top_share(values: &mut [f64], fraction: f64) -> f64 {
     let total: f64 = values.iter().sum();
     let keep = ((values.len() as f64) * fraction).ceil() as usize;
     values.sort_unstable_by(|a, b| b.total_cmp(a));

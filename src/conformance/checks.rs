@@ -31,7 +31,7 @@ use crate::writeback::{
 pub const TEST_SYSTEM: &str = "https://segmentti.fi/fhir/identifier/conformance-test";
 /// The `meta.tag` code (in [`SEGMENTTI_SYSTEM`]) on the kit's own test data, and on whatever it
 /// wrote where the server refuses to delete it.
-pub const TEST_TAG: &str = "conformance-test";
+pub(crate) const TEST_TAG: &str = "conformance-test";
 /// How many test Patients are created: enough for three pages of one.
 const PATIENTS: usize = 3;
 /// The `If-Match` of the transaction check's bad entry: a version no test Patient has.
@@ -159,7 +159,7 @@ pub(super) struct Kit<'c> {
 }
 
 impl<'c> Kit<'c> {
-    pub fn new(
+    pub(crate) fn new(
         client: &'c FhirClient,
         mapping: &Mapping,
         today: Day,
@@ -193,7 +193,7 @@ impl<'c> Kit<'c> {
         })
     }
 
-    pub async fn run(mut self) -> Result<Report, ConformanceError> {
+    pub(crate) async fn run(mut self) -> Result<Report, ConformanceError> {
         let mut checks = Vec::new();
         for id in CheckId::ALL {
             let verdict = match id {

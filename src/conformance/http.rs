@@ -87,7 +87,7 @@ pub(super) struct Answer {
 
 impl Answer {
     /// The answer when its status is 2xx.
-    pub fn ok(self) -> Result<Self, Problem> {
+    pub(crate) fn ok(self) -> Result<Self, Problem> {
         if self.status.is_success() {
             Ok(self)
         } else {
@@ -100,7 +100,7 @@ impl Answer {
     }
 
     /// The body when it is a Bundle of `kind` (such as `searchset`).
-    pub fn bundle(self, kind: &'static str) -> Result<Value, Problem> {
+    pub(crate) fn bundle(self, kind: &'static str) -> Result<Value, Problem> {
         if bundle_type(&self.body) == Some(kind) {
             Ok(self.body)
         } else {
@@ -113,7 +113,7 @@ impl Answer {
     }
 
     /// `Type/id` of what a write answered: from the body, else from `Location`.
-    pub fn written(&self) -> Option<String> {
+    pub(crate) fn written(&self) -> Option<String> {
         let from_body = resource_type(&self.body)
             .zip(self.body.get("id").and_then(Value::as_str))
             .map(|(kind, id)| format!("{kind}/{id}"));
@@ -145,7 +145,7 @@ pub(super) struct Http<'c> {
 }
 
 impl<'c> Http<'c> {
-    pub fn new(client: &'c FhirClient) -> Self {
+    pub(crate) fn new(client: &'c FhirClient) -> Self {
         Self {
             client,
             exchanges: Vec::new(),
@@ -153,14 +153,14 @@ impl<'c> Http<'c> {
     }
 
     /// `[base]/resource_type?params`.
-    pub fn url(&self, resource_type: &str, params: &[(&str, &str)]) -> Result<Url, Problem> {
+    pub(crate) fn url(&self, resource_type: &str, params: &[(&str, &str)]) -> Result<Url, Problem> {
         self.client
             .url(resource_type, params)
             .map_err(Problem::Request)
     }
 
     /// A relative reference such as `Flag/123` or `Observation?identifier=…` below the base.
-    pub fn join(&self, relative: &str) -> Result<Url, Problem> {
+    pub(crate) fn join(&self, relative: &str) -> Result<Url, Problem> {
         self.client.base().join(relative).map_err(|e| {
             Problem::Request(FhirError::InvalidOption {
                 option: "relative URL",
@@ -170,17 +170,17 @@ impl<'c> Http<'c> {
     }
 
     /// `GET url`, which must answer 2xx.
-    pub async fn get(&mut self, url: &Url) -> Result<Answer, Problem> {
+    pub(crate) async fn get(&mut self, url: &Url) -> Result<Answer, Problem> {
         self.send(Method::GET, url, None).await?.ok()
     }
 
     /// `GET url`, which must answer a searchset Bundle.
-    pub async fn search(&mut self, url: &Url) -> Result<Value, Problem> {
+    pub(crate) async fn search(&mut self, url: &Url) -> Result<Value, Problem> {
         self.get(url).await?.bundle("searchset")
     }
 
     /// One request, one attempt; its exchange recorded whatever happens.
-    pub async fn send(
+    pub(crate) async fn send(
         &mut self,
         method: Method,
         url: &Url,

@@ -20,7 +20,7 @@
 //! - retry: each request is sent once, so the report shows each answer as it came.
 //!
 //! The test Patients are plainly synthetic (family name `Conformance Test`, tagged with
-//! [`TEST_TAG`], no identity code): a Finnish test identity code in the national system would
+//! `TEST_TAG`, no identity code): a Finnish test identity code in the national system would
 //! still share that system with other test data on the server, a run id in segmentti's own
 //! system shares it with nothing.
 //!
@@ -37,7 +37,7 @@
 //! | `read-back` | yes | `Flag?patient=` finds the Flag; its status is checked here (R4 has no Flag `status` search parameter) |
 //! | `category` | no | as an EHR filters: `Observation?patient=…&category=survey` finds the assessment and `category=laboratory` does not; the Flag carries the model's category, and `Flag?patient=…&category=…` is tried (R4 defines no Flag `category` search parameter: a server that ignores or refuses it is reported, not failed) |
 //! | `supersede` | yes | a new segment ends the old Flag (`inactive`) and starts a new one |
-//! | `cleanup` | no | what was written is deleted, or tagged with [`TEST_TAG`] where deletes are refused |
+//! | `cleanup` | no | what was written is deleted, or tagged with `TEST_TAG` where deletes are refused |
 //!
 //! A check whose server answered HTML, an OperationOutcome, 401, a redirect to another origin,
 //! or nothing within the timeout fails with that reason, and the kit goes on with the next;
@@ -53,7 +53,7 @@ use crate::fhir::FhirClient;
 use crate::fhir::day::Day;
 use crate::model::mapping::Mapping;
 
-pub use checks::{TEST_SYSTEM, TEST_TAG};
+pub use checks::TEST_SYSTEM;
 
 /// The checks, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -121,7 +121,7 @@ impl CheckId {
     }
 
     /// What the check shows when it passes.
-    pub fn title(self) -> &'static str {
+    pub(crate) fn title(self) -> &'static str {
         match self {
             Self::Metadata => "GET /metadata answers a FHIR R4 CapabilityStatement",
             Self::Declared => {

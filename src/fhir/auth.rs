@@ -44,7 +44,7 @@ impl fmt::Debug for BearerToken {
 
 /// What a client authenticates with.
 #[derive(Debug, Clone)]
-pub enum Credentials {
+pub(crate) enum Credentials {
     /// A static bearer token.
     Bearer(BearerToken),
     /// SMART Backend Services.
@@ -314,7 +314,7 @@ impl SmartBackend {
 }
 
 /// Reads a file that holds a secret (a bearer token, a private key), after
-/// [`warn_if_exposed`].
+/// `warn_if_exposed`.
 pub fn read_secret(path: &Path, what: &str) -> std::io::Result<String> {
     warn_if_exposed(path, what);
     std::fs::read_to_string(path)
@@ -323,7 +323,7 @@ pub fn read_secret(path: &Path, what: &str) -> std::io::Result<String> {
 /// Warns, once per file and process, when a file holding a secret can be read by its group or
 /// by others (`mode & 0o077`): anyone else on the machine can then act as this client. A file
 /// that cannot be inspected is left to the read that follows to report.
-pub fn warn_if_exposed(path: &Path, what: &str) {
+pub(crate) fn warn_if_exposed(path: &Path, what: &str) {
     #[cfg(unix)]
     {
         use std::collections::BTreeSet;

@@ -8,12 +8,12 @@ use serde_json::Value;
 use super::{FhirError, OperationOutcomeSummary};
 
 /// `resourceType`, when it is a string.
-pub fn resource_type(value: &Value) -> Option<&str> {
+pub(crate) fn resource_type(value: &Value) -> Option<&str> {
     value.get("resourceType").and_then(Value::as_str)
 }
 
 /// `Bundle.type` when `value` is a Bundle.
-pub fn bundle_type(value: &Value) -> Option<&str> {
+pub(crate) fn bundle_type(value: &Value) -> Option<&str> {
     (resource_type(value) == Some("Bundle"))
         .then(|| value.get("type").and_then(Value::as_str))
         .flatten()

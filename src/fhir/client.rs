@@ -42,10 +42,10 @@ pub fn patient_references<'a>(ids: impl IntoIterator<Item = &'a str>) -> String 
 }
 
 /// The media type of FHIR JSON, sent as `Accept` and, with a body, as `Content-Type`.
-pub const FHIR_JSON: &str = "application/fhir+json";
+pub(crate) const FHIR_JSON: &str = "application/fhir+json";
 
 /// The header that carries the run's correlation id on every request.
-pub const CORRELATION_HEADER: HeaderName = HeaderName::from_static("x-correlation-id");
+pub(crate) const CORRELATION_HEADER: HeaderName = HeaderName::from_static("x-correlation-id");
 
 /// Redirects followed within the base's origin before giving up.
 const MAX_REDIRECTS: usize = 5;
@@ -181,7 +181,7 @@ impl FhirClient {
 
     /// The URL of `resource_type` below the base with `params` as its query, such as
     /// `[base]/Encounter?patient=a,b`.
-    pub fn url<K: AsRef<str>, V: AsRef<str>>(
+    pub(crate) fn url<K: AsRef<str>, V: AsRef<str>>(
         &self,
         resource_type: &str,
         params: &[(K, V)],
@@ -211,7 +211,7 @@ impl FhirClient {
     /// (`X-Progress`) and NDJSON files. Credentials and the correlation id go as on every
     /// request (credentials only to the base's origin); `timeout` replaces the client's for
     /// long downloads. Transport failures and timeouts are errors; every status is not.
-    pub async fn exchange(
+    pub(crate) async fn exchange(
         &self,
         method: Method,
         url: &Url,
@@ -225,7 +225,7 @@ impl FhirClient {
     /// [`Self::exchange`] with a FHIR JSON body (sent with `Content-Type: application/fhir+json`):
     /// for callers that must see every answer as it came, writes included, such as the
     /// conformance kit. One attempt, no retries.
-    pub async fn exchange_with_body(
+    pub(crate) async fn exchange_with_body(
         &self,
         method: Method,
         url: &Url,
@@ -257,24 +257,24 @@ impl FhirClient {
 
     /// Whether a request to `url` would carry this client's credentials (same origin as the
     /// base, and credentials configured).
-    pub fn sends_credentials_to(&self, url: &Url) -> bool {
+    pub(crate) fn sends_credentials_to(&self, url: &Url) -> bool {
         self.auth.is_some() && same_origin(url, &self.base)
     }
 
     /// Whether this client has credentials at all.
-    pub fn has_credentials(&self) -> bool {
+    pub(crate) fn has_credentials(&self) -> bool {
         self.auth.is_some()
     }
 
     /// The retry policy requests of this client follow.
-    pub fn retry_policy(&self) -> &RetryPolicy {
+    pub(crate) fn retry_policy(&self) -> &RetryPolicy {
         &self.retry
     }
 
     /// This client for one call or run of a long-lived process: its connections and (unless
     /// `bearer` replaces them with a caller's token) its credentials and their token are
     /// shared, the correlation id and retry policy are the call's own.
-    pub fn for_call(
+    pub(crate) fn for_call(
         &self,
         correlation_id: &str,
         retry: RetryPolicy,
@@ -334,7 +334,7 @@ impl FhirClient {
     }
 
     /// Every page of a search that starts at `url` (which must be on the base's origin).
-    pub fn pages_from(&self, url: Url) -> Pages<'_> {
+    fn pages_from(&self, url: Url) -> Pages<'_> {
         Pages {
             client: self,
             next: Some(url),
@@ -404,7 +404,7 @@ impl FhirClient {
     }
 
     /// The base without its trailing `/`, where transactions go (`POST [base]`).
-    pub fn service_root(&self) -> Url {
+    pub(crate) fn service_root(&self) -> Url {
         let mut url = self.base.clone();
         let trimmed = url.path().trim_end_matches('/').to_owned();
         if !trimmed.is_empty() {
@@ -619,7 +619,7 @@ fn text(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
 }
 
 /// `Retry-After` in seconds, or as an HTTP date (counted from now; a past date is zero).
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));

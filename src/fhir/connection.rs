@@ -58,7 +58,7 @@ pub struct Credentials {
 impl Credentials {
     /// Reads what `token_file`, `[smart]` and `[tls]` name; each problem goes to `problems`,
     /// prefixed with `label` when it is not empty (which server of several).
-    pub fn read(
+    pub(crate) fn read(
         token_file: Option<&Path>,
         smart: Option<&RawSmart>,
         tls: Option<&RawTls>,

@@ -13,7 +13,7 @@ pub struct Day(i32);
 
 impl Day {
     /// Day 0, 1970-01-01.
-    pub const EPOCH: Day = Day(0);
+    pub(crate) const EPOCH: Day = Day(0);
 
     /// The day of a `time::Date`.
     pub fn from_date(date: Date) -> Self {
@@ -22,7 +22,7 @@ impl Day {
     }
 
     /// The `time::Date` of this day.
-    pub fn to_date(self) -> Date {
+    pub(crate) fn to_date(self) -> Date {
         let epoch =
             Date::from_calendar_date(1970, Month::January, 1).map_or(0, |d| d.to_julian_day());
         Date::from_julian_day(epoch + self.0).unwrap_or(Date::MIN)
@@ -49,17 +49,17 @@ impl Day {
     }
 
     /// Days from `self` to `later` (negative when `later` is earlier).
-    pub fn days_until(self, later: Day) -> i32 {
+    pub(crate) fn days_until(self, later: Day) -> i32 {
         later.0 - self.0
     }
 
     /// This day moved by `days`.
-    pub fn plus_days(self, days: i32) -> Day {
+    pub(crate) fn plus_days(self, days: i32) -> Day {
         Day(self.0 + days)
     }
 
     /// Whole years from `self` (a birth date) to `on`, as ages are counted.
-    pub fn years_until(self, on: Day) -> i32 {
+    pub(crate) fn years_until(self, on: Day) -> i32 {
         let (born, on) = (self.to_date(), on.to_date());
         let mut years = on.year() - born.year();
         if (on.month() as u8, on.day()) < (born.month() as u8, born.day()) {

@@ -214,7 +214,7 @@ fn causes(e: &dyn std::error::Error) -> String {
 
 impl FhirError {
     /// The URL of the request that failed, when the error belongs to one.
-    pub fn url(&self) -> Option<&Url> {
+    pub(crate) fn url(&self) -> Option<&Url> {
         match self {
             Self::Transport { url, .. }
             | Self::Timeout { url, .. }
@@ -306,12 +306,12 @@ impl FhirError {
 }
 
 /// 401, 403, 404 and 405: see [`FhirError::is_refusal`].
-pub fn refusal_status(status: StatusCode) -> bool {
+pub(crate) fn refusal_status(status: StatusCode) -> bool {
     matches!(status.as_u16(), 401 | 403 | 404 | 405)
 }
 
 /// 408, 429 and every 5xx.
-pub fn retryable_status(status: StatusCode) -> bool {
+pub(crate) fn retryable_status(status: StatusCode) -> bool {
     status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS
         || status.is_server_error()
@@ -416,7 +416,7 @@ const SHOWN_CHARS: usize = 300;
 
 impl OperationOutcomeSummary {
     /// The summary of `value` when it is an OperationOutcome.
-    pub fn from_value(value: &Value) -> Option<Self> {
+    pub(crate) fn from_value(value: &Value) -> Option<Self> {
         if value.get("resourceType")?.as_str()? != "OperationOutcome" {
             return None;
         }

@@ -7,13 +7,13 @@
 //!
 //! - [`day`]: calendar days, parsed once from a FHIR `date` or `dateTime`.
 //! - [`types`]: patient ids, references, segment codes, model ids, canonical URLs.
-//! - [`client`]: [`FhirClient`] (`get`, `search`, [`Pages`], `transaction`,
+//! - `client`: [`FhirClient`] (`get`, `search`, [`Pages`], `transaction`,
 //!   `update_conditional`, `capabilities`) and its [`ClientOptions`].
-//! - [`retry`]: [`RetryPolicy`], full-jitter backoff honouring `Retry-After`.
+//! - `retry`: [`RetryPolicy`], full-jitter backoff honouring `Retry-After`.
 //! - [`error`]: [`FhirError`] and the OperationOutcome summary errors carry.
 //! - [`auth`]: [`BearerToken`], sent only to the base's origin.
 //! - [`bundle`]: `next` links, search matches, per-entry results of transactions.
-//! - [`tls`]: a CA bundle to trust and a client certificate for mutual TLS.
+//! - `tls`: a CA bundle to trust and a client certificate for mutual TLS.
 //! - [`connection`]: a server's credentials as a configuration file names them.
 //!
 //! Logs: each request at DEBUG (`method`, `url` with query values elided, `status`,
@@ -22,21 +22,21 @@
 
 pub mod auth;
 pub mod bundle;
-pub mod client;
+pub(crate) mod client;
 pub mod connection;
 pub mod day;
 pub mod error;
-pub mod retry;
-pub mod tls;
+pub(crate) mod retry;
+pub(crate) mod tls;
 pub mod types;
 
-pub use auth::{AssertionClaims, BearerToken, Credentials, SmartConfig};
-pub use bundle::{EntryOutcome, entry_outcomes, matches, next_link};
+pub use auth::{AssertionClaims, BearerToken, SmartConfig};
+pub use bundle::{entry_outcomes, matches, next_link};
+pub(crate) use client::FHIR_JSON;
 pub use client::{
-    CORRELATION_HEADER, ClientOptions, FHIR_JSON, FhirClient, Pages, Written, new_correlation_id,
-    patient_references,
+    ClientOptions, FhirClient, Pages, Written, new_correlation_id, patient_references,
 };
-pub use error::{BodyError, FhirError, OperationOutcomeSummary, OutcomeIssue, redact};
+pub use error::{BodyError, FhirError, OperationOutcomeSummary, redact};
 pub use retry::{RetryPolicy, Retryable};
 pub use tls::{ClientIdentity, TlsOptions};
 

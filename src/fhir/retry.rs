@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 
 /// Retries made by every policy in the process, for the service's `/metrics`: a process-wide
 /// count is what an operator watches, and it costs one relaxed add per retry.
-pub static RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+pub(crate) static RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// What a retry loop needs to know about an error.
 pub trait Retryable {
@@ -70,7 +70,7 @@ impl RetryPolicy {
 
     /// The upper bound of the backoff after attempt `attempt` (from 0) failed:
     /// `min(max_delay, base_delay · 2^attempt)`.
-    pub fn ceiling(&self, attempt: u32) -> Duration {
+    fn ceiling(&self, attempt: u32) -> Duration {
         let factor = 1u32.checked_shl(attempt).unwrap_or(u32::MAX);
         self.base_delay
             .checked_mul(factor)
@@ -79,7 +79,7 @@ impl RetryPolicy {
     }
 
     /// The sleep after attempt `attempt` (from 0) failed, given the server's `Retry-After`.
-    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+    pub(crate) fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
         let ceiling_ms = u64::try_from(self.ceiling(attempt).as_millis()).unwrap_or(u64::MAX);
         let jitter = Duration::from_millis(rand::rng().random_range(0..=ceiling_ms));
         match retry_after {
@@ -90,7 +90,7 @@ impl RetryPolicy {
 
     /// Runs `op` until it succeeds, fails with an error that is not retryable, or the attempts
     /// are spent; returns the last result. Each retry is logged at WARN.
-    pub async fn run<T, E, F, Fut>(&self, mut op: F) -> Result<T, E>
+    pub(crate) async fn run<T, E, F, Fut>(&self, mut op: F) -> Result<T, E>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,

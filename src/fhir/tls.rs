@@ -27,7 +27,7 @@ pub struct ClientIdentity {
 }
 
 /// `builder` trusting `tls.ca_bundle` and presenting `tls.identity`.
-pub fn configure(
+pub(crate) fn configure(
     builder: reqwest::ClientBuilder,
     tls: &TlsOptions,
 ) -> Result<reqwest::ClientBuilder, FhirError> {

@@ -60,7 +60,7 @@ string_newtype!(
 /// A reference to a resource on the source, kept as type and id so it can be re-rendered as
 /// `Type/id` for supporting information and for explanations.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ResourceRef {
+pub(crate) struct ResourceRef {
     /// The resource type, such as `Encounter`.
     pub kind: ResourceKind,
     /// The logical id.
@@ -101,7 +101,7 @@ pub enum ResourceKind {
 
 impl ResourceKind {
     /// Every kind, in the order Bulk Data output lists them.
-    pub const ALL: [ResourceKind; 7] = [
+    pub(crate) const ALL: [ResourceKind; 7] = [
         Self::Patient,
         Self::Encounter,
         Self::Condition,
@@ -130,7 +130,7 @@ impl ResourceKind {
     /// The element that names the client: `subject`, or `patient` on EpisodeOfCare, Claim and
     /// ExplanationOfBenefit (which have no `subject`); also the name of the search parameter
     /// is `patient` for every one of them.
-    pub fn client_element(self) -> &'static str {
+    pub(crate) fn client_element(self) -> &'static str {
         match self {
             Self::EpisodeOfCare | Self::Claim | Self::ExplanationOfBenefit => "patient",
             _ => "subject",
@@ -138,7 +138,7 @@ impl ResourceKind {
     }
 
     /// Parses a FHIR resourceType string; `None` for types segmentti does not read.
-    pub fn parse(value: &str) -> Option<Self> {
+    pub(crate) fn parse(value: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|kind| kind.as_str() == value)
     }
 }
@@ -305,7 +305,7 @@ pub fn is_fhir_id(id: &str) -> bool {
 }
 
 /// Whether `value` is a resource type of FHIR R4.
-pub fn is_r4_resource_type(value: &str) -> bool {
+pub(crate) fn is_r4_resource_type(value: &str) -> bool {
     R4_TYPES.binary_search(&value).is_ok()
 }
 

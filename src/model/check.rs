@@ -47,7 +47,7 @@ pub fn data_notes(features: &[Feature]) -> Vec<String> {
 }
 
 /// Every problem in `mapping` that its schema does not catch.
-pub fn check(mapping: &Mapping) -> Vec<Diagnostic> {
+pub(crate) fn check(mapping: &Mapping) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     duplicates(mapping, &mut out);
     systems(mapping, &mut out);
@@ -71,7 +71,7 @@ pub fn check(mapping: &Mapping) -> Vec<Diagnostic> {
 /// code lists and features. It is checked as a model with its entries, one segment and a tree
 /// that places everyone there, and a price table of its own, since a `cost` feature sums the
 /// including model's table; the pointers of its entries are the same in both shapes.
-pub fn check_fragment(f: &Fragment) -> Vec<Diagnostic> {
+pub(crate) fn check_fragment(f: &Fragment) -> Vec<Diagnostic> {
     let stand_in = Text {
         fi: f.fragment.clone(),
         sv: f.fragment.clone(),
@@ -287,7 +287,7 @@ fn attributes(m: &Mapping, out: &mut Vec<Diagnostic>) {
 }
 
 /// Whether `url` can name a code system: an http(s) URL or an OID or UUID URN.
-pub fn is_system_url(url: &str) -> bool {
+pub(crate) fn is_system_url(url: &str) -> bool {
     if url.chars().any(char::is_whitespace) {
         return false;
     }

@@ -30,7 +30,7 @@ pub enum Loaded {
 }
 
 /// Reads the file a model includes by the name the model gives it: the path to show, the text.
-pub type Reader<'a> = &'a dyn Fn(&str) -> std::io::Result<(PathBuf, String)>;
+pub(crate) type Reader<'a> = &'a dyn Fn(&str) -> std::io::Result<(PathBuf, String)>;
 
 /// An included file, read and checked.
 struct Part {
@@ -70,7 +70,7 @@ impl Origins {
 }
 
 /// Loads `text`, a model or a file to include; a model's includes are read with `read`.
-pub fn load(text: &str, read: Reader<'_>) -> Result<Loaded, Vec<Diagnostic>> {
+pub(crate) fn load(text: &str, read: Reader<'_>) -> Result<Loaded, Vec<Diagnostic>> {
     let spanned = parse_yaml(text).map_err(|d| vec![d])?;
     if names_fragment(&spanned.value) {
         let (spanned, mut fragment) = typed::<Fragment>(spanned)?;

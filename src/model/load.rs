@@ -52,7 +52,7 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     /// A problem at `pointer` with a hint.
-    pub fn new(
+    pub(crate) fn new(
         pointer: impl Into<String>,
         message: impl Into<String>,
         hint: impl Into<String>,
@@ -111,7 +111,7 @@ fn render(path: &Path, diagnostics: &[Diagnostic]) -> String {
 
 /// A diagnostic rendered as `file:line:col: message` with its hint on the next line.
 #[derive(Debug)]
-pub struct DiagnosticAt<'a> {
+pub(crate) struct DiagnosticAt<'a> {
     /// The file.
     pub path: &'a Path,
     /// The problem.
@@ -145,7 +145,7 @@ impl fmt::Display for DiagnosticAt<'_> {
 
 /// A mapping file's text parsed into JSON, with the position of every value.
 #[derive(Debug)]
-pub struct Spanned {
+pub(crate) struct Spanned {
     /// The document as JSON.
     pub value: Value,
     spans: HashMap<String, Pos>,
@@ -153,7 +153,7 @@ pub struct Spanned {
 
 impl Spanned {
     /// The position of `pointer`, or of its nearest ancestor that has one.
-    pub fn pos(&self, pointer: &str) -> Option<Pos> {
+    pub(crate) fn pos(&self, pointer: &str) -> Option<Pos> {
         let mut p = pointer;
         loop {
             if let Some(pos) = self.spans.get(p) {
@@ -187,13 +187,13 @@ pub fn load_file(path: &Path) -> Result<Mapping, MappingError> {
 
 /// Loads and checks a model or a file to include; a model's `include:` files are read relative
 /// to `path`, and ValueSets named by canonical from the packages the command line gave
-/// ([`package::given`]).
+/// (`package::given`).
 pub fn check_file(path: &Path) -> Result<Loaded, MappingError> {
     check_file_with(path, package::given())
 }
 
 /// [`check_file`] with ValueSets named by canonical taken from `packages`.
-pub fn check_file_with(path: &Path, packages: &Packages) -> Result<Loaded, MappingError> {
+fn check_file_with(path: &Path, packages: &Packages) -> Result<Loaded, MappingError> {
     let text = read_text(path).map_err(|source| MappingError::Io {
         path: path.to_owned(),
         source,
@@ -293,7 +293,7 @@ pub(super) fn typed<T: serde::de::DeserializeOwned>(
 impl Spanned {
     /// Gives each diagnostic of this file without a position the position of its pointer, and
     /// sorts them by file and line.
-    pub fn place(&self, mut diagnostics: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    pub(crate) fn place(&self, mut diagnostics: Vec<Diagnostic>) -> Vec<Diagnostic> {
         for d in &mut diagnostics {
             if d.file.is_none() {
                 d.pos = d.pos.or_else(|| self.pos(&d.pointer));
@@ -418,7 +418,7 @@ fn schema_hint(message: &str, instance: &Value) -> String {
 }
 
 /// Parses YAML into JSON, recording the position of every value by JSON pointer.
-pub fn parse_yaml(text: &str) -> Result<Spanned, Diagnostic> {
+pub(crate) fn parse_yaml(text: &str) -> Result<Spanned, Diagnostic> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
     if let Err(e) = parser.load(&mut builder, false) {

@@ -82,7 +82,7 @@ pub struct Mapping {
 
 /// The codes of `http://terminology.hl7.org/CodeSystem/flag-category` a model's
 /// [`Mapping::flag_category`] may name, with their displays in that code system.
-pub const FLAG_CATEGORIES: [(&str, &str); 8] = [
+pub(crate) const FLAG_CATEGORIES: [(&str, &str); 8] = [
     ("diet", "Diet"),
     ("drug", "Drug"),
     ("lab", "Lab"),
@@ -94,10 +94,10 @@ pub const FLAG_CATEGORIES: [(&str, &str); 8] = [
 ];
 
 /// The Flag category when a model names none.
-pub const DEFAULT_FLAG_CATEGORY: &str = "admin";
+pub(crate) const DEFAULT_FLAG_CATEGORY: &str = "admin";
 
 /// The statuses of `kind` that count for nothing by default ([`Mapping::not_counted`]).
-pub fn default_not_counted(kind: ResourceKind) -> &'static [&'static str] {
+pub(crate) fn default_not_counted(kind: ResourceKind) -> &'static [&'static str] {
     match kind {
         ResourceKind::Patient => &[],
         ResourceKind::Encounter => &["entered-in-error", "cancelled", "planned"],
@@ -111,7 +111,7 @@ pub fn default_not_counted(kind: ResourceKind) -> &'static [&'static str] {
 
 /// The statuses FHIR R4 defines for `kind`'s status element (Condition: `verificationStatus`),
 /// which `not_counted` may name.
-pub fn known_statuses(kind: ResourceKind) -> &'static [&'static str] {
+pub(crate) fn known_statuses(kind: ResourceKind) -> &'static [&'static str] {
     match kind {
         ResourceKind::Patient => &[],
         ResourceKind::Encounter => &[
@@ -360,7 +360,7 @@ pub enum Field {
 
 impl Field {
     /// The resource types that have this field.
-    pub fn resources(self) -> &'static [ResourceKind] {
+    pub(crate) fn resources(self) -> &'static [ResourceKind] {
         match self {
             Self::Class | Self::ServiceType | Self::ReasonCode | Self::Service => {
                 &[ResourceKind::Encounter]
@@ -372,18 +372,18 @@ impl Field {
     }
 
     /// Whether a resource of `kind` has this field.
-    pub fn belongs_to(self, kind: ResourceKind) -> bool {
+    pub(crate) fn belongs_to(self, kind: ResourceKind) -> bool {
         self.resources().contains(&kind)
     }
 
     /// The resource types that have this field, for messages (`Condition or Observation`).
-    pub fn resources_text(self) -> String {
+    pub(crate) fn resources_text(self) -> String {
         let names: Vec<&str> = self.resources().iter().map(|k| k.as_str()).collect();
         names.join(" or ")
     }
 
     /// The FHIR element name.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Class => "class",
             Self::Type => "type",
@@ -437,7 +437,7 @@ pub struct Feature {
 
 impl Feature {
     /// The selections the feature aggregates over (one, once the model is checked).
-    pub fn selections(&self) -> impl Iterator<Item = &Selection> {
+    pub(crate) fn selections(&self) -> impl Iterator<Item = &Selection> {
         [
             &self.count,
             &self.distinct,

@@ -61,19 +61,19 @@ struct Head {
 static GIVEN: OnceLock<Packages> = OnceLock::new();
 
 /// Makes `packages` the ones every model loaded by this process resolves canonicals from
-/// ([`given`]); the command line calls this once, before it loads a model. A second call is
+/// (`given`); the command line calls this once, before it loads a model. A second call is
 /// ignored.
 pub fn give(packages: Packages) {
     let _ = GIVEN.set(packages);
 }
 
 /// The packages the command line gave, or none.
-pub fn given() -> &'static Packages {
+pub(crate) fn given() -> &'static Packages {
     GIVEN.get_or_init(Packages::default)
 }
 
 /// Whether a `valueset:` names a canonical URL rather than a file.
-pub fn is_canonical(name: &str) -> bool {
+pub(crate) fn is_canonical(name: &str) -> bool {
     name.starts_with("http://") || name.starts_with("https://") || name.starts_with("urn:")
 }
 
@@ -132,7 +132,7 @@ impl Packages {
 
     /// The ValueSet with `canonical` (`url` or `url|version`): where it was found, and its
     /// text; a `NotFound` error naming the packages searched otherwise.
-    pub fn valueset(&self, canonical: &str) -> std::io::Result<(PathBuf, String)> {
+    pub(crate) fn valueset(&self, canonical: &str) -> std::io::Result<(PathBuf, String)> {
         match self.valuesets.get(canonical) {
             Some(found) => Ok((found.at.clone(), found.text.clone())),
             None if self.names.is_empty() => Err(std::io::Error::new(

@@ -12,7 +12,7 @@ use crate::fhir::types::ResourceKind;
 
 /// The most (field, code list) pairs a model may filter on; each is one bit of a resource's
 /// match mask.
-pub const MAX_MATCHERS: usize = 128;
+const MAX_MATCHERS: usize = 128;
 
 /// A mapping ready to run at one as-of date.
 #[derive(Debug)]
@@ -106,7 +106,7 @@ const SECOND: u64 = 1 << 46;
 
 /// Whether a client with `value` is in a top share whose threshold is `threshold`: at or above
 /// it, and above zero; never where either is missing.
-pub fn in_top_share(value: Option<f64>, threshold: Option<f64>) -> bool {
+pub(crate) fn in_top_share(value: Option<f64>, threshold: Option<f64>) -> bool {
     value.zip(threshold).is_some_and(|(v, t)| v > 0.0 && v >= t)
 }
 
@@ -141,7 +141,7 @@ pub struct MaskTest {
 
 impl MaskTest {
     /// Whether a resource with this match mask passes.
-    pub fn holds(self, mask: u128) -> bool {
+    pub(crate) fn holds(self, mask: u128) -> bool {
         mask & self.required == self.required && mask & self.forbidden == 0
     }
 }
@@ -198,7 +198,7 @@ impl FeaturePlan {
     /// Whether a resource of `kind` on `day` with match `mask` counts for this feature: one of
     /// `resource` that passes the filters, or a billing resource of a `billed` cost (the
     /// filters test Encounter codes, which a Claim has not), inside the window.
-    pub fn selects(&self, kind: ResourceKind, day: Option<Day>, mask: u128) -> bool {
+    pub(crate) fn selects(&self, kind: ResourceKind, day: Option<Day>, mask: u128) -> bool {
         let chosen = if kind == self.resource {
             self.test.holds(mask)
         } else {
@@ -255,7 +255,7 @@ enum Price {
 
 impl PricePlan {
     /// The price of an Encounter with this match mask and period.
-    pub fn price(&self, mask: u128, start: Option<Day>, end: Option<Day>) -> f64 {
+    pub(crate) fn price(&self, mask: u128, start: Option<Day>, end: Option<Day>) -> f64 {
         match self.rules.iter().find(|(test, _)| test.holds(mask)) {
             Some((_, Price::Each(p))) => *p,
             Some((_, Price::PerDay(p))) => {
@@ -338,22 +338,11 @@ impl Op {
             Self::Eq => (a - b).abs() < 1e-9,
         }
     }
-
-    /// The operator as written in mapping files.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Gte => "≥",
-            Self::Gt => ">",
-            Self::Lte => "≤",
-            Self::Lt => "<",
-            Self::Eq => "=",
-        }
-    }
 }
 
 /// What conditions are evaluated against.
 #[derive(Debug, Clone, Copy)]
-pub struct Facts<'a> {
+pub(crate) struct Facts<'a> {
     /// Feature values.
     pub features: &'a [Option<f64>],
     /// Criterion levels so far.
@@ -364,7 +353,7 @@ pub struct Facts<'a> {
 
 impl Cond {
     /// Whether the condition holds.
-    pub fn holds(&self, facts: Facts<'_>) -> bool {
+    pub(crate) fn holds(&self, facts: Facts<'_>) -> bool {
         match self {
             Self::All(cs) => cs.iter().all(|c| c.holds(facts)),
             Self::Any(cs) => cs.iter().any(|c| c.holds(facts)),
@@ -392,7 +381,7 @@ impl Cond {
     }
 
     /// Feature indexes this condition reads.
-    pub fn features(&self, out: &mut Vec<usize>) {
+    pub(crate) fn features(&self, out: &mut Vec<usize>) {
         match self {
             Self::All(cs) | Self::Any(cs) => cs.iter().for_each(|c| c.features(out)),
             Self::Not(c) => c.features(out),
@@ -404,20 +393,6 @@ impl Cond {
                 }
             }
             Self::Level { .. } => {}
-        }
-    }
-
-    /// Criterion indexes this condition reads.
-    pub fn criteria(&self, out: &mut Vec<usize>) {
-        match self {
-            Self::All(cs) | Self::Any(cs) => cs.iter().for_each(|c| c.criteria(out)),
-            Self::Not(c) => c.criteria(out),
-            Self::Level { criterion, .. } => {
-                if !out.contains(criterion) {
-                    out.push(*criterion);
-                }
-            }
-            Self::Compare { .. } | Self::Missing { .. } | Self::TopPercent { .. } => {}
         }
     }
 }
@@ -447,7 +422,7 @@ fn err(
 }
 
 /// Parses an ISO 8601 duration of years, months, weeks and days (`P1Y6M`, `P90D`).
-pub fn parse_window(text: &str) -> Option<(u32, u32)> {
+fn parse_window(text: &str) -> Option<(u32, u32)> {
     let rest = text.strip_prefix('P')?;
     if rest.is_empty() {
         return None;
@@ -472,7 +447,7 @@ pub fn parse_window(text: &str) -> Option<(u32, u32)> {
 }
 
 /// The day `months` calendar months and `days` days before `day` (end of month clamped).
-pub fn days_before(day: Day, months: u32, days: u32) -> Day {
+fn days_before(day: Day, months: u32, days: u32) -> Day {
     let date = day.to_date();
     let total = date.year() * 12 + i32::from(date.month() as u8)
         - 1
@@ -960,23 +935,18 @@ impl Plan {
 
     /// Whether a resource of `kind` with `status` (a Condition's `verificationStatus`) counts
     /// for nothing ([`Mapping::not_counted`]).
-    pub fn not_counted(&self, kind: ResourceKind, status: &str) -> bool {
+    pub(crate) fn not_counted(&self, kind: ResourceKind, status: &str) -> bool {
         self.not_counted[kind as usize].iter().any(|s| s == status)
     }
 
     /// Whether the model reads resources of `kind`.
-    pub fn reads_kind(&self, kind: ResourceKind) -> bool {
+    pub(crate) fn reads_kind(&self, kind: ResourceKind) -> bool {
         self.kinds.contains(&kind)
-    }
-
-    /// Whether any filter reads `field`.
-    pub fn reads(&self, field: Field) -> bool {
-        self.index.contains_key(&field)
     }
 
     /// The match bits of one coding of `field`, and the key of its listed concept (an exact
     /// code before the longest prefix), if a list holds it.
-    pub fn lookup(&self, field: Field, system: &str, code: &str) -> (u128, Option<u64>) {
+    pub(crate) fn lookup(&self, field: Field, system: &str, code: &str) -> (u128, Option<u64>) {
         let Some(index) = self.index.get(&field) else {
             return (0, None);
         };
@@ -1002,7 +972,7 @@ impl Plan {
     /// same resource is preferred ([`Plan::distinct_key`]). A `second_choice` coding (an
     /// Encounter's `type` taken as its service) gives way to the resource's other unlisted
     /// codings too. Hashed only here, for the fields `distinct` features count.
-    pub fn distinct_concept(
+    pub(crate) fn distinct_concept(
         listed: Option<u64>,
         system: &str,
         code: &str,
@@ -1017,14 +987,14 @@ impl Plan {
     /// Of two concept keys of one resource's codings, the one it is counted by: a listed
     /// concept before an unlisted coding, then the lower key, so the choice does not depend on
     /// the order of the codings.
-    pub fn distinct_key(a: u64, b: u64) -> u64 {
+    pub(crate) fn distinct_key(a: u64, b: u64) -> u64 {
         a.min(b)
     }
 
     /// What a person calls the concept a `distinct` feature counted as `key`: its listed
     /// concept's name or the entry's display; `None` for a code no list holds. For
     /// explanations: it searches every list.
-    pub fn concept_name(&self, key: u64) -> Option<&str> {
+    pub(crate) fn concept_name(&self, key: u64) -> Option<&str> {
         self.mapping
             .code_lists
             .iter()
@@ -1045,7 +1015,7 @@ impl Plan {
 
     /// Whether the coding `system|code` of `field` is (one of) what a `distinct` feature
     /// counted as `key`.
-    pub fn counts_as(&self, field: Field, system: &str, code: &str, key: u64) -> bool {
+    pub(crate) fn counts_as(&self, field: Field, system: &str, code: &str, key: u64) -> bool {
         match self.lookup(field, system, code).1 {
             Some(listed) => listed == key,
             None => concept_key(None, system, code) == key & !(UNLISTED | SECOND),
@@ -1053,7 +1023,7 @@ impl Plan {
     }
 
     /// The short name the mapping gives a code system's URL, or the URL.
-    pub fn system_name<'a>(&'a self, url: &'a str) -> &'a str {
+    pub(crate) fn system_name<'a>(&'a self, url: &'a str) -> &'a str {
         self.mapping
             .systems
             .iter()
@@ -1062,7 +1032,7 @@ impl Plan {
     }
 
     /// Index of the first tree node that holds for these criterion levels.
-    pub fn place(&self, levels: &[usize]) -> Option<usize> {
+    pub(crate) fn place(&self, levels: &[usize]) -> Option<usize> {
         let facts = Facts {
             features: &[],
             levels,
@@ -1074,7 +1044,7 @@ impl Plan {
     }
 }
 
-/// Every resource type any of `plans` reads, in [`ResourceKind::ALL`]'s order: what a source
+/// Every resource type any of `plans` reads, in `ResourceKind::ALL`'s order: what a source
 /// asks a server for.
 pub fn kinds_read(plans: &[Plan]) -> Vec<ResourceKind> {
     ResourceKind::ALL

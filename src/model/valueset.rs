@@ -23,7 +23,7 @@ use super::mapping::{CodeEntry, CodeList};
 use super::package;
 
 /// The `expansion.parameter` that records which version of the ValueSet was expanded.
-pub const USED_VERSION: &str = "used-valueset-version";
+const USED_VERSION: &str = "used-valueset-version";
 
 /// The command that pins an expansion, for hints.
 const EXPAND: &str = "segmentti expand MODEL --terminology URL";
@@ -84,7 +84,7 @@ pub enum Problem {
 
 impl Problem {
     /// What to do about it.
-    pub fn hint(&self) -> String {
+    pub(crate) fn hint(&self) -> String {
         match self {
             Self::NotJson(_) => "save the ValueSet as FHIR JSON (`{\"resourceType\": \"ValueSet\", …}`), as a terminology server exports it".into(),
             Self::NotValueSet(_) => "name a file holding one ValueSet resource (`resourceType: ValueSet`)".into(),
@@ -120,7 +120,7 @@ pub struct ValueSet {
 
 impl ValueSet {
     /// `ValueSet {url}|{version}`, the `source` of every entry it gives a code list.
-    pub fn source(&self) -> String {
+    pub(crate) fn source(&self) -> String {
         let url = self.url.as_deref().unwrap_or("(no url)");
         match &self.version {
             Some(v) => format!("ValueSet {url}|{v}"),
@@ -130,7 +130,7 @@ impl ValueSet {
 
     /// The code list entries: each concept with its display (the code when it has none), no
     /// concept of its own, and [`Self::source`].
-    pub fn entries(&self) -> Vec<CodeEntry> {
+    pub(crate) fn entries(&self) -> Vec<CodeEntry> {
         let source = self.source();
         self.concepts
             .iter()

@@ -24,9 +24,9 @@ use crate::writeback::Concepts;
 
 /// The package's canonical base: every StructureDefinition, CodeSystem and ValueSet of
 /// segmentti's own lives below it. Models have their own canonical (in their mapping file).
-pub const CANONICAL: &str = "https://segmentti.fi/fhir";
+const CANONICAL: &str = "https://segmentti.fi/fhir";
 /// The package's name in the FHIR package registry's sense.
-pub const PACKAGE_NAME: &str = "segmentti.fhir.r4";
+const PACKAGE_NAME: &str = "segmentti.fhir.r4";
 
 /// The authored definitions, embedded so the binary can build the package anywhere.
 const DEFINITIONS: [&str; 10] = [
@@ -45,7 +45,7 @@ const DEFINITIONS: [&str; 10] = [
 /// What segmentti needs of a FHIR server: the package's `kind: requirements` CapabilityStatement
 /// (interactions, search parameters, conditional update, transaction), which `conformance`
 /// holds a server's own statement to.
-pub fn requirements() -> Value {
+pub(crate) fn requirements() -> Value {
     let text = DEFINITIONS
         .iter()
         .find(|d| d.contains("\"resourceType\": \"CapabilityStatement\""))

@@ -44,7 +44,7 @@ pub enum SnapshotError {
 }
 
 /// The snapshot elements of `profile` over `base` (which must carry a snapshot).
-pub fn generate(profile: &Value, base: &Value) -> Result<Vec<Value>, SnapshotError> {
+pub(crate) fn generate(profile: &Value, base: &Value) -> Result<Vec<Value>, SnapshotError> {
     let url = str_of(profile, "url");
     let malformed = |what: &str| SnapshotError::Malformed {
         profile: url.to_owned(),

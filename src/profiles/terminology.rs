@@ -123,7 +123,7 @@ fn pascal(id: &str) -> String {
 }
 
 /// Every CodeSystem and ValueSet of the package.
-pub fn resources(plans: &[Plan]) -> Result<Vec<Value>, ProfileError> {
+pub(crate) fn resources(plans: &[Plan]) -> Result<Vec<Value>, ProfileError> {
     let version = env!("CARGO_PKG_VERSION");
     let mut systems = vec![System {
         url: SEGMENTTI_SYSTEM.to_owned(),

@@ -55,11 +55,11 @@ pub struct Fact {
     /// An Observation's `valueQuantity.value` or `valueInteger`.
     pub value: Option<f64>,
     /// Read and counted, but selected by no feature: a resource whose status the model does
-    /// not count ([`Plan::not_counted`]: an `entered-in-error` Encounter, a `refuted`
+    /// not count (`Plan::not_counted`: an `entered-in-error` Encounter, a `refuted`
     /// Condition), or a Claim or ExplanationOfBenefit without a total to cost it by.
     pub void: Option<Void>,
     /// The concept (key) `distinct` features count the resource as, one per distinct field
-    /// ([`Plan::distinct_concept`]), with the distinct-field index; a resource has one or two, so they
+    /// (`Plan::distinct_concept`), with the distinct-field index; a resource has one or two, so they
     /// live inside the fact rather than in an allocation.
     pub codes: SmallVec<[(u8, u64); 2]>,
     /// The codings behind [`Fact::codes`], as recorded, when the plan keeps them for an
@@ -198,7 +198,7 @@ pub enum Fault {
 
 impl Fault {
     /// As `rejected.ndjson` and the logs name it.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Unreadable => "unreadable",
             Self::NoResourceType => "no-resource-type",
@@ -682,7 +682,7 @@ struct JustType<'a> {
 
 /// The Patient id in a reference: `Patient/123`, an absolute URL ending in `Patient/123`, or
 /// either with `/_history/n`.
-pub fn patient_id(reference: &str) -> Option<&str> {
+pub(crate) fn patient_id(reference: &str) -> Option<&str> {
     // The common case first: it runs for nearly every resource read.
     if let Some(id) = reference.strip_prefix("Patient/")
         && !id.is_empty()

@@ -101,7 +101,7 @@ impl JoinSpec {
     }
 
     /// The join key of `value` in `system`.
-    pub fn key_of(&self, system: &str, value: &str) -> JoinKey {
+    fn key_of(&self, system: &str, value: &str) -> JoinKey {
         let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.key)
             .expect("HMAC takes a key of any length");
         mac.update(system.as_bytes());
@@ -115,7 +115,7 @@ impl JoinSpec {
 
     /// What the join keeps of one Patient: its key, links and last update (and its identifier
     /// only when reports may show it).
-    pub fn identity(&self, person: &Person) -> Identity {
+    pub(crate) fn identity(&self, person: &Person) -> Identity {
         let chosen = self.systems.iter().find_map(|system| {
             person
                 .identifiers
@@ -154,7 +154,7 @@ pub struct Identity {
 
 /// One source's fold: per plan its clients by local id, and its Patients' identities.
 #[derive(Debug, Default)]
-pub struct SourceFold {
+pub(crate) struct SourceFold {
     /// Per plan, the clients by local Patient id.
     pub clients: Vec<Clients>,
     /// The identities of its Patients, by local id.
@@ -240,7 +240,7 @@ pub struct Duplicate {
 
 /// Joins the folds of `sources` (in order: the first is preferred where records disagree,
 /// as on a birth date) for every plan.
-pub fn join(sources: Vec<SourceFold>, plans: &[Plan]) -> Joined {
+pub(crate) fn join(sources: Vec<SourceFold>, plans: &[Plan]) -> Joined {
     let mut joined = Joined {
         clients: vec![FxHashMap::default(); plans.len()],
         ..Joined::default()

@@ -22,7 +22,7 @@ pub mod shape;
 use compact_str::CompactString;
 use rustc_hash::FxHashMap;
 
-pub use extract::{Fact, Fault, KeptCoding, Rejection, Unassessed, Void};
+pub(crate) use extract::{Fact, Fault, Rejection, Unassessed, Void};
 
 use crate::fhir::day::Day;
 use crate::fhir::types::{ResourceKind, ResourceRef};
@@ -31,13 +31,13 @@ use crate::model::plan::{Aggregate, Plan};
 /// How many contributing resources of each type a client keeps for the assessment's supporting information and
 /// explanations; the most recent win, and the full count is kept beside them. Kept per type so
 /// that a flood of recent contacts cannot push out the diagnoses that also decided the result.
-pub const EVIDENCE_CAP: usize = 8;
+const EVIDENCE_CAP: usize = 8;
 
 const NO_DAY_LOW: i32 = i32::MAX;
 const NO_DAY_HIGH: i32 = i32::MIN;
 
 /// A resource that counted for at least one feature. Every client keeps up to
-/// [`EVIDENCE_CAP`] of each type, most of the fold's memory at a million clients: the day is
+/// `EVIDENCE_CAP` of each type, most of the fold's memory at a million clients: the day is
 /// kept as a day number, so an entry takes 40 bytes rather than 48.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Evidence {
@@ -55,7 +55,12 @@ pub struct Evidence {
 
 impl Evidence {
     /// A resource of the first source.
-    pub fn new(kind: ResourceKind, id: CompactString, day: Option<Day>, features: u64) -> Self {
+    pub(crate) fn new(
+        kind: ResourceKind,
+        id: CompactString,
+        day: Option<Day>,
+        features: u64,
+    ) -> Self {
         Self {
             kind,
             id,
@@ -66,12 +71,12 @@ impl Evidence {
     }
 
     /// Its day, when it has one.
-    pub fn day(&self) -> Option<Day> {
+    pub(crate) fn day(&self) -> Option<Day> {
         (self.day != NO_DAY_HIGH).then(|| Day::EPOCH.plus_days(self.day))
     }
 
     /// The resource as a reference.
-    pub fn reference(&self) -> ResourceRef {
+    pub(crate) fn reference(&self) -> ResourceRef {
         ResourceRef {
             kind: self.kind,
             id: self.id.to_string(),
@@ -80,7 +85,7 @@ impl Evidence {
 }
 
 /// Every client of a fold, by Patient id (as the source names the Patient).
-pub type Clients = FxHashMap<CompactString, ClientRecord>;
+pub(crate) type Clients = FxHashMap<CompactString, ClientRecord>;
 
 /// One client's accumulated facts.
 #[derive(Debug, Clone)]
@@ -94,7 +99,7 @@ pub struct ClientRecord {
     slots: Box<[u64]>,
     bills: Box<[Bills]>,
     distinct: Vec<u64>,
-    /// The most recent contributing resources, at most [`EVIDENCE_CAP`] of each type.
+    /// The most recent contributing resources, at most `EVIDENCE_CAP` of each type.
     pub evidence: Vec<Evidence>,
     /// How many resources contributed in all.
     pub evidence_total: u32,
@@ -104,7 +109,7 @@ pub struct ClientRecord {
 
 impl ClientRecord {
     /// A client with a Patient and nothing else yet.
-    pub fn empty(plan: &Plan) -> Self {
+    pub(crate) fn empty(plan: &Plan) -> Self {
         Self {
             has_patient: true,
             ..Self::new(plan)
@@ -138,7 +143,7 @@ impl ClientRecord {
 
     /// The value of every feature of `plan`, in order; `None` where the client has none
     /// (no birth date, no matching contact for `days_since_last` or `span_days`).
-    pub fn values(&self, plan: &Plan) -> Vec<Option<f64>> {
+    pub(crate) fn values(&self, plan: &Plan) -> Vec<Option<f64>> {
         plan.features
             .iter()
             .enumerate()
@@ -259,7 +264,7 @@ impl ClientRecord {
     /// or a Patient linked to this one), as if one fold had seen both: counts and costs add,
     /// code sets and date spans unite, evidence is kept per source. The birth date already
     /// here wins: sources are merged in the order given, the first preferred.
-    pub fn merge(&mut self, plan: &Plan, other: ClientRecord) {
+    pub(crate) fn merge(&mut self, plan: &Plan, other: ClientRecord) {
         // Death or a birth after the as-of date in any source decides; an inactive record in
         // one system does not end the client's care in the others.
         self.unassessed = match (self.has_patient, other.has_patient) {
@@ -339,7 +344,7 @@ pub struct LeftOut {
 pub struct Counted {
     /// The feature's index.
     pub feature: usize,
-    /// The concept's key ([`Plan::distinct_concept`]).
+    /// The concept's key (`Plan::distinct_concept`).
     pub key: u64,
     /// The resource's type.
     pub kind: ResourceKind,
@@ -376,7 +381,7 @@ impl<'p> Fold<'p> {
     }
 
     /// Keeps the resources of `patient` that count for nothing, and why ([`Fold::left_out`]).
-    pub fn watching(plan: &'p Plan, patient: Option<CompactString>) -> Self {
+    pub(crate) fn watching(plan: &'p Plan, patient: Option<CompactString>) -> Self {
         Self {
             watch: patient,
             ..Self::new(plan)
@@ -384,12 +389,12 @@ impl<'p> Fold<'p> {
     }
 
     /// The watched client's resources that counted for nothing, in input order.
-    pub fn left_out(&self) -> &[LeftOut] {
+    pub(crate) fn left_out(&self) -> &[LeftOut] {
         &self.left_out
     }
 
     /// The concepts `distinct` features counted for the watched client, in input order.
-    pub fn counted(&self) -> &[Counted] {
+    pub(crate) fn counted(&self) -> &[Counted] {
         &self.counted
     }
 
@@ -512,7 +517,8 @@ impl<'p> Fold<'p> {
     }
 
     /// What the fold saw.
-    pub fn stats(&self) -> &FoldStats {
+    #[cfg(test)]
+    pub(crate) fn stats(&self) -> &FoldStats {
         &self.stats
     }
 

@@ -52,7 +52,7 @@ pub fn describe(text: &str) -> String {
 }
 
 /// What a reference that names no Patient by `Patient/id` is, as the end of "subject is ...".
-pub fn describe_reference(reference: &str) -> String {
+pub(crate) fn describe_reference(reference: &str) -> String {
     if reference.is_empty() {
         return "empty".to_owned();
     }
@@ -89,7 +89,7 @@ pub fn describe_reference(reference: &str) -> String {
 /// `message` (a serde error's) with every value it quotes, `"..."` or `` `...` ``, replaced
 /// by its [`describe`]d shape: serde shows the offending string or number, and that string
 /// may be an identity code.
-pub fn redact_quoted(message: &str) -> String {
+pub(crate) fn redact_quoted(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
     while let Some(at) = rest.find(['"', '`']) {

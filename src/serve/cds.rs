@@ -15,7 +15,7 @@
 //! The language of the cards is the first of `fi`, `sv` and `en` in the call's
 //! `Accept-Language` header; without one, Finnish.
 //!
-//! A card's link opens its explanation once, within [`EXPLANATION_TTL`]: the link carries its
+//! A card's link opens its explanation once, within `EXPLANATION_TTL`: the link carries its
 //! expiry and an HMAC of id and expiry under a key drawn at start-up, so it cannot be forged or
 //! stretched. A CDS Hooks token for the link's URL (without its query) opens it as well. The
 //! explanation is the card's own text under the client's id: no more than the card showed.
@@ -54,9 +54,9 @@ use crate::fhir::{BearerToken, FhirError, RetryPolicy, new_correlation_id};
 use crate::run::pipeline;
 
 /// The one service.
-pub const SERVICE_ID: &str = "segmentti-patient-view";
+const SERVICE_ID: &str = "segmentti-patient-view";
 /// How long an explanation behind a card's link can be opened.
-pub const EXPLANATION_TTL: Duration = Duration::from_secs(5 * 60);
+const EXPLANATION_TTL: Duration = Duration::from_secs(5 * 60);
 /// Explanations kept at once; the oldest go first.
 const EXPLANATIONS_KEPT: usize = 1000;
 
@@ -76,7 +76,7 @@ impl IntoResponse for Refusal {
 }
 
 /// `GET /cds-services`.
-pub async fn discovery() -> Response {
+pub(crate) async fn discovery() -> Response {
     axum::Json(json!({
         "services": [{
             "hook": "patient-view",
@@ -94,7 +94,7 @@ pub async fn discovery() -> Response {
 }
 
 /// `POST /cds-services/{id}`.
-pub async fn call(
+pub(crate) async fn call(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -112,7 +112,7 @@ pub async fn call(
 }
 
 /// `POST /cds-services/{id}/feedback`.
-pub async fn feedback(
+pub(crate) async fn feedback(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -151,7 +151,7 @@ pub async fn feedback(
 
 /// `GET /explanations/{id}`: the explanation behind a card, once, for a while after the card,
 /// to the holder of its signed link or of a CDS Hooks token for it.
-pub async fn explanation(
+pub(crate) async fn explanation(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     uri: Uri,
@@ -255,7 +255,7 @@ async fn off_the_workers<T: Send + 'static>(
 
 /// Whether `id` may stand as a FHIR resource id in a URL path: a FHIR id, and not `.` or `..`,
 /// which match the pattern but which a path would read as this and the parent folder.
-pub fn is_path_id(id: &str) -> bool {
+fn is_path_id(id: &str) -> bool {
     is_fhir_id(id) && id != "." && id != ".."
 }
 
@@ -285,7 +285,7 @@ async fn answer(
 /// resources come from.
 #[derive(Debug)]
 pub struct Call {
-    /// `context.patientId`, a FHIR id (see [`is_path_id`]).
+    /// `context.patientId`, a FHIR id (see `is_path_id`).
     pub patient: PatientId,
     /// The prefetch, or the server to read the client from.
     pub resources: Resources,
@@ -303,7 +303,7 @@ pub enum Resources {
 /// Checks the body of a `patient-view` call, in order: `hook`, `context.patientId`,
 /// `fhirServer` against `trusted` (the configured server), then the prefetch. Pure, so that
 /// the fuzzer reaches every refusal the service gives before it reads anything; the token and
-/// size checks, which need the service, come before it in [`call`].
+/// size checks, which need the service, come before it in `call`.
 pub fn parse_call(request: &Value, trusted: &url::Url) -> Result<Call, Refusal> {
     let bad = |m: String| Refusal(StatusCode::BAD_REQUEST, m);
     match request["hook"].as_str() {
@@ -575,7 +575,7 @@ fn card(
 
 /// Rendered explanations behind card links, each for [`EXPLANATION_TTL`] and one opening, at
 /// most `EXPLANATIONS_KEPT`.
-pub struct Explanations {
+pub(crate) struct Explanations {
     /// Signs the links; drawn at start-up, so a link dies with the process that made it.
     key: [u8; 32],
     /// Id, expiry (Unix seconds) and text, oldest first.

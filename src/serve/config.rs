@@ -41,12 +41,12 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::fhir::connection::Credentials;
-pub use crate::fhir::connection::{RawSmart, RawTls};
+pub(crate) use crate::fhir::connection::{RawSmart, RawTls};
 use crate::fhir::day::Day;
 use crate::fhir::{BearerToken, SmartConfig, TlsOptions};
 
 /// The full passes of a service with a `schedule` and no `full_schedule`: nightly, 02:00 UTC.
-pub const DEFAULT_FULL_SCHEDULE: &str = "0 0 2 * * *";
+const DEFAULT_FULL_SCHEDULE: &str = "0 0 2 * * *";
 
 /// What the file, the environment or the command line say; `None`: not said.
 #[derive(Debug, Default, Clone, Deserialize)]

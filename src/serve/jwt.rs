@@ -56,7 +56,7 @@ const ALGORITHMS: [Algorithm; 6] = [
 
 /// Why a call is not trusted.
 #[derive(Debug, thiserror::Error)]
-pub enum AuthError {
+pub(crate) enum AuthError {
     /// No `Authorization: Bearer`.
     #[error(
         "no bearer token: CDS Hooks calls must carry the EHR's signed JWT in `Authorization: Bearer`"
@@ -107,7 +107,7 @@ struct IssuerOnly {
 
 /// Verifies tokens; one per service.
 #[derive(Debug)]
-pub struct Verifier {
+pub(crate) struct Verifier {
     issuers: Vec<Issuer>,
     http: reqwest::Client,
     fetched: Mutex<HashMap<String, Arc<KeySlot>>>,
@@ -154,7 +154,7 @@ impl Cached {
 
 impl Verifier {
     /// A verifier trusting `issuers`, fetching their JWKS with the `tls` trust and identity.
-    pub fn new(issuers: Vec<Issuer>, tls: &TlsOptions) -> Result<Self, FhirError> {
+    pub(crate) fn new(issuers: Vec<Issuer>, tls: &TlsOptions) -> Result<Self, FhirError> {
         for issuer in &issuers {
             if let KeySource::Url(url) = &issuer.keys
                 && url.scheme() != "https"
@@ -177,7 +177,7 @@ impl Verifier {
     }
 
     /// Checks the `Authorization` header of a call to `aud`; returns the issuer.
-    pub async fn verify(
+    pub(crate) async fn verify(
         &self,
         authorization: Option<&str>,
         aud: &str,

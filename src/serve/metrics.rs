@@ -27,7 +27,7 @@ use crate::run::job::JobReport;
 
 /// Every number `/metrics` shows.
 #[derive(Debug, Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     runs_ok: AtomicU64,
     runs_failed: AtomicU64,
     in_progress: AtomicU64,
@@ -48,12 +48,12 @@ pub struct Metrics {
 
 impl Metrics {
     /// A run started.
-    pub fn run_started(&self) {
+    pub(crate) fn run_started(&self) {
         self.in_progress.store(1, Relaxed);
     }
 
     /// A run ended after `elapsed`, with its report or not.
-    pub fn run_ended(
+    pub(crate) fn run_ended(
         &self,
         elapsed: std::time::Duration,
         report: Option<&JobReport>,
@@ -84,7 +84,7 @@ impl Metrics {
     }
 
     /// A CDS Hooks call answered with `status`.
-    pub fn cds_answered(&self, status: u16) {
+    pub(crate) fn cds_answered(&self, status: u16) {
         *self
             .cds
             .lock()
@@ -94,7 +94,7 @@ impl Metrics {
     }
 
     /// Feedback on a card.
-    pub fn feedback(&self, accepted: bool) {
+    pub(crate) fn feedback(&self, accepted: bool) {
         if accepted {
             &self.accepted
         } else {
@@ -104,7 +104,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

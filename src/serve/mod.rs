@@ -6,8 +6,8 @@
 //!
 //! - [`config`]: file + environment + command line → checked [`config::Settings`].
 //! - [`cds`]: discovery, the service, feedback, explanation links.
-//! - [`jwt`]: the CDS Hooks token check (issuer's JWKS, `aud`, `exp`, `nbf`, `iat`, `jti` replay).
-//! - [`metrics`]: counters and the Prometheus text.
+//! - `jwt`: the CDS Hooks token check (issuer's JWKS, `aud`, `exp`, `nbf`, `iat`, `jti` replay).
+//! - `metrics`: counters and the Prometheus text.
 //!
 //! Runs never overlap: one task runs them one after another, and a tick that falls while a run
 //! is under way is skipped. On SIGTERM (or Ctrl-C) the listeners stop taking calls, a run under
@@ -31,13 +31,13 @@
 //! | endpoint | answers |
 //! |---|---|
 //! | `GET /healthz` | 200 while the process runs |
-//! | `GET /readyz` | 200 when the FHIR server answers `/metadata` (asked at most every [`PROBE_TTL`]) and the last run succeeded, or failed less than `grace_minutes` after the last success (or start); else 503 with the reason |
-//! | `GET /metrics` | Prometheus text, see [`metrics`]; on the CDS Hooks listener only with `metrics_token` as a bearer token, and without one not at all |
+//! | `GET /readyz` | 200 when the FHIR server answers `/metadata` (asked at most every `PROBE_TTL`) and the last run succeeded, or failed less than `grace_minutes` after the last success (or start); else 503 with the reason |
+//! | `GET /metrics` | Prometheus text, see `metrics`; on the CDS Hooks listener only with `metrics_token` as a bearer token, and without one not at all |
 
 pub mod cds;
 pub mod config;
-pub mod jwt;
-pub mod metrics;
+pub(crate) mod jwt;
+mod metrics;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -68,7 +68,7 @@ use config::{CdsAuth, Limits, Settings};
 
 /// How long one answer of the FHIR server to `/readyz`'s probe stands for the next ones, so
 /// that unauthenticated probes cannot drive load on the server or its token endpoint.
-pub const PROBE_TTL: Duration = Duration::from_secs(5);
+const PROBE_TTL: Duration = Duration::from_secs(5);
 
 /// Why the service could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +98,7 @@ pub enum ServeError {
 
 /// What the handlers share.
 #[derive(Debug)]
-pub struct AppState {
+pub(crate) struct AppState {
     /// The configuration.
     pub settings: Settings,
     /// The URL callers use, ending in `/`: `aud` of tokens, base of links.
@@ -131,7 +131,7 @@ struct RunStatus {
 
 impl AppState {
     /// The models compiled for today (recompiled when the day changes, since windows end today).
-    pub fn plans(&self) -> Result<Arc<Vec<Plan>>, MappingError> {
+    pub(crate) fn plans(&self) -> Result<Arc<Vec<Plan>>, MappingError> {
         let today = self
             .settings
             .as_of
@@ -154,7 +154,7 @@ impl AppState {
     }
 
     /// The population thresholds of the last full run, per model id.
-    pub fn thresholds(&self) -> BTreeMap<String, Vec<Threshold>> {
+    pub(crate) fn thresholds(&self) -> BTreeMap<String, Vec<Threshold>> {
         self.thresholds
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -207,7 +207,7 @@ fn server_client(settings: &Settings) -> Result<FhirClient, FhirError> {
 }
 
 /// The CDS Hooks routes (`/cds-services`, `/explanations`).
-pub fn cds_app(state: Arc<AppState>) -> Router {
+fn cds_app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/cds-services", get(cds::discovery))
         .route("/cds-services/{id}", post(cds::call))
@@ -219,7 +219,7 @@ pub fn cds_app(state: Arc<AppState>) -> Router {
 
 /// The operations routes (`/healthz`, `/readyz`, and `/metrics` when it may be served: see
 /// the module docs).
-pub fn ops_app(state: Arc<AppState>) -> Router {
+fn ops_app(state: Arc<AppState>) -> Router {
     let mut app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz));

@@ -78,7 +78,7 @@ pub struct BulkOptions {
 /// The completion manifest of an export.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Manifest {
+struct Manifest {
     /// The server's time when the export's data were taken: the next `_since`. Required by
     /// Bulk Data, but a server that leaves it out is read all the same ([`Exported::next_since`]).
     #[serde(default)]
@@ -161,9 +161,9 @@ pub struct Exported {
 pub struct ExportErrors {
     /// Error files read.
     pub files: usize,
-    /// Issues per `severity code`; past [`KINDS`] distinct ones, the rest count as `other`.
+    /// Issues per `severity code`; past `KINDS` distinct ones, the rest count as `other`.
     pub kinds: BTreeMap<String, u64>,
-    /// Where the first [`FIRST`] issues are (file and line) and their `severity code`.
+    /// Where the first `FIRST` issues are (file and line) and their `severity code`.
     pub first: Vec<String>,
     /// Lines that are not an OperationOutcome.
     pub unreadable: u64,
@@ -171,13 +171,13 @@ pub struct ExportErrors {
 
 /// At most this many distinct `severity code`s are counted apart: a server's file cannot grow
 /// the summary beyond it.
-pub const KINDS: usize = 16;
+const KINDS: usize = 16;
 /// The first this many issues are located.
-pub const FIRST: usize = 3;
+const FIRST: usize = 3;
 
 impl ExportErrors {
     /// All the issues counted.
-    pub fn issues(&self) -> u64 {
+    pub(crate) fn issues(&self) -> u64 {
         self.kinds.values().sum()
     }
 
@@ -487,7 +487,7 @@ impl Step {
 }
 
 /// The kick-off URL of an export.
-pub fn kick_off_url(client: &FhirClient, options: &BulkOptions) -> Result<Url, FhirError> {
+fn kick_off_url(client: &FhirClient, options: &BulkOptions) -> Result<Url, FhirError> {
     let mut url = client.base().clone();
     {
         let mut path = url

@@ -107,7 +107,7 @@ impl Default for Limits {
 }
 
 /// The input files under `path`, in a stable order (see the module's note on symbolic links).
-pub fn list(path: &Path) -> Result<Vec<PathBuf>, SourceError> {
+pub(crate) fn list(path: &Path) -> Result<Vec<PathBuf>, SourceError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| SourceError::Io { path, source }
@@ -227,7 +227,7 @@ fn is_gz(file: &Path) -> bool {
 }
 
 /// Opens an NDJSON file (`.gz`: decompressed as it is read) for reading from start to end,
-/// with [`Readahead`].
+/// with `Readahead`.
 pub fn open(file: &Path) -> std::io::Result<Box<dyn Read + Send>> {
     let raw = Readahead::new(File::open(file)?);
     Ok(if is_gz(file) {
@@ -247,7 +247,7 @@ const AHEAD: u64 = 64 << 20;
 /// bandwidth, while the parsing threads wait. Asking is cheap for pages already cached, and only
 /// a hint: a kernel or file system that ignores it reads as before.
 #[derive(Debug)]
-pub struct Readahead {
+struct Readahead {
     file: File,
     position: u64,
     asked_to: u64,
@@ -255,7 +255,7 @@ pub struct Readahead {
 
 impl Readahead {
     /// Reads `file` from its start.
-    pub fn new(file: File) -> Self {
+    pub(crate) fn new(file: File) -> Self {
         Self {
             file,
             position: 0,
@@ -266,7 +266,10 @@ impl Readahead {
     /// Reads the next bytes of the file into `lines` ([`LineBlocks::fill`]). The file itself,
     /// not this wrapper, is handed to the block: `std` fills a buffer's unused capacity from a
     /// `File` as it is, where any other reader gets it zeroed first (2 % of a run's time).
-    pub fn fill(&mut self, lines: &mut LineBlocks) -> Result<(usize, Option<Batch>), SourceError> {
+    pub(crate) fn fill(
+        &mut self,
+        lines: &mut LineBlocks,
+    ) -> Result<(usize, Option<Batch>), SourceError> {
         self.advise();
         let (n, batch) = lines.fill(&mut self.file)?;
         self.position += n as u64;
@@ -349,7 +352,10 @@ impl LineBlocks {
 
     /// [`Self::push`] for a reader at hand (a file): reads straight into the block, sparing a
     /// copy of every byte; the bytes read (0 at the end) and a block when one is complete.
-    pub fn fill(&mut self, reader: &mut impl Read) -> Result<(usize, Option<Batch>), SourceError> {
+    pub(crate) fn fill(
+        &mut self,
+        reader: &mut impl Read,
+    ) -> Result<(usize, Option<Batch>), SourceError> {
         self.reserve();
         let from = self.block.len();
         let want = CHUNK.saturating_sub(from).max(READ);
@@ -430,7 +436,7 @@ impl LineBlocks {
     }
 
     /// The lines read so far (handed back in blocks), for messages.
-    pub fn lines(&self) -> u64 {
+    pub(crate) fn lines(&self) -> u64 {
         self.first_line - 1
     }
 

@@ -21,7 +21,7 @@ use std::fmt;
 use std::sync::Arc;
 
 /// How many resources a batch holds.
-pub const BATCH: usize = 4096;
+pub(crate) const BATCH: usize = 4096;
 
 /// Where one resource came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,20 +136,15 @@ pub enum Origins {
 
 impl Origins {
     /// How many resources.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self {
             Self::Lines { lines, .. } => lines.len(),
             Self::Items(origins) => origins.len(),
         }
     }
 
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Where resource `i` came from.
-    pub fn get(&self, i: usize) -> Origin {
+    pub(crate) fn get(&self, i: usize) -> Origin {
         match self {
             Self::Lines { file, lines } => Origin {
                 file: file.clone(),

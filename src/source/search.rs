@@ -255,7 +255,7 @@ async fn all_matches(
 }
 
 /// The ids of clients with a Patient or a resource of `kinds` updated at or after `since`.
-pub async fn changed_since(
+async fn changed_since(
     client: &FhirClient,
     since: &str,
     kinds: &[ResourceKind],

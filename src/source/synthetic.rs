@@ -15,7 +15,7 @@ pub const DEFAULT_AS_OF: &str = "2026-01-01";
 /// for the types the models read (`kinds`), it gives those types only, with care records
 /// (Observation, EpisodeOfCare) when a model reads them; otherwise the population is what it
 /// always was.
-pub fn read(
+pub(crate) fn read(
     opts: &SynthOptions,
     kinds: &[ResourceKind],
     mut emit: impl FnMut(Batch) -> Result<(), String>,

@@ -60,7 +60,7 @@ pub trait Views: Sync {
 
 /// One source, one sink: each client is written once, under its own id.
 #[derive(Debug, Clone, Copy)]
-pub struct Whole;
+pub(crate) struct Whole;
 
 impl Views for Whole {
     fn views<'a>(&'a self, id: &'a str, record: &'a ClientRecord) -> Vec<View<'a>> {
@@ -74,7 +74,7 @@ impl Views for Whole {
 }
 
 /// Builds one client's Observation and Flags.
-pub fn build(
+pub(crate) fn build(
     plan: &Plan,
     concepts: &Concepts,
     id: &str,
@@ -86,7 +86,7 @@ pub fn build(
 
 /// Builds one write of a client: its Observation (with `parts` of its elements) and Flags for
 /// the view's target.
-pub fn build_view(
+pub(crate) fn build_view(
     plan: &Plan,
     concepts: &Concepts,
     view: &View<'_>,

@@ -16,7 +16,7 @@ use crate::model::plan::Plan;
 /// (`Observation/{id}` in files, the entry's `urn:uuid:` in a transaction) and the assessment's
 /// fingerprint (see [`super::lifecycle`]).
 #[derive(Debug, Clone, Copy)]
-pub struct Assessed<'a> {
+pub(crate) struct Assessed<'a> {
     /// The client's Patient id.
     pub patient: &'a str,
     /// The reference to the assessment Observation.
@@ -26,7 +26,7 @@ pub struct Assessed<'a> {
 }
 
 /// Builds the segment Flag of the client placed in `a`.
-pub fn segment_flag(
+pub(crate) fn segment_flag(
     plan: &Plan,
     concepts: &Concepts,
     a: &Assessment,
@@ -37,7 +37,7 @@ pub fn segment_flag(
 }
 
 /// Builds the Flag of overlay `o` (which must hold).
-pub fn overlay_flag(
+pub(crate) fn overlay_flag(
     plan: &Plan,
     concepts: &Concepts,
     o: usize,
@@ -49,7 +49,7 @@ pub fn overlay_flag(
 }
 
 /// The profile (in `profiles/`) a Flag of `written` with overlay `part` claims.
-pub fn profile(written: Written, part: Option<&str>) -> &'static str {
+pub(crate) fn profile(written: Written, part: Option<&str>) -> &'static str {
     match (written, part) {
         (Written::OverlayFlag, Some("key-client")) => "key-client-flag",
         (Written::OverlayFlag, _) => "overlay-flag",

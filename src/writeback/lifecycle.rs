@@ -10,7 +10,7 @@
 //!
 //! A Flag read from the server and written again (kept, ended, given a category) changes only
 //! in segmentti's own elements: status, period, category, and the extensions segmentti writes
-//! ([`FLAG_DETAIL`], [`FINGERPRINT`]); other writers' extensions and fields stay. Such a Flag
+//! (`FLAG_DETAIL`, `FINGERPRINT`); other writers' extensions and fields stay. Such a Flag
 //! keeps the server's `meta`, whose `versionId` the write is conditional on (`If-Match`, see
 //! [`crate::sink::fhir::transaction`]).
 
@@ -28,7 +28,7 @@ use crate::writeback::ClientResources;
 
 /// What a client's assessment looks like, compactly: segment, every criterion level, and the
 /// overlays with the rules that hold. Two assessments with the same fingerprint need no write.
-pub fn fingerprint(plan: &Plan, a: &Assessment) -> String {
+pub(crate) fn fingerprint(plan: &Plan, a: &Assessment) -> String {
     use std::fmt::Write;
     // One string written in place: it is made for every client of every run.
     let m = &plan.mapping;
@@ -54,7 +54,7 @@ pub fn fingerprint(plan: &Plan, a: &Assessment) -> String {
 }
 
 /// The fingerprint extension.
-pub fn fingerprint_extension(value: &str) -> Result<Extension, String> {
+pub(crate) fn fingerprint_extension(value: &str) -> Result<Extension, String> {
     Extension::builder()
         .url(FINGERPRINT.to_owned())
         .value(ExtensionValue::String(value.to_owned()))
@@ -81,7 +81,7 @@ pub struct Existing {
 impl Existing {
     /// Reads an active Flag of `plan`'s model from server JSON; `None` for anything else
     /// (other models' Flags, inactive ones, Flags not written by segmentti).
-    pub fn from_server(plan: &Plan, flag: &Value) -> Option<Self> {
+    pub(crate) fn from_server(plan: &Plan, flag: &Value) -> Option<Self> {
         if flag.get("status").and_then(Value::as_str) != Some("active") {
             return None;
         }
@@ -130,7 +130,7 @@ pub struct Changes {
 
 impl Changes {
     /// Whether nothing is to be written.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.observation.is_none() && self.upsert.is_empty() && self.end.is_empty()
     }
 }
@@ -303,11 +303,11 @@ fn flag_code(flag: &Flag) -> String {
 /// Extension on a Flag segmentti ended because its client gets no assessment any more: why, as
 /// a code (`deceased`, `not-yet-born`, `inactive`), so that a reader of the record sees the Flag
 /// ended for that and not because the segment changed.
-pub const END_REASON: &str = "https://segmentti.fi/fhir/StructureDefinition/end-reason";
+const END_REASON: &str = "https://segmentti.fi/fhir/StructureDefinition/end-reason";
 
 /// Ends every active Flag of a client who gets no assessment any more ([`Unassessed`]), each
 /// with why.
-pub fn retire(existing: &[Existing], why: Unassessed, as_of: Day) -> Changes {
+pub(crate) fn retire(existing: &[Existing], why: Unassessed, as_of: Day) -> Changes {
     let end = existing
         .iter()
         .map(|e| {

@@ -1,16 +1,16 @@
 //! Pure builders of what segmentti writes into a client's record: the assessment
-//! [`Observation`](observation) and the segment and overlay [`Flag`](flag)s, with deterministic
+//! `Observation` and the segment and overlay `Flag`s, with deterministic
 //! identifiers and logical ids so that every later write can be conditional and every rerun
 //! gives the same bytes. Built with fhir-sdk's typed R4B resources (Observation and Flag are the
 //! same in R4 and R4B, and no R4B-only element is used), so a missing required element is a
 //! compile or build error here rather than a server's rejection later. The clock is never
 //! read: the as-of date is passed in. No I/O.
 
-pub mod assemble;
-pub mod flag;
+mod assemble;
+pub(crate) mod flag;
 pub mod lifecycle;
 pub mod ndjson;
-pub mod observation;
+pub(crate) mod observation;
 
 use fhir_sdk::r4b::types::{
     CodeableConcept, Coding, Extension, ExtensionValue, FieldExtension, Identifier, Meta, Quantity,
@@ -25,29 +25,30 @@ use fhir_sdk::r4b::resources::{ObservationComponent, ObservationComponentValue};
 
 pub mod validate;
 
-pub use assemble::{Built, ClientResources, View, Views, Whole, build, build_view};
-pub use flag::{overlay_flag, segment_flag};
-pub use observation::{Parts, assessment};
+pub use assemble::{Built, ClientResources, View, Views};
+pub(crate) use assemble::{Whole, build, build_view};
+pub(crate) use flag::{overlay_flag, segment_flag};
+pub use observation::Parts;
+pub(crate) use observation::assessment;
 
 /// segmentti's own code system: the assessment code and other codes not owned by a model.
-pub const SEGMENTTI_SYSTEM: &str = "https://segmentti.fi/fhir/CodeSystem/segmentti";
+pub(crate) const SEGMENTTI_SYSTEM: &str = "https://segmentti.fi/fhir/CodeSystem/segmentti";
 /// The standard extension (R4 core, context Observation) pointing at a resource behind an
 /// assessment. Not `derivedFrom`: R4 restricts its targets to Observation, DocumentReference and
 /// the like, and the criteria stand on Encounters and Conditions.
-pub const SUPPORTING_INFO: &str = "http://hl7.org/fhir/StructureDefinition/workflow-supportingInfo";
+const SUPPORTING_INFO: &str = "http://hl7.org/fhir/StructureDefinition/workflow-supportingInfo";
 /// Extension holding how many resources counted when the supporting-info list is capped.
-pub const SUPPORTING_INFO_COUNT: &str =
+const SUPPORTING_INFO_COUNT: &str =
     "https://segmentti.fi/fhir/StructureDefinition/supporting-info-count";
 /// Extension on a joined client's Observation: how many resources counted on another source,
 /// which this server's resources must not refer to (`source`: its name, `count`).
-pub const SUPPORTING_INFO_ELSEWHERE: &str =
+const SUPPORTING_INFO_ELSEWHERE: &str =
     "https://segmentti.fi/fhir/StructureDefinition/supporting-info-elsewhere";
 /// Extension on segmentti's Flags: the assessment's segment, levels and overlays in one string,
 /// so a later run can tell from the Flag alone whether anything changed.
-pub const FINGERPRINT: &str =
-    "https://segmentti.fi/fhir/StructureDefinition/assessment-fingerprint";
+const FINGERPRINT: &str = "https://segmentti.fi/fhir/StructureDefinition/assessment-fingerprint";
 /// Where segmentti's profiles live (the `profiles/` package's canonical base).
-pub const PROFILES: &str = "https://segmentti.fi/fhir/StructureDefinition";
+const PROFILES: &str = "https://segmentti.fi/fhir/StructureDefinition";
 /// The system of the tag on each write-back's Provenance whose code names that write (a
 /// UUIDv5 of its instant, model and targets): the Provenance is created only if no resource
 /// carries the tag yet (`ifNoneExist`), so a transaction sent again after a lost answer leaves
@@ -55,22 +56,22 @@ pub const PROFILES: &str = "https://segmentti.fi/fhir/StructureDefinition";
 /// every resource.
 pub const WRITE_TAG: &str = "https://segmentti.fi/fhir/CodeSystem/write";
 /// The standard extension pointing from a Flag to the resource that explains it.
-pub const FLAG_DETAIL: &str = "http://hl7.org/fhir/StructureDefinition/flag-detail";
+pub(crate) const FLAG_DETAIL: &str = "http://hl7.org/fhir/StructureDefinition/flag-detail";
 /// The standard extension carrying a display's translation.
-pub const TRANSLATION: &str = "http://hl7.org/fhir/StructureDefinition/translation";
+const TRANSLATION: &str = "http://hl7.org/fhir/StructureDefinition/translation";
 /// The code system of Flag categories, by which EHRs choose the Flags their banner shows.
-pub const FLAG_CATEGORY_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/flag-category";
+pub(crate) const FLAG_CATEGORY_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/flag-category";
 /// The code system of Observation categories, by which EHRs sort Observations into views.
-pub const OBSERVATION_CATEGORY_SYSTEM: &str =
+pub(crate) const OBSERVATION_CATEGORY_SYSTEM: &str =
     "http://terminology.hl7.org/CodeSystem/observation-category";
 /// The identifier system of what segmentti is as a Device: the software that made the
 /// assessment (value [`DEVICE_NAME`]).
-pub const DEVICE_SYSTEM: &str = "https://segmentti.fi/fhir/identifier/device";
+const DEVICE_SYSTEM: &str = "https://segmentti.fi/fhir/identifier/device";
 /// segmentti's name as a Device, in its identifier and its references' display: no version,
 /// so that what is written stays the same across releases.
-pub const DEVICE_NAME: &str = "segmentti";
+const DEVICE_NAME: &str = "segmentti";
 /// How many resources an Observation lists as supporting information at most.
-pub const SUPPORTING_INFO_CAP: usize = 10;
+const SUPPORTING_INFO_CAP: usize = 10;
 
 /// Resources that counted for a client on another source than the one written to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,7 +98,7 @@ pub struct BuildError {
 
 /// The kinds of resource a model writes, each with its own identifier system.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Written {
+pub(crate) enum Written {
     /// The assessment Observation.
     Assessment,
     /// The segment Flag.
@@ -119,7 +120,7 @@ impl Written {
 /// A deterministic business identifier: the system names the model and what is written, the
 /// value the client, the part (overlay code) and the as-of date.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BusinessId {
+struct BusinessId {
     /// `{canonical}/identifier/{kind}`.
     pub system: String,
     /// `{model}:{patient}:{as_of}` or `{model}:{overlay}:{patient}:{as_of}`; no `|` or `,`,
@@ -129,7 +130,7 @@ pub struct BusinessId {
 
 impl BusinessId {
     /// The identifier of `written` for `patient` at `as_of`.
-    pub fn new(
+    pub(crate) fn new(
         plan: &Plan,
         written: Written,
         part: Option<&str>,
@@ -146,7 +147,7 @@ impl BusinessId {
     }
 
     /// The logical id derived from the identifier (UUID v5), stable across runs and machines.
-    pub fn logical_id(&self) -> String {
+    fn logical_id(&self) -> String {
         let name = [self.system.as_bytes(), b"|", self.value.as_bytes()].concat();
         let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, &name);
         // Encoded straight into a buffer: `to_string` goes through the formatting machinery,
@@ -157,7 +158,7 @@ impl BusinessId {
     }
 
     /// The FHIR Identifier.
-    pub fn to_fhir(&self) -> Result<Identifier, String> {
+    pub(crate) fn to_fhir(&self) -> Result<Identifier, String> {
         Identifier::builder()
             .system(self.system.clone())
             .value(self.value.clone())
@@ -167,7 +168,7 @@ impl BusinessId {
 }
 
 /// A Coding whose `display` is Finnish, with Swedish and English as translation extensions.
-pub fn coding(system: &str, code: &str, display: &Text) -> Result<Coding, String> {
+pub(crate) fn coding(system: &str, code: &str, display: &Text) -> Result<Coding, String> {
     let translation = |lang: &str, content: &str| -> Result<Extension, String> {
         let parts = vec![
             Extension::builder()
@@ -207,7 +208,7 @@ pub fn coding(system: &str, code: &str, display: &Text) -> Result<Coding, String
 
 /// A CodeableConcept of one coding, with the Finnish display as text and Swedish and English
 /// as translations: for what an EHR shows people (the segment, the Flag's code).
-pub fn concept(system: &str, code: &str, display: &Text) -> Result<CodeableConcept, String> {
+pub(crate) fn concept(system: &str, code: &str, display: &Text) -> Result<CodeableConcept, String> {
     CodeableConcept::builder()
         .coding(vec![Some(coding(system, code, display)?)])
         .text(display.fi.clone())
@@ -218,7 +219,7 @@ pub fn concept(system: &str, code: &str, display: &Text) -> Result<CodeableConce
 /// A CodeableConcept of one coding with its Finnish display only: for the many codes inside an
 /// assessment (criteria, levels, rules), whose Swedish and English designations live in the
 /// model's code systems. Carrying every translation inline doubled the Observation's size.
-pub fn concept_fi(system: &str, code: &str, display: &Text) -> Result<CodeableConcept, String> {
+fn concept_fi(system: &str, code: &str, display: &Text) -> Result<CodeableConcept, String> {
     hl7_concept(system, code, &display.fi)
 }
 
@@ -249,7 +250,7 @@ pub struct Concepts {
 
 impl Concepts {
     /// The codes of `plan`'s model.
-    pub fn new(plan: &Plan) -> Result<Self, BuildError> {
+    pub(crate) fn new(plan: &Plan) -> Result<Self, BuildError> {
         Self::build(plan).map_err(|cause| BuildError {
             resource: "CodeableConcept",
             patient: "-".into(),
@@ -379,7 +380,7 @@ impl Concepts {
 }
 
 /// The components an assessment can have, by what selects them: typed in [`Concepts`],
-/// serialised in [`ndjson::Encoded`], put in order for one assessment by [`Components::of`].
+/// serialised in [`ndjson::Encoded`], put in order for one assessment by `Components::of`.
 #[derive(Debug, Clone, Default)]
 pub struct Components<T> {
     /// Per segment, the components its Observations start with: the parent segment of a
@@ -398,7 +399,7 @@ pub struct Components<T> {
 impl<T> Components<T> {
     /// The components of assessment `a`, in order: the segment's own, each criterion's level,
     /// then each overlay followed by the rules that made it hold.
-    pub fn of<'a>(&'a self, a: &'a Assessment) -> impl Iterator<Item = &'a T> {
+    pub(crate) fn of<'a>(&'a self, a: &'a Assessment) -> impl Iterator<Item = &'a T> {
         let levels = a.levels.iter().enumerate();
         let overlays = a.overlays.iter().enumerate();
         self.segments[a.segment]
@@ -411,7 +412,7 @@ impl<T> Components<T> {
     }
 
     /// Every component any assessment can have.
-    pub fn all(&self) -> impl Iterator<Item = &T> {
+    pub(crate) fn all(&self) -> impl Iterator<Item = &T> {
         let segments = self.segments.iter().flatten();
         let levels = self.levels.iter().flatten();
         let overlays = self.overlays.iter().flatten();
@@ -422,7 +423,7 @@ impl<T> Components<T> {
     }
 
     /// The same set with each component made into `U` by `f`.
-    pub fn try_map<U, E>(&self, mut f: impl FnMut(&T) -> Result<U, E>) -> Result<Components<U>, E> {
+    fn try_map<U, E>(&self, mut f: impl FnMut(&T) -> Result<U, E>) -> Result<Components<U>, E> {
         let mut nested = |lists: &[Vec<T>]| -> Result<Vec<Vec<U>>, E> {
             lists
                 .iter()
@@ -490,7 +491,7 @@ fn attribute_component(plan: &Plan, a: &Attribute) -> Result<ObservationComponen
 
 /// `meta` claiming segmentti's profile `id`, so validators and EHRs know what to hold the
 /// resource to.
-pub fn meta(id: &str) -> Result<Meta, String> {
+pub(crate) fn meta(id: &str) -> Result<Meta, String> {
     Meta::builder()
         .profile(vec![Some(format!("{PROFILES}/{id}"))])
         .build()
@@ -501,7 +502,7 @@ pub fn meta(id: &str) -> Result<Meta, String> {
 const UCUM: &str = "http://unitsofmeasure.org";
 
 /// A literal reference `Type/id`.
-pub fn reference(target: &str) -> Result<Reference, String> {
+pub(crate) fn reference(target: &str) -> Result<Reference, String> {
     Reference::builder()
         .reference(target.to_owned())
         .build()
@@ -509,7 +510,7 @@ pub fn reference(target: &str) -> Result<Reference, String> {
 }
 
 /// The code system of a model's segments, criteria, overlays (and, below it, levels).
-pub fn model_system(plan: &Plan, what: &str) -> String {
+pub(crate) fn model_system(plan: &Plan, what: &str) -> String {
     format!("{}/CodeSystem/{what}", plan.mapping.canonical)
 }
 
@@ -530,13 +531,13 @@ fn hl7_concept(system: &str, code: &str, display: &str) -> Result<CodeableConcep
 
 /// `Observation.category` of every assessment: `survey` ("assessment tool or survey
 /// instrument"), the category EHRs list assessments under.
-pub fn observation_category() -> Result<CodeableConcept, String> {
+fn observation_category() -> Result<CodeableConcept, String> {
     hl7_concept(OBSERVATION_CATEGORY_SYSTEM, "survey", "Survey")
 }
 
 /// The `category` of every Flag of `plan`'s model: its `flag_category` (checked when the model
 /// was loaded), `admin` when it names none.
-pub fn flag_category(plan: &Plan) -> Result<CodeableConcept, String> {
+pub(crate) fn flag_category(plan: &Plan) -> Result<CodeableConcept, String> {
     let code = plan
         .mapping
         .flag_category
@@ -551,7 +552,7 @@ pub fn flag_category(plan: &Plan) -> Result<CodeableConcept, String> {
 
 /// segmentti as the Device that made an assessment: a logical reference (by identifier, since
 /// no Device resource is written) with the type and a display.
-pub fn device() -> Result<Reference, String> {
+pub(crate) fn device() -> Result<Reference, String> {
     Reference::builder()
         .r#type("Device".to_owned())
         .identifier(
@@ -567,7 +568,7 @@ pub fn device() -> Result<Reference, String> {
 }
 
 /// The display of the component naming a sub-segment's parent.
-pub fn parent_segment() -> Text {
+pub(crate) fn parent_segment() -> Text {
     Text {
         fi: "Pääsegmentti".into(),
         sv: "Huvudsegment".into(),
@@ -576,6 +577,6 @@ pub fn parent_segment() -> Text {
 }
 
 /// A FHIR `date` for the as-of day.
-pub fn fhir_date(day: Day) -> fhir_sdk::Date {
+fn fhir_date(day: Day) -> fhir_sdk::Date {
     fhir_sdk::Date::Date(day.to_date())
 }

@@ -2,8 +2,8 @@
 //! assessment Observation is the same for every client of a segment: the codes, the model, each
 //! criterion's level and the displays in three languages, about nine tenths of its bytes.
 //! Serialising the typed resource again for every client would cost more than reading the
-//! input, so [`Encoded::new`] serialises each of the model's parts ([`Concepts`]) once, with
-//! fhir-sdk's own serialiser, and [`observation`] and [`flag`] write a client's ids and
+//! input, so `Encoded::new` serialises each of the model's parts ([`Concepts`]) once, with
+//! fhir-sdk's own serialiser, and `observation` and `flag` write a client's ids and
 //! references around them in the order fhir-sdk writes the elements.
 //!
 //! The bytes are those of `serde_json::to_vec` of the typed resource: debug builds (every test)
@@ -52,7 +52,7 @@ fn all<T: Serialize>(values: &[T]) -> Result<Vec<Vec<u8>>, String> {
 
 impl Encoded {
     /// Serialises the parts of `concepts`, the codes of `plan`'s model.
-    pub fn new(plan: &Plan, concepts: &Concepts) -> Result<Self, String> {
+    pub(crate) fn new(plan: &Plan, concepts: &Concepts) -> Result<Self, String> {
         let as_of = fhir_sdk::DateTime::Date(super::fhir_date(plan.as_of));
         let period = fhir_sdk::r4b::types::Period::builder()
             .start(as_of.clone())
@@ -96,7 +96,7 @@ fn push(out: &mut Vec<u8>, value: &impl Serialize) -> Result<(), serde_json::Err
 ///
 /// [`Parts::All`]: super::Parts::All
 /// [`Parts::Own`]: super::Parts::Own
-pub fn observation(
+pub(crate) fn observation(
     concepts: &Concepts,
     a: &Assessment,
     obs: &Observation,
@@ -151,7 +151,7 @@ pub fn observation(
 /// Appends the line of `flag`, the `n`th Flag built for assessment `a` (0: the segment Flag,
 /// then one per overlay that holds, in the model's order): the same bytes as
 /// `serde_json::to_vec(flag)`, then a newline.
-pub fn flag(
+pub(crate) fn flag(
     concepts: &Concepts,
     a: &Assessment,
     n: usize,

@@ -18,7 +18,7 @@ use crate::model::plan::Plan;
 use crate::record::ClientRecord;
 
 /// The code of every assessment Observation, whatever the model.
-pub fn assessment_code() -> Text {
+pub(crate) fn assessment_code() -> Text {
     Text {
         fi: "Asiakassegmentin arvio".into(),
         sv: "Bedömning av kundsegment".into(),
@@ -29,7 +29,7 @@ pub fn assessment_code() -> Text {
 /// The resources that decided the result, capped at [`SUPPORTING_INFO_CAP`]: diagnoses first
 /// (few, and the most telling), then contacts, most recent first; all that counted when nothing
 /// raised a criterion or an overlay (a light client).
-pub fn decisive_references(record: &ClientRecord, a: &Assessment) -> Vec<String> {
+fn decisive_references(record: &ClientRecord, a: &Assessment) -> Vec<String> {
     let mut chosen: Vec<_> = record
         .evidence
         .iter()
@@ -69,7 +69,7 @@ pub enum Parts {
 /// Builds the assessment Observation of `patient`; `elsewhere` says what counted on other
 /// sources of a joined client (an extension per source, since supporting information may only
 /// point at what the receiving server holds).
-pub fn assessment(
+pub(crate) fn assessment(
     plan: &Plan,
     concepts: &Concepts,
     (patient, record): (&str, &ClientRecord),
@@ -91,7 +91,7 @@ pub fn assessment(
 /// Sets the elements every client of the same assessment shares: the category, the assessment
 /// code, the segment as the value, the model as `method`, segmentti as the `device`, and the
 /// components.
-pub fn share(obs: &mut Observation, concepts: &Concepts, a: &Assessment) {
+pub(crate) fn share(obs: &mut Observation, concepts: &Concepts, a: &Assessment) {
     obs.category = vec![Some(concepts.observation_category.clone())];
     obs.code = concepts.assessment.clone();
     obs.value = Some(ObservationValue::CodeableConcept(

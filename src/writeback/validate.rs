@@ -40,7 +40,7 @@ pub struct Invalid {
 }
 
 /// Checks one client's resources; the first broken rule.
-pub fn check(plan: &Plan, resources: &ClientResources) -> Result<(), Invalid> {
+pub(crate) fn check(plan: &Plan, resources: &ClientResources) -> Result<(), Invalid> {
     let patient = resources.patient.as_str();
     let obs = &resources.observation;
     let obs_ref = format!("Observation/{}", obs.id.as_deref().unwrap_or_default());
@@ -259,7 +259,7 @@ fn check_shared<'a>(
 /// The rules on the shared elements, checked once for a run whose builders leave them out of
 /// each client's resource ([`Parts::Own`]): every segment's value, the code, the method and
 /// every component any client can get.
-pub fn shared(plan: &Plan, concepts: &Concepts) -> Result<(), BuildError> {
+pub(crate) fn shared(plan: &Plan, concepts: &Concepts) -> Result<(), BuildError> {
     let category = [Some(concepts.observation_category.clone())];
     for segment in &concepts.segments {
         let shared = Shared {

@@ -4,38 +4,39 @@
 //! data use SNOMED CT, one SNOMED code per Finnish code, so the same model runs on both.
 
 /// ICD-10 Finnish edition.
-pub const ICD10FI: &str = "urn:oid:1.2.246.537.6.1";
+pub(crate) const ICD10FI: &str = "urn:oid:1.2.246.537.6.1";
 /// ICPC-2, Finnish edition.
-pub const ICPC2: &str = "urn:oid:1.2.246.537.6.31";
+pub(crate) const ICPC2: &str = "urn:oid:1.2.246.537.6.31";
 /// AvoHILMO contact type (yhteystapa).
-pub const YHTEYSTAPA: &str = "urn:oid:1.2.246.537.5.40160";
+pub(crate) const YHTEYSTAPA: &str = "urn:oid:1.2.246.537.5.40160";
 /// AvoHILMO service type (palvelumuoto).
-pub const PALVELUMUOTO: &str = "urn:oid:1.2.246.537.6.2015";
+pub(crate) const PALVELUMUOTO: &str = "urn:oid:1.2.246.537.6.2015";
 /// SNOMED CT.
-pub const SNOMED: &str = "http://snomed.info/sct";
+pub(crate) const SNOMED: &str = "http://snomed.info/sct";
 /// HL7 v3 ActCode (Encounter.class).
-pub const ACTCODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+pub(crate) const ACTCODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
 /// Condition clinical status.
-pub const CLINICAL: &str = "http://terminology.hl7.org/CodeSystem/condition-clinical";
+pub(crate) const CLINICAL: &str = "http://terminology.hl7.org/CodeSystem/condition-clinical";
 /// Condition verification status.
-pub const VERIFICATION: &str = "http://terminology.hl7.org/CodeSystem/condition-ver-status";
+pub(crate) const VERIFICATION: &str = "http://terminology.hl7.org/CodeSystem/condition-ver-status";
 /// Finnish municipality codes (Statistics Finland, via the fi-base municipality extension).
-pub const MUNICIPALITY: &str = "urn:oid:1.2.246.537.6.21";
+pub(crate) const MUNICIPALITY: &str = "urn:oid:1.2.246.537.6.21";
 /// The fi-base extension carrying a Patient's municipality.
-pub const MUNICIPALITY_EXTENSION: &str =
+pub(crate) const MUNICIPALITY_EXTENSION: &str =
     "https://hl7.fi/fhir/finnish-base-profiles/StructureDefinition/municipality-code";
 /// The Finnish personal identity code.
-pub const HETU: &str = "urn:oid:1.2.246.21";
+pub(crate) const HETU: &str = "urn:oid:1.2.246.21";
 /// LOINC.
-pub const LOINC: &str = "http://loinc.org";
+pub(crate) const LOINC: &str = "http://loinc.org";
 /// HL7 episode-of-care types (EpisodeOfCare.type of international data).
-pub const EPISODE_TYPE: &str = "http://terminology.hl7.org/CodeSystem/episodeofcare-type";
+pub(crate) const EPISODE_TYPE: &str = "http://terminology.hl7.org/CodeSystem/episodeofcare-type";
 /// HL7 Observation categories.
-pub const OBSERVATION_CATEGORY: &str = "http://terminology.hl7.org/CodeSystem/observation-category";
+pub(crate) const OBSERVATION_CATEGORY: &str =
+    "http://terminology.hl7.org/CodeSystem/observation-category";
 
 /// A code with its display.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Code {
+pub(crate) struct Code {
     /// The code.
     pub code: &'static str,
     /// Its display.
@@ -48,7 +49,7 @@ const fn c(code: &'static str, display: &'static str) -> Code {
 
 /// An Encounter class with its Finnish contact type and international contact type.
 #[derive(Debug, Clone, Copy)]
-pub struct ContactKind {
+pub(crate) struct ContactKind {
     /// HL7 v3 ActCode.
     pub class: Code,
     /// AvoHILMO yhteystapa (source: THL AvoHILMO Yhteystapa).
@@ -58,31 +59,31 @@ pub struct ContactKind {
 }
 
 /// Ambulatory visit.
-pub const AMB: ContactKind = ContactKind {
+pub(crate) const AMB: ContactKind = ContactKind {
     class: c("AMB", "ambulatory"),
     yhteystapa: c("R10", "Asiakkaan käynti vastaanotolla"),
     snomed: c("185349003", "Encounter for check up"),
 };
 /// Home visit.
-pub const HH: ContactKind = ContactKind {
+pub(crate) const HH: ContactKind = ContactKind {
     class: c("HH", "home health"),
     yhteystapa: c("R20", "Kotikäynti"),
     snomed: c("439708006", "Home visit"),
 };
 /// Phone or digital contact.
-pub const VR: ContactKind = ContactKind {
+pub(crate) const VR: ContactKind = ContactKind {
     class: c("VR", "virtual"),
     yhteystapa: c("R30", "Puhelinyhteys"),
     snomed: c("185316007", "Indirect encounter"),
 };
 /// Emergency visit.
-pub const EMER: ContactKind = ContactKind {
+pub(crate) const EMER: ContactKind = ContactKind {
     class: c("EMER", "emergency"),
     yhteystapa: c("R10", "Asiakkaan käynti vastaanotolla"),
     snomed: c("50849002", "Emergency room admission"),
 };
 /// Inpatient stay.
-pub const IMP: ContactKind = ContactKind {
+pub(crate) const IMP: ContactKind = ContactKind {
     class: c("IMP", "inpatient encounter"),
     yhteystapa: c("R10", "Asiakkaan käynti vastaanotolla"),
     snomed: c("32485007", "Hospital admission"),
@@ -90,7 +91,7 @@ pub const IMP: ContactKind = ContactKind {
 
 /// A service type with its service area and international equivalent.
 #[derive(Debug, Clone, Copy)]
-pub struct Service {
+pub(crate) struct Service {
     /// AvoHILMO palvelumuoto (source: THL AvoHILMO Palvelumuoto).
     pub palvelumuoto: Code,
     /// SNOMED CT service type (source: SNOMED CT International).
@@ -117,84 +118,84 @@ const PSYCHIATRY: Code = c("394587001", "Psychiatry (specialty)");
 const SOCIAL: Code = c("410001006", "Social service (qualifier value)");
 
 /// General practice.
-pub const T11: Service = Service {
+pub(crate) const T11: Service = Service {
     palvelumuoto: c("T11", "Yleislääkäritason avosairaanhoito"),
     snomed: GP,
     area: Area::Health,
 };
 /// Home nursing.
-pub const T22: Service = Service {
+pub(crate) const T22: Service = Service {
     palvelumuoto: c("T22", "Kotisairaanhoito"),
     snomed: MEDICINE,
     area: Area::Health,
 };
 /// Mental-health work.
-pub const T30: Service = Service {
+pub(crate) const T30: Service = Service {
     palvelumuoto: c("T30", "Mielenterveystyö"),
     snomed: PSYCHIATRY,
     area: Area::Health,
 };
 /// Substance-use work.
-pub const T40: Service = Service {
+pub(crate) const T40: Service = Service {
     palvelumuoto: c("T40", "Päihdetyö"),
     snomed: PSYCHIATRY,
     area: Area::Health,
 };
 /// Oral health care.
-pub const T60: Service = Service {
+pub(crate) const T60: Service = Service {
     palvelumuoto: c("T60", "Suun terveydenhuolto"),
     snomed: c("722163006", "Dentistry (specialty)"),
     area: Area::Oral,
 };
 /// Social work.
-pub const T71: Service = Service {
+pub(crate) const T71: Service = Service {
     palvelumuoto: c("T71", "Sosiaalityö"),
     snomed: SOCIAL,
     area: Area::Social,
 };
 /// Home care.
-pub const T72: Service = Service {
+pub(crate) const T72: Service = Service {
     palvelumuoto: c("T72", "Kotihoito"),
     snomed: SOCIAL,
     area: Area::Social,
 };
 /// Disability services.
-pub const T73: Service = Service {
+pub(crate) const T73: Service = Service {
     palvelumuoto: c("T73", "Vammaispalvelut"),
     snomed: SOCIAL,
     area: Area::Social,
 };
 /// Specialised care (emergency and inpatient).
-pub const T80: Service = Service {
+pub(crate) const T80: Service = Service {
     palvelumuoto: c("T80", "Erikoissairaanhoito"),
     snomed: MEDICINE,
     area: Area::Health,
 };
 
 /// The social-welfare services a decision (an EpisodeOfCare) grants in Finnish data.
-pub const DECIDED: [Service; 3] = [T71, T72, T73];
+pub(crate) const DECIDED: [Service; 3] = [T71, T72, T73];
 
 /// Home care as an HL7 episode-of-care type: international data tell only home care apart
 /// among social-welfare services (their service type is one SNOMED code for all three).
-pub const HOME_AND_COMMUNITY_CARE: Code = c("hacc", "Home and Community Care");
+pub(crate) const HOME_AND_COMMUNITY_CARE: Code = c("hacc", "Home and Community Care");
 
 /// The Barthel Index total (0–100, higher is more independent), in 5-point steps.
-pub const BARTHEL: Code = c("96761-2", "Total score Barthel Index");
+pub(crate) const BARTHEL: Code = c("96761-2", "Total score Barthel Index");
 
 /// Oral-status findings recorded at an oral-health contact (Observation.code), with their
 /// system, from the most common.
-pub const ORAL_FINDINGS: [(&str, Code); 3] = [
+pub(crate) const ORAL_FINDINGS: [(&str, Code); 3] = [
     (SNOMED, c("80967001", "Dental caries")),
     (SNOMED, c("109629007", "Periodontal pocket")),
     (LOINC, c("32881-5", "Periodontal attachment loss")),
 ];
 
 /// Every service type, for telling an Encounter's area from its `serviceType`.
-pub const SERVICES: [Service; 9] = [T11, T22, T30, T40, T60, T71, T72, T73, T80];
+pub(crate) const SERVICES: [Service; 9] = [T11, T22, T30, T40, T60, T71, T72, T73, T80];
 
 impl Area {
     /// The name used on the command line and in local ids.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Health => "health",
             Self::Social => "social",
@@ -206,7 +207,7 @@ impl Area {
 /// A diagnosis: ICD-10 (source: ICD-10 Finnish edition, THL), an ICPC-2 equivalent where one is
 /// clean (source: ICPC-2, THL), and SNOMED CT (source: SNOMED CT International).
 #[derive(Debug, Clone, Copy)]
-pub struct Diagnosis {
+pub(crate) struct Diagnosis {
     /// ICD-10.
     pub icd10: Code,
     /// ICPC-2.
@@ -224,14 +225,14 @@ const fn d(icd10: Code, icpc2: Option<Code>, snomed: Code) -> Diagnosis {
 }
 
 /// Hypertension: common, and on its own no long-term illness a model counts.
-pub const HYPERTENSION: Diagnosis = d(
+pub(crate) const HYPERTENSION: Diagnosis = d(
     c("I10", "Verenpainetauti"),
     Some(c("K86", "Verenpainetauti")),
     c("38341003", "Hypertensive disorder"),
 );
 
 /// Long-term illnesses that models count, most common first.
-pub const CHRONIC: [Diagnosis; 7] = [
+pub(crate) const CHRONIC: [Diagnosis; 7] = [
     d(
         c("E11.9", "Tyypin 2 diabetes ilman komplikaatioita"),
         Some(c("T90", "Diabetes, muu")),
@@ -270,7 +271,7 @@ pub const CHRONIC: [Diagnosis; 7] = [
 ];
 
 /// Mental-health disorders.
-pub const MENTAL: [Diagnosis; 2] = [
+pub(crate) const MENTAL: [Diagnosis; 2] = [
     d(
         c("F32.1", "Keskivaikea masennustila"),
         Some(c("P76", "Masennus")),
@@ -285,7 +286,7 @@ pub const MENTAL: [Diagnosis; 2] = [
 
 /// Oral-health diagnoses: caries, gingivitis, periodontitis, a periapical abscess (urgent),
 /// tooth loss. ICPC-2 has one code for teeth and gum disease (D82).
-pub const ORAL: [Diagnosis; 5] = [
+pub(crate) const ORAL: [Diagnosis; 5] = [
     d(
         c("K02.1", "Hampaan dentiinikaries"),
         Some(c("D82", "Hampaiden/ikenien sairaus")),
@@ -314,14 +315,14 @@ pub const ORAL: [Diagnosis; 5] = [
 ];
 
 /// Substance-use disorders.
-pub const SUBSTANCE: Diagnosis = d(
+pub(crate) const SUBSTANCE: Diagnosis = d(
     c("F10.2", "Alkoholiriippuvuus"),
     Some(c("P15", "Alkoholin pitkäaikainen väärinkäyttö")),
     c("7200002", "Alcoholism"),
 );
 
 /// Social circumstances recorded as diagnoses.
-pub const SOCIAL_RISK: [Diagnosis; 2] = [
+pub(crate) const SOCIAL_RISK: [Diagnosis; 2] = [
     d(c("Z59.0", "Asunnottomuus"), None, c("32911000", "Homeless")),
     d(
         c("Z60.2", "Yksin asuminen"),
@@ -331,7 +332,7 @@ pub const SOCIAL_RISK: [Diagnosis; 2] = [
 ];
 
 /// Short illnesses of light users.
-pub const ACUTE: [Diagnosis; 4] = [
+pub(crate) const ACUTE: [Diagnosis; 4] = [
     d(
         c("J06.9", "Äkillinen ylähengitystieinfektio"),
         Some(c("R74", "Äkillinen ylähengitystieinfektio")),
@@ -355,7 +356,7 @@ pub const ACUTE: [Diagnosis; 4] = [
 ];
 
 /// Municipalities of Päijät-Häme with a population weight.
-pub const MUNICIPALITIES: [(Code, u32); 10] = [
+pub(crate) const MUNICIPALITIES: [(Code, u32); 10] = [
     (c("398", "Lahti"), 120),
     (c("098", "Hollola"), 23),
     (c("560", "Orimattila"), 16),
@@ -369,7 +370,7 @@ pub const MUNICIPALITIES: [(Code, u32); 10] = [
 ];
 
 /// Family names.
-pub const FAMILY: [&str; 16] = [
+pub(crate) const FAMILY: [&str; 16] = [
     "Korhonen",
     "Virtanen",
     "Mäkinen",
@@ -388,26 +389,27 @@ pub const FAMILY: [&str; 16] = [
     "Niemi",
 ];
 /// Given names of women.
-pub const GIVEN_F: [&str; 10] = [
+pub(crate) const GIVEN_F: [&str; 10] = [
     "Aino", "Helmi", "Sofia", "Maria", "Liisa", "Anna", "Kaarina", "Eeva", "Johanna", "Emilia",
 ];
 /// Given names of men.
-pub const GIVEN_M: [&str; 10] = [
+pub(crate) const GIVEN_M: [&str; 10] = [
     "Juhani", "Olavi", "Antero", "Mikael", "Johannes", "Matti", "Kalevi", "Tapani", "Eino", "Onni",
 ];
 
 /// CVX vaccine codes (Immunization.vaccineCode, as Synthea writes them).
-pub const CVX: &str = "http://hl7.org/fhir/sid/cvx";
+pub(crate) const CVX: &str = "http://hl7.org/fhir/sid/cvx";
 /// RxNorm (MedicationRequest medicines of international data, as Synthea writes them).
-pub const RXNORM: &str = "http://www.nlm.nih.gov/research/umls/rxnorm";
+pub(crate) const RXNORM: &str = "http://www.nlm.nih.gov/research/umls/rxnorm";
 /// WHO ATC (MedicationRequest medicines of Finnish data).
-pub const ATC: &str = "http://www.whocc.no/atc";
+pub(crate) const ATC: &str = "http://www.whocc.no/atc";
 /// HL7 organization types.
-pub const ORGANIZATION_TYPE: &str = "http://terminology.hl7.org/CodeSystem/organization-type";
+pub(crate) const ORGANIZATION_TYPE: &str =
+    "http://terminology.hl7.org/CodeSystem/organization-type";
 
 /// Procedures of `synth --real-shapes`, a type no model reads (source: SNOMED CT
 /// International, codes Synthea uses).
-pub const PROCEDURES: [Code; 5] = [
+pub(crate) const PROCEDURES: [Code; 5] = [
     c("430193006", "Medication reconciliation (procedure)"),
     c(
         "710824005",
@@ -419,7 +421,7 @@ pub const PROCEDURES: [Code; 5] = [
 ];
 
 /// Vaccines of `synth --real-shapes` (source: CDC CVX, codes Synthea uses).
-pub const VACCINES: [Code; 4] = [
+pub(crate) const VACCINES: [Code; 4] = [
     c("140", "Influenza, seasonal, injectable, preservative free"),
     c("113", "Td (adult) preservative free"),
     c("133", "Pneumococcal conjugate PCV 13"),
@@ -431,7 +433,7 @@ pub const VACCINES: [Code; 4] = [
 
 /// Medicines of `synth --real-shapes`: ATC for Finnish data (source: WHO ATC index) and RxNorm
 /// for international data (source: NLM RxNorm, codes Synthea uses).
-pub const MEDICINES: [(Code, Code); 5] = [
+pub(crate) const MEDICINES: [(Code, Code); 5] = [
     (
         c("A10BA02", "Metformiini"),
         c(
@@ -460,7 +462,7 @@ pub const MEDICINES: [(Code, Code); 5] = [
 /// More specific SNOMED CT codes (descendants) of the tables' diagnoses, as Synthea codes them:
 /// the table's code and its descendant (source: SNOMED CT International). Hypertension's table
 /// code (38341003) is older Synthea's; newer Synthea writes essential hypertension.
-pub const DESCENDANTS: [(&str, Code); 4] = [
+pub(crate) const DESCENDANTS: [(&str, Code); 4] = [
     (
         "84114007",
         c("88805009", "Chronic congestive heart failure (disorder)"),
@@ -480,7 +482,7 @@ pub const DESCENDANTS: [(&str, Code); 4] = [
 ];
 
 /// Every diagnosis of the tables.
-pub fn diagnoses() -> impl Iterator<Item = Diagnosis> {
+pub(crate) fn diagnoses() -> impl Iterator<Item = Diagnosis> {
     CHRONIC
         .into_iter()
         .chain([HYPERTENSION, SUBSTANCE])

@@ -9,15 +9,15 @@
 //! identity codes stay the same, so the systems can be joined again on them. Identity codes are
 //! in the official test range (individual numbers 900–999), names are made up. With
 //! [`Bills::Claims`] (`--claims`) every Encounter also gets a Claim whose total is its price
-//! ([`cost_eur`]), and with [`Bills::ClaimsAndExplanations`] a payer's ExplanationOfBenefit
+//! (`cost_eur`), and with [`Bills::ClaimsAndExplanations`] a payer's ExplanationOfBenefit
 //! restating it, as Synthea writes them; without bills the output is what it always was. With
 //! care records ([`SynthOptions::records`], `--care-records`) the data also hold what a model
-//! reads beyond contacts and diagnoses ([`records`]): social-welfare service decisions
+//! reads beyond contacts and diagnoses (`records`): social-welfare service decisions
 //! (EpisodeOfCare), Barthel Index totals and oral-status findings (Observation). With real
 //! shapes ([`SynthOptions::shapes`], `--real-shapes`) the data also have what real exports
 //! (Synthea and others) have and the population otherwise lacks: Procedure, Immunization and
-//! MedicationRequest resources ([`extras`]) and one Organization ([`organization`]), types no
-//! model reads, which are in the written files and a loaded server but not in [`lines`];
+//! MedicationRequest resources (`extras`) and one Organization (`organization`), types no
+//! model reads, which are in the written files and a loaded server but not in `lines`;
 //! diagnoses coded both in ICD-10 and SNOMED CT, or with more specific SNOMED CT codes as
 //! Synthea codes them; Encounters entered in error or cancelled (which cost nothing and get no
 //! bills); refuted Conditions; deceased and inactive Patients. They are drawn from streams of
@@ -28,9 +28,9 @@
 //!
 //! By job: `people` (clients, their contacts, diagnoses and areas, prices), `shapes` (what
 //! real exports look like), `records` (bills and care records), `write` (files and Bundles) and
-//! [`codes`] (the code lists every part draws from).
+//! `codes` (the code lists every part draws from).
 
-pub mod codes;
+pub(crate) mod codes;
 mod people;
 mod records;
 mod shapes;
@@ -46,10 +46,11 @@ use serde_json::{Value, json};
 
 pub use self::codes::Area;
 use self::codes::{ContactKind, Diagnosis, Service};
-pub use self::people::{area_of, client, cost_eur, identity_code};
+pub use self::people::client;
+pub(crate) use self::people::cost_eur;
 use self::people::{coding, datetime, in_area, pick, rng_for};
-pub use self::records::{bills, records};
-pub use self::shapes::{extras, organization};
+pub(crate) use self::records::{bills, records};
+pub(crate) use self::shapes::{extras, organization};
 use self::shapes::{finished, reshape};
 pub use self::write::write_dir;
 use crate::fhir::day::Day;
@@ -88,14 +89,14 @@ pub struct SynthOptions {
     pub area: Option<Area>,
     /// Which bills go with each Encounter.
     pub bills: Bills,
-    /// Whether to write care records ([`records`]) too.
+    /// Whether to write care records (`records`) too.
     pub records: bool,
     /// Whether to give the population the shapes of real exports (see the module's
-    /// documentation, [`extras`] and [`organization`]); without them it is what it always was.
+    /// documentation, `extras` and `organization`); without them it is what it always was.
     pub shapes: bool,
 }
 
-/// Which bills [`bills`] writes for each Encounter.
+/// Which bills `bills` writes for each Encounter.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Bills {
     /// None: the population as it always was.
@@ -116,7 +117,7 @@ pub struct SynthClient {
     pub encounters: Vec<Value>,
     /// Their diagnoses.
     pub conditions: Vec<Value>,
-    /// What their contacts cost by [`cost_eur`].
+    /// What their contacts cost by `cost_eur`.
     pub cost_eur: f64,
 }
 
@@ -171,7 +172,7 @@ pub fn clients(opts: &SynthOptions) -> impl Iterator<Item = (u64, SynthClient)> 
 }
 
 /// Every resource of client `index` as its system holds it (`c`): the Patient first, then its
-/// Encounters, Conditions, bills, care records and, with `shapes`, [`extras`].
+/// Encounters, Conditions, bills, care records and, with `shapes`, `extras`.
 pub fn resources(opts: &SynthOptions, index: u64, c: SynthClient) -> Vec<Value> {
     let bills = bills(opts, &c);
     let records = records(opts, index, &c);
@@ -188,7 +189,7 @@ pub fn resources(opts: &SynthOptions, index: u64, c: SynthClient) -> Vec<Value> 
 /// The NDJSON lines of the population, client by client ([`resources`]), for streaming
 /// straight into a run: the types segmentti reads, so not the [`extras`] and [`organization`]
 /// of `shapes`, which only [`write_dir`] writes.
-pub fn lines(opts: &SynthOptions) -> impl Iterator<Item = (ResourceKind, String)> + '_ {
+pub(crate) fn lines(opts: &SynthOptions) -> impl Iterator<Item = (ResourceKind, String)> + '_ {
     clients(opts).flat_map(move |(i, c)| {
         resources(opts, i, c).into_iter().filter_map(|r| {
             let kind = r["resourceType"].as_str().and_then(ResourceKind::parse)?;
@@ -200,6 +201,7 @@ pub fn lines(opts: &SynthOptions) -> impl Iterator<Item = (ResourceKind, String)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::synth::people::{area_of, identity_code};
     use crate::source::synth::write::bundle;
 
     fn opts(clients: u64) -> SynthOptions {

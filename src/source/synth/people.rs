@@ -6,7 +6,7 @@ use super::*;
 
 /// The price of one generated Encounter in EUR: illustrative unit costs rounded from THL's
 /// unit-cost reports, the same table as `mappings/paijat-sote.yaml`.
-pub fn cost_eur(encounter: &Value) -> f64 {
+pub(crate) fn cost_eur(encounter: &Value) -> f64 {
     let class = encounter
         .pointer("/class/code")
         .and_then(Value::as_str)
@@ -75,7 +75,7 @@ pub(super) fn pick<T: Copy>(rng: &mut ChaCha8Rng, items: &[T]) -> T {
 }
 
 /// The Finnish personal identity code of a birth date, in the test range (900–999).
-pub fn identity_code(birth: Day, individual: u32) -> String {
+pub(crate) fn identity_code(birth: Day, individual: u32) -> String {
     const CHECK: &[u8] = b"0123456789ABCDEFHJKLMNPRSTUVWXY";
     let date = birth.to_date();
     let (dd, mm, yy) = (
@@ -406,7 +406,7 @@ pub(super) fn in_area(
 
 /// The service area of a generated Encounter (by its service type) or Condition (oral and
 /// social diagnoses; the rest are health care's).
-pub fn area_of(resource: &Value) -> Area {
+pub(crate) fn area_of(resource: &Value) -> Area {
     let code = |pointer: &str| {
         resource
             .pointer(pointer)

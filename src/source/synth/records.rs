@@ -7,7 +7,7 @@ use super::*;
 /// Encounter, billed for its period, with its price by [`cost_eur`] as the total, so a run
 /// costed by bills gives the same cost as the price table. Made from the client as its system
 /// holds it, so the bills refer to that system's Patient and Encounters.
-pub fn bills(opts: &SynthOptions, c: &SynthClient) -> Vec<Value> {
+pub(crate) fn bills(opts: &SynthOptions, c: &SynthClient) -> Vec<Value> {
     if opts.bills == Bills::None {
         return Vec::new();
     }
@@ -61,7 +61,7 @@ pub fn bills(opts: &SynthOptions, c: &SynthClient) -> Vec<Value> {
 /// - at half of the oral-health contacts, an oral-status finding.
 ///
 /// They come from a stream of their own, so every other resource is what it was without them.
-pub fn records(opts: &SynthOptions, index: u64, c: &SynthClient) -> Vec<Value> {
+pub(crate) fn records(opts: &SynthOptions, index: u64, c: &SynthClient) -> Vec<Value> {
     if !opts.records {
         return Vec::new();
     }

@@ -156,7 +156,7 @@ pub(super) fn reshape(opts: &SynthOptions, index: u64, c: &mut SynthClient) {
 /// the health-care one (`c` as it holds it): a few Procedures, Immunizations and
 /// MedicationRequests (ATC medicines in Finnish data, RxNorm in international), dated in the
 /// three years before the as-of date or their death. From a stream of their own.
-pub fn extras(opts: &SynthOptions, index: u64, c: &SynthClient) -> Vec<Value> {
+pub(crate) fn extras(opts: &SynthOptions, index: u64, c: &SynthClient) -> Vec<Value> {
     if !opts.shapes || opts.area.is_some_and(|a| a != Area::Health) {
         return Vec::new();
     }
@@ -220,7 +220,7 @@ pub fn extras(opts: &SynthOptions, index: u64, c: &SynthClient) -> Vec<Value> {
 
 /// The one Organization of a population with `opts.shapes`, a type no model reads: the
 /// wellbeing county, written once however many clients there are (and in each client's Bundle).
-pub fn organization(opts: &SynthOptions) -> Option<Value> {
+pub(crate) fn organization(opts: &SynthOptions) -> Option<Value> {
     opts.shapes.then(|| {
         json!({
             "resourceType": "Organization",

@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 
 use crate::assess::eval::{self, Lang};
 use crate::fhir::day::Day;
-use crate::model::load::{self, Diagnostic, DiagnosticAt};
 use crate::model::plan::Plan;
+use crate::model::yaml::{self, Diagnostic, DiagnosticAt};
 use crate::model::{self, MappingError};
 use crate::record::{Fold, extract};
 
@@ -274,7 +274,7 @@ fn read_case(file: &Path) -> Result<Case, CaseError> {
             .to_string(),
         )
     };
-    let spanned = load::parse_yaml(&text).map_err(fail)?;
+    let spanned = yaml::parse_yaml(&text).map_err(fail)?;
     serde_json::from_value(spanned.value.clone()).map_err(|e| {
         fail(Diagnostic::new(
             "",

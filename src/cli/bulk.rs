@@ -3,7 +3,7 @@
 //! status poll, a file or an incremental run's search for what it is (401, 403, 404, 405) stops
 //! the run with exit code 8.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -12,10 +12,10 @@ use clap::Args;
 
 use segmentti::model::Plan;
 use segmentti::run::bulk::{self, BulkRun};
+use segmentti::run::files::Output;
 use segmentti::source::bulk::{Exported, Level};
 
 use super::exit::Exit;
-use super::spec::ToFiles;
 use super::{ModelArgs, fixed_thresholds, print_file_run};
 
 /// `run --bulk`: read by a Bulk Data `$export` instead of paged search.
@@ -56,13 +56,14 @@ pub enum BulkLevelArg {
     Patient,
 }
 
-/// `run --bulk`: export `base`, segment what it holds into `to.output.out`, move the checkpoint.
+/// `run --bulk`: export `base`, segment what it holds into `output.out`, move the checkpoint.
 pub fn run(
     models: &ModelArgs,
     base: &url::Url,
     args: &BulkArgs,
     state: Option<PathBuf>,
-    to: ToFiles<'_>,
+    output: Output,
+    thresholds: Option<&Path>,
     plans: &[Plan],
 ) -> Result<ExitCode> {
     let run = BulkRun {
@@ -80,8 +81,8 @@ pub fn run(
         max_poll_interval: Duration::from_secs(args.bulk_poll_max),
         search: models.server.search(None),
         limits: models.limits(),
-        thresholds: fixed_thresholds(to.thresholds, to.output.shard, plans)?,
-        output: to.output,
+        thresholds: fixed_thresholds(thresholds, output.shard, plans)?,
+        output,
     };
     let outcome = match bulk::run(run, plans) {
         Ok(outcome) => outcome,

@@ -509,7 +509,16 @@ fn run_command(args: RunArgs) -> Result<ExitCode> {
         Kind::Joined(write_to, write) => return multi::run(&args, write_to, &write, &plans),
         Kind::Server(url, write) => return server::run(&args.models.server, url, &plans, &write),
         Kind::Bulk(base, bulk, to) => {
-            return bulk::run(&args.models, base, bulk, args.state.clone(), to, &plans);
+            let state = args.state.clone();
+            return bulk::run(
+                &args.models,
+                base,
+                bulk,
+                state,
+                to.output,
+                to.thresholds,
+                &plans,
+            );
         }
         Kind::Files(path, to) => (Input::Files(path, args.models.limits()), to),
         Kind::Synthetic(population, to) => (Input::Synthetic(population), to),

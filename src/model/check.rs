@@ -7,12 +7,12 @@
 
 use std::collections::HashSet;
 
-use super::load::Diagnostic;
 use super::mapping::{
     DEFAULT_FLAG_CATEGORY, FLAG_CATEGORIES, Feature, Fragment, Mapping, PriceTable, Segment, Text,
     TreeNode, known_statuses,
 };
 use super::plan::Plan;
+use super::yaml::Diagnostic;
 use crate::fhir::day::Day;
 use crate::fhir::types::ResourceKind;
 

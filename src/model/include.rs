@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use super::{check, valueset};
 use serde_json::Value;
 
-use super::load::{Diagnostic, Pos, Spanned, parse_yaml, typed};
 use super::mapping::{Fragment, Mapping};
+use super::yaml::{Diagnostic, Pos, Reader, Spanned, parse_yaml, typed};
 
 /// A mapping file, checked: a model with its includes merged in, or a file to include.
 #[derive(Debug, Clone)]
@@ -28,9 +28,6 @@ pub enum Loaded {
     /// A file for models to include.
     Fragment(Fragment),
 }
-
-/// Reads the file a model includes by the name the model gives it: the path to show, the text.
-pub(crate) type Reader<'a> = &'a dyn Fn(&str) -> std::io::Result<(PathBuf, String)>;
 
 /// An included file, read and checked.
 struct Part {

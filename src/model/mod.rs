@@ -3,7 +3,10 @@
 //! `segmentti expand`), no network, no clock (the as-of date is passed in).
 //!
 //! - [`mapping`]: the file format, as serde structs; their doc comments are the JSON Schema.
-//! - [`load`]: YAML with positions, schema check, every problem at once with line and column.
+//! - [`load`]: a mapping file and what it includes read from disk (or the shipped text), every
+//!   problem at once with line and column.
+//! - [`yaml`]: YAML with every value's position, the schema check, the typed structs, and the
+//!   problems as diagnostics.
 //! - [`include`](mod@include): files a model includes (the key-client overlay), merged with clashes reported.
 //! - [`check`]: what the schema cannot see (references, unreachable tree nodes).
 //! - [`valueset`]: code lists from FHIR ValueSet files, and pinning a server's expansion.
@@ -16,6 +19,7 @@ pub mod mapping;
 pub mod package;
 pub mod plan;
 pub mod valueset;
+pub mod yaml;
 
 use std::path::Path;
 
@@ -31,7 +35,7 @@ pub fn plan_file(path: &Path, as_of: Day) -> Result<Plan, MappingError> {
         path: path.to_owned(),
         diagnostics: errors
             .into_iter()
-            .map(|e| load::Diagnostic::new(e.pointer, e.message, e.hint))
+            .map(|e| yaml::Diagnostic::new(e.pointer, e.message, e.hint))
             .collect(),
     })
 }

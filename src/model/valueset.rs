@@ -17,10 +17,9 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::check::is_system_url;
-use super::include::Reader;
-use super::load::{Diagnostic, MappingError, parse_yaml};
 use super::mapping::{CodeEntry, CodeList};
 use super::package;
+use super::yaml::{Diagnostic, MappingError, Reader, parse_yaml};
 
 /// The `expansion.parameter` that records which version of the ValueSet was expanded.
 const USED_VERSION: &str = "used-valueset-version";

@@ -1,6 +1,6 @@
 //! The layer rule of `ARCHITECTURE.md`, held against the code: a module of `src/` imports only
 //! from its own layer or the layers below, and the modules of one layer import each other without
-//! a cycle. The table is read from `ARCHITECTURE.md` itself, so the document and the code cannot
+//! a cycle, nor do the files within one module. The table is read from `ARCHITECTURE.md` itself, so the document and the code cannot
 //! drift apart: a new top-level module must be given a layer there before this test passes.
 //!
 //! What counts as an import is every `crate::name` (and, in the binary, `segmentti::name`)
@@ -69,17 +69,47 @@ fn imports(text: &str, prefixes: &[&str]) -> Vec<(usize, String)> {
                 if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
                     continue;
                 }
-                let name: String = code[at + prefix.len()..]
-                    .chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_')
-                    .collect();
-                if !name.is_empty() {
-                    found.push((n + 1, name));
-                }
+                let rest = &code[at + prefix.len()..];
+                let names = match rest.strip_prefix('{') {
+                    Some(group) => group_names(group),
+                    None => vec![ident(rest)],
+                };
+                found.extend(
+                    (names.into_iter())
+                        .filter(|name| !name.is_empty())
+                        .map(|name| (n + 1, name)),
+                );
             }
         }
     }
     found
+}
+
+/// The identifier `text` starts with.
+fn ident(text: &str) -> String {
+    text.chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .collect()
+}
+
+/// The first name of each item of a `{a, b::c, d::{e, f}}` group, `text` starting after its
+/// `{`: `a`, `b`, `d`. A group that goes on past its line is read as far as the line goes.
+fn group_names(text: &str) -> Vec<String> {
+    let (mut names, mut depth, mut item_start) = (Vec::new(), 0, true);
+    for (i, c) in text.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => break,
+            '}' => depth -= 1,
+            ',' if depth == 0 => item_start = true,
+            c if item_start && !c.is_whitespace() => {
+                names.push(ident(&text[i..]));
+                item_start = false;
+            }
+            _ => {}
+        }
+    }
+    names
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
@@ -151,10 +181,9 @@ fn every_import_points_down_the_layers_of_architecture_md() {
     );
 }
 
-#[test]
-fn the_top_level_modules_import_each_other_without_a_cycle() {
-    let (edges, _) = graph(&layers());
-    // Depth-first: a module met again while still on the path closes a cycle.
+/// A cycle of `edges`, when there is one: depth-first, a node met again while still on the
+/// path closes it.
+fn first_cycle(edges: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
     fn visit<'a>(
         m: &'a str,
         edges: &'a BTreeMap<String, BTreeSet<String>>,
@@ -179,14 +208,78 @@ fn the_top_level_modules_import_each_other_without_a_cycle() {
         None
     }
     let mut done = BTreeSet::new();
-    for m in edges.keys() {
-        let cycle = visit(m, &edges, &mut Vec::new(), &mut done);
+    edges
+        .keys()
+        .find_map(|m| visit(m, edges, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn the_top_level_modules_import_each_other_without_a_cycle() {
+    let (edges, _) = graph(&layers());
+    let cycle = first_cycle(&edges);
+    assert!(
+        cycle.is_none(),
+        "import cycle: {}",
+        cycle.unwrap_or_default().join(" → ")
+    );
+}
+
+/// Within each directory of `src/`, the files beside its `mod.rs` import each other (as
+/// `super::name` or `crate::dir::name`) without a cycle either: a module's own files are
+/// layered too, so each can be read knowing only those it imports.
+#[test]
+fn the_files_of_one_module_import_each_other_without_a_cycle() {
+    let mut files = Vec::new();
+    rust_files(&root().join("src"), &mut files);
+    let mut dirs: BTreeMap<std::path::PathBuf, Vec<std::path::PathBuf>> = BTreeMap::new();
+    for file in files {
+        let dir = file.parent().expect("a directory").to_owned();
+        dirs.entry(dir).or_default().push(file);
+    }
+    let mut checked = 0;
+    for (dir, files) in &dirs {
+        let rel = dir.strip_prefix(root().join("src")).expect("under src/");
+        if rel.as_os_str().is_empty() {
+            continue; // lib.rs and main.rs: the top-level modules are the other tests'
+        }
+        let path: Vec<&str> = rel.iter().map(|c| c.to_str().expect("utf-8")).collect();
+        let own = format!("crate::{}::", path.join("::"));
+        let name = |f: &Path| f.file_stem().and_then(|s| s.to_str()).map(str::to_owned);
+        let siblings: BTreeSet<String> = (files.iter())
+            .filter_map(|f| name(f))
+            .chain(
+                (std::fs::read_dir(dir).expect("dir"))
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.is_dir())
+                    .filter_map(|p| name(&p)),
+            )
+            .filter(|n| n != "mod")
+            .collect();
+        let mut edges = BTreeMap::<String, BTreeSet<String>>::new();
+        for file in files {
+            let Some(from) = name(file).filter(|n| n != "mod") else {
+                continue;
+            };
+            let text = std::fs::read_to_string(file).expect("source file");
+            let to = (imports(&text, &["super::", &own]).into_iter())
+                .map(|(_, to)| to)
+                .filter(|to| *to != from && siblings.contains(to))
+                .collect::<Vec<_>>();
+            edges.entry(from).or_default().extend(to);
+        }
+        checked += edges.values().filter(|e| !e.is_empty()).count();
+        let cycle = first_cycle(&edges);
         assert!(
             cycle.is_none(),
-            "import cycle: {}",
+            "import cycle within src/{}: {}",
+            rel.display(),
             cycle.unwrap_or_default().join(" → ")
         );
     }
+    assert!(
+        checked > 20,
+        "the files of src/'s modules import each other: {checked}"
+    );
 }
 
 #[test]
@@ -220,4 +313,11 @@ fn the_scanner_sees_imports_and_skips_comments_and_tests() {
         .map(|(_, m)| m)
         .collect();
     assert_eq!(found, ["fhir", "model"]);
+    let group =
+        "use super::{check, valueset::{self, Reader}, yaml};\nuse crate::{run, sink::Sink};";
+    let found: Vec<String> = imports(group, &["super::", "crate::"])
+        .into_iter()
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(found, ["check", "valueset", "yaml", "run", "sink"]);
 }

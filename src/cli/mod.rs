@@ -27,7 +27,8 @@ use segmentti::assess::thresholds::{self, Basis};
 use segmentti::fhir::day::Day;
 use segmentti::model::{self, Plan, load};
 use segmentti::run::files::{self, FileRun, Stages};
-use segmentti::run::pipeline::{self, Input, OnInvalid, RunOptions};
+use segmentti::run::multi::MultiError;
+use segmentti::run::pipeline::{self, Input, OnInvalid, PipelineError, RunOptions};
 use segmentti::run::progress;
 use segmentti::run::shard::{self, Shard, ThresholdPart};
 use segmentti::run::summary::{ModelSummary, Summary};
@@ -383,7 +384,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run_command(*args),
         Command::Synth(args) => synth_command(args),
-        Command::Explain(args) => explain_command(args),
+        Command::Explain(args) => explain_command(args).or_else(exit_on_refusal),
         Command::CheckMapping { files } => check_command(&files),
         Command::TestMapping { files } => test_mapping_command(&files),
         Command::Expand(args) => expand_command(&args),
@@ -404,6 +405,23 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// A command that failed because a server refused a read for what it is (401, 403, 404, 405:
+/// [`PipelineError::is_refusal`], [`MultiError::is_refusal`]) ends with its message and exit
+/// code 8, as a run does; any other error is handed back as it is.
+fn exit_on_refusal(e: anyhow::Error) -> Result<ExitCode> {
+    let refused = e.chain().any(|c| {
+        c.downcast_ref::<PipelineError>()
+            .is_some_and(PipelineError::is_refusal)
+            || c.downcast_ref::<MultiError>()
+                .is_some_and(MultiError::is_refusal)
+    });
+    if !refused {
+        return Err(e);
+    }
+    eprintln!("error: {e:#}");
+    Ok(Exit::NotAllowed.into())
 }
 
 impl ModelArgs {

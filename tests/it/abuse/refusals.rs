@@ -179,6 +179,29 @@ async fn a_refused_search_stops_the_run_with_the_same_exit_code() {
         );
         assert_eq!(requests(&server, "POST", "/").await, 0, "nothing written");
         assert!(!checkpoint);
+
+        // `explain` of one client on the same server ends the same way.
+        let base = server.uri();
+        let explained = segmentti(&[
+            "explain",
+            "--server",
+            &base,
+            "--patient",
+            "p1",
+            "--as-of",
+            "2026-01-01",
+        ]);
+        let (stdout, stderr) = text(&explained);
+        assert_eq!(
+            explained.status.code(),
+            Some(EXIT_NOT_ALLOWED),
+            "explain, {status}\n{stdout}\n{stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("answered {status} "))
+                && stderr.contains(&format!("hint: {hint}")),
+            "explain, {status}: {stderr}"
+        );
     }
 }
 

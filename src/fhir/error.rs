@@ -13,8 +13,8 @@
 //! | the others | no | configuration, or a server that answers something unexpected |
 //!
 //! Of the statuses that are not retried, two kinds decide what a run does next:
-//! [`FhirError::is_refusal`] (401, 403, 404, 405: the server will not let this client do this
-//! here, whatever is sent, so the run stops) and [`FhirError::is_content_error`] (400, 409,
+//! `FhirError::is_refusal` (401, 403, 404, 405: the server will not let this client do this
+//! here, whatever is sent, so the run stops) and `FhirError::is_content_error` (400, 409,
 //! 412, 422: this content was refused, so other content may still land).
 
 use std::fmt;
@@ -272,7 +272,7 @@ impl FhirError {
     /// Whether the server refused the request for what it is, not for what it carries: 401
     /// (credentials), 403 (permission), 404 (no such endpoint), 405 (no such interaction).
     /// Sending other content, or the same again, cannot help: the run stops.
-    pub fn is_refusal(&self) -> bool {
+    pub(crate) fn is_refusal(&self) -> bool {
         self.status().is_some_and(refusal_status)
     }
 
@@ -297,7 +297,7 @@ impl FhirError {
 
     /// Whether the server refused what the request carries: 400, 409, 412, 422. Another
     /// request (one client's resources alone, or a fresh read of what changed) may succeed.
-    pub fn is_content_error(&self) -> bool {
+    pub(crate) fn is_content_error(&self) -> bool {
         matches!(
             self.status().map(|s| s.as_u16()),
             Some(400 | 409 | 412 | 422)

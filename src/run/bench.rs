@@ -26,7 +26,7 @@ pub struct Floor {
 
 /// Reads every line of every input file under `path` and parses it with `serde_json` into
 /// `IgnoredAny`, on one thread: the least any tool must do to read the same data. The files are
-/// opened as a run opens them ([`files::open`]), so both read the disk alike.
+/// opened as a run opens them (`files::open`), so both read the disk alike.
 pub fn parse_floor(path: &Path) -> Result<Floor, SourceError> {
     let started = Instant::now();
     let (mut resources, mut bytes) = (0u64, 0u64);

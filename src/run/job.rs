@@ -1,7 +1,7 @@
 //! One run against a FHIR server, as `run --server` and `serve`'s schedule both do it: read the
 //! clients changed since the checkpoint by paged search (or every client, on a full pass), fold,
 //! evaluate with the checkpoint's population thresholds when the run is incremental, write back
-//! through [`FhirSink`] and save the checkpoint when every write was accepted. A full run
+//! through `FhirSink` and save the checkpoint when every write was accepted. A full run
 //! (the first, or one asked for with [`JobOptions::full`]) re-assesses every client, so
 //! segments whose evidence has left a window move on with no new data, and saves new
 //! thresholds. It returns a [`JobReport`] and prints nothing:
@@ -90,7 +90,7 @@ pub enum JobError {
 
 impl JobError {
     /// Whether the server refused a read or a write for what it is, not what it carries (401,
-    /// 403, 404, 405; see [`crate::fhir::FhirError::is_refusal`]): the run stopped there, and
+    /// 403, 404, 405; see `crate::fhir::FhirError::is_refusal`): the run stopped there, and
     /// no run will do better until credentials, scopes or the base URL change.
     pub fn is_refusal(&self) -> bool {
         match self {

@@ -10,7 +10,7 @@
 //! (`--allow-partial`); then the run goes on without it and says so. A source that refuses the
 //! read for what it is (401, 403, 404, 405: [`MultiError::is_refusal`]) is not down but closed
 //! to segmentti, so it stops the run with nothing written even when it may be missing. A target
-//! that fails while writing fails alone ([`FanOut`]), and so does one that refuses: nothing
+//! that fails while writing fails alone (`FanOut`), and so does one that refuses: nothing
 //! more is sent to it, the others are written, and the report says which refused
 //! ([`MultiReport::refusing_targets`]). Like [`crate::run::job`], it prints nothing and returns a
 //! [`MultiReport`]; incremental runs (checkpoints) are not supported here yet.
@@ -229,7 +229,7 @@ pub enum MultiError {
 
 impl MultiError {
     /// Whether a server refused a read for what it is (see
-    /// [`crate::fhir::FhirError::is_refusal`]): no run does better until its credentials,
+    /// `crate::fhir::FhirError::is_refusal`): no run does better until its credentials,
     /// scopes or base URL change.
     pub fn is_refusal(&self) -> bool {
         match self {

@@ -132,8 +132,7 @@ pub enum PipelineError {
 
 impl PipelineError {
     /// Whether a server refused a read or a write for what it is, not what it carries (401,
-    /// 403, 404, 405; see [`crate::fhir::FhirError::is_refusal`]): no run does better until
-    /// credentials, scopes or the base URL change.
+    /// 403, 404, 405): no run does better until credentials, scopes or the base URL change.
     pub fn is_refusal(&self) -> bool {
         match self {
             Self::Sink(SinkError::Server(e)) => e.is_refusal(),
@@ -537,7 +536,7 @@ type Done<E> = (Assessment, Result<Vec<(usize, E)>, Invalid>);
 ///
 /// `fixed` gives the `top_percent` thresholds of a previous full run: an incremental run sees
 /// only the changed clients, who are no population to take percentiles of.
-pub fn evaluate<S: Sink + Send>(
+pub(crate) fn evaluate<S: Sink + Send>(
     plan: &Plan,
     clients: &Clients,
     sink: &mut S,
@@ -548,7 +547,7 @@ pub fn evaluate<S: Sink + Send>(
 
 /// [`evaluate`] with the writes of each client given by `views`: a joined client is assessed
 /// once, on its whole record, and written to each source that holds it.
-pub fn evaluate_views<S: Sink + Send>(
+pub(crate) fn evaluate_views<S: Sink + Send>(
     plan: &Plan,
     clients: &Clients,
     views: &dyn Views,

@@ -1,5 +1,5 @@
 //! How far a run has come, for the operator: process-wide counters that the pipeline bumps
-//! (resources read, clients segmented, resources written) and a [`Reporter`] that shows them,
+//! (resources read, clients segmented, resources written) and a `Reporter` that shows them,
 //! as progress bars with rate and ETA on a terminal, or as a log line every few seconds
 //! elsewhere (a Kubernetes pod, a CI log). The counters are plain atomics bumped once per batch
 //! or client, so a run pays nothing measurable for them; this module never decides anything a
@@ -16,7 +16,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// The counters of the current run. Runs in one process add to the same counters; a
 /// [`Reporter`] shows what was added since it started.
 #[derive(Debug)]
-pub struct Counters {
+pub(crate) struct Counters {
     /// Resources read from the input.
     pub read: AtomicU64,
     /// Clients to segment, once the fold knows (0 before).
@@ -28,7 +28,7 @@ pub struct Counters {
 }
 
 /// The process's counters.
-pub static COUNTERS: Counters = Counters {
+pub(crate) static COUNTERS: Counters = Counters {
     read: AtomicU64::new(0),
     clients: AtomicU64::new(0),
     segmented: AtomicU64::new(0),
@@ -75,14 +75,14 @@ impl Display {
 
 /// Shows the counters until dropped (or [`Reporter::finish`]ed).
 #[derive(Debug)]
-pub struct Reporter {
+pub(crate) struct Reporter {
     stop: Arc<(Mutex<bool>, Condvar)>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Reporter {
     /// Starts showing progress on its own thread.
-    pub fn start(display: Display) -> Self {
+    pub(crate) fn start(display: Display) -> Self {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let base = COUNTERS.snapshot();
         let thread = match display {
@@ -101,7 +101,7 @@ impl Reporter {
 
     /// Stops showing progress and clears the bars, so that the summary printed next stands
     /// alone.
-    pub fn finish(mut self) {
+    pub(crate) fn finish(mut self) {
         self.stop_thread();
     }
 

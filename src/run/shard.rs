@@ -33,18 +33,18 @@ pub struct Shard {
 
 impl Shard {
     /// Shard `index` of `count`; `None` unless `index < count`.
-    pub fn new(index: u64, count: u64) -> Option<Self> {
+    fn new(index: u64, count: u64) -> Option<Self> {
         (index < count).then_some(Self { index, count })
     }
 
     /// Whether the client with this patient id belongs to this shard.
-    pub fn holds(&self, patient: &str) -> bool {
+    pub(crate) fn holds(&self, patient: &str) -> bool {
         xxhash_rust::xxh3::xxh3_64(patient.as_bytes()) % self.count == self.index
     }
 
     /// Whether this is the first shard, which reports what belongs to no client (an
     /// unreadable line), so that N shards report it once.
-    pub fn is_first(&self) -> bool {
+    pub(crate) fn is_first(&self) -> bool {
         self.index == 0
     }
 }

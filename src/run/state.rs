@@ -3,7 +3,7 @@
 //! run (an incremental run re-evaluates only changed clients, who are no population). Written
 //! atomically (a temporary file renamed into place) and only after a run completed, so a run
 //! killed at any moment leaves the previous checkpoint, and rerunning redoes idempotent work.
-//! How a completed run moves it on ([`State::advance`], [`keep_thresholds`]) is here once, for
+//! How a completed run moves it on (`State::advance`, `keep_thresholds`) is here once, for
 //! every kind of run; when a run may move it on is the run's to decide.
 
 use std::collections::BTreeMap;
@@ -71,7 +71,7 @@ impl State {
     /// Moves the checkpoint on after a completed run against `server`: changes are next read
     /// from `since` (`None`: the next run reads everything), and the population thresholds of `full_run`'s models replace theirs (pass
     /// the models of a full run; none for an incremental one, whose clients are no population).
-    pub fn advance<'a>(
+    pub(crate) fn advance<'a>(
         &mut self,
         server: &str,
         since: Option<String>,
@@ -83,7 +83,7 @@ impl State {
     }
 
     /// Writes the checkpoint to `path` atomically.
-    pub fn write(&self, path: &Path) -> Result<(), StateError> {
+    pub(crate) fn write(&self, path: &Path) -> Result<(), StateError> {
         let io = |source| StateError::Io {
             path: path.to_owned(),
             source,
@@ -103,7 +103,7 @@ impl State {
 
 /// Puts a full run's population thresholds in `into`, per model; models the run did not
 /// evaluate keep theirs.
-pub fn keep_thresholds<'a>(
+pub(crate) fn keep_thresholds<'a>(
     into: &mut BTreeMap<String, Vec<Threshold>>,
     models: impl IntoIterator<Item = &'a ModelSummary>,
 ) {

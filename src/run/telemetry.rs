@@ -52,7 +52,7 @@ pub struct Usage {
 
 impl Usage {
     /// The figures now.
-    pub fn now() -> Self {
+    pub(crate) fn now() -> Self {
         Self {
             cpu: cpu_seconds().unwrap_or(f64::NAN),
             peak_rss: peak_rss_bytes().unwrap_or(0),
@@ -68,12 +68,12 @@ pub fn peak_rss_bytes() -> Option<u64> {
 /// Starts a new peak: the kernel sets `VmHWM` back to the present resident size (Linux 4.0 and
 /// later, `/proc/self/clear_refs`), so the next [`peak_rss_bytes`] is the peak of what ran
 /// since. `false` where that is not allowed; the peak is then the process's.
-pub fn reset_peak_rss() -> bool {
+pub(crate) fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 /// The resident set size of this process now, in bytes (Linux `VmRSS`), when known.
-pub fn rss_bytes() -> Option<u64> {
+pub(crate) fn rss_bytes() -> Option<u64> {
     status_bytes("VmRSS:")
 }
 
@@ -81,7 +81,7 @@ pub fn rss_bytes() -> Option<u64> {
 /// `/proc/self/stat`), in seconds, when known. Beside wall time it shows what a run costs apart
 /// from the machine it shares: a virtual machine's stolen time and the disk's waits add to the
 /// wall time of one run and not another, the work done does not change with them.
-pub fn cpu_seconds() -> Option<f64> {
+fn cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     cpu_ticks(&stat).map(|ticks| ticks as f64 / rustix::param::clock_ticks_per_second() as f64)
 }

@@ -49,7 +49,7 @@ impl Aligned {
 /// writes, so the thread that fills the next buffer never waits for the disk, which a direct
 /// write does; [`BUFFERS`] buffers take turns.
 #[derive(Debug)]
-pub struct DirectFile {
+pub(crate) struct DirectFile {
     clone: File,
     direct: bool,
     buffer: Aligned,
@@ -69,7 +69,7 @@ pub struct DirectFile {
 
 impl DirectFile {
     /// Creates (or truncates) `path`.
-    pub fn create(path: &Path) -> io::Result<Self> {
+    pub(crate) fn create(path: &Path) -> io::Result<Self> {
         match open(path, true) {
             Ok(file) => Self::new(file, true),
             // EINVAL: a file system without direct I/O.
@@ -106,7 +106,7 @@ impl DirectFile {
     }
 
     /// The open file, for syncing it from another thread.
-    pub fn try_clone(&self) -> io::Result<File> {
+    pub(crate) fn try_clone(&self) -> io::Result<File> {
         self.clone.try_clone()
     }
 
@@ -162,7 +162,7 @@ impl DirectFile {
 
     /// Writes the rest, waits for the writer and gives the file back, its length exactly the
     /// bytes written.
-    pub fn finish(mut self) -> io::Result<File> {
+    pub(crate) fn finish(mut self) -> io::Result<File> {
         let (tail, padded) = if self.direct {
             (self.len, self.len.div_ceil(BLOCK) * BLOCK)
         } else {

@@ -1,5 +1,5 @@
 //! Results of a joined run written to several FHIR servers: each client's resources go to the
-//! [`FhirSink`] of the target they were built for ([`ClientResources::target`]), so every
+//! `FhirSink` of the target they were built for ([`ClientResources::target`]), so every
 //! server keeps its own batches, idempotence and Flag lifecycle. Each target is written from
 //! its own thread, fed through a bounded channel: the servers work at once, and a slow one
 //! holds the others back only when its queue is full. A target that fails (down after
@@ -45,13 +45,13 @@ pub enum TargetOutcome {
     /// The target failed; what it said. Writes sent before the failure stay.
     Failed(String),
     /// The target refused a read or write for what it is (401, 403, 404, 405; see
-    /// [`crate::fhir::FhirError::is_refusal`]); what it said. Nothing more was sent to it.
+    /// `crate::fhir::FhirError::is_refusal`); what it said. Nothing more was sent to it.
     NotAllowed(String),
 }
 
 /// Several FHIR servers, by target number, each written from its own thread of `scope`.
 #[derive(Debug)]
-pub struct FanOut<'scope> {
+pub(crate) struct FanOut<'scope> {
     targets: Vec<Target<'scope>>,
 }
 
@@ -65,7 +65,7 @@ struct Target<'scope> {
 impl<'scope> FanOut<'scope> {
     /// One writer per target (with the target's name for logs and reports), writing `plan`'s
     /// results until [`Sink::finish`].
-    pub fn start<'env>(
+    pub(crate) fn start<'env>(
         scope: &'scope Scope<'scope, 'env>,
         plan: &'scope Plan,
         targets: Vec<(String, FhirSink)>,

@@ -1,17 +1,17 @@
 //! Results written back to a FHIR server, idempotently. Clients are handled in batches: the
 //! batch's active Flags are read (`Flag?patient=Patient/a,Patient/b`; R4 has no Flag `status` search
-//! parameter, so status is checked here), [`lifecycle::decide`] says what changed, and one
+//! parameter, so status is checked here), `lifecycle::decide` says what changed, and one
 //! transaction per batch carries every change with conditional updates on the deterministic
 //! identifiers (`PUT Observation?identifier=system|value`), the old Flags ended and a
 //! Provenance. An unchanged client costs one search and no write; a rerun of a completed run
 //! writes nothing.
 //!
-//! What a refused transaction leads to depends on why ([`FhirError::is_refusal`],
-//! [`FhirError::is_content_error`]):
+//! What a refused transaction leads to depends on why (`FhirError::is_refusal`,
+//! `FhirError::is_content_error`):
 //!
 //! | answer | what follows |
 //! |---|---|
-//! | a conflict ([`FhirError::is_conflict`]: a Flag changed since it was read) | read the batch's Flags again, decide again, resend; at most [`CONFLICT_RETRIES`] times |
+//! | a conflict ([`FhirError::is_conflict`]: a Flag changed since it was read) | read the batch's Flags again, decide again, resend; at most `CONFLICT_RETRIES` times |
 //! | 400, 409, 412 (after those), 422 | split into one transaction per client: a bad client is reported with the server's OperationOutcome, the others land |
 //! | 401, 403, 404, 405 | the run stops ([`FhirSinkError::Refused`]): no other client's write could succeed |
 //! | anything else, after the client's retries | the run stops |
@@ -40,7 +40,7 @@ use crate::writeback::{Built, ClientResources};
 
 /// How many times a batch is read and decided again after a 412 before its clients are
 /// written one by one.
-pub const CONFLICT_RETRIES: usize = 3;
+const CONFLICT_RETRIES: usize = 3;
 
 /// What a server sink did, for the summary and the exit code.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -119,7 +119,7 @@ impl From<FhirSinkError> for SinkError {
 impl FhirSinkError {
     /// Whether the server refused a read or a write for what it is (see
     /// [`FhirError::is_refusal`]): the run stopped, and its exit code says so.
-    pub fn is_refusal(&self) -> bool {
+    pub(crate) fn is_refusal(&self) -> bool {
         match self {
             Self::Fhir(e) | Self::Refused { refusal: e, .. } => e.is_refusal(),
             Self::Runtime(_) => false,
@@ -154,7 +154,7 @@ fn refused_message(types: &str, refusal: &FhirError) -> String {
 
 /// Writes each batch of clients to one server.
 #[derive(Debug)]
-pub struct FhirSink {
+pub(crate) struct FhirSink {
     client: FhirClient,
     runtime: Runtime,
     batch: usize,
@@ -168,7 +168,11 @@ pub struct FhirSink {
 
 impl FhirSink {
     /// A sink writing to `client` in transactions of `batch` clients; `dry_run` reads but never writes.
-    pub fn new(client: FhirClient, batch: usize, dry_run: bool) -> Result<Self, FhirSinkError> {
+    pub(crate) fn new(
+        client: FhirClient,
+        batch: usize,
+        dry_run: bool,
+    ) -> Result<Self, FhirSinkError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -486,7 +490,7 @@ pub fn conditional(resource_type: &str, resource: &Value) -> Option<String> {
 /// One transaction for the decided clients: conditional updates on identifiers for what is new,
 /// Flags read from the server written by their id with `If-Match` on the version read, and a
 /// Provenance naming segmentti and the model, created only if this write's has not been (see
-/// [`WRITE_TAG`]). Public so that [`crate::conformance`] sends a server exactly what a run would.
+/// `WRITE_TAG`). Public so that [`crate::conformance`] sends a server exactly what a run would.
 pub fn transaction(
     decided: &[(String, Changes)],
     (canonical, version): &(String, String),

@@ -23,11 +23,11 @@ use crate::writeback::{Parts, ndjson};
 const FILES: [&str; 3] = ["Observation.ndjson", "Flag.ndjson", "rejected.ndjson"];
 
 /// Bytes written to one file between two requests to sync it.
-pub const SYNC_EVERY: u64 = 64 << 20;
+const SYNC_EVERY: u64 = 64 << 20;
 
 /// The output directory being written.
 #[derive(Debug)]
-pub struct FileSink {
+pub(crate) struct FileSink {
     dir: PathBuf,
     writers: Vec<DirectFile>,
     /// Per file, bytes written since the last sync request.
@@ -52,7 +52,7 @@ fn partial(dir: &Path, name: &str) -> PathBuf {
 
 impl FileSink {
     /// Creates `dir` if needed and opens the temporary files.
-    pub fn create(dir: &Path) -> Result<Self, SinkError> {
+    pub(crate) fn create(dir: &Path) -> Result<Self, SinkError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let mut writers = Vec::new();
         let mut clones = Vec::new();
@@ -146,7 +146,7 @@ impl FileSink {
 }
 
 /// What `summary.json` holds: the run's summary, whose type belongs to the run, a layer above.
-pub trait SummaryJson {
+pub(crate) trait SummaryJson {
     /// The summary as pretty-printed JSON.
     fn pretty_json(&self) -> serde_json::Result<String>;
 }
@@ -159,7 +159,7 @@ impl<T: Serialize> SummaryJson for T {
 
 /// A client's Observation line and Flag lines, serialised.
 #[derive(Debug)]
-pub struct Lines {
+pub(crate) struct Lines {
     observation: Vec<u8>,
     flags: Vec<u8>,
 }

@@ -1,17 +1,17 @@
-//! Where results go. A [`Sink`] takes one client's built resources at a time and the rejected
-//! inputs, and commits at [`Sink::finish`]: a file sink writes the summary and renames its
+//! Where results go. A `Sink` takes one client's built resources at a time and the rejected
+//! inputs, and commits at `Sink::finish`: a file sink writes the summary and renames its
 //! files into place, a server sink sends the model's last transaction, a fan-out waits for
 //! every target. Sinks know formats and destinations; they never decide what to write (that is
 //! [`crate::writeback`]'s and the pipeline's job).
 //!
-//! - [`files`]: NDJSON ready for Bulk import, `summary.json`, `rejected.ndjson`.
+//! - `files`: NDJSON ready for Bulk import, `summary.json`, `rejected.ndjson`.
 //! - [`fhir`]: a FHIR server, by idempotent transactions with the Flag lifecycle.
 //! - [`fanout`]: several FHIR servers, each client's resources to the one they were built for.
 
 mod direct;
 pub mod fanout;
 pub mod fhir;
-pub mod files;
+pub(crate) mod files;
 
 use crate::model::plan::Plan;
 use crate::record::{Rejected, Unassessed};
@@ -52,13 +52,13 @@ pub enum SinkError {
 impl SinkError {
     /// Whether a server refused segmentti's writes for what they are (401, 403, 404, 405): no
     /// write does better until credentials, scopes or the base URL change.
-    pub fn is_refusal(&self) -> bool {
+    fn is_refusal(&self) -> bool {
         matches!(self, Self::Server(e) if e.is_refusal())
     }
 }
 
 /// A destination for results.
-pub trait Sink {
+pub(crate) trait Sink {
     /// A client's resources as this sink takes them (serialised lines, JSON values).
     type Encoded: Send;
     /// Which of the assessment's elements the builders fill for this sink: [`Parts::Own`]

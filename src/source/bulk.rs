@@ -425,7 +425,7 @@ pub enum BulkError {
 
 impl BulkError {
     /// Whether the server refused a request for what it is (see
-    /// [`FhirError::is_refusal`]): the run stopped, and its exit code says so.
+    /// `FhirError::is_refusal`): the run stopped, and its exit code says so.
     pub fn is_refusal(&self) -> bool {
         match self {
             Self::Fhir(e) => e.is_refusal(),

@@ -228,7 +228,7 @@ fn is_gz(file: &Path) -> bool {
 
 /// Opens an NDJSON file (`.gz`: decompressed as it is read) for reading from start to end,
 /// with `Readahead`.
-pub fn open(file: &Path) -> std::io::Result<Box<dyn Read + Send>> {
+pub(crate) fn open(file: &Path) -> std::io::Result<Box<dyn Read + Send>> {
     let raw = Readahead::new(File::open(file)?);
     Ok(if is_gz(file) {
         Box::new(MultiGzDecoder::new(raw))

@@ -65,7 +65,7 @@ pub(crate) fn fingerprint_extension(value: &str) -> Result<Extension, String> {
 /// An active Flag of this model already on the server, as read back (any JSON shape the server
 /// returns is accepted; only these fields are used).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Existing {
+pub(crate) struct Existing {
     /// The Flag as the server returned it, to be re-sent with its status changed.
     pub resource: Value,
     /// Its identifier value.
@@ -137,7 +137,7 @@ impl Changes {
 
 /// Decides what to write for a client whose new resources are `new` (built at `as_of`, each Flag
 /// carrying the fingerprint `print`) given the active Flags the server holds.
-pub fn decide(
+pub(crate) fn decide(
     new: &ClientResources,
     print: &str,
     existing: &[Existing],

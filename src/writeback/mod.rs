@@ -54,7 +54,7 @@ const PROFILES: &str = "https://segmentti.fi/fhir/StructureDefinition";
 /// carries the tag yet (`ifNoneExist`), so a transaction sent again after a lost answer leaves
 /// one Provenance. A tag, since R4's Provenance has no identifier and `_tag` is searchable on
 /// every resource.
-pub const WRITE_TAG: &str = "https://segmentti.fi/fhir/CodeSystem/write";
+pub(crate) const WRITE_TAG: &str = "https://segmentti.fi/fhir/CodeSystem/write";
 /// The standard extension pointing from a Flag to the resource that explains it.
 pub(crate) const FLAG_DETAIL: &str = "http://hl7.org/fhir/StructureDefinition/flag-detail";
 /// The standard extension carrying a display's translation.

@@ -593,6 +593,7 @@ pub(crate) fn evaluate_views<S: Sink + Send>(
     if S::PARTS == writeback::Parts::Own {
         writeback::validate::shared(plan, &concepts)?;
     }
+    let prepared = S::prepare(plan, &concepts)?;
     // Clients who get no assessment go first, in id order: a sink ends what each of its
     // targets held of them, under the client's Patient id there.
     gone.sort_unstable_by_key(|(id, _, _)| *id);
@@ -620,7 +621,8 @@ pub(crate) fn evaluate_views<S: Sink + Send>(
                         concepts: &concepts,
                         assessment: &a,
                     };
-                    writes.push((resources.flags.len(), S::encode(built, resources)?));
+                    let flags = resources.flags.len();
+                    writes.push((flags, S::encode(&prepared, built, resources)?));
                 }
                 Ok((a, Ok(writes)))
             })

@@ -22,7 +22,7 @@ use super::{Sink, SinkError};
 use crate::model::plan::Plan;
 use crate::record::Rejected;
 use crate::record::Unassessed;
-use crate::writeback::{Built, ClientResources};
+use crate::writeback::{Built, ClientResources, Concepts};
 
 /// Clients queued per target before the assessment waits for that target.
 const QUEUE: usize = 1024;
@@ -169,7 +169,17 @@ fn write(
 impl Sink for FanOut<'_> {
     type Encoded = ClientResources;
 
-    fn encode(_: Built<'_>, resources: ClientResources) -> Result<ClientResources, SinkError> {
+    type Prepared = ();
+
+    fn prepare(_: &Plan, _: &Concepts) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    fn encode(
+        (): &(),
+        _: Built<'_>,
+        resources: ClientResources,
+    ) -> Result<ClientResources, SinkError> {
         Ok(resources)
     }
 

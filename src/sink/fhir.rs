@@ -36,7 +36,7 @@ use crate::record::Unassessed;
 use crate::record::extract::patient_id;
 use crate::writeback::WRITE_TAG;
 use crate::writeback::lifecycle::{self, Changes, Existing};
-use crate::writeback::{Built, ClientResources};
+use crate::writeback::{Built, ClientResources, Concepts};
 
 /// How many times a batch is read and decided again after a 412 before its clients are
 /// written one by one.
@@ -383,7 +383,17 @@ fn stopped(e: FhirError, bundle: &Value) -> FhirSinkError {
 impl Sink for FhirSink {
     type Encoded = ClientResources;
 
-    fn encode(_: Built<'_>, resources: ClientResources) -> Result<ClientResources, SinkError> {
+    type Prepared = ();
+
+    fn prepare(_: &Plan, _: &Concepts) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    fn encode(
+        (): &(),
+        _: Built<'_>,
+        resources: ClientResources,
+    ) -> Result<ClientResources, SinkError> {
         Ok(resources)
     }
 

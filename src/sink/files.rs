@@ -4,7 +4,8 @@
 //! directory never holds a half-written result next to a complete one. A thread of its own
 //! asks the disk to write what has been written so far every [`SYNC_EVERY`] bytes, so the
 //! disk works while the run computes and the final sync has little left to do. The files go
-//! around the page cache where the file system allows it (`direct`).
+//! around the page cache where the file system allows it (`direct`). Each line is joined from the
+//! model's parts serialised once ([`super::ndjson`]) and the client's own elements.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,11 +15,11 @@ use std::thread::JoinHandle;
 use serde::Serialize;
 
 use super::direct::DirectFile;
+use super::ndjson::{self, Encoded};
 use super::{Sink, SinkError};
 use crate::model::plan::Plan;
 use crate::record::Rejected;
-use crate::writeback::{Built, ClientResources};
-use crate::writeback::{Parts, ndjson};
+use crate::writeback::{Built, ClientResources, Concepts, Parts};
 
 const FILES: [&str; 3] = ["Observation.ndjson", "Flag.ndjson", "rejected.ndjson"];
 
@@ -168,17 +169,31 @@ impl Sink for FileSink {
     type Encoded = Lines;
     const PARTS: Parts = Parts::Own;
 
-    fn encode(built: Built<'_>, resources: ClientResources) -> Result<Lines, SinkError> {
+    type Prepared = Encoded;
+
+    fn prepare(plan: &Plan, concepts: &Concepts) -> Result<Encoded, SinkError> {
+        Encoded::new(plan, concepts).map_err(|cause| SinkError::Serialize {
+            patient: "-".into(),
+            cause,
+        })
+    }
+
+    fn encode(
+        parts: &Encoded,
+        built: Built<'_>,
+        resources: ClientResources,
+    ) -> Result<Lines, SinkError> {
         let fail = |e: serde_json::Error| SinkError::Serialize {
             patient: resources.patient.clone(),
             cause: e.to_string(),
         };
         let (concepts, a) = (built.concepts, built.assessment);
         let mut observation = Vec::with_capacity(8 << 10);
-        ndjson::observation(concepts, a, &resources.observation, &mut observation).map_err(fail)?;
+        ndjson::observation_line(parts, concepts, a, &resources.observation, &mut observation)
+            .map_err(fail)?;
         let mut flags = Vec::with_capacity(2 << 10);
         for (n, flag) in resources.flags.iter().enumerate() {
-            ndjson::flag(concepts, a, n, flag, &mut flags).map_err(fail)?;
+            ndjson::flag_line(parts, a, n, flag, &mut flags).map_err(fail)?;
         }
         Ok(Lines { observation, flags })
     }

@@ -12,11 +12,12 @@ mod direct;
 pub mod fanout;
 pub mod fhir;
 pub(crate) mod files;
+mod ndjson;
 
 use crate::model::plan::Plan;
 use crate::record::{Rejected, Unassessed};
 use crate::writeback::Parts;
-use crate::writeback::{Built, ClientResources};
+use crate::writeback::{Built, ClientResources, Concepts};
 
 /// Why a sink failed.
 #[derive(Debug, thiserror::Error)]
@@ -64,8 +65,17 @@ pub(crate) trait Sink {
     /// Which of the assessment's elements the builders fill for this sink: [`Parts::Own`]
     /// for one that adds the shared ones itself.
     const PARTS: Parts = Parts::All;
+    /// What the sink makes once per model to encode its clients with (the model's shared parts,
+    /// serialised); shared by the threads that encode.
+    type Prepared: Sync;
+    /// Prepares the encoding of `plan`'s clients, whose shared parts are `concepts`.
+    fn prepare(plan: &Plan, concepts: &Concepts) -> Result<Self::Prepared, SinkError>;
     /// Encodes one client's resources; pure, so the pipeline runs it on many clients at once.
-    fn encode(built: Built<'_>, resources: ClientResources) -> Result<Self::Encoded, SinkError>;
+    fn encode(
+        prepared: &Self::Prepared,
+        built: Built<'_>,
+        resources: ClientResources,
+    ) -> Result<Self::Encoded, SinkError>;
     /// Takes one client's encoded resources, in client order.
     fn client(&mut self, plan: &Plan, encoded: Self::Encoded) -> Result<(), SinkError>;
     /// Records a rejected input.

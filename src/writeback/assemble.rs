@@ -29,7 +29,7 @@ pub struct ClientResources {
 }
 
 /// What a client's resources were built from, for a sink that encodes them from the model's
-/// parts serialised once ([`crate::writeback::ndjson`]) rather than serialising each anew.
+/// parts serialised once (the file sink's `ndjson`) rather than serialising each anew.
 #[derive(Debug, Clone, Copy)]
 pub struct Built<'a> {
     /// The model's codes and components.

@@ -9,7 +9,6 @@
 mod assemble;
 pub(crate) mod flag;
 pub mod lifecycle;
-pub mod ndjson;
 pub(crate) mod observation;
 
 use fhir_sdk::r4b::types::{
@@ -225,7 +224,7 @@ fn concept_fi(system: &str, code: &str, display: &Text) -> Result<CodeableConcep
 
 /// The codes and components of one model, built once per run and cloned into each client's
 /// resources: they are the same for every client, and building them per client was most of the
-/// build's cost. [`ndjson::Encoded`] holds the same parts serialised, for the file sink.
+/// build's cost. The file sink serialises the same parts once too (`sink::ndjson`).
 #[derive(Debug, Clone)]
 pub struct Concepts {
     /// `Observation.code`: segmentti's assessment code and the model's own.
@@ -244,8 +243,6 @@ pub struct Concepts {
     pub device: Reference,
     /// Every Flag's `category`: the model's `flag_category`, `admin` by default.
     pub flag_category: CodeableConcept,
-    /// The same parts serialised once, for writers of JSON lines.
-    pub encoded: ndjson::Encoded,
 }
 
 impl Concepts {
@@ -358,7 +355,7 @@ impl Concepts {
             .iter()
             .map(|o| concept(&overlay, &o.code, &o.display))
             .collect::<Result<_, _>>()?;
-        let mut concepts = Self {
+        Ok(Self {
             assessment,
             method,
             observation_category: observation_category()?,
@@ -372,15 +369,12 @@ impl Concepts {
                 rules,
             },
             overlay_flags,
-            encoded: ndjson::Encoded::default(),
-        };
-        concepts.encoded = ndjson::Encoded::new(plan, &concepts)?;
-        Ok(concepts)
+        })
     }
 }
 
 /// The components an assessment can have, by what selects them: typed in [`Concepts`],
-/// serialised in [`ndjson::Encoded`], put in order for one assessment by `Components::of`.
+/// serialised by the file sink, put in order for one assessment by `Components::of`.
 #[derive(Debug, Clone, Default)]
 pub struct Components<T> {
     /// Per segment, the components its Observations start with: the parent segment of a
@@ -423,7 +417,10 @@ impl<T> Components<T> {
     }
 
     /// The same set with each component made into `U` by `f`.
-    fn try_map<U, E>(&self, mut f: impl FnMut(&T) -> Result<U, E>) -> Result<Components<U>, E> {
+    pub(crate) fn try_map<U, E>(
+        &self,
+        mut f: impl FnMut(&T) -> Result<U, E>,
+    ) -> Result<Components<U>, E> {
         let mut nested = |lists: &[Vec<T>]| -> Result<Vec<Vec<U>>, E> {
             lists
                 .iter()
@@ -577,6 +574,6 @@ pub(crate) fn parent_segment() -> Text {
 }
 
 /// A FHIR `date` for the as-of day.
-fn fhir_date(day: Day) -> fhir_sdk::Date {
+pub(crate) fn fhir_date(day: Day) -> fhir_sdk::Date {
     fhir_sdk::Date::Date(day.to_date())
 }

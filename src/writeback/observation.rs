@@ -61,7 +61,7 @@ pub enum Parts {
     /// The client's own elements only (id, meta, extensions, identifier, status, subject,
     /// date): `code` is left empty and the category, value, `method`, `device` and components
     /// out, for a writer that adds the parts every client shares from their serialised form
-    /// ([`super::ndjson`]). Cloning those into every client's resource, only to serialise and
+    /// (the file sink's `ndjson`). Cloning those into every client's resource, only to serialise and
     /// free them, was most of what building cost.
     Own,
 }

@@ -8,15 +8,16 @@
 //!
 //! The bytes are those of `serde_json::to_vec` of the typed resource: debug builds (every test)
 //! compare the two for every line written, and a test here compares them for every model. The
-//! builders make the client's own elements ([`super::Parts::Own`]) and [`super::validate`]
-//! checks them per client and the shared parts once per run; this module only writes them.
+//! builders make the client's own elements (`Parts::Own`) and `writeback::validate` checks them
+//! per client and the shared parts once per run; this module only writes them, for the file
+//! sink ([`super::files`]), which prepares the [`Encoded`] parts once per model.
 
 use fhir_sdk::r4b::resources::{Flag, Observation};
 use serde::Serialize;
 
-use super::{Components, Concepts};
 use crate::assess::eval::Assessment;
 use crate::model::plan::Plan;
+use crate::writeback::{Components, Concepts, Written, fhir_date, flag, meta, observation};
 
 /// The parts of one model's resources, serialised.
 #[derive(Debug, Clone, Default)]
@@ -53,20 +54,19 @@ fn all<T: Serialize>(values: &[T]) -> Result<Vec<Vec<u8>>, String> {
 impl Encoded {
     /// Serialises the parts of `concepts`, the codes of `plan`'s model.
     pub(crate) fn new(plan: &Plan, concepts: &Concepts) -> Result<Self, String> {
-        let as_of = fhir_sdk::DateTime::Date(super::fhir_date(plan.as_of));
+        let as_of = fhir_sdk::DateTime::Date(fhir_date(plan.as_of));
         let period = fhir_sdk::r4b::types::Period::builder()
             .start(as_of.clone())
             .build()
             .map_err(|e| e.to_string())?;
         let written = |o: usize| {
             let part = Some(plan.mapping.overlays[o].code.as_str());
-            super::flag::profile(super::Written::OverlayFlag, part)
+            flag::profile(Written::OverlayFlag, part)
         };
-        let flag_profiles =
-            std::iter::once(super::flag::profile(super::Written::SegmentFlag, None))
-                .chain((0..plan.mapping.overlays.len()).map(written));
+        let flag_profiles = std::iter::once(flag::profile(Written::SegmentFlag, None))
+            .chain((0..plan.mapping.overlays.len()).map(written));
         Ok(Self {
-            observation_meta: json(&super::meta("segment-assessment")?)?,
+            observation_meta: json(&meta("segment-assessment")?)?,
             observation_category: json(&[&concepts.observation_category])?,
             code: json(&concepts.assessment)?,
             effective: json(&as_of)?,
@@ -76,7 +76,7 @@ impl Encoded {
             components: concepts.components.try_map(json)?,
             overlay_flags: all(&concepts.overlay_flags)?,
             flag_meta: flag_profiles
-                .map(|p| json(&super::meta(p)?))
+                .map(|p| json(&meta(p)?))
                 .collect::<Result<_, _>>()?,
             flag_category: json(&[&concepts.flag_category])?,
             period: json(&period)?,
@@ -90,19 +90,16 @@ fn push(out: &mut Vec<u8>, value: &impl Serialize) -> Result<(), serde_json::Err
     serde_json::to_writer(out, value)
 }
 
-/// Appends the line of `obs`, built for assessment `a` with `concepts` (with [`Parts::All`] or
-/// [`Parts::Own`]: the shared elements are written from their serialised form either way): the
-/// same bytes as `serde_json::to_vec` of the whole Observation, then a newline.
-///
-/// [`Parts::All`]: super::Parts::All
-/// [`Parts::Own`]: super::Parts::Own
-pub(crate) fn observation(
+/// Appends the line of `obs`, built for assessment `a` with `concepts` (with `Parts::All` or
+/// `Parts::Own`: the shared elements are written from `parts`, their serialised form, either
+/// way): the same bytes as `serde_json::to_vec` of the whole Observation, then a newline.
+pub(crate) fn observation_line(
+    parts: &Encoded,
     concepts: &Concepts,
     a: &Assessment,
     obs: &Observation,
     out: &mut Vec<u8>,
 ) -> Result<(), serde_json::Error> {
-    let parts = &concepts.encoded;
     let start = out.len();
     out.extend_from_slice(br#"{"resourceType":"Observation","id":"#);
     push(out, &obs.id)?;
@@ -141,7 +138,7 @@ pub(crate) fn observation(
     out.push(b'}');
     if cfg!(debug_assertions) {
         let mut full = obs.clone();
-        super::observation::share(&mut full, concepts, a);
+        observation::share(&mut full, concepts, a);
         debug_assert_same(&out[start..], &full);
     }
     out.push(b'\n');
@@ -150,15 +147,14 @@ pub(crate) fn observation(
 
 /// Appends the line of `flag`, the `n`th Flag built for assessment `a` (0: the segment Flag,
 /// then one per overlay that holds, in the model's order): the same bytes as
-/// `serde_json::to_vec(flag)`, then a newline.
-pub(crate) fn flag(
-    concepts: &Concepts,
+/// `serde_json::to_vec(flag)`, then a newline; the shared elements are written from `parts`.
+pub(crate) fn flag_line(
+    parts: &Encoded,
     a: &Assessment,
     n: usize,
     flag: &Flag,
     out: &mut Vec<u8>,
 ) -> Result<(), serde_json::Error> {
-    let parts = &concepts.encoded;
     let overlay = n
         .checked_sub(1)
         .and_then(|k| (0..a.overlays.len()).filter(|&o| a.overlay_holds(o)).nth(k));
@@ -253,29 +249,32 @@ mod tests {
             let clients = &folded.clients[0];
             let thresholds = crate::assess::thresholds::population_thresholds(&plan, clients);
             let concepts = Concepts::new(&plan).expect("concepts");
+            let parts = Encoded::new(&plan, &concepts).expect("serialised parts");
             let (mut segments, mut overlay_flags) = (BTreeSet::new(), 0);
             for (id, record) in clients {
                 let a = pipeline::assess(&plan, id, record, &thresholds).expect("placed");
                 let built =
                     crate::writeback::build(&plan, &concepts, id, record, &a).expect("built");
                 let mut line = Vec::new();
-                observation(&concepts, &a, &built.observation, &mut line).expect("line");
+                observation_line(&parts, &concepts, &a, &built.observation, &mut line)
+                    .expect("line");
                 assert_eq!(
                     String::from_utf8(line).expect("utf-8"),
                     typed(&built.observation)
                 );
-                let own = super::super::assessment(&plan, &concepts, (id, record), &a, &[], Own)
-                    .expect("built");
+                let own =
+                    crate::writeback::assessment(&plan, &concepts, (id, record), &a, &[], Own)
+                        .expect("built");
                 assert!(own.component.is_empty() && own.value.is_none());
                 let mut line = Vec::new();
-                observation(&concepts, &a, &own, &mut line).expect("line");
+                observation_line(&parts, &concepts, &a, &own, &mut line).expect("line");
                 assert_eq!(
                     String::from_utf8(line).expect("utf-8"),
                     typed(&built.observation)
                 );
                 for (n, f) in built.flags.iter().enumerate() {
                     let mut line = Vec::new();
-                    flag(&concepts, &a, n, f, &mut line).expect("line");
+                    flag_line(&parts, &a, n, f, &mut line).expect("line");
                     assert_eq!(String::from_utf8(line).expect("utf-8"), typed(f));
                 }
                 segments.insert(a.segment);

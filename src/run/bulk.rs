@@ -140,19 +140,21 @@ pub fn run(run: BulkRun, plans: &[Plan]) -> Result<Outcome, BulkRunError> {
     };
     let export = export(&run, &options)?;
     let exported = export.exported;
-    let mut input = match &export.downloaded {
-        Some(dir) => Input::Files(dir.clone(), run.limits),
-        None => Input::Bulk(Box::new(BulkInput {
-            client: run.client.clone(),
-            exported: exported.clone(),
-            download_timeout: DOWNLOAD_TIMEOUT,
-            limits: run.limits,
-        })),
-    };
-    let mut thresholds = run.thresholds.clone();
     let changed = export.touched.as_ref().map(BTreeSet::len);
-    if let Some(touched) = export.touched {
-        if touched.is_empty() {
+    let (input, thresholds) = match export.touched {
+        None => {
+            let input = match export.downloaded {
+                Some(dir) => Input::Files(dir, run.limits),
+                None => Input::Bulk(Box::new(BulkInput {
+                    client: run.client.clone(),
+                    exported: exported.clone(),
+                    download_timeout: DOWNLOAD_TIMEOUT,
+                    limits: run.limits,
+                })),
+            };
+            (input, run.thresholds.clone())
+        }
+        Some(touched) if touched.is_empty() => {
             finish(&run, &exported, &work_dir, state, &[])?;
             return Ok(Outcome {
                 exported,
@@ -161,28 +163,30 @@ pub fn run(run: BulkRun, plans: &[Plan]) -> Result<Outcome, BulkRunError> {
                 run: None,
             });
         }
-        let missing: Vec<String> = (plans.iter())
-            .filter(|p| !p.percentiles.is_empty())
-            .map(|p| p.mapping.id.to_string())
-            .filter(|id| {
-                !state
-                    .as_ref()
-                    .is_some_and(|s| s.thresholds.contains_key(id))
-            })
-            .collect();
-        if !missing.is_empty() {
-            return Err(BulkRunError::NoThresholds(missing));
+        Some(touched) => {
+            let missing: Vec<String> = (plans.iter())
+                .filter(|p| !p.percentiles.is_empty())
+                .map(|p| p.mapping.id.to_string())
+                .filter(|id| {
+                    !state
+                        .as_ref()
+                        .is_some_and(|s| s.thresholds.contains_key(id))
+                })
+                .collect();
+            if !missing.is_empty() {
+                return Err(BulkRunError::NoThresholds(missing));
+            }
+            let input = Input::Server(Box::new(ServerInput {
+                client: run.client.clone(),
+                options: SearchOptions {
+                    patients: touched.into_iter().collect(),
+                    since: None,
+                    ..run.search.clone()
+                },
+            }));
+            (input, state.as_ref().map(|s| s.thresholds.clone()))
         }
-        thresholds = state.as_ref().map(|s| s.thresholds.clone());
-        input = Input::Server(Box::new(ServerInput {
-            client: run.client.clone(),
-            options: SearchOptions {
-                patients: touched.into_iter().collect(),
-                since: None,
-                ..run.search.clone()
-            },
-        }));
-    }
+    };
     let outcome = files::run(
         FileRun {
             input,
